@@ -1,0 +1,460 @@
+//! Settings: every one is a command-line flag and an environment variable, validated once at
+//! startup into a [`Config`]. A bad setting stops startup with one line that names it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use crate::auth::{ClaimNames, RoomPolicy, Verifier};
+use crate::events::PublishRules;
+
+/// A setting that cannot be used: which one, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {message}")]
+pub struct ConfigError {
+    /// Flag and environment variable, e.g. `--jwt-secret / JWT_SECRET`.
+    pub setting: &'static str,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`, `2d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration; use e.g. 500ms, 10s, 5m, 1h, 2d"))?;
+    let secs = |m: u64| Duration::from_secs(n.saturating_mul(m));
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(secs(1)),
+        "m" => Ok(secs(60)),
+        "h" => Ok(secs(3600)),
+        "d" => Ok(secs(86400)),
+        _ => Err(format!("'{s}' has an unknown unit; use ms, s, m, h or d")),
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags and environment variables of `realtime-gateway serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Public listener: Socket.IO, the publish API, /healthz and /readyz.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+    /// Admin listener: /metrics. Keep it off the public network.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
+    pub admin_listen: SocketAddr,
+    /// HS256 secret for client tokens (at least 32 bytes).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256 or ES256 client tokens (instead of JWT_SECRET).
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Token algorithm: HS256 (with JWT_SECRET), RS256 or ES256 (with JWT_PUBLIC_KEY_FILE).
+    #[arg(long, env = "JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<String>,
+    /// Clock skew tolerated on exp and nbf, in seconds.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 0)]
+    pub jwt_leeway_secs: u64,
+    /// Required `iss` claim, if set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Claim that holds the user id.
+    #[arg(long, env = "JWT_CLAIM_USER", default_value = "sub")]
+    pub jwt_claim_user: String,
+    /// Claim that holds the tenant (institution) id.
+    #[arg(long, env = "JWT_CLAIM_TENANT", default_value = "institutionId")]
+    pub jwt_claim_tenant: String,
+    /// Claim that holds the role.
+    #[arg(long, env = "JWT_CLAIM_ROLE", default_value = "role")]
+    pub jwt_claim_role: String,
+    /// API keys accepted by the publish API, comma separated (each at least 16 characters).
+    #[arg(long, env = "PUBLISH_API_KEYS", hide_env_values = true)]
+    pub publish_api_keys: Option<String>,
+    /// Redis URL (redis://host:port/db). Absent: the embedded single-node bus.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Development mode: without JWT_SECRET, generate one (and a publish key) and print them.
+    #[arg(long, env = "GATEWAY_DEV", default_value_t = false)]
+    pub dev: bool,
+    /// Refuse to publish channels, events or payloads that are not in the catalog.
+    #[arg(long, env = "GATEWAY_STRICT_CATALOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_catalog: bool,
+    /// How long a socket that connected without a token has to emit `authenticate`.
+    #[arg(long, env = "GATEWAY_AUTH_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub auth_grace: Duration,
+    /// Room kinds a socket may join on request, comma separated.
+    #[arg(
+        long,
+        env = "GATEWAY_ROOM_KINDS",
+        default_value = "batch,exam,course,timetable,incident"
+    )]
+    pub room_kinds: String,
+    /// Roles allowed per room kind, e.g. `incident=ADMIN|INVIGILATOR;exam=ADMIN` (unlisted kinds: any role).
+    #[arg(long, env = "GATEWAY_ROOM_ROLES", default_value = "")]
+    pub room_roles: String,
+    /// Most rooms a socket may join on request.
+    #[arg(long, env = "GATEWAY_MAX_ROOMS_PER_SOCKET", default_value_t = 50)]
+    pub max_rooms_per_socket: usize,
+    /// Longest room name, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_ROOM_LEN", default_value_t = 128)]
+    pub max_room_len: usize,
+    /// Largest event payload accepted by the publish paths, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 65536)]
+    pub max_payload_bytes: usize,
+    /// Most rooms one published event may be addressed to.
+    #[arg(long, env = "GATEWAY_MAX_ROOMS_PER_PUBLISH", default_value_t = 32)]
+    pub max_rooms_per_publish: usize,
+    /// Most events in one `POST /v1/publish/batch`.
+    #[arg(long, env = "GATEWAY_MAX_BATCH", default_value_t = 100)]
+    pub max_batch: usize,
+    /// Largest packet a client may send, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_CLIENT_PACKET_BYTES", default_value_t = 16384)]
+    pub max_client_packet_bytes: u64,
+    /// Engine.IO ping interval.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// Engine.IO ping timeout.
+    #[arg(long, env = "GATEWAY_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub ping_timeout: Duration,
+    /// Log format.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `realtime_gateway=debug`.
+    #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Validated settings the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public listener address.
+    pub listen: SocketAddr,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+    /// Token verifier.
+    pub verifier: Verifier,
+    /// API keys of the publish API (empty: publishing over HTTP is off).
+    pub publish_keys: Vec<String>,
+    /// Redis URL, if any.
+    pub redis_url: Option<String>,
+    /// Publish validation rules.
+    pub publish: PublishRules,
+    /// Most events per batch publish.
+    pub max_batch: usize,
+    /// Room policy.
+    pub policy: RoomPolicy,
+    /// Grace period for the seed's `authenticate` flow.
+    pub auth_grace: Duration,
+    /// Largest client packet.
+    pub max_client_packet_bytes: u64,
+    /// Engine.IO ping interval.
+    pub ping_interval: Duration,
+    /// Engine.IO ping timeout.
+    pub ping_timeout: Duration,
+}
+
+/// Secrets generated for `--dev`, to be shown to the developer.
+#[derive(Debug, Clone)]
+pub struct DevSecrets {
+    /// The generated HS256 secret.
+    pub jwt_secret: Option<String>,
+    /// The generated publish key.
+    pub publish_key: Option<String>,
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::thread_rng().gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ServeArgs {
+    /// Validates the settings. In `--dev` mode, missing secrets are generated and returned.
+    pub fn into_config(self) -> Result<(Config, DevSecrets), ConfigError> {
+        let mut dev = DevSecrets {
+            jwt_secret: None,
+            publish_key: None,
+        };
+        let claims = ClaimNames {
+            user: self.jwt_claim_user.clone(),
+            tenant: self.jwt_claim_tenant.clone(),
+            role: self.jwt_claim_role.clone(),
+        };
+        for (setting, v) in [
+            ("--jwt-claim-user / JWT_CLAIM_USER", &claims.user),
+            ("--jwt-claim-tenant / JWT_CLAIM_TENANT", &claims.tenant),
+            ("--jwt-claim-role / JWT_CLAIM_ROLE", &claims.role),
+        ] {
+            if v.trim().is_empty() {
+                return Err(bad(setting, "must name a claim"));
+            }
+        }
+        let (key, algorithm) = match (&self.jwt_secret, &self.jwt_public_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "--jwt-secret / JWT_SECRET",
+                    "give either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both",
+                ))
+            }
+            (Some(secret), None) => {
+                if secret.len() < 32 {
+                    return Err(bad(
+                        "--jwt-secret / JWT_SECRET",
+                        format!("is {} bytes long; use at least 32 random bytes", secret.len()),
+                    ));
+                }
+                let alg = self.jwt_algorithm.as_deref().unwrap_or("HS256");
+                if alg != "HS256" {
+                    return Err(bad(
+                        "--jwt-algorithm / JWT_ALGORITHM",
+                        format!("{alg} needs JWT_PUBLIC_KEY_FILE; JWT_SECRET is for HS256"),
+                    ));
+                }
+                (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256)
+            }
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    bad("--jwt-public-key-file / JWT_PUBLIC_KEY_FILE", format!("cannot read {}: {e}", path.display()))
+                })?;
+                let alg = self.jwt_algorithm.as_deref().unwrap_or("RS256");
+                let key = match alg {
+                    "RS256" => DecodingKey::from_rsa_pem(&pem).map(|k| (k, Algorithm::RS256)),
+                    "ES256" => DecodingKey::from_ec_pem(&pem).map(|k| (k, Algorithm::ES256)),
+                    other => {
+                        return Err(bad(
+                            "--jwt-algorithm / JWT_ALGORITHM",
+                            format!("{other} is not supported with a key file; use RS256 or ES256"),
+                        ))
+                    }
+                };
+                key.map_err(|e| {
+                    bad("--jwt-public-key-file / JWT_PUBLIC_KEY_FILE", format!("not a {alg} PEM public key: {e}"))
+                })?
+            }
+            (None, None) if self.dev => {
+                let secret = random_secret();
+                dev.jwt_secret = Some(secret.clone());
+                (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256)
+            }
+            (None, None) => {
+                return Err(bad(
+                    "--jwt-secret / JWT_SECRET",
+                    "is required (or JWT_PUBLIC_KEY_FILE); for local development pass --dev to generate one",
+                ))
+            }
+        };
+        let verifier = Verifier::new(
+            key,
+            algorithm,
+            claims,
+            self.jwt_leeway_secs,
+            self.jwt_issuer.as_deref(),
+            self.jwt_audience.as_deref(),
+        );
+
+        let mut publish_keys: Vec<String> = self
+            .publish_api_keys
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(String::from)
+            .collect();
+        if let Some(short) = publish_keys.iter().find(|k| k.len() < 16) {
+            return Err(bad(
+                "--publish-api-keys / PUBLISH_API_KEYS",
+                format!(
+                    "a key of {} characters is too short; use at least 16",
+                    short.len()
+                ),
+            ));
+        }
+        if publish_keys.is_empty() && self.dev {
+            let key = random_secret();
+            dev.publish_key = Some(key.clone());
+            publish_keys.push(key);
+        }
+
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+            {
+                return Err(bad(
+                    "--redis-url / REDIS_URL",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+        }
+
+        let kinds: std::collections::HashSet<String> = self
+            .room_kinds
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(String::from)
+            .collect();
+        for k in &kinds {
+            if crate::events::RoomName::parse(&format!("{k}:x"), usize::MAX).is_err()
+                || k == "institution"
+                || k == "user"
+            {
+                return Err(bad(
+                    "--room-kinds / GATEWAY_ROOM_KINDS",
+                    format!("'{k}' is not a joinable room kind (a-z and '_'; institution and user are automatic)"),
+                ));
+            }
+        }
+        let roles_per_kind = RoomPolicy::parse_roles_per_kind(&self.room_roles)
+            .map_err(|m| bad("--room-roles / GATEWAY_ROOM_ROLES", m))?;
+        let positive = |setting: &'static str, v: usize| {
+            if v == 0 {
+                Err(bad(setting, "must be at least 1"))
+            } else {
+                Ok(v)
+            }
+        };
+        positive(
+            "--max-rooms-per-socket / GATEWAY_MAX_ROOMS_PER_SOCKET",
+            self.max_rooms_per_socket,
+        )?;
+        positive(
+            "--max-payload-bytes / GATEWAY_MAX_PAYLOAD_BYTES",
+            self.max_payload_bytes,
+        )?;
+        positive(
+            "--max-rooms-per-publish / GATEWAY_MAX_ROOMS_PER_PUBLISH",
+            self.max_rooms_per_publish,
+        )?;
+        positive("--max-batch / GATEWAY_MAX_BATCH", self.max_batch)?;
+        if !(16..=1024).contains(&self.max_room_len) {
+            return Err(bad(
+                "--max-room-len / GATEWAY_MAX_ROOM_LEN",
+                "must be between 16 and 1024",
+            ));
+        }
+        if self.max_client_packet_bytes < 1024 {
+            return Err(bad(
+                "--max-client-packet-bytes / GATEWAY_MAX_CLIENT_PACKET_BYTES",
+                "must be at least 1024 so a token fits",
+            ));
+        }
+        if self.auth_grace.is_zero() {
+            return Err(bad(
+                "--auth-grace / GATEWAY_AUTH_GRACE",
+                "must be longer than 0",
+            ));
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return Err(bad(
+                "--ping-interval / GATEWAY_PING_INTERVAL",
+                "ping interval and timeout must be longer than 0",
+            ));
+        }
+
+        let config = Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            verifier,
+            publish_keys,
+            redis_url: self.redis_url,
+            publish: PublishRules {
+                max_payload_bytes: self.max_payload_bytes,
+                max_rooms: self.max_rooms_per_publish,
+                max_room_len: self.max_room_len,
+                strict_catalog: self.strict_catalog,
+            },
+            max_batch: self.max_batch,
+            policy: RoomPolicy {
+                kinds,
+                roles_per_kind,
+                max_rooms_per_socket: self.max_rooms_per_socket,
+                max_room_len: self.max_room_len,
+            },
+            auth_grace: self.auth_grace,
+            max_client_packet_bytes: self.max_client_packet_bytes,
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+        };
+        Ok((config, dev))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<(Config, DevSecrets), ConfigError> {
+        let mut argv = vec!["t"];
+        argv.extend_from_slice(extra);
+        T::try_parse_from(argv).unwrap().args.into_config()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        assert!(parse(&["--jwt-secret", secret]).is_ok());
+        let e = parse(&[]).unwrap_err();
+        assert!(e.to_string().contains("JWT_SECRET"), "{e}");
+        let e = parse(&["--jwt-secret", "short"]).unwrap_err();
+        assert!(e.to_string().contains("at least 32"), "{e}");
+        let e = parse(&["--jwt-secret", secret, "--publish-api-keys", "abc"]).unwrap_err();
+        assert!(e.to_string().contains("PUBLISH_API_KEYS"), "{e}");
+        let e = parse(&["--jwt-secret", secret, "--room-roles", "exam"]).unwrap_err();
+        assert!(e.to_string().contains("GATEWAY_ROOM_ROLES"), "{e}");
+        let e = parse(&["--jwt-secret", secret, "--room-kinds", "user"]).unwrap_err();
+        assert!(e.to_string().contains("GATEWAY_ROOM_KINDS"), "{e}");
+        let e = parse(&["--jwt-secret", secret, "--redis-url", "http://x"]).unwrap_err();
+        assert!(e.to_string().contains("REDIS_URL"), "{e}");
+    }
+
+    #[test]
+    fn dev_mode_generates_secrets() {
+        let (config, dev) = parse(&["--dev"]).unwrap();
+        assert!(dev.jwt_secret.is_some());
+        assert_eq!(config.publish_keys.len(), 1);
+    }
+}

@@ -1,0 +1,610 @@
+//! Events as they travel: the publish request, the bus event and the client envelope.
+//!
+//! A publish request is validated here, once, whatever path it came by (HTTP, CLI, Rust
+//! `Publisher`). The payload is kept as raw JSON from the first byte to the last: clients get it
+//! exactly as the publisher wrote it, field order and formatting included.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::catalog::{self, Channel, EventType};
+use super::ids::{RoomName, TenantId, UserId, INSTITUTION_KIND};
+
+/// Socket.IO event names a channel may never take: the client library reserves some, and the
+/// gateway's own protocol uses the others.
+pub const RESERVED_EVENT_NAMES: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+    "authenticate",
+    "authenticated",
+    "auth_error",
+    "join",
+    "leave",
+    "refresh",
+    "ping",
+    "pong",
+    "resync",
+];
+
+/// Longest event id accepted, in bytes.
+pub const MAX_EVENT_ID_LEN: usize = 128;
+
+/// One event on the bus: everything but its room and offset, which the bus assigns per room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Unique id, the same in every room the event was published to.
+    pub id: Arc<str>,
+    /// Channel wire name; also the Socket.IO event name clients listen to.
+    pub channel: Arc<str>,
+    /// Event type within the channel.
+    pub event: Arc<str>,
+    /// The tenant the event belongs to.
+    #[serde(rename = "institutionId")]
+    pub tenant: Arc<str>,
+    /// Payload exactly as published.
+    pub payload: Box<RawValue>,
+    /// Publish time, milliseconds since the Unix epoch.
+    pub timestamp: i64,
+}
+
+/// What a socket receives: the event, its room (client-facing name) and its offset there.
+#[derive(Debug, Serialize)]
+pub struct ClientEnvelope<'a> {
+    /// Event id.
+    pub id: &'a str,
+    /// Channel wire name.
+    pub channel: &'a str,
+    /// Event type.
+    pub event: &'a str,
+    /// Payload, byte for byte as published.
+    pub payload: &'a RawValue,
+    /// Publish time in milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    /// Client-facing room name, e.g. `batch:456`.
+    pub room: &'a str,
+    /// Position of this event in its room: grows by one per event.
+    pub offset: u64,
+}
+
+impl Event {
+    /// The envelope a socket in `room` receives for this event at `offset`.
+    pub fn client_envelope<'a>(&'a self, room: &'a RoomName, offset: u64) -> ClientEnvelope<'a> {
+        ClientEnvelope {
+            id: &self.id,
+            channel: &self.channel,
+            event: &self.event,
+            payload: &self.payload,
+            timestamp: self.timestamp,
+            room: room.as_str(),
+            offset,
+        }
+    }
+}
+
+/// Limits and strictness applied to every publish request.
+#[derive(Debug, Clone)]
+pub struct PublishRules {
+    /// Largest payload accepted, in bytes of JSON.
+    pub max_payload_bytes: usize,
+    /// Most rooms one event may be addressed to.
+    pub max_rooms: usize,
+    /// Longest room name accepted.
+    pub max_room_len: usize,
+    /// Refuse channels, events and payloads that are not in the catalog.
+    pub strict_catalog: bool,
+}
+
+/// A refused publish request: a code a program can match, the field at fault and what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct PublishError {
+    /// Stable machine-readable code (`missing_field`, `unknown_event`, ...).
+    pub code: &'static str,
+    /// The field at fault, as a dotted path (`payload.scriptId`, `rooms[2]`).
+    pub field: Option<String>,
+    /// What is wrong and what a valid value looks like.
+    pub message: String,
+}
+
+impl PublishError {
+    fn new(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    /// True when the request was refused for its size (HTTP 413) rather than its content.
+    pub fn is_too_large(&self) -> bool {
+        self.code == "payload_too_large"
+    }
+}
+
+/// A publish request that passed validation: the event and the rooms it goes to.
+#[derive(Debug, Clone)]
+pub struct ValidPublish {
+    /// The event to publish.
+    pub event: Event,
+    /// Its tenant, validated.
+    pub tenant: TenantId,
+    /// The rooms of `tenant` it goes to, without duplicates, in request order.
+    pub rooms: Vec<RoomName>,
+}
+
+const KNOWN_FIELDS: &[&str] = &[
+    "channel",
+    "event",
+    "institutionId",
+    "payload",
+    "rooms",
+    "id",
+    "timestamp",
+];
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn parse_field<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    field: &str,
+    expected: &str,
+) -> Result<T, PublishError> {
+    serde_json::from_str(raw.get()).map_err(|_| {
+        PublishError::new(
+            "invalid_field",
+            field,
+            format!("{field} must be {expected}"),
+        )
+    })
+}
+
+fn channel_name_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+impl PublishRules {
+    /// Validates one publish request object (`{ channel, event, institutionId, payload, rooms?,
+    /// id?, timestamp? }`) given as raw JSON.
+    pub fn validate(&self, body: &RawValue) -> Result<ValidPublish, PublishError> {
+        let fields: BTreeMap<&str, &RawValue> = serde_json::from_str(body.get()).map_err(|_| {
+            PublishError {
+                code: "invalid_body",
+                field: None,
+                message: "the request must be a JSON object { channel, event, institutionId, payload, rooms?, id? }".into(),
+            }
+        })?;
+        if let Some(unknown) = fields.keys().find(|k| !KNOWN_FIELDS.contains(k)) {
+            return Err(PublishError::new(
+                "unknown_field",
+                *unknown,
+                format!(
+                    "unknown field {unknown}; accepted fields are {}",
+                    KNOWN_FIELDS.join(", ")
+                ),
+            ));
+        }
+        let get = |name: &str| {
+            fields.get(name).copied().ok_or_else(|| {
+                PublishError::new("missing_field", name, format!("{name} is required"))
+            })
+        };
+
+        let channel: String = parse_field(get("channel")?, "channel", "a string")?;
+        let event: String = parse_field(get("event")?, "event", "a string")?;
+        let tenant_json: serde_json::Value = parse_field(
+            get("institutionId")?,
+            "institutionId",
+            "an integer or a string",
+        )?;
+        let tenant = TenantId::from_json(&tenant_json)
+            .map_err(|e| PublishError::new("invalid_field", "institutionId", e.0))?;
+        let payload = get("payload")?;
+
+        let known = self.check_channel_and_event(&channel, &event)?;
+        self.check_payload(known, payload, &tenant)?;
+
+        let id: Arc<str> = match fields.get("id") {
+            None => Arc::from(ulid::Ulid::new().to_string()),
+            Some(raw) => {
+                let id: String = parse_field(raw, "id", "a string")?;
+                let ok = !id.is_empty()
+                    && id.len() <= MAX_EVENT_ID_LEN
+                    && id.bytes().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':')
+                    });
+                if !ok {
+                    return Err(PublishError::new(
+                        "invalid_field",
+                        "id",
+                        format!("id must be 1-{MAX_EVENT_ID_LEN} characters of letters, digits, '_', '-', '.' or ':'"),
+                    ));
+                }
+                Arc::from(id)
+            }
+        };
+        let timestamp = match fields.get("timestamp") {
+            None => now_millis(),
+            Some(raw) => parse_field::<u64>(
+                raw,
+                "timestamp",
+                "milliseconds since the Unix epoch (a non-negative integer)",
+            )?
+            .min(i64::MAX as u64) as i64,
+        };
+
+        let rooms = match fields.get("rooms") {
+            None => vec![self.default_room(&channel, payload, &tenant)?],
+            Some(raw) => self.check_rooms(raw, &tenant)?,
+        };
+
+        Ok(ValidPublish {
+            event: Event {
+                id,
+                channel: Arc::from(channel),
+                event: Arc::from(event),
+                tenant: Arc::from(tenant.as_str()),
+                payload: payload.to_owned(),
+                timestamp,
+            },
+            tenant,
+            rooms,
+        })
+    }
+
+    fn check_channel_and_event(
+        &self,
+        channel: &str,
+        event: &str,
+    ) -> Result<Option<EventType>, PublishError> {
+        if !channel_name_ok(channel) || RESERVED_EVENT_NAMES.contains(&channel) {
+            return Err(PublishError::new(
+                "invalid_field",
+                "channel",
+                "channel must be 1-64 characters of a-z, 0-9 or '_', starting with a letter, and not a reserved Socket.IO event name",
+            ));
+        }
+        if !channel_name_ok(event) {
+            return Err(PublishError::new(
+                "invalid_field",
+                "event",
+                "event must be 1-64 characters of a-z, 0-9 or '_', starting with a letter",
+            ));
+        }
+        let Some(known_channel) = Channel::parse(channel) else {
+            if self.strict_catalog {
+                let all: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
+                return Err(PublishError::new(
+                    "unknown_channel",
+                    "channel",
+                    format!(
+                        "unknown channel {channel}; known channels are {}",
+                        all.join(", ")
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        match EventType::parse(event) {
+            _ if !self.strict_catalog => Ok(None),
+            Some(e) if e.channel() == known_channel => Ok(Some(e)),
+            _ => {
+                let all: Vec<&str> = known_channel.events().iter().map(|e| e.as_str()).collect();
+                Err(PublishError::new(
+                    "unknown_event",
+                    "event",
+                    format!(
+                        "channel {channel} has no event {event}; its events are {}",
+                        all.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn check_payload(
+        &self,
+        known: Option<EventType>,
+        payload: &RawValue,
+        tenant: &TenantId,
+    ) -> Result<(), PublishError> {
+        if payload.get().len() > self.max_payload_bytes {
+            return Err(PublishError::new(
+                "payload_too_large",
+                "payload",
+                format!(
+                    "payload is {} bytes; the limit is {} bytes",
+                    payload.get().len(),
+                    self.max_payload_bytes
+                ),
+            ));
+        }
+        if !payload.get().trim_start().starts_with('{') {
+            return Err(PublishError::new(
+                "invalid_field",
+                "payload",
+                "payload must be a JSON object",
+            ));
+        }
+        if let Some(event) = known {
+            catalog::validate_payload(event, payload)
+                .map_err(|e| PublishError::new("invalid_payload", e.field, e.message))?;
+        }
+        // Whatever the mode, a payload may not claim another tenant than its envelope.
+        #[derive(Deserialize)]
+        struct TenantOnly {
+            #[serde(rename = "institutionId")]
+            institution_id: Option<serde_json::Value>,
+        }
+        let inner: TenantOnly = serde_json::from_str(payload.get()).map_err(|_| {
+            PublishError::new("invalid_field", "payload", "payload must be a JSON object")
+        })?;
+        if let Some(v) = inner.institution_id {
+            if TenantId::from_json(&v).ok().as_ref() != Some(tenant) {
+                return Err(PublishError::new(
+                    "tenant_mismatch",
+                    "payload.institutionId",
+                    format!("payload.institutionId must equal institutionId ({tenant})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn default_room(
+        &self,
+        channel: &str,
+        payload: &RawValue,
+        tenant: &TenantId,
+    ) -> Result<RoomName, PublishError> {
+        if channel != Channel::Notification.as_str() {
+            return Ok(RoomName::institution(tenant));
+        }
+        #[derive(Deserialize)]
+        struct Recipient {
+            #[serde(rename = "userId")]
+            user_id: Option<serde_json::Value>,
+        }
+        let recipient: Recipient = serde_json::from_str(payload.get()).map_err(|_| {
+            PublishError::new("invalid_field", "payload", "payload must be a JSON object")
+        })?;
+        let user = recipient
+            .user_id
+            .as_ref()
+            .and_then(|v| UserId::from_json(v).ok())
+            .ok_or_else(|| {
+                PublishError::new(
+                    "missing_field",
+                    "payload.userId",
+                    "a notification without rooms goes to user:<payload.userId>, so payload.userId (integer or string) is required",
+                )
+            })?;
+        Ok(RoomName::user(&user))
+    }
+
+    fn check_rooms(
+        &self,
+        raw: &RawValue,
+        tenant: &TenantId,
+    ) -> Result<Vec<RoomName>, PublishError> {
+        let names: Vec<serde_json::Value> = parse_field(raw, "rooms", "an array of room names")?;
+        if names.is_empty() {
+            return Err(PublishError::new(
+                "invalid_field",
+                "rooms",
+                "rooms must not be empty; leave it out for the channel's default route",
+            ));
+        }
+        if names.len() > self.max_rooms {
+            return Err(PublishError::new(
+                "too_many_rooms",
+                "rooms",
+                format!(
+                    "{} rooms given; at most {} per event",
+                    names.len(),
+                    self.max_rooms
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut rooms = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let field = format!("rooms[{i}]");
+            let s = name.as_str().ok_or_else(|| {
+                PublishError::new(
+                    "invalid_field",
+                    field.clone(),
+                    format!("{field} must be a string"),
+                )
+            })?;
+            let room = RoomName::parse(s, self.max_room_len)
+                .map_err(|e| PublishError::new("invalid_room", field.clone(), e.0))?;
+            if room.kind() == INSTITUTION_KIND && room.id() != tenant.as_str() {
+                return Err(PublishError::new(
+                    "tenant_mismatch",
+                    field,
+                    format!("{s} is another tenant's room; an event of tenant {tenant} can only go to institution:{tenant}"),
+                ));
+            }
+            if seen.insert(room.clone()) {
+                rooms.push(room);
+            }
+        }
+        Ok(rooms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(strict: bool) -> PublishRules {
+        PublishRules {
+            max_payload_bytes: 1024,
+            max_rooms: 4,
+            max_room_len: 64,
+            strict_catalog: strict,
+        }
+    }
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    const SCRIPT: &str = r#"{"scriptId": 1, "batchId": 456, "studentId": 9, "studentName": "Ada", "courseCode": "CS101", "courseName": "Intro", "submittedAt": "2026-11-28T10:00:00Z", "institutionId": 1, "extra":  [1,2]}"#;
+
+    fn publish(body: &str, strict: bool) -> Result<ValidPublish, PublishError> {
+        rules(strict).validate(&raw(body))
+    }
+
+    #[test]
+    fn valid_request_keeps_payload_bytes_and_routes_to_tenant() {
+        let body = format!(
+            r#"{{"channel":"script_submission","event":"script_submitted","institutionId":1,"payload":{SCRIPT}}}"#
+        );
+        let p = publish(&body, true).unwrap();
+        assert_eq!(p.event.payload.get(), SCRIPT);
+        assert_eq!(p.rooms, vec![RoomName::parse("institution:1", 64).unwrap()]);
+        assert_eq!(p.tenant.as_str(), "1");
+        assert_eq!(p.event.id.len(), 26);
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"event":"x","institutionId":1,"payload":{}}"#,
+                "missing_field",
+                "channel",
+            ),
+            (
+                r#"{"channel":"connect","event":"x","institutionId":1,"payload":{}}"#,
+                "invalid_field",
+                "channel",
+            ),
+            (
+                r#"{"channel":"a","event":"x","institutionId":1.5,"payload":{}}"#,
+                "invalid_field",
+                "institutionId",
+            ),
+            (
+                r#"{"channel":"a","event":"x","institutionId":1,"payload":[]}"#,
+                "invalid_field",
+                "payload",
+            ),
+            (
+                r#"{"channel":"a","event":"x","institutionId":1,"payload":{},"room":["batch:1"]}"#,
+                "unknown_field",
+                "room",
+            ),
+            (
+                r#"{"channel":"a","event":"x","institutionId":1,"payload":{},"rooms":["batch:1","bad"]}"#,
+                "invalid_room",
+                "rooms[1]",
+            ),
+            (
+                r#"{"channel":"a","event":"x","institutionId":1,"payload":{},"rooms":["institution:2"]}"#,
+                "tenant_mismatch",
+                "rooms[0]",
+            ),
+            (
+                r#"{"channel":"a","event":"x","institutionId":1,"payload":{"institutionId":2}}"#,
+                "tenant_mismatch",
+                "payload.institutionId",
+            ),
+            (
+                r#"{"channel":"a","event":"x","institutionId":1,"payload":{},"rooms":[]}"#,
+                "invalid_field",
+                "rooms",
+            ),
+            (
+                r#"{"channel":"a","event":"x","institutionId":1,"payload":{},"rooms":["a:1","a:2","a:3","a:4","a:5"]}"#,
+                "too_many_rooms",
+                "rooms",
+            ),
+            (
+                r#"{"channel":"a","event":"x","institutionId":1,"payload":{},"id":"has space"}"#,
+                "invalid_field",
+                "id",
+            ),
+            (
+                r#"{"channel":"notification","event":"x","institutionId":1,"payload":{}}"#,
+                "missing_field",
+                "payload.userId",
+            ),
+        ];
+        for (body, code, field) in cases {
+            let e = publish(body, false).unwrap_err();
+            assert_eq!((e.code, e.field.as_deref()), (code, Some(field)), "{body}");
+        }
+        let big = format!(
+            r#"{{"channel":"a","event":"x","institutionId":1,"payload":{{"s":"{}"}}}}"#,
+            "x".repeat(2000)
+        );
+        assert!(publish(&big, false).unwrap_err().is_too_large());
+    }
+
+    #[test]
+    fn strict_mode_checks_the_payload_schema() {
+        let body = r#"{"channel":"script_submission","event":"script_submitted","institutionId":1,"payload":{"institutionId":1}}"#;
+        let e = publish(body, true).unwrap_err();
+        assert_eq!(e.code, "invalid_payload");
+        assert!(e.field.unwrap().starts_with("payload."));
+        // Not strict: any well-formed channel and event pass.
+        publish(body, false).unwrap();
+        let unknown_event =
+            r#"{"channel":"script_submission","event":"nope","institutionId":1,"payload":{}}"#;
+        let e = publish(unknown_event, true).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("unknown_event", Some("event"))
+        );
+        let custom =
+            r#"{"channel":"custom_feed","event":"tick","institutionId":"t1","payload":{}}"#;
+        assert_eq!(publish(custom, true).unwrap_err().code, "unknown_channel");
+        publish(custom, false).unwrap();
+    }
+
+    #[test]
+    fn notifications_route_to_the_recipient_and_rooms_dedupe() {
+        let body = r#"{"channel":"notification","event":"custom","institutionId":1,"payload":{"userId":"42"}}"#;
+        let p = publish(body, false).unwrap();
+        assert_eq!(p.rooms[0].as_str(), "user:42");
+        let body = r#"{"channel":"a","event":"x","institutionId":1,"payload":{},"rooms":["batch:1","batch:1","exam:2"]}"#;
+        let p = publish(body, false).unwrap();
+        assert_eq!(p.rooms.len(), 2);
+    }
+
+    #[test]
+    fn client_envelope_keeps_payload_verbatim() {
+        let body = format!(
+            r#"{{"channel":"script_submission","event":"script_submitted","institutionId":1,"payload":{SCRIPT},"id":"e1","timestamp":5}}"#
+        );
+        let p = publish(&body, true).unwrap();
+        let json = serde_json::to_string(&p.event.client_envelope(&p.rooms[0], 7)).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"id":"e1","channel":"script_submission","event":"script_submitted","payload":{SCRIPT},"timestamp":5,"room":"institution:1","offset":7}}"#
+            )
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! `POST /v1/publish` and `POST /v1/publish/batch`.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use crate::bus::BusError;
+use crate::events::{RoomKey, RoomName, ValidPublish};
+use crate::metrics;
+use crate::state::AppState;
+
+/// Where one event landed: a room and its offset there.
+#[derive(Debug, Serialize)]
+pub struct RoomOffset {
+    /// Client-facing room name.
+    pub room: RoomName,
+    /// The event's offset in that room.
+    pub offset: u64,
+}
+
+/// Answer to a publish: the event id and its offset in every room.
+#[derive(Debug, Serialize)]
+pub struct Published {
+    /// Event id.
+    pub id: String,
+    /// Rooms and offsets.
+    pub rooms: Vec<RoomOffset>,
+}
+
+/// Answer to a batch publish, in request order.
+#[derive(Debug, Serialize)]
+pub struct BatchPublished {
+    /// One entry per event.
+    pub results: Vec<Published>,
+}
+
+fn count(result: &'static str) {
+    ::metrics::counter!(metrics::PUBLISH_REQUESTS, "result" => result).increment(1);
+}
+
+/// Counts the outcome of a request, whatever it was.
+fn counted<T>(r: Result<T, ApiError>) -> Result<T, ApiError> {
+    match &r {
+        Ok(_) => count("ok"),
+        Err(e) => count(e.code),
+    }
+    r
+}
+
+fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.config.publish_keys.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "publish_disabled",
+            "the HTTP publish API is off on this gateway; set PUBLISH_API_KEYS to enable it",
+        ));
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_api_key",
+            "send Authorization: Bearer <publish API key>",
+        ));
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "the Authorization header must be Bearer <publish API key>",
+            )
+        })?;
+    // Compare against every key in constant time so timing reveals neither key nor position.
+    let mut ok = subtle::Choice::from(0u8);
+    for key in &state.config.publish_keys {
+        ok |= key.as_bytes().ct_eq(presented.as_bytes());
+    }
+    if bool::from(ok) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_api_key",
+            "the publish API key is not valid",
+        ))
+    }
+}
+
+async fn read_json(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Box<RawValue>, ApiError> {
+    check_key(state, headers)?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false);
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the request body as JSON with Content-Type: application/json",
+        ));
+    }
+    let bytes = to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the body is not UTF-8",
+        )
+    })?;
+    serde_json::from_str(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, ApiError> {
+    let keys: Vec<RoomKey> = p
+        .rooms
+        .iter()
+        .map(|r| RoomKey::new(p.tenant.clone(), r.clone()))
+        .collect();
+    let id = p.event.id.to_string();
+    let channel = metrics::channel_label(&p.event.channel);
+    let offsets =
+        state
+            .bus
+            .publish(Arc::new(p.event), keys)
+            .await
+            .map_err(|e| match e {
+                BusError::Unavailable(m) => {
+                    tracing::warn!(error = %m, "publish refused: bus unavailable");
+                    ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bus_unavailable",
+                format!("the event bus is unavailable, nothing was published; retry later ({m})"),
+            )
+                }
+            })?;
+    ::metrics::counter!(metrics::EVENTS_PUBLISHED, "channel" => channel)
+        .increment(offsets.len() as u64);
+    let rooms = p
+        .rooms
+        .into_iter()
+        .zip(offsets)
+        .map(|(room, offset)| RoomOffset { room, offset })
+        .collect();
+    Ok(Published { id, rooms })
+}
+
+fn body_limit(state: &AppState, events: usize) -> usize {
+    // Room for the payloads plus their envelopes.
+    events * (state.config.publish.max_payload_bytes + 16 * 1024)
+}
+
+/// `POST /v1/publish`: one event.
+pub async fn publish(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Published>, ApiError> {
+    counted(
+        async {
+            let raw = read_json(&state, &headers, body, body_limit(&state, 1)).await?;
+            let valid = state.config.publish.validate(&raw)?;
+            publish_valid(&state, valid).await
+        }
+        .await,
+    )
+    .map(Json)
+}
+
+/// `POST /v1/publish/batch`: an array of events, all validated before any is published.
+pub async fn publish_batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<BatchPublished>, ApiError> {
+    counted(
+        async {
+            let max = state.config.max_batch;
+            let raw = read_json(&state, &headers, body, body_limit(&state, max)).await?;
+            let items: Vec<Box<RawValue>> = serde_json::from_str(raw.get()).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "the batch body must be a JSON array of publish requests",
+                )
+            })?;
+            if items.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "the batch is empty",
+                ));
+            }
+            if items.len() > max {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "batch_too_large",
+                    format!("{} events in one batch; the limit is {max}", items.len()),
+                ));
+            }
+            let mut valid = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let p = state.config.publish.validate(item).map_err(|e| {
+                    let mut e = ApiError::from(e);
+                    e.field = Some(match e.field {
+                        Some(f) => format!("[{i}].{f}"),
+                        None => format!("[{i}]"),
+                    });
+                    e
+                })?;
+                valid.push(p);
+            }
+            let mut results = Vec::with_capacity(valid.len());
+            for p in valid {
+                results.push(publish_valid(&state, p).await?);
+            }
+            Ok(BatchPublished { results })
+        }
+        .await,
+    )
+    .map(Json)
+}

@@ -1,0 +1,122 @@
+//! realtime-gateway: a horizontally scaled Socket.IO broadcast gateway.
+//!
+//! Browsers hold Socket.IO connections to any gateway instance; backend services publish
+//! room-addressed events; every gateway relays each event to the sockets it holds in that room.
+//! Rooms are always keyed by tenant, so no client ever sees another tenant's event.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings (flags and environment variables), validated once into a [`Config`].
+//! - [`auth`]: JWT verification into an [`auth::Identity`], and the room policy.
+//! - [`events`]: ids and room names, the catalog of channels and events, envelopes and
+//!   publish validation.
+//! - [`bus`]: the [`bus::Bus`] trait (publish with per-room offsets, subscribe) and its
+//!   embedded implementation.
+//! - [`socket`]: the Socket.IO handlers (handshake auth, `authenticate`, `join`, `leave`,
+//!   `refresh`, `ping`), per-socket sessions, room membership counts and timers.
+//! - [`relay`]: bus deliveries to local sockets.
+//! - [`http`]: health, readiness and the publish API; `/metrics` on the admin listener.
+//! - [`metrics`]: metric names and descriptions.
+//! - [`shutdown`]: signal handling.
+//! - [`client`]: a minimal Socket.IO client over WebSocket (tests and tools).
+//!
+//! [`run`] takes already bound listeners and a cancellation token, so tests and embedders bind
+//! port 0 and stop the gateway when they choose.
+
+pub mod auth;
+pub mod bus;
+pub mod client;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod relay;
+pub mod shutdown;
+pub mod socket;
+pub mod state;
+
+use std::sync::Arc;
+
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use state::AppState;
+
+/// How many bus deliveries may wait for the relay before the bus reader is slowed down.
+const DELIVERY_QUEUE: usize = 4096;
+
+/// Runs a gateway on the given listeners until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    public: TcpListener,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = metrics::install();
+    let (tx, rx) = tokio::sync::mpsc::channel(DELIVERY_QUEUE);
+    let bus: Arc<dyn bus::Bus> = match &config.redis_url {
+        None => Arc::new(bus::memory::MemoryBus::new(tx)),
+        Some(_) => anyhow::bail!("REDIS_URL is set, but this build has only the embedded bus"),
+    };
+    let (layer, io) = SocketIo::builder()
+        .ping_interval(config.ping_interval)
+        .ping_timeout(config.ping_timeout)
+        .max_payload(config.max_client_packet_bytes)
+        .ws_max_message_size(config.max_client_packet_bytes as usize)
+        .build_layer();
+    let state = AppState::new(config, bus);
+    socket::register(&io, state.clone());
+
+    let relay = tokio::spawn(relay::run(io.clone(), state.clone(), rx));
+    let ticker = tokio::spawn(tick(io.clone(), state.clone(), shutdown.clone()));
+
+    let app = http::router(state.clone()).layer(layer);
+    tracing::info!(
+        public = %public.local_addr()?,
+        admin = %admin.local_addr()?,
+        "listening"
+    );
+    let admin_server = axum::serve(admin, http::admin_router(metrics))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin_task = tokio::spawn(async move { admin_server.await });
+
+    let drain = {
+        let state = state.clone();
+        let io = io.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            state.start_draining();
+            io.close().await;
+        }
+    };
+    axum::serve(public, app)
+        .with_graceful_shutdown(drain)
+        .await?;
+    ticker.abort();
+    relay.abort();
+    if let Ok(Err(e)) = admin_task.await {
+        tracing::warn!(error = %e, "admin listener stopped with an error");
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Fires due socket deadlines and keeps the readiness gauges current.
+async fn tick(io: SocketIo, state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(socket::deadlines::TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        for (sid, what) in state.deadlines.take_due(std::time::Instant::now()) {
+            socket::on_deadline(&io, sid, what);
+        }
+        ::metrics::gauge!(metrics::READY).set(if state.is_ready() { 1.0 } else { 0.0 });
+        ::metrics::gauge!(metrics::BUS_UP).set(if state.bus.is_ready() { 1.0 } else { 0.0 });
+    }
+}

@@ -1,0 +1,132 @@
+//! Every metric the gateway exports: names, help texts and label sets, in one place.
+//!
+//! Labels only ever take values from bounded sets (a transport, a reason code, a catalog
+//! channel or `other`), never a room, a user or a raw path.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::events::catalog::Channel;
+
+/// Open Socket.IO connections (gauge), by `transport`.
+pub const CONNECTIONS: &str = "gateway_connections";
+/// Connections accepted (counter), by `transport`.
+pub const CONNECTIONS_TOTAL: &str = "gateway_connections_total";
+/// Disconnects (counter), by `reason`.
+pub const DISCONNECTS: &str = "gateway_disconnects_total";
+/// Refused authentications (counter), by `reason` (the error code).
+pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
+/// Rooms with at least one local socket (gauge).
+pub const ROOMS: &str = "gateway_rooms";
+/// Refused joins (counter), by `reason`.
+pub const JOIN_REFUSED: &str = "gateway_join_refused_total";
+/// Events received from the bus (counter), by `channel`.
+pub const EVENTS_RECEIVED: &str = "gateway_events_received_total";
+/// Event copies handed to sockets (counter), by `channel`.
+pub const EVENTS_DELIVERED: &str = "gateway_events_delivered_total";
+/// Event copies a socket could not take (counter), by `reason` (`buffer_full`, `closed`).
+pub const DELIVERY_FAILURES: &str = "gateway_delivery_failures_total";
+/// Time from the event's timestamp to its hand-off to sockets (histogram, seconds).
+pub const DELIVERY_LAG: &str = "gateway_delivery_lag_seconds";
+/// Invalid messages on the bus (counter), by `reason`.
+pub const BUS_INVALID: &str = "gateway_bus_invalid_total";
+/// Publish API requests (counter), by `result` (`ok` or an error code).
+pub const PUBLISH_REQUESTS: &str = "gateway_publish_requests_total";
+/// Events published (counter), by `channel`.
+pub const EVENTS_PUBLISHED: &str = "gateway_events_published_total";
+/// 1 while the bus is usable, else 0 (gauge).
+pub const BUS_UP: &str = "gateway_bus_up";
+/// 1 while the gateway is ready for new clients, else 0 (gauge).
+pub const READY: &str = "gateway_ready";
+
+/// Label value for a channel: its name if it is in the catalog, else `other`.
+pub fn channel_label(channel: &str) -> &'static str {
+    Channel::parse(channel)
+        .map(Channel::as_str)
+        .unwrap_or("other")
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns the handle `/metrics` renders.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(DELIVERY_LAG.to_string()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_duration_seconds".to_string()),
+                        &[
+                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                        ],
+                    )
+                })
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only when another recorder is installed already; this one then records nothing.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed; gateway metrics go to it"
+                );
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(
+        CONNECTIONS,
+        "Open Socket.IO connections, by transport at connect time."
+    );
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Socket.IO connections accepted, by transport."
+    );
+    describe_counter!(DISCONNECTS, "Disconnects, by reason.");
+    describe_counter!(AUTH_FAILURES, "Refused authentications, by reason code.");
+    describe_gauge!(
+        ROOMS,
+        "Rooms (tenant and room) with at least one socket on this gateway."
+    );
+    describe_counter!(JOIN_REFUSED, "Refused join requests, by reason code.");
+    describe_counter!(EVENTS_RECEIVED, "Events received from the bus, by channel.");
+    describe_counter!(
+        EVENTS_DELIVERED,
+        "Event copies handed to sockets, by channel."
+    );
+    describe_counter!(
+        DELIVERY_FAILURES,
+        "Event copies a socket could not take, by reason."
+    );
+    describe_histogram!(
+        DELIVERY_LAG,
+        Unit::Seconds,
+        "Delay from an event's timestamp to its hand-off to this gateway's sockets."
+    );
+    describe_counter!(
+        BUS_INVALID,
+        "Messages on the bus that were not valid events, by reason."
+    );
+    describe_counter!(
+        PUBLISH_REQUESTS,
+        "Publish API requests, by result (ok or error code)."
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        "Events published through this gateway, by channel (one per room)."
+    );
+    describe_gauge!(BUS_UP, "1 while the bus is usable, else 0.");
+    describe_gauge!(READY, "1 while this gateway accepts new clients, else 0.");
+}

@@ -1,0 +1,70 @@
+//! Timers for every socket in one task: the grace period of unauthenticated sockets and the
+//! expiry of tokens. One ordered map and one ticking task instead of a sleeping task per
+//! socket, which would cost a task's memory for every connection.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use socketioxide::socket::Sid;
+
+/// What a deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// The socket must have authenticated by now.
+    AuthGrace,
+    /// The socket's token expires now unless it was refreshed.
+    TokenExpiry,
+}
+
+/// Pending deadlines, ordered by time.
+#[derive(Default)]
+pub struct Deadlines {
+    /// `(when, sequence)` keeps entries for the same instant apart.
+    queue: Mutex<(BTreeMap<(Instant, u64), (Sid, Deadline)>, u64)>,
+}
+
+/// How often due deadlines are checked: the precision of grace and expiry.
+pub const TICK: Duration = Duration::from_millis(200);
+
+impl Deadlines {
+    /// Schedules `what` for socket `sid` at `when`.
+    pub fn schedule(&self, when: Instant, sid: Sid, what: Deadline) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.1 += 1;
+        let seq = q.1;
+        q.0.insert((when, seq), (sid, what));
+    }
+
+    /// Removes and returns every deadline due at `now`.
+    pub fn take_due(&self, now: Instant) -> Vec<(Sid, Deadline)> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let later = q.0.split_off(&(now, u64::MAX));
+        let due = std::mem::replace(&mut q.0, later);
+        due.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_entries_come_out_in_order() {
+        let d = Deadlines::default();
+        let now = Instant::now();
+        let (a, b) = (Sid::new(), Sid::new());
+        d.schedule(now + Duration::from_secs(5), a, Deadline::TokenExpiry);
+        d.schedule(now, b, Deadline::AuthGrace);
+        d.schedule(now, a, Deadline::AuthGrace);
+        assert_eq!(
+            d.take_due(now),
+            vec![(b, Deadline::AuthGrace), (a, Deadline::AuthGrace)]
+        );
+        assert!(d.take_due(now).is_empty());
+        assert_eq!(
+            d.take_due(now + Duration::from_secs(6)),
+            vec![(a, Deadline::TokenExpiry)]
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! Per-socket state kept in the socket's extensions.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::auth::Identity;
+use crate::events::RoomName;
+
+/// What the gateway knows about one socket.
+#[derive(Debug)]
+pub struct Session {
+    /// `websocket` or `polling`, as connected (a metric label).
+    pub transport: &'static str,
+    state: Mutex<SessionState>,
+}
+
+/// The mutable part of a session.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Verified identity; `None` until the socket authenticates.
+    pub identity: Option<Identity>,
+    /// Expiry of the current token, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Rooms joined on request (the automatic rooms are not listed).
+    pub rooms: Vec<RoomName>,
+    /// Set once the socket is leaving, so a late join cannot add a room after cleanup.
+    pub closed: bool,
+}
+
+impl Session {
+    /// A fresh, unauthenticated session.
+    pub fn new(transport: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            transport,
+            state: Mutex::new(SessionState::default()),
+        })
+    }
+
+    /// The session's state; held for short, await-free sections only.
+    pub fn state(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The identity, if authenticated.
+    pub fn identity(&self) -> Option<Identity> {
+        self.state().identity.clone()
+    }
+}

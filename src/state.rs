@@ -1,0 +1,47 @@
+//! State shared by the HTTP handlers, the socket handlers and the background tasks of one
+//! gateway. Passed in, never global, so several gateways can run in one process.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::socket::deadlines::Deadlines;
+use crate::socket::membership::Membership;
+
+/// Everything a gateway's handlers need.
+pub struct AppState {
+    /// Validated settings.
+    pub config: Config,
+    /// The event bus.
+    pub bus: Arc<dyn Bus>,
+    /// Rooms served here and their member counts.
+    pub membership: Membership,
+    /// Auth grace and token expiry timers.
+    pub deadlines: Deadlines,
+    /// Set when shutdown began: `/readyz` answers 503 from then on.
+    draining: AtomicBool,
+}
+
+impl AppState {
+    /// State for a gateway with `config` on `bus`.
+    pub fn new(config: Config, bus: Arc<dyn Bus>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            membership: Membership::new(bus.clone()),
+            bus,
+            deadlines: Deadlines::default(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks the gateway as draining (no longer ready).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Ready for new clients: the bus is usable and the gateway is not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst) && self.bus.is_ready()
+    }
+}
