@@ -195,7 +195,27 @@ fn random_secret() -> String {
 
 impl ServeArgs {
     /// Validates the settings. In `--dev` mode, missing secrets are generated and returned.
-    pub fn into_config(self) -> Result<(Config, DevSecrets), ConfigError> {
+    pub fn into_config(mut self) -> Result<(Config, DevSecrets), ConfigError> {
+        // An environment variable set to the empty string means "not set".
+        for opt in [
+            &mut self.jwt_secret,
+            &mut self.jwt_algorithm,
+            &mut self.jwt_issuer,
+            &mut self.jwt_audience,
+            &mut self.publish_api_keys,
+            &mut self.redis_url,
+        ] {
+            if opt.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *opt = None;
+            }
+        }
+        if self
+            .jwt_public_key_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            self.jwt_public_key_file = None;
+        }
         let mut dev = DevSecrets {
             jwt_secret: None,
             publish_key: None,

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a signed HS256 token for development.
     Token(TokenArgs),
     /// Publish one event through a gateway's HTTP API and print the result.
@@ -88,12 +88,60 @@ struct PublishArgs {
     id: Option<String>,
 }
 
+/// Parses the command line; a bad value stops with one line naming the flag and its variable.
+fn parse_cli() -> Cli {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    let e = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let rendered = e.to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("error: invalid command line");
+    let env = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => {
+            let long = arg
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("--")
+                .to_string();
+            let cmd = Cli::command();
+            let all = cmd
+                .get_arguments()
+                .chain(cmd.get_subcommands().flat_map(|s| s.get_arguments()));
+            let env = all
+                .filter(|a| a.get_long() == Some(long.as_str()))
+                .find_map(|a| a.get_env())
+                .map(|v| v.to_string_lossy().into_owned());
+            env
+        }
+        _ => None,
+    };
+    match env {
+        Some(env) => eprintln!("{first} (environment variable {env})"),
+        None => eprintln!("{first}"),
+    }
+    std::process::exit(2);
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     match cli.command {
         Some(Command::Token(args)) => token(args),
         Some(Command::Publish(args)) => runtime().block_on(publish(args)),
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
 }
@@ -116,8 +164,10 @@ fn init_logs(args: &ServeArgs) {
         eprintln!("error: invalid setting --log / GATEWAY_LOG: {e}");
         std::process::exit(2);
     });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Human => builder.init(),

@@ -187,9 +187,13 @@ mod tests {
 
     #[test]
     fn roles_per_kind() {
-        let mut p = RoomPolicy::default();
-        p.roles_per_kind =
-            RoomPolicy::parse_roles_per_kind("incident=ADMIN|INVIGILATOR; exam=ADMIN").unwrap();
+        let p = RoomPolicy {
+            roles_per_kind: RoomPolicy::parse_roles_per_kind(
+                "incident=ADMIN|INVIGILATOR; exam=ADMIN",
+            )
+            .unwrap(),
+            ..RoomPolicy::default()
+        };
         let incident = p.parse_room("incident:3").unwrap();
         assert!(p.check_join(&who("INVIGILATOR"), &incident, 0).is_ok());
         assert_eq!(

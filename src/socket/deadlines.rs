@@ -17,11 +17,14 @@ pub enum Deadline {
     TokenExpiry,
 }
 
+/// Deadlines keyed by `(when, sequence)`: the sequence keeps entries for one instant apart.
+type Queue = BTreeMap<(Instant, u64), (Sid, Deadline)>;
+
 /// Pending deadlines, ordered by time.
 #[derive(Default)]
 pub struct Deadlines {
-    /// `(when, sequence)` keeps entries for the same instant apart.
-    queue: Mutex<(BTreeMap<(Instant, u64), (Sid, Deadline)>, u64)>,
+    /// The queue and the last sequence number handed out.
+    queue: Mutex<(Queue, u64)>,
 }
 
 /// How often due deadlines are checked: the precision of grace and expiry.

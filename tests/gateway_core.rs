@@ -1,0 +1,671 @@
+//! The gateway core against a real gateway process: publish API errors, delivery and
+//! isolation through the Rust client, the CLI, configuration errors, health and metrics.
+
+mod common;
+
+use std::process::Command;
+
+use common::{batch_created, metric, token, Gateway, KEY, QUIET, SECRET, WAIT};
+use realtime_gateway::client::Client;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let gw = Gateway::start(&[]);
+    assert_eq!(gw.get("/healthz").await.0, 200);
+    let (status, body) = gw.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"ready\""), "{body}");
+}
+
+#[tokio::test]
+async fn publish_errors_have_status_code_and_field() {
+    let gw = Gateway::start(&[]);
+    let good = batch_created(1, &["batch:1"], 1);
+
+    let (s, b) = gw
+        .post("/v1/publish", None, "application/json", good.to_string())
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("missing_api_key")),
+        "{b}"
+    );
+    let (s, b) = gw
+        .post(
+            "/v1/publish",
+            Some("wrong-key-0123456789"),
+            "application/json",
+            good.to_string(),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("invalid_api_key")),
+        "{b}"
+    );
+    let (s, b) = gw
+        .post("/v1/publish", Some(KEY), "text/plain", good.to_string())
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (415, Some("unsupported_media_type")),
+        "{b}"
+    );
+    let (s, b) = gw
+        .post(
+            "/v1/publish",
+            Some(KEY),
+            "application/json",
+            "{not json".into(),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_json")),
+        "{b}"
+    );
+
+    let mut missing = good.clone();
+    missing["payload"]
+        .as_object_mut()
+        .unwrap()
+        .remove("examName");
+    let (s, b) = gw.publish(&missing).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["field"], "payload.examName", "{b}");
+
+    let mut wrong_type = good.clone();
+    wrong_type["payload"]["totalSlots"] = json!("thirty");
+    let (s, b) = gw.publish(&wrong_type).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("payload.totalSlots")),
+        "{b}"
+    );
+
+    let mut unknown = good.clone();
+    unknown["event"] = json!("batch_exploded");
+    let (s, b) = gw.publish(&unknown).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("unknown_event")),
+        "{b}"
+    );
+
+    let mut other_tenant = good.clone();
+    other_tenant["payload"]["institutionId"] = json!(2);
+    let (s, b) = gw.publish(&other_tenant).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("tenant_mismatch")),
+        "{b}"
+    );
+
+    let mut big = good.clone();
+    big["payload"]["notes"] = json!("x".repeat(70_000));
+    let (s, b) = gw.publish(&big).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{b}"
+    );
+
+    let huge = "y".repeat(200_000);
+    let (s, b) = gw
+        .post(
+            "/v1/publish",
+            Some(KEY),
+            "application/json",
+            format!("{{\"x\":\"{huge}\"}}"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{b}"
+    );
+
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "gateway_publish_requests_total",
+            "result=\"missing_api_key\""
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "gateway_publish_requests_total",
+            "result=\"invalid_payload\""
+        ),
+        2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn batch_is_validated_before_anything_is_published() {
+    let gw = Gateway::start(&[]);
+    let mut c = gw.client("10", "1", "ADMIN").await;
+    let ack = c.request("join", &json!("batch:7"), WAIT).await.unwrap();
+    assert_eq!(ack["ok"], true, "{ack}");
+
+    let mut bad = batch_created(1, &["batch:7"], 2);
+    bad["payload"].as_object_mut().unwrap().remove("batchId");
+    let body = json!([batch_created(1, &["batch:7"], 1), bad]);
+    let (s, b) = gw
+        .post(
+            "/v1/publish/batch",
+            Some(KEY),
+            "application/json",
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["field"], "[1].payload.batchId", "{b}");
+    assert!(
+        c.wait_for("batch_update", QUIET).await.is_none(),
+        "half a rejected batch was published"
+    );
+
+    let body = json!([
+        batch_created(1, &["batch:7"], 1),
+        batch_created(1, &["batch:7"], 2)
+    ]);
+    let (s, b) = gw
+        .post(
+            "/v1/publish/batch",
+            Some(KEY),
+            "application/json",
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let offsets: Vec<u64> = b["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rooms"][0]["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![1, 2]);
+    for want in [1, 2] {
+        let e = c.wait_for("batch_update", WAIT).await.expect("event");
+        assert_eq!(e["offset"], want);
+        assert_eq!(e["payload"]["batchId"], want);
+    }
+
+    let too_many: Vec<Value> = (0..101)
+        .map(|i| batch_created(1, &["batch:7"], i))
+        .collect();
+    let (s, b) = gw
+        .post(
+            "/v1/publish/batch",
+            Some(KEY),
+            "application/json",
+            json!(too_many).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("batch_too_large")),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_other() {
+    let gw = Gateway::start(&[]);
+    let mut t1 = gw.client("10", "1", "ADMIN").await;
+    let mut t2 = gw.client("10", "2", "ADMIN").await;
+    for c in [&t1, &t2] {
+        let ack = c
+            .request("join", &json!({ "room": "batch:456" }), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(ack["ok"], true, "{ack}");
+    }
+    let (s, b) = gw.publish(&batch_created(1, &["batch:456"], 456)).await;
+    assert_eq!(s, 200, "{b}");
+    let e = t1
+        .wait_for("batch_update", WAIT)
+        .await
+        .expect("tenant 1 gets its event");
+    assert_eq!(e["room"], "batch:456");
+    assert_eq!(e["offset"], 1);
+    assert!(
+        t2.wait_for("batch_update", QUIET).await.is_none(),
+        "tenant 2 got tenant 1's event"
+    );
+
+    // Same user id in both tenants: user rooms are tenant-scoped too.
+    let notif = json!({
+        "channel": "notification", "event": "new_notification", "institutionId": 2,
+        "payload": { "notificationId": 5, "userId": 10, "title": "Hi", "message": "m", "kind": "info",
+                     "createdAt": "2026-11-28T10:00:00Z", "institutionId": 2 }
+    });
+    let (s, b) = gw.publish(&notif).await;
+    assert_eq!(
+        (s, b["rooms"][0]["room"].as_str()),
+        (200, Some("user:10")),
+        "{b}"
+    );
+    assert!(t2.wait_for("notification", WAIT).await.is_some());
+    assert!(
+        t1.wait_for("notification", QUIET).await.is_none(),
+        "tenant 1 got tenant 2's notification"
+    );
+}
+
+#[tokio::test]
+async fn offsets_are_contiguous_and_ordered_under_concurrent_publishers() {
+    let gw = Gateway::start(&[]);
+    let mut c = gw.client("10", "1", "ADMIN").await;
+    c.request("join", &json!("exam:1"), WAIT).await.unwrap();
+    let publishers: Vec<_> = (0..2)
+        .map(|p| {
+            let url = gw.url();
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for i in 0..100 {
+                    let r = http
+                        .post(format!("{url}/v1/publish"))
+                        .bearer_auth(KEY)
+                        .json(&batch_created(1, &["exam:1"], p * 1000 + i))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    for want in 1..=200u64 {
+        let e = c
+            .wait_for("batch_update", WAIT)
+            .await
+            .unwrap_or_else(|| panic!("event {want} missing"));
+        assert_eq!(e["offset"], want);
+    }
+    assert!(
+        c.wait_for("batch_update", QUIET).await.is_none(),
+        "duplicate delivery"
+    );
+}
+
+#[tokio::test]
+async fn bad_client_input_gets_errors_and_the_gateway_stays_up() {
+    let gw = Gateway::start(&[]);
+    let mut good = gw.client("10", "1", "ADMIN").await;
+    good.request("join", &json!("batch:1"), WAIT).await.unwrap();
+
+    let bad = gw.client("11", "1", "ADMIN").await;
+    for req in [
+        json!(42),
+        json!({ "room": 5 }),
+        json!(null),
+        json!("no-colon"),
+        json!("user:12"),
+    ] {
+        let ack = bad.request("join", &req, WAIT).await.unwrap();
+        assert_eq!(ack["ok"], false, "{req} -> {ack}");
+        assert!(
+            ack["error"]["code"].is_string() && ack["error"]["message"].is_string(),
+            "{ack}"
+        );
+    }
+    bad.send_raw("42[\"join\"").await.unwrap();
+    bad.send_raw("garbage").await.unwrap();
+    let oversized = format!("42[\"join\",\"{}\"]", "a".repeat(20_000));
+    bad.send_raw(&oversized).await.unwrap();
+
+    let (s, _) = gw.publish(&batch_created(1, &["batch:1"], 1)).await;
+    assert_eq!(s, 200);
+    assert!(
+        good.wait_for("batch_update", WAIT).await.is_some(),
+        "a misbehaving client disturbed another"
+    );
+    assert_eq!(gw.get("/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn join_limits_and_roles() {
+    let gw = Gateway::start(&[
+        ("GATEWAY_MAX_ROOMS_PER_SOCKET", "2"),
+        ("GATEWAY_ROOM_ROLES", "incident=ADMIN|INVIGILATOR"),
+    ]);
+    let student = gw.client("10", "1", "STUDENT").await;
+    let admin = gw.client("11", "1", "ADMIN").await;
+    let code = |v: &Value| v["error"]["code"].as_str().unwrap_or("ok").to_string();
+    assert_eq!(
+        code(
+            &student
+                .request("join", &json!("incident:1"), WAIT)
+                .await
+                .unwrap()
+        ),
+        "forbidden_role"
+    );
+    assert_eq!(
+        code(
+            &admin
+                .request("join", &json!("incident:1"), WAIT)
+                .await
+                .unwrap()
+        ),
+        "ok"
+    );
+    assert_eq!(
+        code(
+            &student
+                .request("join", &json!("batch:1"), WAIT)
+                .await
+                .unwrap()
+        ),
+        "ok"
+    );
+    assert_eq!(
+        code(
+            &student
+                .request("join", &json!("batch:1"), WAIT)
+                .await
+                .unwrap()
+        ),
+        "ok",
+        "joining twice is idempotent"
+    );
+    assert_eq!(
+        code(
+            &student
+                .request("join", &json!("exam:1"), WAIT)
+                .await
+                .unwrap()
+        ),
+        "ok"
+    );
+    assert_eq!(
+        code(
+            &student
+                .request("join", &json!("course:1"), WAIT)
+                .await
+                .unwrap()
+        ),
+        "too_many_rooms"
+    );
+    assert_eq!(
+        code(
+            &student
+                .request("leave", &json!("exam:1"), WAIT)
+                .await
+                .unwrap()
+        ),
+        "ok"
+    );
+    assert_eq!(
+        code(
+            &student
+                .request("join", &json!("course:1"), WAIT)
+                .await
+                .unwrap()
+        ),
+        "ok"
+    );
+    assert_eq!(
+        code(
+            &student
+                .request("join", &json!("secret:1"), WAIT)
+                .await
+                .unwrap()
+        ),
+        "room_kind_not_allowed"
+    );
+    assert_eq!(
+        code(
+            &student
+                .request("leave", &json!("user:10"), WAIT)
+                .await
+                .unwrap()
+        ),
+        "forbidden_room"
+    );
+}
+
+#[tokio::test]
+async fn metrics_follow_real_traffic() {
+    let gw = Gateway::start(&[]);
+    let mut a = gw.client("10", "1", "ADMIN").await;
+    let refused = Client::connect(&gw.url(), Some(json!({ "token": "x.y.z" }))).await;
+    assert!(
+        matches!(refused, Err(realtime_gateway::client::ClientError::Refused(ref m)) if m == "token_malformed"),
+        "{:?}",
+        refused.err()
+    );
+    gw.publish(
+        &batch_created(1, &[], 1)
+            .as_object()
+            .map(|o| {
+                let mut o = o.clone();
+                o.remove("rooms");
+                Value::Object(o)
+            })
+            .unwrap(),
+    )
+    .await;
+    assert!(a.wait_for("batch_update", WAIT).await.is_some());
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "gateway_connections", "transport=\"websocket\""),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_auth_failures_total",
+            "reason=\"token_malformed\""
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_events_received_total",
+            "channel=\"batch_update\""
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_events_delivered_total",
+            "channel=\"batch_update\""
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "gateway_rooms", ""), 2.0, "{m}");
+    assert!(
+        metric(&m, "gateway_delivery_lag_seconds_count", "") >= 1.0,
+        "{m}"
+    );
+    a.close().await;
+}
+
+#[tokio::test]
+async fn cli_mints_tokens_and_publishes() {
+    let gw = Gateway::start(&[]);
+    let out = Command::new(common::binary())
+        .args([
+            "token",
+            "--sub",
+            "10",
+            "--institution",
+            "1",
+            "--role",
+            "ADMIN",
+            "--ttl",
+            "1h",
+        ])
+        .env("JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let minted = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut c = Client::connect(&gw.url(), Some(json!({ "token": minted })))
+        .await
+        .expect("CLI token accepted");
+    let auth = c.wait_for("authenticated", WAIT).await.unwrap();
+    assert_eq!(
+        (auth["userId"].as_str(), auth["institutionId"].as_str()),
+        (Some("10"), Some("1"))
+    );
+    c.request("join", &json!("batch:456"), WAIT).await.unwrap();
+
+    let payload = r#"{"scriptId":1,"batchId":456,"studentId":9,"studentName":"Ada","courseCode":"CS101","courseName":"Intro","submittedAt":"2026-11-28T10:00:00Z","institutionId":1}"#;
+    let out = Command::new(common::binary())
+        .args([
+            "publish",
+            "--url",
+            &gw.url(),
+            "--key",
+            KEY,
+            "--channel",
+            "script_submission",
+            "--event",
+            "script_submitted",
+        ])
+        .args([
+            "--institution",
+            "1",
+            "--payload",
+            payload,
+            "--room",
+            "batch:456",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["rooms"][0]["offset"], 1, "{printed}");
+    let e = c.wait_for("script_submission", WAIT).await.unwrap();
+    assert_eq!(e["id"], printed["id"]);
+
+    let out = Command::new(common::binary())
+        .args([
+            "publish",
+            "--url",
+            &gw.url(),
+            "--key",
+            KEY,
+            "--channel",
+            "script_submission",
+            "--event",
+            "script_submitted",
+        ])
+        .args(["--institution", "1", "--payload", "{}"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("payload.scriptId"));
+}
+
+#[test]
+fn bad_settings_stop_startup_with_one_line_naming_them() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "JWT_SECRET"),
+        (&[("JWT_SECRET", "short")], "JWT_SECRET"),
+        (
+            &[("JWT_SECRET", SECRET), ("GATEWAY_LISTEN", "not-an-address")],
+            "GATEWAY_LISTEN",
+        ),
+        (
+            &[("JWT_SECRET", SECRET), ("GATEWAY_AUTH_GRACE", "soon")],
+            "GATEWAY_AUTH_GRACE",
+        ),
+        (
+            &[("JWT_SECRET", SECRET), ("PUBLISH_API_KEYS", "tiny")],
+            "PUBLISH_API_KEYS",
+        ),
+        (
+            &[
+                ("JWT_SECRET", SECRET),
+                ("JWT_PUBLIC_KEY_FILE", "/nonexistent.pem"),
+            ],
+            "JWT_SECRET or JWT_PUBLIC_KEY_FILE",
+        ),
+        (
+            &[("JWT_PUBLIC_KEY_FILE", "/nonexistent.pem")],
+            "JWT_PUBLIC_KEY_FILE",
+        ),
+        (
+            &[("JWT_SECRET", SECRET), ("GATEWAY_ROOM_ROLES", "exam")],
+            "GATEWAY_ROOM_ROLES",
+        ),
+    ];
+    for (env, needle) in cases {
+        let mut cmd = Command::new(common::binary());
+        cmd.env_remove("JWT_SECRET")
+            .env_remove("PUBLISH_API_KEYS")
+            .env_remove("GATEWAY_LISTEN");
+        cmd.args(["--admin-listen", "127.0.0.1:0"])
+            .envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
+        assert!(err.contains(needle), "{env:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dev_mode_generates_a_secret_and_says_so() {
+    let gw = Gateway::start(&[("JWT_SECRET", ""), ("GATEWAY_DEV", "true")]);
+    let log = gw.log();
+    assert!(log.contains("DEVELOPMENT MODE"), "{log}");
+    // The test secret is not the one in use: its tokens are refused.
+    let refused = Client::connect(
+        &gw.url(),
+        Some(json!({ "token": token("1", "1", "ADMIN", 60) })),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(realtime_gateway::client::ClientError::Refused(ref m)) if m == "token_invalid_signature")
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly() {
+    let mut gw = Gateway::start(&[]);
+    let mut c = gw.client("10", "1", "ADMIN").await;
+    let status = gw.terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", gw.log());
+    assert!(c
+        .wait_for(realtime_gateway::client::DISCONNECTED, WAIT)
+        .await
+        .is_some());
+    assert!(gw.log().contains("gateway stopped"));
+}
