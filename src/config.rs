@@ -9,6 +9,7 @@ use clap::Args;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::auth::{ClaimNames, RoomPolicy, Verifier};
+use crate::bus::redis::RedisSettings;
 use crate::events::PublishRules;
 
 /// A setting that cannot be used: which one, and why.
@@ -98,6 +99,24 @@ pub struct ServeArgs {
     /// Redis URL (redis://host:port/db). Absent: the embedded single-node bus.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "rtg")]
+    pub redis_prefix: String,
+    /// Connections in the Redis publish and history pool.
+    #[arg(long, env = "GATEWAY_REDIS_POOL_SIZE", default_value_t = 16)]
+    pub redis_pool_size: usize,
+    /// Deadline of one Redis operation (connect, pool wait, command).
+    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+    /// Most events kept in a room's history.
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_LEN", default_value_t = 1000)]
+    pub history_max_len: u64,
+    /// How long a room's history lives after its last event.
+    #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "6h", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+    /// How long a room stays subscribed after its last local member left.
+    #[arg(long, env = "GATEWAY_UNSUBSCRIBE_DELAY", default_value = "2s", value_parser = parse_duration)]
+    pub unsubscribe_delay: Duration,
     /// Development mode: without JWT_SECRET, generate one (and a publish key) and print them.
     #[arg(long, env = "GATEWAY_DEV", default_value_t = false)]
     pub dev: bool,
@@ -160,8 +179,8 @@ pub struct Config {
     pub verifier: Verifier,
     /// API keys of the publish API (empty: publishing over HTTP is off).
     pub publish_keys: Vec<String>,
-    /// Redis URL, if any.
-    pub redis_url: Option<String>,
+    /// Redis bus settings; `None` for the embedded bus.
+    pub redis: Option<RedisSettings>,
     /// Publish validation rules.
     pub publish: PublishRules,
     /// Most events per batch publish.
@@ -321,18 +340,10 @@ impl ServeArgs {
             publish_keys.push(key);
         }
 
-        if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
-            {
-                return Err(bad(
-                    "--redis-url / REDIS_URL",
-                    "must start with redis://, rediss:// or unix://",
-                ));
-            }
-        }
+        let redis_settings = match self.redis_url.clone() {
+            None => None,
+            Some(url) => Some(self.redis_settings(url)?),
+        };
 
         let kinds: std::collections::HashSet<String> = self
             .room_kinds
@@ -404,7 +415,7 @@ impl ServeArgs {
             admin_listen: self.admin_listen,
             verifier,
             publish_keys,
-            redis_url: self.redis_url,
+            redis: redis_settings,
             publish: PublishRules {
                 max_payload_bytes: self.max_payload_bytes,
                 max_rooms: self.max_rooms_per_publish,
@@ -424,6 +435,70 @@ impl ServeArgs {
             ping_timeout: self.ping_timeout,
         };
         Ok((config, dev))
+    }
+}
+
+impl ServeArgs {
+    fn redis_settings(&self, url: String) -> Result<RedisSettings, ConfigError> {
+        if !["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            return Err(bad(
+                "--redis-url / REDIS_URL",
+                "must start with redis://, rediss:// or unix://",
+            ));
+        }
+        if redis::Client::open(url.as_str()).is_err() {
+            return Err(bad(
+                "--redis-url / REDIS_URL",
+                "is not a valid Redis URL (redis://[user:password@]host:port/db)",
+            ));
+        }
+        let prefix_ok = !self.redis_prefix.is_empty()
+            && self
+                .redis_prefix
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':'));
+        if !prefix_ok {
+            return Err(bad(
+                "--redis-prefix / GATEWAY_REDIS_PREFIX",
+                "must be letters, digits, '_', '-', '.' or ':'",
+            ));
+        }
+        if self.redis_pool_size == 0 {
+            return Err(bad(
+                "--redis-pool-size / GATEWAY_REDIS_POOL_SIZE",
+                "must be at least 1",
+            ));
+        }
+        if self.redis_timeout < Duration::from_millis(50) {
+            return Err(bad(
+                "--redis-timeout / GATEWAY_REDIS_TIMEOUT",
+                "must be at least 50ms",
+            ));
+        }
+        if self.history_max_len == 0 {
+            return Err(bad(
+                "--history-max-len / GATEWAY_HISTORY_MAX_LEN",
+                "must be at least 1",
+            ));
+        }
+        if self.history_ttl < Duration::from_secs(1) {
+            return Err(bad(
+                "--history-ttl / GATEWAY_HISTORY_TTL",
+                "must be at least 1s",
+            ));
+        }
+        Ok(RedisSettings {
+            url,
+            prefix: self.redis_prefix.clone(),
+            history_max_len: self.history_max_len,
+            history_ttl: self.history_ttl,
+            pool_size: self.redis_pool_size,
+            timeout: self.redis_timeout,
+            unsubscribe_delay: self.unsubscribe_delay,
+        })
     }
 }
 

@@ -56,9 +56,18 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = metrics::install();
     let (tx, rx) = tokio::sync::mpsc::channel(DELIVERY_QUEUE);
-    let bus: Arc<dyn bus::Bus> = match &config.redis_url {
+    let bus: Arc<dyn bus::Bus> = match &config.redis {
         None => Arc::new(bus::memory::MemoryBus::new(tx)),
-        Some(_) => anyhow::bail!("REDIS_URL is set, but this build has only the embedded bus"),
+        Some(settings) => Arc::new(
+            bus::redis::RedisBus::start(
+                settings.clone(),
+                tx,
+                config.policy.max_room_len,
+                config.publish.strict_catalog,
+                shutdown.clone(),
+            )
+            .await?,
+        ),
     };
     let (layer, io) = SocketIo::builder()
         .ping_interval(config.ping_interval)

@@ -41,6 +41,19 @@ pub const BUS_UP: &str = "gateway_bus_up";
 /// 1 while the gateway is ready for new clients, else 0 (gauge).
 pub const READY: &str = "gateway_ready";
 
+/// 1 while the Redis subscription connection is up, else 0 (gauge).
+pub const REDIS_UP: &str = "gateway_redis_up";
+/// Reconnect attempts of the Redis subscriber (counter).
+pub const REDIS_RECONNECTS: &str = "gateway_redis_reconnects_total";
+/// Redis channels this gateway is subscribed to (gauge).
+pub const REDIS_SUBSCRIPTIONS: &str = "gateway_redis_subscriptions";
+/// Time of one publish call to Redis, all rooms (histogram, seconds).
+pub const REDIS_PUBLISH_DURATION: &str = "gateway_redis_publish_duration_seconds";
+/// Time spent waiting for a pooled Redis connection (histogram, seconds).
+pub const REDIS_POOL_WAIT: &str = "gateway_redis_pool_wait_duration_seconds";
+/// Bus messages dropped because their offset was already relayed (counter).
+pub const BUS_DUPLICATES: &str = "gateway_bus_duplicates_total";
+
 /// Label value for a channel: its name if it is in the catalog, else `other`.
 pub fn channel_label(channel: &str) -> &'static str {
     Channel::parse(channel)
@@ -128,5 +141,31 @@ fn describe() {
         "Events published through this gateway, by channel (one per room)."
     );
     describe_gauge!(BUS_UP, "1 while the bus is usable, else 0.");
+    describe_gauge!(
+        REDIS_UP,
+        "1 while the Redis subscription connection is up, else 0."
+    );
+    describe_counter!(
+        REDIS_RECONNECTS,
+        "Reconnect attempts of the Redis subscriber."
+    );
+    describe_gauge!(
+        REDIS_SUBSCRIPTIONS,
+        "Redis channels (rooms) this gateway is subscribed to."
+    );
+    describe_histogram!(
+        REDIS_PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time of one publish call to Redis (all rooms of one event)."
+    );
+    describe_histogram!(
+        REDIS_POOL_WAIT,
+        Unit::Seconds,
+        "Time spent waiting for a pooled Redis connection."
+    );
+    describe_counter!(
+        BUS_DUPLICATES,
+        "Bus messages dropped because their offset was already relayed."
+    );
     describe_gauge!(READY, "1 while this gateway accepts new clients, else 0.");
 }

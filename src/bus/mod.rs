@@ -4,13 +4,16 @@
 //! returns the offsets; every gateway whose bus is subscribed to a room gets a [`Delivery`] for
 //! each event of that room, in offset order, on the channel given to the bus at construction.
 //!
-//! Implementations: [`memory::MemoryBus`] (embedded, one node). The Redis bus shares this trait.
+//! Implementations: [`memory::MemoryBus`] (embedded, one node) and [`redis::RedisBus`].
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 
 use crate::events::{Event, RoomKey};
 
@@ -31,6 +34,12 @@ pub enum BusError {
     /// The bus is not reachable now; the caller should retry later (HTTP 503).
     #[error("the event bus is unavailable: {0}")]
     Unavailable(String),
+    /// The bus refused the event (a bug or a foreign publisher's bad input), HTTP 500.
+    #[error("the event bus refused the event: {0}")]
+    Rejected(String),
+    /// The bus cannot be used with this configuration (bad URL, server too old).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Where the bus sends what it receives. Bounded: a gateway that falls behind slows its bus
@@ -52,6 +61,16 @@ pub trait Bus: Send + Sync + 'static {
 
     /// This gateway has no socket left in `room`.
     fn unsubscribe(&self, room: &RoomKey);
+
+    /// Waits until deliveries of `room` flow to this gateway (its subscription is confirmed), up
+    /// to `timeout`; false if they do not by then.
+    fn wait_subscribed<'a>(
+        &'a self,
+        _room: &'a RoomKey,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, bool> {
+        futures_util::future::ready(true).boxed()
+    }
 
     /// Whether the bus can publish and deliver now.
     fn is_ready(&self) -> bool;

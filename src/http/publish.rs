@@ -153,21 +153,30 @@ async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, A
         .collect();
     let id = p.event.id.to_string();
     let channel = metrics::channel_label(&p.event.channel);
-    let offsets =
-        state
-            .bus
-            .publish(Arc::new(p.event), keys)
-            .await
-            .map_err(|e| match e {
-                BusError::Unavailable(m) => {
-                    tracing::warn!(error = %m, "publish refused: bus unavailable");
-                    ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "bus_unavailable",
-                format!("the event bus is unavailable, nothing was published; retry later ({m})"),
-            )
-                }
-            })?;
+    let offsets = state
+        .bus
+        .publish(Arc::new(p.event), keys)
+        .await
+        .map_err(|e| match e {
+            BusError::Unavailable(m) => {
+                tracing::warn!(error = %m, "publish refused: bus unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "bus_unavailable",
+                    format!(
+                        "the event bus is unavailable, nothing was published; retry later ({m})"
+                    ),
+                )
+            }
+            BusError::Rejected(m) | BusError::Config(m) => {
+                tracing::error!(error = %m, "the bus refused a validated event");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bus_rejected",
+                    "the event bus refused the event; it was not published (see the gateway log)",
+                )
+            }
+        })?;
     ::metrics::counter!(metrics::EVENTS_PUBLISHED, "channel" => channel)
         .increment(offsets.len() as u64);
     let rooms = p

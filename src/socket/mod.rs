@@ -112,7 +112,7 @@ pub fn register(io: &SocketIo, state: Arc<AppState>) {
     let st = state;
     let on_connect = move |s: SocketRef| {
         let st = st.clone();
-        async move { on_connect(st, s) }
+        async move { on_connect(st, s).await }
     };
     io.ns("/", on_connect.with(middleware));
 }
@@ -145,7 +145,7 @@ fn authenticate_handshake(
     Ok(())
 }
 
-fn on_connect(st: Arc<AppState>, s: SocketRef) {
+async fn on_connect(st: Arc<AppState>, s: SocketRef) {
     let Some(session) = session_of(&s) else {
         // The middleware always inserts a session; without one the socket cannot be served.
         tracing::error!(sid = %s.id, "socket without session");
@@ -169,7 +169,7 @@ fn on_connect(st: Arc<AppState>, s: SocketRef) {
     match identity {
         Some(identity) => {
             let exp = session.state().exp;
-            complete_auth(&st, &s, &session, Verified { identity, exp }, None);
+            complete_auth(&st, &s, &session, Verified { identity, exp }, None).await;
         }
         None => st.deadlines.schedule(
             Instant::now() + st.config.auth_grace,
@@ -179,8 +179,24 @@ fn on_connect(st: Arc<AppState>, s: SocketRef) {
     }
 }
 
+/// How long a join waits for the bus to confirm the room's subscription before answering.
+/// Past it the join still succeeds; deliveries start when the bus catches up.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits (bounded) until the bus delivers `keys` to this gateway.
+async fn await_subscriptions(st: &AppState, keys: &[RoomKey]) {
+    let waits = keys
+        .iter()
+        .map(|k| st.bus.wait_subscribed(k, SUBSCRIBE_WAIT));
+    for (key, ok) in keys.iter().zip(futures_util::future::join_all(waits).await) {
+        if !ok {
+            tracing::warn!(room = %key, "bus subscription not confirmed in time; answering anyway");
+        }
+    }
+}
+
 /// Identity is set: join the automatic rooms, arm the expiry timer, tell the client.
-fn complete_auth(
+async fn complete_auth(
     st: &AppState,
     s: &SocketRef,
     session: &Session,
@@ -192,6 +208,10 @@ fn complete_auth(
         RoomName::institution(&id.tenant),
         RoomName::user(&id.user_id),
     ];
+    let keys: Vec<RoomKey> = auto
+        .iter()
+        .map(|r| RoomKey::new(id.tenant.clone(), r.clone()))
+        .collect();
     {
         let mut state = session.state();
         if state.closed {
@@ -199,13 +219,13 @@ fn complete_auth(
         }
         state.identity = Some(verified.identity.clone());
         state.exp = verified.exp;
-        for room in &auto {
-            let key = RoomKey::new(id.tenant.clone(), room.clone());
+        for key in &keys {
             s.join(key.as_str().to_owned());
-            st.membership.add(&key);
+            st.membership.add(key);
         }
     }
     schedule_expiry(st, s, verified.exp);
+    await_subscriptions(st, &keys).await;
     let msg = json!({
         "userId": id.user_id,
         "institutionId": id.tenant,
@@ -323,7 +343,7 @@ impl Handlers {
             names::AUTHENTICATE,
             move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
                 let h = h.clone();
-                async move { h.authenticate(&s, d.ok(), ack) }
+                async move { h.authenticate(&s, d.ok(), ack).await }
             },
         );
         let h = self.clone();
@@ -333,7 +353,12 @@ impl Handlers {
                 let h = h.clone();
                 async move {
                     let body = match h.join(&s, d.ok()) {
-                        Ok(room) => json!({ "ok": true, "room": room }),
+                        Ok((room, key)) => {
+                            if let Some(key) = key {
+                                await_subscriptions(&h.st, &[key]).await;
+                            }
+                            json!({ "ok": true, "room": room })
+                        }
                         Err(e) => {
                             ::metrics::counter!(metrics::JOIN_REFUSED, "reason" => e.code)
                                 .increment(1);
@@ -379,7 +404,7 @@ impl Handlers {
         });
     }
 
-    fn authenticate(&self, s: &SocketRef, data: Option<Value>, ack: AckSender) {
+    async fn authenticate(&self, s: &SocketRef, data: Option<Value>, ack: AckSender) {
         let Some(session) = session_of(s) else { return };
         if session.identity().is_some() {
             let e = error_reply(
@@ -392,7 +417,7 @@ impl Handlers {
             .and_then(|t| t.ok_or(AuthError::Missing))
             .and_then(|t| self.st.config.verifier.verify(&t));
         match verified {
-            Ok(v) => complete_auth(&self.st, s, &session, v, Some(ack)),
+            Ok(v) => complete_auth(&self.st, s, &session, v, Some(ack)).await,
             Err(e) => {
                 let body = auth_failed(&e);
                 reply(ack, &body);
@@ -405,7 +430,12 @@ impl Handlers {
         }
     }
 
-    fn join(&self, s: &SocketRef, data: Option<Value>) -> Result<RoomName, RoomError> {
+    /// Joins the requested room; returns it, and its key when it was newly joined.
+    fn join(
+        &self,
+        s: &SocketRef,
+        data: Option<Value>,
+    ) -> Result<(RoomName, Option<RoomKey>), RoomError> {
         let session = session_of(s).ok_or_else(|| bad_request("socket is closing"))?;
         let policy = &self.st.config.policy;
         let room = policy.parse_room(&requested_room(&data)?)?;
@@ -416,14 +446,14 @@ impl Handlers {
         let own_auto = room == RoomName::institution(&identity.tenant)
             || room == RoomName::user(&identity.user_id);
         if own_auto || state.rooms.contains(&room) {
-            return Ok(room);
+            return Ok((room, None));
         }
         policy.check_join(identity, &room, state.rooms.len())?;
         let key = RoomKey::new(identity.tenant.clone(), room.clone());
         s.join(key.as_str().to_owned());
         self.st.membership.add(&key);
         state.rooms.push(room.clone());
-        Ok(room)
+        Ok((room, Some(key)))
     }
 
     fn leave(&self, s: &SocketRef, data: Option<Value>) -> Result<RoomName, RoomError> {

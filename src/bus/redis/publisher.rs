@@ -1,0 +1,207 @@
+//! Publishing through the `rtg_publish` function, and loading that function.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadpool_redis::{
+    Config as PoolConfig, Pool, PoolConfig as DeadpoolSettings, Runtime, Timeouts,
+};
+use redis::AsyncCommands;
+
+use super::{RedisSettings, FUNCTION_LIBRARY, FUNCTION_VERSION};
+use crate::bus::BusError;
+use crate::events::{Event, RoomKey, ValidPublish};
+use crate::metrics;
+
+/// Publishes events into Redis, one atomic `rtg_publish` call per room. Usable on its own by a
+/// Rust backend: build it from [`RedisSettings`] and call [`Publisher::publish_valid`].
+#[derive(Clone)]
+pub struct Publisher {
+    pool: Pool,
+    settings: Arc<RedisSettings>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl Publisher {
+    /// A publisher with a bounded pool; connects lazily.
+    pub fn new(settings: Arc<RedisSettings>) -> Result<Self, BusError> {
+        let mut cfg = PoolConfig::from_url(settings.url.clone());
+        cfg.pool = Some(DeadpoolSettings {
+            max_size: settings.pool_size,
+            timeouts: Timeouts {
+                wait: Some(settings.timeout),
+                create: Some(settings.timeout),
+                recycle: Some(settings.timeout),
+            },
+            ..DeadpoolSettings::default()
+        });
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| BusError::Config(format!("invalid REDIS_URL: {e}")))?;
+        Ok(Self { pool, settings })
+    }
+
+    /// The settings this publisher uses.
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
+    /// A pooled connection, timing the wait.
+    pub async fn connection(&self) -> Result<deadpool_redis::Connection, BusError> {
+        let start = Instant::now();
+        let conn = self.pool.get().await.map_err(unavailable);
+        ::metrics::histogram!(metrics::REDIS_POOL_WAIT).record(start.elapsed().as_secs_f64());
+        conn
+    }
+
+    /// Checks the server is Redis 7 or newer and that our function library is loaded.
+    pub async fn check_server(&self) -> Result<(), BusError> {
+        let mut conn = self.connection().await?;
+        let info: String = tokio::time::timeout(
+            self.settings.timeout,
+            redis::cmd("INFO").arg("server").query_async(&mut *conn),
+        )
+        .await
+        .map_err(|_| unavailable("INFO timed out"))?
+        .map_err(unavailable)?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("0")
+            .trim()
+            .to_string();
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 7 {
+            return Err(BusError::Config(format!(
+                "Redis {version} is too old: the gateway needs Redis 7 or newer (functions)"
+            )));
+        }
+        self.ensure_function(&mut conn).await
+    }
+
+    /// Loads the function library unless the server already has this version or a newer one.
+    async fn ensure_function(&self, conn: &mut deadpool_redis::Connection) -> Result<(), BusError> {
+        let loaded: Result<i64, _> = redis::cmd("FCALL_RO")
+            .arg("rtg_version")
+            .arg(0)
+            .query_async(&mut **conn)
+            .await;
+        match loaded {
+            Ok(v) if v >= FUNCTION_VERSION => {
+                if v > FUNCTION_VERSION {
+                    tracing::info!(
+                        loaded = v,
+                        ours = FUNCTION_VERSION,
+                        "Redis has a newer function library; keeping it"
+                    );
+                }
+                Ok(())
+            }
+            _ => {
+                let _: String = redis::cmd("FUNCTION")
+                    .arg("LOAD")
+                    .arg("REPLACE")
+                    .arg(FUNCTION_LIBRARY)
+                    .query_async(&mut **conn)
+                    .await
+                    .map_err(|e| {
+                        BusError::Config(format!("cannot load the Redis function library: {e}"))
+                    })?;
+                tracing::info!(
+                    version = FUNCTION_VERSION,
+                    "loaded the Redis function library"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes `event` to each of `rooms` (one `rtg_publish` per room, pipelined) and returns
+    /// each room's `(offset, epoch)`.
+    pub async fn publish(
+        &self,
+        event: &Event,
+        rooms: &[RoomKey],
+    ) -> Result<Vec<(u64, String)>, BusError> {
+        let start = Instant::now();
+        let body = serde_json::to_string(event).map_err(|e| BusError::Rejected(e.to_string()))?;
+        let mut conn = self.connection().await?;
+        let result = match self.call(&mut conn, &body, rooms).await {
+            Err(BusError::Rejected(m)) if m.contains("Function not found") => {
+                // Redis lost its functions (restarted without persistence): load and retry once.
+                self.ensure_function(&mut conn).await?;
+                self.call(&mut conn, &body, rooms).await
+            }
+            other => other,
+        };
+        ::metrics::histogram!(metrics::REDIS_PUBLISH_DURATION)
+            .record(start.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn call(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        body: &str,
+        rooms: &[RoomKey],
+    ) -> Result<Vec<(u64, String)>, BusError> {
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            let names = self.settings.names(room);
+            pipe.cmd("FCALL")
+                .arg("rtg_publish")
+                .arg(2)
+                .arg(&names.stream)
+                .arg(&names.meta)
+                .arg(&names.channel)
+                .arg(body)
+                .arg(self.settings.history_max_len)
+                .arg(self.settings.history_ttl.as_secs().max(1));
+        }
+        let reply: Result<Vec<(u64, String)>, redis::RedisError> = match tokio::time::timeout(
+            self.settings.timeout,
+            pipe.query_async(&mut **conn),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => return Err(unavailable("Redis did not answer in time")),
+        };
+        reply.map_err(|e| {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+            {
+                unavailable(e)
+            } else {
+                BusError::Rejected(e.to_string())
+            }
+        })
+    }
+
+    /// Publishes a validated request (see [`crate::events::PublishRules::validate`]).
+    pub async fn publish_valid(&self, p: &ValidPublish) -> Result<Vec<(u64, String)>, BusError> {
+        let rooms: Vec<RoomKey> = p
+            .rooms
+            .iter()
+            .map(|r| RoomKey::new(p.tenant.clone(), r.clone()))
+            .collect();
+        self.publish(&p.event, &rooms).await
+    }
+
+    /// A plain `GET`-style helper for tests and tools: how many entries a room's history holds.
+    pub async fn history_len(&self, room: &RoomKey) -> Result<u64, BusError> {
+        let mut conn = self.connection().await?;
+        conn.xlen(self.settings.names(room).stream)
+            .await
+            .map_err(unavailable)
+    }
+}
