@@ -46,13 +46,27 @@ pub struct Event {
     pub channel: Arc<str>,
     /// Event type within the channel.
     pub event: Arc<str>,
-    /// The tenant the event belongs to.
-    #[serde(rename = "institutionId")]
+    /// The tenant the event belongs to (a publisher may send it as a number or a string).
+    #[serde(rename = "institutionId", deserialize_with = "id_string")]
     pub tenant: Arc<str>,
     /// Payload exactly as published.
     pub payload: Box<RawValue>,
     /// Publish time, milliseconds since the Unix epoch.
     pub timestamp: i64,
+}
+
+/// Reads an id given as a JSON integer or string into its string form.
+fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Int(i64),
+        Str(String),
+    }
+    Ok(match Id::deserialize(d)? {
+        Id::Int(n) => Arc::from(n.to_string()),
+        Id::Str(s) => Arc::from(s),
+    })
 }
 
 /// What a socket receives: the event, its room (client-facing name) and its offset there.

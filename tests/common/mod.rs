@@ -2,6 +2,8 @@
 //! HTTP, and keeps every process's log so a failing test shows what the gateway said.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -103,6 +105,30 @@ impl Gateway {
                 panic!("gateway did not start; its log:\n{}", log.lock().unwrap());
             }
         }
+    }
+
+    /// Polls `/readyz` until it answers `status`, up to the deadline; panics with the log if not.
+    pub async fn wait_readyz(&self, status: u16) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let now = reqwest::get(format!("{}/readyz", self.url()))
+                .await
+                .map(|r| r.status().as_u16());
+            if now.as_ref().ok() == Some(&status) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never answered {status} (last: {now:?}):\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
     }
 
     /// `http://127.0.0.1:port`.
