@@ -117,6 +117,18 @@ pub struct ServeArgs {
     /// How long a room stays subscribed after its last local member left.
     #[arg(long, env = "GATEWAY_UNSUBSCRIBE_DELAY", default_value = "2s", value_parser = parse_duration)]
     pub unsubscribe_delay: Duration,
+    /// Most events one recovery may replay; a bigger gap answers `recovered: false`.
+    #[arg(long, env = "GATEWAY_MAX_REPLAY", default_value_t = 1000)]
+    pub max_replay: u64,
+    /// Outgoing packets queued per socket before it counts as a slow consumer.
+    #[arg(long, env = "GATEWAY_SOCKET_BUFFER", default_value_t = 2048)]
+    pub socket_buffer: usize,
+    /// After SIGTERM: how long to keep serving while not ready, so the load balancer moves away.
+    #[arg(long, env = "GATEWAY_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// After the delay: the period over which connections are closed in batches.
+    #[arg(long, env = "GATEWAY_DRAIN_PERIOD", default_value = "10s", value_parser = parse_duration)]
+    pub drain_period: Duration,
     /// Development mode: without JWT_SECRET, generate one (and a publish key) and print them.
     #[arg(long, env = "GATEWAY_DEV", default_value_t = false)]
     pub dev: bool,
@@ -193,6 +205,18 @@ pub struct Config {
     pub max_client_packet_bytes: u64,
     /// Engine.IO ping interval.
     pub ping_interval: Duration,
+    /// Most events kept per room (embedded bus; the Redis bus has its own copy).
+    pub history_max_len: u64,
+    /// History lifetime after a room's last event.
+    pub history_ttl: Duration,
+    /// Most events one recovery may replay.
+    pub max_replay: u64,
+    /// Outgoing packets queued per socket.
+    pub socket_buffer: usize,
+    /// Drain: not-ready delay before closing connections.
+    pub drain_delay: Duration,
+    /// Drain: period over which connections are closed.
+    pub drain_period: Duration,
     /// Engine.IO ping timeout.
     pub ping_timeout: Duration,
 }
@@ -397,6 +421,27 @@ impl ServeArgs {
                 "must be at least 1024 so a token fits",
             ));
         }
+        if self.max_replay == 0 {
+            return Err(bad(
+                "--max-replay / GATEWAY_MAX_REPLAY",
+                "must be at least 1",
+            ));
+        }
+        if (self.socket_buffer as u64) < self.max_replay + 64 {
+            return Err(bad(
+                "--socket-buffer / GATEWAY_SOCKET_BUFFER",
+                format!(
+                    "must hold a whole replay plus live traffic: at least GATEWAY_MAX_REPLAY + 64 = {}",
+                    self.max_replay + 64
+                ),
+            ));
+        }
+        if self.history_max_len == 0 {
+            return Err(bad(
+                "--history-max-len / GATEWAY_HISTORY_MAX_LEN",
+                "must be at least 1",
+            ));
+        }
         if self.auth_grace.is_zero() {
             return Err(bad(
                 "--auth-grace / GATEWAY_AUTH_GRACE",
@@ -433,6 +478,12 @@ impl ServeArgs {
             max_client_packet_bytes: self.max_client_packet_bytes,
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
+            history_max_len: self.history_max_len,
+            history_ttl: self.history_ttl,
+            max_replay: self.max_replay,
+            socket_buffer: self.socket_buffer,
+            drain_delay: self.drain_delay,
+            drain_period: self.drain_period,
         };
         Ok((config, dev))
     }

@@ -17,7 +17,7 @@
 //! - [`relay`]: bus deliveries to local sockets.
 //! - [`http`]: health, readiness and the publish API; `/metrics` on the admin listener.
 //! - [`metrics`]: metric names and descriptions.
-//! - [`shutdown`]: signal handling.
+//! - [`shutdown`]: signal handling; [`drain`]: closing connections in batches on shutdown.
 //! - [`client`]: a minimal Socket.IO client over WebSocket (tests and tools).
 //!
 //! [`run`] takes already bound listeners and a cancellation token, so tests and embedders bind
@@ -27,6 +27,7 @@ pub mod auth;
 pub mod bus;
 pub mod client;
 pub mod config;
+pub mod drain;
 pub mod events;
 pub mod http;
 pub mod metrics;
@@ -57,7 +58,11 @@ pub async fn run(
     let metrics = metrics::install();
     let (tx, rx) = tokio::sync::mpsc::channel(DELIVERY_QUEUE);
     let bus: Arc<dyn bus::Bus> = match &config.redis {
-        None => Arc::new(bus::memory::MemoryBus::new(tx)),
+        None => Arc::new(bus::memory::MemoryBus::new(
+            tx,
+            config.history_max_len as usize,
+            config.history_ttl,
+        )),
         Some(settings) => Arc::new(
             bus::redis::RedisBus::start(
                 settings.clone(),
@@ -74,11 +79,13 @@ pub async fn run(
         .ping_timeout(config.ping_timeout)
         .max_payload(config.max_client_packet_bytes)
         .ws_max_message_size(config.max_client_packet_bytes as usize)
+        .max_buffer_size(config.socket_buffer)
         .build_layer();
-    let state = AppState::new(config, bus);
+    let (relay_handle, relay_control) = relay::channel();
+    let state = AppState::new(config, bus, relay_handle);
     socket::register(&io, state.clone());
 
-    let relay = tokio::spawn(relay::run(io.clone(), state.clone(), rx));
+    let relay = tokio::spawn(relay::run(io.clone(), state.clone(), rx, relay_control));
     let ticker = tokio::spawn(tick(io.clone(), state.clone(), shutdown.clone()));
 
     let app = http::router(state.clone()).layer(layer);

@@ -54,6 +54,17 @@ pub const REDIS_POOL_WAIT: &str = "gateway_redis_pool_wait_duration_seconds";
 /// Bus messages dropped because their offset was already relayed (counter).
 pub const BUS_DUPLICATES: &str = "gateway_bus_duplicates_total";
 
+/// Recoveries requested by clients (counter), by `result` (`recovered` or why not).
+pub const RECOVERIES: &str = "gateway_recoveries_total";
+/// Events replayed to clients from history (counter).
+pub const EVENTS_REPLAYED: &str = "gateway_events_replayed_total";
+/// Rooms told to resync because their history was lost (counter).
+pub const RESYNCS: &str = "gateway_resyncs_total";
+/// History reads after a Redis reconnect (counter), by `result`.
+pub const GAP_READS: &str = "gateway_gap_reads_total";
+/// Connections closed by a drain (counter).
+pub const DRAINED: &str = "gateway_drained_connections_total";
+
 /// Label value for a channel: its name if it is in the catalog, else `other`.
 pub fn channel_label(channel: &str) -> &'static str {
     Channel::parse(channel)
@@ -167,5 +178,19 @@ fn describe() {
         BUS_DUPLICATES,
         "Bus messages dropped because their offset was already relayed."
     );
+    describe_counter!(
+        RECOVERIES,
+        "Recoveries requested by clients, by result (recovered or why not)."
+    );
+    describe_counter!(EVENTS_REPLAYED, "Events replayed to clients from history.");
+    describe_counter!(
+        RESYNCS,
+        "Rooms told to resync because their history was lost."
+    );
+    describe_counter!(
+        GAP_READS,
+        "History reads after a Redis reconnect, by result."
+    );
+    describe_counter!(DRAINED, "Connections closed by a graceful drain.");
     describe_gauge!(READY, "1 while this gateway accepts new clients, else 0.");
 }

@@ -1,26 +1,230 @@
-//! The relay: takes each [`Delivery`] from the bus and hands it to the local sockets in its room.
+//! The relay: takes each bus message and hands it to the local sockets in its room, and splices
+//! history replays into live delivery for sockets that are entering a room.
 //!
-//! The envelope is serialized once per event and room; Socket.IO's adapter then writes the same
-//! encoded packet to every member.
+//! One task owns all of it, so "a live event arrived" and "this socket finished its replay" can
+//! never interleave: while a socket enters a room it is not yet in the Socket.IO room; live
+//! events of that room are buffered for it; when its history read is done the relay sends the
+//! replay, then the buffered events it did not already cover (by offset), then adds the socket
+//! to the room, all in one step. Nothing is lost, doubled or reordered.
+//!
+//! The envelope of a live event is serialized once per event and room; Socket.IO's adapter then
+//! writes the same encoded packet to every member.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde_json::json;
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
 use socketioxide::{BroadcastError, SocketError, SocketIo};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::Delivery;
+use crate::bus::{BusMessage, Delivery};
 use crate::events::envelope::now_millis;
+use crate::events::{Event, RoomKey};
 use crate::metrics;
 use crate::state::AppState;
 
-/// Relays deliveries until the bus closes the channel.
-pub async fn run(io: SocketIo, state: Arc<AppState>, mut deliveries: mpsc::Receiver<Delivery>) {
-    while let Some(d) = deliveries.recv().await {
-        relay_one(&io, &state, d).await;
+/// Most live events buffered for one socket while its history is read. Past it the socket is
+/// told to resync that room instead (a history read that slow means Redis is in trouble).
+const MAX_BUFFERED: usize = 10_000;
+
+/// Server → client event: a room's history was lost, refetch its state.
+pub const RESYNC: &str = "resync";
+
+enum Control {
+    Register {
+        key: RoomKey,
+        sid: Sid,
+        done: oneshot::Sender<()>,
+    },
+    Finish {
+        key: RoomKey,
+        sid: Sid,
+        after: u64,
+        replay: Vec<(u64, Arc<Event>)>,
+        done: oneshot::Sender<Finished>,
+    },
+}
+
+/// What a finished room entry delivered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Finished {
+    /// Events sent from history.
+    pub replayed: usize,
+    /// Live events sent from the buffer.
+    pub buffered: usize,
+    /// The buffer overflowed: the socket was told to resync instead.
+    pub overflowed: bool,
+}
+
+/// Handle to the relay task, for the socket handlers.
+#[derive(Clone)]
+pub struct RelayHandle {
+    control: mpsc::Sender<Control>,
+}
+
+/// The receiving end, given to [`run`].
+pub struct RelayControl(mpsc::Receiver<Control>);
+
+/// A relay handle and its control receiver.
+pub fn channel() -> (RelayHandle, RelayControl) {
+    let (tx, rx) = mpsc::channel(1024);
+    (RelayHandle { control: tx }, RelayControl(rx))
+}
+
+impl RelayHandle {
+    /// Starts buffering `key`'s live events for socket `sid`; returns once the relay has done so.
+    pub async fn register(&self, key: &RoomKey, sid: Sid) {
+        let (done, wait) = oneshot::channel();
+        let msg = Control::Register {
+            key: key.clone(),
+            sid,
+            done,
+        };
+        if self.control.send(msg).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Sends `replay` (events after `after`), then buffered live events after them, then adds
+    /// the socket to the room.
+    pub async fn finish(
+        &self,
+        key: &RoomKey,
+        sid: Sid,
+        after: u64,
+        replay: Vec<(u64, Arc<Event>)>,
+    ) -> Finished {
+        let (done, wait) = oneshot::channel();
+        let msg = Control::Finish {
+            key: key.clone(),
+            sid,
+            after,
+            replay,
+            done,
+        };
+        if self.control.send(msg).await.is_err() {
+            return Finished::default();
+        }
+        wait.await.unwrap_or_default()
     }
 }
 
-async fn relay_one(io: &SocketIo, state: &AppState, d: Delivery) {
+struct Pending {
+    sid: Sid,
+    buffer: Vec<Delivery>,
+    overflowed: bool,
+}
+
+/// Relays bus messages and room entries until the bus closes its channel.
+pub async fn run(
+    io: SocketIo,
+    state: Arc<AppState>,
+    mut bus: mpsc::Receiver<BusMessage>,
+    control: RelayControl,
+) {
+    let mut control = control.0;
+    let mut pending: HashMap<RoomKey, Vec<Pending>> = HashMap::new();
+    loop {
+        tokio::select! {
+            msg = bus.recv() => match msg {
+                Some(BusMessage::Event(d)) => {
+                    relay_one(&io, &state, &d).await;
+                    if let Some(waiting) = pending.get_mut(&d.key) {
+                        for p in waiting.iter_mut() {
+                            if p.buffer.len() < MAX_BUFFERED {
+                                p.buffer.push(d.clone());
+                            } else {
+                                p.overflowed = true;
+                            }
+                        }
+                    }
+                }
+                Some(BusMessage::Resync { key, now }) => {
+                    ::metrics::counter!(metrics::RESYNCS).increment(1);
+                    let body = json!({ "room": key.room(), "epoch": now.epoch, "offset": now.offset });
+                    if let Err(e) = io.to(key.as_str().to_owned()).emit(RESYNC, &body).await {
+                        tracing::warn!(room = %key, error = %e, "resync not sent to every socket");
+                    }
+                }
+                None => return,
+            },
+            ctl = control.recv() => match ctl {
+                Some(Control::Register { key, sid, done }) => {
+                    pending.entry(key).or_default().push(Pending { sid, buffer: Vec::new(), overflowed: false });
+                    let _ = done.send(());
+                }
+                Some(Control::Finish { key, sid, after, replay, done }) => {
+                    let mine = pending.get_mut(&key).and_then(|list| {
+                        let i = list.iter().position(|p| p.sid == sid)?;
+                        Some(list.swap_remove(i))
+                    });
+                    if pending.get(&key).is_some_and(Vec::is_empty) {
+                        pending.remove(&key);
+                    }
+                    let finished = match (io.get_socket(sid), mine) {
+                        (Some(s), Some(p)) => splice(&s, &key, after, replay, p),
+                        _ => Finished::default(),
+                    };
+                    let _ = done.send(finished);
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// Replay, then buffered live events past it, then membership: one uninterrupted step.
+fn splice(
+    s: &SocketRef,
+    key: &RoomKey,
+    after: u64,
+    replay: Vec<(u64, Arc<Event>)>,
+    p: Pending,
+) -> Finished {
+    let mut out = Finished::default();
+    let mut last = after;
+    for (offset, event) in replay.iter().filter(|(o, _)| *o > after) {
+        send(s, key, *offset, event);
+        last = *offset;
+        out.replayed += 1;
+    }
+    if p.overflowed {
+        out.overflowed = true;
+        ::metrics::counter!(metrics::RESYNCS).increment(1);
+        let body = json!({ "room": key.room(), "reason": "buffer_overflow" });
+        if let Err(e) = s.emit(RESYNC, &body) {
+            tracing::debug!(error = %e, "resync not sent");
+        }
+    } else {
+        // Buffered events arrive in offset order; skip what the replay already covered.
+        for d in p.buffer.iter() {
+            if d.offset > last {
+                send(s, key, d.offset, &d.event);
+                last = d.offset;
+                out.buffered += 1;
+            }
+        }
+    }
+    s.join(key.as_str().to_owned());
+    out
+}
+
+fn send(s: &SocketRef, key: &RoomKey, offset: u64, event: &Event) {
+    let envelope = event.client_envelope(key.room(), offset);
+    if let Err(e) = s.emit(&*event.channel, &envelope) {
+        let reason = match e {
+            socketioxide::SendError::Socket(SocketError::InternalChannelFull) => "buffer_full",
+            socketioxide::SendError::Socket(SocketError::Closed) => "closed",
+            socketioxide::SendError::Serialize(_) => "encode",
+        };
+        ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => reason).increment(1);
+        tracing::warn!(sid = %s.id, room = %key, offset, reason, "replayed event not sent");
+    }
+}
+
+async fn relay_one(io: &SocketIo, state: &AppState, d: &Delivery) {
     let channel = metrics::channel_label(&d.event.channel);
     ::metrics::counter!(metrics::EVENTS_RECEIVED, "channel" => channel).increment(1);
     let members = state.membership.members(&d.key);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::relay::RelayHandle;
 use crate::socket::deadlines::Deadlines;
 use crate::socket::membership::Membership;
 
@@ -19,14 +20,17 @@ pub struct AppState {
     pub membership: Membership,
     /// Auth grace and token expiry timers.
     pub deadlines: Deadlines,
+    /// The relay task, for room entries with replay.
+    pub relay: RelayHandle,
     /// Set when shutdown began: `/readyz` answers 503 from then on.
     draining: AtomicBool,
 }
 
 impl AppState {
     /// State for a gateway with `config` on `bus`.
-    pub fn new(config: Config, bus: Arc<dyn Bus>) -> Arc<Self> {
+    pub fn new(config: Config, bus: Arc<dyn Bus>, relay: RelayHandle) -> Arc<Self> {
         Arc::new(Self {
+            relay,
             config,
             membership: Membership::new(bus.clone()),
             bus,

@@ -60,6 +60,9 @@ pub enum AuthError {
     /// Issuer or audience do not match the configured ones.
     #[error("the token's issuer or audience is not accepted")]
     WrongIssuerOrAudience,
+    /// `refresh` on a socket that never authenticated.
+    #[error("this socket is not authenticated; authenticate first")]
+    NotAuthenticated,
     /// A `refresh` token that belongs to another user or tenant.
     #[error("the new token is for another user or tenant")]
     IdentityChanged,
@@ -78,6 +81,7 @@ impl AuthError {
             AuthError::ClaimMissing(_) => "token_claim_missing",
             AuthError::ClaimInvalid(..) => "token_claim_invalid",
             AuthError::WrongIssuerOrAudience => "token_wrong_issuer_or_audience",
+            AuthError::NotAuthenticated => "not_authenticated",
             AuthError::IdentityChanged => "token_identity_changed",
         }
     }

@@ -28,6 +28,74 @@ pub struct Delivery {
     pub event: Arc<Event>,
 }
 
+/// Where a room's history stands: its epoch (changes whenever the history was lost) and the
+/// offset of its last event (0 before the first).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Position {
+    /// Identity of the room's current history.
+    pub epoch: Arc<str>,
+    /// Offset of the room's last event.
+    pub offset: u64,
+}
+
+/// Why a room's missed events cannot be replayed (a metric label and a client-visible reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The history was lost and restarted since the client's position.
+    EpochChanged,
+    /// The client claims an offset the room has not reached.
+    Future,
+    /// Some missed events have already left the history (cap or TTL).
+    TooOld,
+    /// More events were missed than one replay may send.
+    TooMany,
+}
+
+impl Lost {
+    /// Stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lost::EpochChanged => "epoch_changed",
+            Lost::Future => "future_offset",
+            Lost::TooOld => "too_old",
+            Lost::TooMany => "too_many",
+        }
+    }
+}
+
+/// The answer to "what happened in this room after my position?".
+#[derive(Debug, Clone)]
+pub enum Recovery {
+    /// Every event after the position, in order (possibly none), and where the room is now.
+    Replay {
+        /// `(offset, event)` in offset order, contiguous from the position's offset + 1.
+        events: Vec<(u64, Arc<Event>)>,
+        /// The room's position at the time of the read.
+        now: Position,
+    },
+    /// The missed events cannot be replayed; the client must refetch its state.
+    Lost {
+        /// Why.
+        reason: Lost,
+        /// The room's position at the time of the read.
+        now: Position,
+    },
+}
+
+/// What the bus hands to the gateway's relay.
+#[derive(Debug, Clone)]
+pub enum BusMessage {
+    /// An event for a room.
+    Event(Delivery),
+    /// A room's history was lost while this gateway was cut off: tell its sockets to refetch.
+    Resync {
+        /// The room.
+        key: RoomKey,
+        /// Its position now.
+        now: Position,
+    },
+}
+
 /// Why the bus could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
@@ -44,7 +112,7 @@ pub enum BusError {
 
 /// Where the bus sends what it receives. Bounded: a gateway that falls behind slows its bus
 /// reader rather than growing memory.
-pub type DeliverySender = tokio::sync::mpsc::Sender<Delivery>;
+pub type DeliverySender = tokio::sync::mpsc::Sender<BusMessage>;
 
 /// The distributed (or embedded) event bus.
 pub trait Bus: Send + Sync + 'static {
@@ -71,6 +139,17 @@ pub trait Bus: Send + Sync + 'static {
     ) -> BoxFuture<'a, bool> {
         futures_util::future::ready(true).boxed()
     }
+
+    /// The room's current position; creates its epoch if the room has no history yet.
+    fn position<'a>(&'a self, room: &'a RoomKey) -> BoxFuture<'a, Result<Position, BusError>>;
+
+    /// The room's events after `since`, at most `max` of them, or why they cannot be replayed.
+    fn recover<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        since: &'a Position,
+        max: u64,
+    ) -> BoxFuture<'a, Result<Recovery, BusError>>;
 
     /// Whether the bus can publish and deliver now.
     fn is_ready(&self) -> bool;

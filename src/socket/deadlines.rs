@@ -28,7 +28,7 @@ pub struct Deadlines {
 }
 
 /// How often due deadlines are checked: the precision of grace and expiry.
-pub const TICK: Duration = Duration::from_millis(200);
+pub const TICK: Duration = Duration::from_millis(50);
 
 impl Deadlines {
     /// Schedules `what` for socket `sid` at `when`.

@@ -1,8 +1,14 @@
-//! The Socket.IO side: connect middleware (token in the handshake), the seed's `authenticate`
-//! flow, `join` / `leave` under the room policy, `refresh`, `ping`, and cleanup on disconnect.
+//! The Socket.IO side: the connect middleware (token in the handshake), the seed's
+//! `authenticate` flow, `join` / `leave` under the room policy, `refresh`, `ping`, timers, and
+//! cleanup on disconnect.
+//!
+//! Event handlers are installed in the middleware, before the client is told it is connected,
+//! so an event the client emits right after `connect` is never missed.
 
 pub mod deadlines;
+mod handlers;
 pub mod membership;
+pub mod rooms;
 pub mod session;
 
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 use socketioxide::{SocketIo, TransportType};
 
-use crate::auth::{AuthError, Identity, RoomError, Verified};
+use crate::auth::{AuthError, Verified};
 use crate::events::envelope::now_millis;
 use crate::events::{RoomKey, RoomName};
 use crate::metrics;
@@ -73,13 +79,12 @@ fn reply(ack: AckSender, body: &Value) {
 
 fn emit(s: &SocketRef, event: &str, data: &impl Serialize) {
     if let Err(e) = s.emit(event, data) {
-        let reason = if matches!(
-            e,
-            socketioxide::SendError::Socket(socketioxide::SocketError::InternalChannelFull)
-        ) {
-            "buffer_full"
-        } else {
-            "closed"
+        let reason = match e {
+            socketioxide::SendError::Socket(socketioxide::SocketError::InternalChannelFull) => {
+                "buffer_full"
+            }
+            socketioxide::SendError::Socket(socketioxide::SocketError::Closed) => "closed",
+            socketioxide::SendError::Serialize(_) => "encode",
         };
         ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => reason).increment(1);
         tracing::debug!(sid = %s.id, event, error = %e, "emit failed");
@@ -98,8 +103,10 @@ fn token_of(payload: &Option<Value>) -> Result<Option<String>, AuthError> {
     }
 }
 
-fn unix_now() -> u64 {
-    (now_millis() / 1000).max(0) as u64
+/// Time left until `exp` (seconds since the epoch), to the millisecond.
+fn until(exp: u64) -> Duration {
+    let exp_ms = exp.saturating_mul(1000) as i64;
+    Duration::from_millis((exp_ms - now_millis()).max(0) as u64)
 }
 
 /// Registers the gateway's handlers on the `/` namespace.
@@ -107,7 +114,7 @@ pub fn register(io: &SocketIo, state: Arc<AppState>) {
     let st = state.clone();
     let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let st = st.clone();
-        async move { authenticate_handshake(&st, &s, auth.ok()) }
+        async move { authenticate_handshake(st, &s, auth.ok()) }
     };
     let st = state;
     let on_connect = move |s: SocketRef| {
@@ -117,9 +124,10 @@ pub fn register(io: &SocketIo, state: Arc<AppState>) {
     io.ns("/", on_connect.with(middleware));
 }
 
-/// Connect middleware: a token in `auth` must verify; no token lets the socket in unauthenticated.
+/// Connect middleware: a token in `auth` must verify; no token lets the socket in
+/// unauthenticated. Installs the event handlers before the client hears it is connected.
 fn authenticate_handshake(
-    st: &AppState,
+    st: Arc<AppState>,
     s: &SocketRef,
     auth: Option<Value>,
 ) -> Result<(), ConnectRefused> {
@@ -128,49 +136,43 @@ fn authenticate_handshake(
         TransportType::Polling => "polling",
     };
     let session = Session::new(transport);
-    let token = token_of(&auth).map_err(|e| {
+    let refuse = |e: AuthError| {
         auth_failed(&e);
         ConnectRefused(e.code())
-    })?;
-    if let Some(token) = token {
-        let verified = st.config.verifier.verify(&token).map_err(|e| {
-            auth_failed(&e);
-            ConnectRefused(e.code())
-        })?;
+    };
+    if let Some(token) = token_of(&auth).map_err(refuse)? {
+        let verified = st.config.verifier.verify(&token).map_err(refuse)?;
         let mut state = session.state();
         state.identity = Some(verified.identity);
         state.exp = verified.exp;
+        state.handshake_since = auth.as_ref().and_then(|a| a.get("since")).cloned();
     }
-    s.extensions.insert(session);
+    s.extensions.insert(session.clone());
+    ::metrics::gauge!(metrics::CONNECTIONS, "transport" => transport).increment(1.0);
+    ::metrics::counter!(metrics::CONNECTIONS_TOTAL, "transport" => transport).increment(1);
+    {
+        let st = st.clone();
+        s.on_disconnect(move |s: SocketRef, reason: DisconnectReason| async move {
+            on_disconnect(&st, &s, &session, reason)
+        });
+    }
+    handlers::install(st, s);
     Ok(())
 }
 
 async fn on_connect(st: Arc<AppState>, s: SocketRef) {
     let Some(session) = session_of(&s) else {
-        // The middleware always inserts a session; without one the socket cannot be served.
-        tracing::error!(sid = %s.id, "socket without session");
-        let _ = s.disconnect();
         return;
     };
-    ::metrics::gauge!(metrics::CONNECTIONS, "transport" => session.transport).increment(1.0);
-    ::metrics::counter!(metrics::CONNECTIONS_TOTAL, "transport" => session.transport).increment(1);
-
-    {
-        let st = st.clone();
-        let session = session.clone();
-        s.on_disconnect(move |s: SocketRef, reason: DisconnectReason| async move {
-            on_disconnect(&st, &s, &session, reason)
-        });
-    }
-    let handlers = Handlers { st: st.clone() };
-    handlers.install(&s);
-
-    let identity = session.identity();
-    match identity {
-        Some(identity) => {
-            let exp = session.state().exp;
-            complete_auth(&st, &s, &session, Verified { identity, exp }, None).await;
-        }
+    let verified = {
+        let state = session.state();
+        state.identity.clone().map(|identity| Verified {
+            identity,
+            exp: state.exp,
+        })
+    };
+    match verified {
+        Some(v) => complete_auth(&st, &s, &session, v, None).await,
         None => st.deadlines.schedule(
             Instant::now() + st.config.auth_grace,
             s.id,
@@ -179,23 +181,8 @@ async fn on_connect(st: Arc<AppState>, s: SocketRef) {
     }
 }
 
-/// How long a join waits for the bus to confirm the room's subscription before answering.
-/// Past it the join still succeeds; deliveries start when the bus catches up.
-const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
-
-/// Waits (bounded) until the bus delivers `keys` to this gateway.
-async fn await_subscriptions(st: &AppState, keys: &[RoomKey]) {
-    let waits = keys
-        .iter()
-        .map(|k| st.bus.wait_subscribed(k, SUBSCRIBE_WAIT));
-    for (key, ok) in keys.iter().zip(futures_util::future::join_all(waits).await) {
-        if !ok {
-            tracing::warn!(room = %key, "bus subscription not confirmed in time; answering anyway");
-        }
-    }
-}
-
-/// Identity is set: join the automatic rooms, arm the expiry timer, tell the client.
+/// The identity is claimed: enter the automatic rooms (recovering from `auth.since` when given),
+/// arm the expiry timer, then tell the client (ack and `authenticated`).
 async fn complete_auth(
     st: &AppState,
     s: &SocketRef,
@@ -204,33 +191,37 @@ async fn complete_auth(
     ack: Option<AckSender>,
 ) {
     let id = &verified.identity;
-    let auto = [
+    let keys: Vec<RoomKey> = [
         RoomName::institution(&id.tenant),
         RoomName::user(&id.user_id),
-    ];
-    let keys: Vec<RoomKey> = auto
-        .iter()
-        .map(|r| RoomKey::new(id.tenant.clone(), r.clone()))
-        .collect();
-    {
+    ]
+    .into_iter()
+    .map(|r| RoomKey::new(id.tenant.clone(), r))
+    .collect();
+    let since = {
         let mut state = session.state();
         if state.closed {
             return;
         }
-        state.identity = Some(verified.identity.clone());
-        state.exp = verified.exp;
         for key in &keys {
-            s.join(key.as_str().to_owned());
             st.membership.add(key);
         }
-    }
+        state.handshake_since.take()
+    };
     schedule_expiry(st, s, verified.exp);
-    await_subscriptions(st, &keys).await;
+    let entries = keys.iter().map(|key| {
+        let wanted = since
+            .as_ref()
+            .and_then(|m| m.get(key.room().as_str()))
+            .map(rooms::parse_since);
+        rooms::enter(st, s, key, wanted)
+    });
+    let entries = futures_util::future::join_all(entries).await;
     let msg = json!({
         "userId": id.user_id,
         "institutionId": id.tenant,
         "role": id.role,
-        "rooms": auto,
+        "rooms": entries,
         "exp": verified.exp,
     });
     if let Some(ack) = ack {
@@ -242,9 +233,8 @@ async fn complete_auth(
 }
 
 fn schedule_expiry(st: &AppState, s: &SocketRef, exp: u64) {
-    let left = Duration::from_secs(exp.saturating_sub(unix_now()));
     st.deadlines
-        .schedule(Instant::now() + left, s.id, Deadline::TokenExpiry);
+        .schedule(Instant::now() + until(exp), s.id, Deadline::TokenExpiry);
 }
 
 fn on_disconnect(st: &AppState, s: &SocketRef, session: &Session, reason: DisconnectReason) {
@@ -294,7 +284,7 @@ pub fn on_deadline(io: &SocketIo, sid: socketioxide::socket::Sid, what: Deadline
                 "auth_timeout",
                 "no authenticate event within the grace period; connect with auth: { token }",
             ),
-            Deadline::TokenExpiry if state.identity.is_some() && state.exp <= unix_now() => (
+            Deadline::TokenExpiry if state.identity.is_some() && until(state.exp).is_zero() => (
                 "token_expired",
                 "the token expired; emit refresh { token } before exp to stay connected",
             ),
@@ -309,190 +299,5 @@ pub fn on_deadline(io: &SocketIo, sid: socketioxide::socket::Sid, what: Deadline
     );
     if let Err(e) = s.disconnect() {
         tracing::debug!(%sid, error = %e, "disconnect after deadline failed");
-    }
-}
-
-/// Why a join or leave request could not even be read.
-fn bad_request(message: &str) -> RoomError {
-    RoomError::new("invalid_request", message)
-}
-
-/// The `room` of a join or leave request: `"batch:1"` or `{ room: "batch:1" }`.
-fn requested_room(data: &Option<Value>) -> Result<String, RoomError> {
-    match data {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Object(o)) => match o.get("room") {
-            Some(Value::String(s)) => Ok(s.clone()),
-            _ => Err(bad_request("room must be a string such as \"batch:456\"")),
-        },
-        _ => Err(bad_request(
-            "send a room name (\"batch:456\") or { room: \"batch:456\" }",
-        )),
-    }
-}
-
-#[derive(Clone)]
-struct Handlers {
-    st: Arc<AppState>,
-}
-
-impl Handlers {
-    fn install(&self, s: &SocketRef) {
-        let h = self.clone();
-        s.on(
-            names::AUTHENTICATE,
-            move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
-                let h = h.clone();
-                async move { h.authenticate(&s, d.ok(), ack).await }
-            },
-        );
-        let h = self.clone();
-        s.on(
-            names::JOIN,
-            move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
-                let h = h.clone();
-                async move {
-                    let body = match h.join(&s, d.ok()) {
-                        Ok((room, key)) => {
-                            if let Some(key) = key {
-                                await_subscriptions(&h.st, &[key]).await;
-                            }
-                            json!({ "ok": true, "room": room })
-                        }
-                        Err(e) => {
-                            ::metrics::counter!(metrics::JOIN_REFUSED, "reason" => e.code)
-                                .increment(1);
-                            error_reply(e.code, &e.message)
-                        }
-                    };
-                    reply(ack, &body);
-                }
-            },
-        );
-        let h = self.clone();
-        s.on(
-            names::LEAVE,
-            move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
-                let h = h.clone();
-                async move {
-                    let body = match h.leave(&s, d.ok()) {
-                        Ok(room) => json!({ "ok": true, "room": room }),
-                        Err(e) => error_reply(e.code, &e.message),
-                    };
-                    reply(ack, &body);
-                }
-            },
-        );
-        let h = self.clone();
-        s.on(
-            names::REFRESH,
-            move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
-                let h = h.clone();
-                async move {
-                    let body = match h.refresh(&s, d.ok()) {
-                        Ok(exp) => json!({ "ok": true, "exp": exp }),
-                        Err(e) => auth_failed(&e),
-                    };
-                    reply(ack, &body);
-                }
-            },
-        );
-        s.on(names::PING, |s: SocketRef, ack: AckSender| async move {
-            let body = json!({ "timestamp": now_millis() });
-            reply(ack, &body);
-            emit(&s, names::PONG, &body);
-        });
-    }
-
-    async fn authenticate(&self, s: &SocketRef, data: Option<Value>, ack: AckSender) {
-        let Some(session) = session_of(s) else { return };
-        if session.identity().is_some() {
-            let e = error_reply(
-                "already_authenticated",
-                "this socket is already authenticated; use refresh to extend it",
-            );
-            return reply(ack, &e);
-        }
-        let verified = token_of(&data)
-            .and_then(|t| t.ok_or(AuthError::Missing))
-            .and_then(|t| self.st.config.verifier.verify(&t));
-        match verified {
-            Ok(v) => complete_auth(&self.st, s, &session, v, Some(ack)).await,
-            Err(e) => {
-                let body = auth_failed(&e);
-                reply(ack, &body);
-                emit(
-                    s,
-                    names::AUTH_ERROR,
-                    &json!({ "code": e.code(), "message": e.to_string() }),
-                );
-            }
-        }
-    }
-
-    /// Joins the requested room; returns it, and its key when it was newly joined.
-    fn join(
-        &self,
-        s: &SocketRef,
-        data: Option<Value>,
-    ) -> Result<(RoomName, Option<RoomKey>), RoomError> {
-        let session = session_of(s).ok_or_else(|| bad_request("socket is closing"))?;
-        let policy = &self.st.config.policy;
-        let room = policy.parse_room(&requested_room(&data)?)?;
-        let mut state = session.state();
-        let identity: &Identity = state.identity.as_ref().ok_or_else(|| {
-            RoomError::new("not_authenticated", "authenticate before joining rooms")
-        })?;
-        let own_auto = room == RoomName::institution(&identity.tenant)
-            || room == RoomName::user(&identity.user_id);
-        if own_auto || state.rooms.contains(&room) {
-            return Ok((room, None));
-        }
-        policy.check_join(identity, &room, state.rooms.len())?;
-        let key = RoomKey::new(identity.tenant.clone(), room.clone());
-        s.join(key.as_str().to_owned());
-        self.st.membership.add(&key);
-        state.rooms.push(room.clone());
-        Ok((room, Some(key)))
-    }
-
-    fn leave(&self, s: &SocketRef, data: Option<Value>) -> Result<RoomName, RoomError> {
-        let session = session_of(s).ok_or_else(|| bad_request("socket is closing"))?;
-        let policy = &self.st.config.policy;
-        let room = policy.parse_room(&requested_room(&data)?)?;
-        policy.check_leave(&room)?;
-        let mut state = session.state();
-        let tenant = state
-            .identity
-            .as_ref()
-            .map(|i| i.tenant.clone())
-            .ok_or_else(|| RoomError::new("not_authenticated", "authenticate first"))?;
-        if let Some(pos) = state.rooms.iter().position(|r| *r == room) {
-            state.rooms.swap_remove(pos);
-            let key = RoomKey::new(tenant, room.clone());
-            s.leave(key.as_str().to_owned());
-            self.st.membership.remove(&key);
-        }
-        Ok(room)
-    }
-
-    fn refresh(&self, s: &SocketRef, data: Option<Value>) -> Result<u64, AuthError> {
-        let session = session_of(s).ok_or(AuthError::Missing)?;
-        let token = token_of(&data)?.ok_or(AuthError::Missing)?;
-        let verified = self.st.config.verifier.verify(&token)?;
-        let exp = {
-            let mut state = session.state();
-            let current = state.identity.as_ref().ok_or(AuthError::Missing)?;
-            if current.user_id != verified.identity.user_id
-                || current.tenant != verified.identity.tenant
-            {
-                return Err(AuthError::IdentityChanged);
-            }
-            state.exp = state.exp.max(verified.exp);
-            state.identity = Some(verified.identity);
-            state.exp
-        };
-        schedule_expiry(&self.st, s, exp);
-        Ok(exp)
     }
 }

@@ -24,6 +24,8 @@ pub struct SessionState {
     pub rooms: Vec<RoomName>,
     /// Set once the socket is leaving, so a late join cannot add a room after cleanup.
     pub closed: bool,
+    /// Positions the client sent in the handshake (`auth.since`), used once for its automatic rooms.
+    pub handshake_since: Option<serde_json::Value>,
 }
 
 impl Session {

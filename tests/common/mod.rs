@@ -60,11 +60,19 @@ pub fn binary() -> &'static str {
 impl Gateway {
     /// Starts a gateway with the test secret and key plus `env` (which may override them).
     pub fn start(env: &[(&str, &str)]) -> Gateway {
+        Self::start_at("127.0.0.1:0", env)
+    }
+
+    /// Starts a gateway whose public listener binds `listen` (e.g. a port a previous gateway
+    /// used, for restarts behind a load balancer).
+    pub fn start_at(listen: &str, env: &[(&str, &str)]) -> Gateway {
         let mut cmd = Command::new(binary());
         for name in INHERITED {
             cmd.env_remove(name);
         }
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
+            .env("GATEWAY_DRAIN_DELAY", "0s")
+            .env("GATEWAY_DRAIN_PERIOD", "200ms")
             .env("JWT_SECRET", SECRET)
             .env("PUBLISH_API_KEYS", KEY)
             .env("GATEWAY_LOG", "info,realtime_gateway=debug")

@@ -6,7 +6,7 @@
 --
 -- Keys of one room share the hash tag {<tenant>/<room>}, so a room lives in one cluster slot.
 
-local VERSION = 1
+local VERSION = 2
 
 local function fail(msg)
   return redis.error_reply('ERR rtg_publish: ' .. msg)
@@ -24,6 +24,19 @@ local function as_id(v)
     return v
   end
   return nil
+end
+
+-- The room's epoch, created (with a fresh, empty history) when the room has none.
+local function ensure_epoch(stream, meta, ttl)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    local t = redis.call('TIME')
+    epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+    redis.call('EXPIRE', meta, ttl)
+  end
+  return epoch
 end
 
 -- FCALL rtg_publish 2 <history stream key> <meta hash key> <channel> <envelope json> <max len> <ttl secs>
@@ -55,13 +68,7 @@ local function publish(keys, args)
     return fail('envelope.institutionId must equal the tenant of the room key (' .. tenant .. ')')
   end
 
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if not epoch then
-    local t = redis.call('TIME')
-    epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-    redis.call('DEL', stream)
-    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
-  end
+  local epoch = ensure_epoch(stream, meta, ttl)
   local offset = redis.call('HINCRBY', meta, 'offset', 1)
   redis.call('XADD', stream, 'MAXLEN', maxlen, offset .. '-1', 'e', body)
   redis.call('EXPIRE', stream, ttl)
@@ -70,9 +77,41 @@ local function publish(keys, args)
   return { offset, epoch }
 end
 
+-- FCALL rtg_read 2 <history stream key> <meta hash key> <epoch> <after offset> <max events> <ttl secs>
+-- The room's position and, when <after offset> >= 0, the events after it:
+--   { epoch, offset }                       position only (after < 0, or nothing missed)
+--   { epoch, offset, 'ok', e1, e2, ... }    every missed envelope, in offset order
+--   { epoch, offset, reason }               'epoch_changed' | 'future_offset' | 'too_many' | 'too_old'
+-- A room without history gets an epoch here, so a client can hold a position before any event.
+local function read(keys, args)
+  local stream, meta = keys[1], keys[2]
+  local want_epoch, after, max, ttl = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  if stream == nil or meta == nil then return redis.error_reply('ERR rtg_read: needs 2 keys: history stream, meta hash') end
+  if want_epoch == nil or after == nil or max == nil or ttl == nil or ttl < 1 then
+    return redis.error_reply('ERR rtg_read: needs arguments: epoch, after offset, max events, ttl')
+  end
+  local epoch = ensure_epoch(stream, meta, ttl)
+  local offset = tonumber(redis.call('HGET', meta, 'offset'))
+  if after < 0 then return { epoch, offset } end
+  if want_epoch ~= epoch then return { epoch, offset, 'epoch_changed' } end
+  if after > offset then return { epoch, offset, 'future_offset' } end
+  if after == offset then return { epoch, offset, 'ok' } end
+  if offset - after > max then return { epoch, offset, 'too_many' } end
+  local entries = redis.call('XRANGE', stream, (after + 1) .. '-1', '+', 'COUNT', offset - after)
+  if #entries ~= offset - after or entries[1][1] ~= (after + 1) .. '-1' then
+    return { epoch, offset, 'too_old' }
+  end
+  local out = { epoch, offset, 'ok' }
+  for _, entry in ipairs(entries) do
+    out[#out + 1] = entry[2][2]
+  end
+  return out
+end
+
 local function version()
   return VERSION
 end
 
 redis.register_function('rtg_publish', publish)
+redis.register_function('rtg_read', read)
 redis.register_function { function_name = 'rtg_version', callback = version, flags = { 'no-writes' } }

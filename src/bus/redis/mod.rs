@@ -22,13 +22,13 @@ use tokio_util::sync::CancellationToken;
 pub use publisher::Publisher;
 use subscriber::Subscriber;
 
-use super::{Bus, BusError, DeliverySender};
+use super::{Bus, BusError, DeliverySender, Position, Recovery};
 use crate::events::{Event, RoomKey};
 
 /// Source of the Redis function library (`FUNCTION LOAD`).
 pub const FUNCTION_LIBRARY: &str = include_str!("function.lua");
 /// Version of [`FUNCTION_LIBRARY`]; `FCALL_RO rtg_version 0` returns the loaded one.
-pub const FUNCTION_VERSION: i64 = 1;
+pub const FUNCTION_VERSION: i64 = 2;
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
@@ -144,6 +144,19 @@ impl Bus for RedisBus {
 
     fn wait_subscribed<'a>(&'a self, room: &'a RoomKey, timeout: Duration) -> BoxFuture<'a, bool> {
         self.subscriber.wait_subscribed(room, timeout).boxed()
+    }
+
+    fn position<'a>(&'a self, room: &'a RoomKey) -> BoxFuture<'a, Result<Position, BusError>> {
+        self.publisher.position(room).boxed()
+    }
+
+    fn recover<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        since: &'a Position,
+        max: u64,
+    ) -> BoxFuture<'a, Result<Recovery, BusError>> {
+        self.publisher.recover(room, since, max).boxed()
     }
 
     fn is_ready(&self) -> bool {

@@ -9,7 +9,7 @@ use deadpool_redis::{
 use redis::AsyncCommands;
 
 use super::{RedisSettings, FUNCTION_LIBRARY, FUNCTION_VERSION};
-use crate::bus::BusError;
+use crate::bus::{BusError, Lost, Position, Recovery};
 use crate::events::{Event, RoomKey, ValidPublish};
 use crate::metrics;
 
@@ -197,6 +197,93 @@ impl Publisher {
         self.publish(&p.event, &rooms).await
     }
 
+    /// Runs `rtg_read`; `after < 0` asks for the position only.
+    async fn read(
+        &self,
+        room: &RoomKey,
+        epoch: &str,
+        after: i64,
+        max: u64,
+    ) -> Result<Vec<redis::Value>, BusError> {
+        let names = self.settings.names(room);
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("rtg_read")
+            .arg(2)
+            .arg(&names.stream)
+            .arg(&names.meta)
+            .arg(epoch)
+            .arg(after)
+            .arg(max)
+            .arg(self.settings.history_ttl.as_secs().max(1));
+        let mut conn = self.connection().await?;
+        for attempt in 0..2 {
+            let reply = tokio::time::timeout(
+                self.settings.timeout,
+                cmd.query_async::<Vec<redis::Value>>(&mut *conn),
+            )
+            .await
+            .map_err(|_| unavailable("Redis did not answer in time"))?;
+            match reply {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt == 0 && e.to_string().contains("Function not found") => {
+                    self.ensure_function(&mut conn).await?;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(unavailable("rtg_read is not loaded"))
+    }
+
+    /// The room's position (creating its epoch when it has no history).
+    pub async fn position(&self, room: &RoomKey) -> Result<Position, BusError> {
+        let reply = self.read(room, "", -1, 0).await?;
+        parse_position(&reply)
+    }
+
+    /// The room's events after `since` (at most `max`), or why they cannot be replayed.
+    pub async fn recover(
+        &self,
+        room: &RoomKey,
+        since: &Position,
+        max: u64,
+    ) -> Result<Recovery, BusError> {
+        let after = i64::try_from(since.offset).unwrap_or(i64::MAX);
+        let reply = self.read(room, &since.epoch, after, max).await?;
+        let now = parse_position(&reply)?;
+        let status: String = reply
+            .get(2)
+            .map(|v| redis::from_redis_value_ref(v))
+            .transpose()
+            .map_err(|e| BusError::Rejected(format!("rtg_read reply: {e}")))?
+            .unwrap_or_default();
+        let reason = match status.as_str() {
+            "ok" => None,
+            "epoch_changed" => Some(Lost::EpochChanged),
+            "future_offset" => Some(Lost::Future),
+            "too_many" => Some(Lost::TooMany),
+            _ => Some(Lost::TooOld),
+        };
+        if let Some(reason) = reason {
+            return Ok(Recovery::Lost { reason, now });
+        }
+        let mut events = Vec::with_capacity(reply.len().saturating_sub(3));
+        for (i, v) in reply.iter().skip(3).enumerate() {
+            let body: String =
+                redis::from_redis_value_ref(v).map_err(|e| BusError::Rejected(e.to_string()))?;
+            match serde_json::from_str::<Event>(&body) {
+                Ok(event) => events.push((since.offset + 1 + i as u64, Arc::new(event))),
+                Err(e) => {
+                    tracing::warn!(%room, offset = since.offset + 1 + i as u64, error = %e, "unreadable history entry; cannot replay");
+                    return Ok(Recovery::Lost {
+                        reason: Lost::TooOld,
+                        now,
+                    });
+                }
+            }
+        }
+        Ok(Recovery::Replay { events, now })
+    }
+
     /// A plain `GET`-style helper for tests and tools: how many entries a room's history holds.
     pub async fn history_len(&self, room: &RoomKey) -> Result<u64, BusError> {
         let mut conn = self.connection().await?;
@@ -204,4 +291,20 @@ impl Publisher {
             .await
             .map_err(unavailable)
     }
+}
+
+fn parse_position(reply: &[redis::Value]) -> Result<Position, BusError> {
+    let bad = |e: String| BusError::Rejected(format!("unexpected rtg_read reply: {e}"));
+    let epoch: String = reply
+        .first()
+        .ok_or_else(|| bad("empty".into()))
+        .and_then(|v| redis::from_redis_value_ref(v).map_err(|e| bad(e.to_string())))?;
+    let offset: u64 = reply
+        .get(1)
+        .ok_or_else(|| bad("no offset".into()))
+        .and_then(|v| redis::from_redis_value_ref(v).map_err(|e| bad(e.to_string())))?;
+    Ok(Position {
+        epoch: Arc::from(epoch),
+        offset,
+    })
 }

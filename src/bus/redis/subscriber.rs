@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Publisher, RedisSettings};
-use crate::bus::{BusError, Delivery, DeliverySender};
+use crate::bus::{BusError, BusMessage, Delivery, DeliverySender, Position, Recovery};
 use crate::events::catalog::Channel;
 use crate::events::envelope::RESERVED_EVENT_NAMES;
 use crate::events::{Event, RoomKey};
@@ -174,12 +174,6 @@ impl Subscriber {
         }
     }
 
-    /// The last `(epoch, offset)` relayed for `room`, if any.
-    #[allow(dead_code)] // read by the gap recovery after a reconnect
-    pub fn last_relayed(&self, room: &RoomKey) -> Option<(Arc<str>, u64)> {
-        lock(&self.last).get(room).cloned()
-    }
-
     async fn run(
         self: Arc<Self>,
         client: redis::Client,
@@ -239,6 +233,9 @@ impl Subscriber {
         publisher.check_server().await.map_err(|e| e.to_string())?;
         let (mut sink, mut stream) = pubsub.split();
         self.reconcile(&mut sink).await?;
+        // Messages that arrive meanwhile wait in the stream; the gap reads go first, so a room's
+        // events stay in offset order and the duplicates check drops what both paths saw.
+        self.heal_gaps(publisher).await;
         self.up.store(true, Ordering::SeqCst);
         ::metrics::gauge!(metrics::REDIS_UP).set(1.0);
         *backoff = BACKOFF_MIN;
@@ -314,6 +311,78 @@ impl Subscriber {
         Ok(())
     }
 
+    /// After a reconnect: for every room relayed before, reads what was published while this
+    /// gateway was cut off and relays it; a room whose history was lost gets a resync.
+    async fn heal_gaps(&self, publisher: &Publisher) {
+        let rooms: Vec<(RoomKey, (Arc<str>, u64))> = {
+            let subscribed = lock(&self.subscribed);
+            lock(&self.last)
+                .iter()
+                .filter(|(room, _)| subscribed.contains(*room))
+                .map(|(room, pos)| (room.clone(), pos.clone()))
+                .collect()
+        };
+        for (room, (epoch, offset)) in rooms {
+            let since = Position { epoch, offset };
+            match publisher
+                .recover(&room, &since, self.settings.history_max_len)
+                .await
+            {
+                Ok(Recovery::Replay { events, .. }) => {
+                    ::metrics::counter!(metrics::GAP_READS, "result" => "recovered").increment(1);
+                    if !events.is_empty() {
+                        tracing::info!(%room, events = events.len(), "relaying events missed while Redis was unreachable");
+                    }
+                    for (offset, event) in events {
+                        self.deliver(room.clone(), since.epoch.clone(), offset, event)
+                            .await;
+                    }
+                }
+                Ok(Recovery::Lost { reason, now }) => {
+                    ::metrics::counter!(metrics::GAP_READS, "result" => reason.as_str())
+                        .increment(1);
+                    tracing::warn!(%room, reason = reason.as_str(), "history lost while Redis was unreachable; asking clients to resync");
+                    lock(&self.last).insert(room.clone(), (now.epoch.clone(), now.offset));
+                    let _ = self
+                        .deliveries
+                        .send(BusMessage::Resync { key: room, now })
+                        .await;
+                }
+                Err(e) => {
+                    ::metrics::counter!(metrics::GAP_READS, "result" => "error").increment(1);
+                    tracing::warn!(%room, error = %e, "gap read failed; live delivery resumes without it");
+                }
+            }
+        }
+    }
+
+    /// Relays one event unless its offset was relayed already.
+    async fn deliver(&self, room: RoomKey, epoch: Arc<str>, offset: u64, event: Arc<Event>) {
+        {
+            let mut last = lock(&self.last);
+            if let Some((last_epoch, last_offset)) = last.get(&room) {
+                if *last_epoch == epoch && offset <= *last_offset {
+                    ::metrics::counter!(metrics::BUS_DUPLICATES).increment(1);
+                    return;
+                }
+            }
+            last.insert(room.clone(), (epoch, offset));
+        }
+        let delivery = Delivery {
+            key: room,
+            offset,
+            event,
+        };
+        if self
+            .deliveries
+            .send(BusMessage::Event(delivery))
+            .await
+            .is_err()
+        {
+            tracing::debug!("relay stopped; dropping bus message");
+        }
+    }
+
     async fn on_message(&self, channel: &str, payload: &[u8]) {
         let Some(room) = self.settings.room_of_channel(channel, self.max_room_len) else {
             ::metrics::counter!(metrics::BUS_INVALID, "reason" => "unknown_room").increment(1);
@@ -328,24 +397,7 @@ impl Subscriber {
                 return;
             }
         };
-        {
-            let mut last = lock(&self.last);
-            if let Some((last_epoch, last_offset)) = last.get(&room) {
-                if *last_epoch == epoch && offset <= *last_offset {
-                    ::metrics::counter!(metrics::BUS_DUPLICATES).increment(1);
-                    return;
-                }
-            }
-            last.insert(room.clone(), (epoch, offset));
-        }
-        let delivery = Delivery {
-            key: room,
-            offset,
-            event: Arc::new(event),
-        };
-        if self.deliveries.send(delivery).await.is_err() {
-            tracing::debug!("relay stopped; dropping bus message");
-        }
+        self.deliver(room, epoch, offset, Arc::new(event)).await;
     }
 }
 

@@ -1,0 +1,191 @@
+//! Graceful drain: every accepted connection is tracked so that, on shutdown, connections can be
+//! closed a batch at a time over a period instead of all at once.
+//!
+//! A drained connection is closed at the TCP level (shutdown of both directions), not with a
+//! Socket.IO disconnect packet: to the stock `socket.io-client` that is a lost transport, which
+//! it reconnects by itself (through the load balancer, to another gateway), whereas after a
+//! server-sent disconnect ("io server disconnect") it would stay offline until the application
+//! called `connect()` again.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Open connections of one listener.
+#[derive(Default)]
+pub struct Connections {
+    next: AtomicU64,
+    /// Id → file descriptor. An entry is removed (under this lock) before its stream closes
+    /// the descriptor, so a descriptor found here is always still the connection's own.
+    open: Mutex<HashMap<u64, RawFd>>,
+}
+
+impl Connections {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, RawFd>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connections open now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Shuts down up to `n` connections (both directions); returns how many.
+    pub fn close_some(&self, n: usize) -> usize {
+        let mut open = self.lock();
+        let ids: Vec<u64> = open.keys().take(n).copied().collect();
+        for id in &ids {
+            if let Some(fd) = open.remove(id) {
+                // SAFETY: `fd` belongs to a live TcpStream: streams deregister under this lock
+                // before closing their descriptor, and we hold the lock.
+                unsafe {
+                    libc::shutdown(fd, libc::SHUT_RDWR);
+                }
+            }
+        }
+        ids.len()
+    }
+}
+
+/// A TCP listener whose connections are tracked in [`Connections`].
+pub struct TrackedListener {
+    inner: TcpListener,
+    connections: Arc<Connections>,
+}
+
+impl TrackedListener {
+    /// Wraps a bound listener.
+    pub fn new(inner: TcpListener) -> (Self, Arc<Connections>) {
+        let connections = Arc::new(Connections::default());
+        (
+            Self {
+                inner,
+                connections: connections.clone(),
+            },
+            connections,
+        )
+    }
+}
+
+impl axum::serve::Listener for TrackedListener {
+    type Io = TrackedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    let id = self.connections.next.fetch_add(1, Ordering::Relaxed);
+                    self.connections.lock().insert(id, stream.as_raw_fd());
+                    let io = TrackedStream {
+                        inner: stream,
+                        id,
+                        connections: self.connections.clone(),
+                    };
+                    return (io, addr);
+                }
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted connection that deregisters itself when dropped.
+pub struct TrackedStream {
+    inner: TcpStream,
+    id: u64,
+    connections: Arc<Connections>,
+}
+
+impl Drop for TrackedStream {
+    fn drop(&mut self) {
+        self.connections.lock().remove(&self.id);
+    }
+}
+
+impl AsyncRead for TrackedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TrackedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How often a drain closes a batch.
+const STEP: Duration = Duration::from_millis(100);
+
+/// Closes every connection in even batches over `period` (connections opened meanwhile are
+/// included in later batches). Returns how many were closed.
+pub async fn close_gradually(connections: &Connections, period: Duration) -> usize {
+    let steps = (period.as_millis() / STEP.as_millis()).max(1) as usize;
+    let mut closed = 0;
+    for step in 0..steps {
+        let open = connections.len();
+        if open == 0 {
+            break;
+        }
+        let batch = open.div_ceil(steps - step);
+        closed += connections.close_some(batch);
+        if step + 1 < steps {
+            tokio::time::sleep(STEP).await;
+        }
+    }
+    closed + connections.close_some(usize::MAX)
+}

@@ -1,0 +1,256 @@
+//! Handlers of the client's events: `authenticate`, `join`, `leave`, `refresh`, `ping`.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+
+use super::{
+    auth_failed, complete_auth, emit, error_reply, names, reply, rooms, schedule_expiry,
+    session_of, token_of,
+};
+use crate::auth::{AuthError, RoomError};
+use crate::events::envelope::now_millis;
+use crate::events::{RoomKey, RoomName};
+use crate::metrics;
+use crate::state::AppState;
+
+/// Installs the event handlers on a socket.
+pub(super) fn install(st: Arc<AppState>, s: &SocketRef) {
+    let h = st.clone();
+    s.on(
+        names::AUTHENTICATE,
+        move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
+            let h = h.clone();
+            async move { authenticate(&h, &s, d.ok(), ack).await }
+        },
+    );
+    let h = st.clone();
+    s.on(
+        names::JOIN,
+        move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
+            let h = h.clone();
+            async move {
+                let body = match join(&h, &s, d.ok()).await {
+                    Ok(entry) => {
+                        let mut body = json!(entry);
+                        body["ok"] = json!(true);
+                        body
+                    }
+                    Err(e) => {
+                        ::metrics::counter!(metrics::JOIN_REFUSED, "reason" => e.code).increment(1);
+                        error_reply(e.code, &e.message)
+                    }
+                };
+                reply(ack, &body);
+            }
+        },
+    );
+    let h = st.clone();
+    s.on(
+        names::LEAVE,
+        move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
+            let h = h.clone();
+            async move {
+                let body = match leave(&h, &s, d.ok()) {
+                    Ok(room) => json!({ "ok": true, "room": room }),
+                    Err(e) => error_reply(e.code, &e.message),
+                };
+                reply(ack, &body);
+            }
+        },
+    );
+    let h = st;
+    s.on(
+        names::REFRESH,
+        move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
+            let h = h.clone();
+            async move {
+                let body = match refresh(&h, &s, d.ok()) {
+                    Ok((exp, left)) => json!({ "ok": true, "exp": exp, "left": left }),
+                    Err(e) => auth_failed(&e),
+                };
+                reply(ack, &body);
+            }
+        },
+    );
+    s.on(names::PING, |s: SocketRef, ack: AckSender| async move {
+        let body = json!({ "timestamp": now_millis() });
+        reply(ack, &body);
+        emit(&s, names::PONG, &body);
+    });
+}
+
+async fn authenticate(st: &AppState, s: &SocketRef, data: Option<Value>, ack: AckSender) {
+    let Some(session) = session_of(s) else { return };
+    let verified = token_of(&data)
+        .and_then(|t| t.ok_or(AuthError::Missing))
+        .and_then(|t| st.config.verifier.verify(&t));
+    let verified = match verified {
+        Ok(v) => v,
+        Err(e) => {
+            let body = auth_failed(&e);
+            reply(ack, &body);
+            emit(
+                s,
+                names::AUTH_ERROR,
+                &json!({ "code": e.code(), "message": e.to_string() }),
+            );
+            return;
+        }
+    };
+    // Claim the identity under the lock: two racing authenticate events cannot both win.
+    {
+        let mut state = session.state();
+        if state.identity.is_some() {
+            drop(state);
+            let body = error_reply(
+                "already_authenticated",
+                "this socket is already authenticated; use refresh to extend it",
+            );
+            return reply(ack, &body);
+        }
+        state.identity = Some(verified.identity.clone());
+        state.exp = verified.exp;
+        state.handshake_since = data.as_ref().and_then(|d| d.get("since")).cloned();
+    }
+    complete_auth(st, s, &session, verified, Some(ack)).await;
+}
+
+/// Why a join or leave request could not even be read.
+fn bad_request(message: &str) -> RoomError {
+    RoomError::new("invalid_request", message)
+}
+
+/// The room and optional `since` of a join request: `"batch:1"` or `{ room, since? }`.
+fn requested_room(data: &Option<Value>) -> Result<(String, Option<&Value>), RoomError> {
+    match data {
+        Some(Value::String(s)) => Ok((s.clone(), None)),
+        Some(Value::Object(o)) => match o.get("room") {
+            Some(Value::String(s)) => Ok((s.clone(), o.get("since").filter(|v| !v.is_null()))),
+            _ => Err(bad_request("room must be a string such as \"batch:456\"")),
+        },
+        _ => Err(bad_request(
+            "send a room name (\"batch:456\") or { room: \"batch:456\", since? }",
+        )),
+    }
+}
+
+async fn join(
+    st: &AppState,
+    s: &SocketRef,
+    data: Option<Value>,
+) -> Result<rooms::RoomEntry, RoomError> {
+    let session = session_of(s).ok_or_else(|| bad_request("socket is closing"))?;
+    let policy = &st.config.policy;
+    let (name, since) = requested_room(&data)?;
+    let room = policy.parse_room(&name)?;
+    let since = since
+        .map(|v| {
+            rooms::parse_since(v).map_err(|code| {
+                RoomError::new(
+                    code,
+                    "since must be { epoch: string, offset: non-negative integer }",
+                )
+            })
+        })
+        .transpose()?;
+    let (key, fresh) = {
+        let mut state = session.state();
+        let identity = state.identity.as_ref().ok_or_else(|| {
+            RoomError::new("not_authenticated", "authenticate before joining rooms")
+        })?;
+        let own_auto = room == RoomName::institution(&identity.tenant)
+            || room == RoomName::user(&identity.user_id);
+        let key = RoomKey::new(identity.tenant.clone(), room.clone());
+        if own_auto || state.rooms.contains(&room) {
+            (key, false)
+        } else {
+            policy.check_join(identity, &room, state.rooms.len())?;
+            st.membership.add(&key);
+            state.rooms.push(room.clone());
+            (key, true)
+        }
+    };
+    if !fresh {
+        // Already in the room: report where it stands; live delivery already reaches the socket.
+        let now = st.bus.position(&key).await.ok();
+        return Ok(rooms::RoomEntry {
+            room,
+            epoch: now.as_ref().map(|p| p.epoch.clone()),
+            offset: now.map(|p| p.offset),
+            recovered: None,
+            reason: None,
+            replayed: None,
+        });
+    }
+    Ok(rooms::enter(st, s, &key, since.map(Ok)).await)
+}
+
+fn leave(st: &AppState, s: &SocketRef, data: Option<Value>) -> Result<RoomName, RoomError> {
+    let session = session_of(s).ok_or_else(|| bad_request("socket is closing"))?;
+    let policy = &st.config.policy;
+    let (name, _) = requested_room(&data)?;
+    let room = policy.parse_room(&name)?;
+    policy.check_leave(&room)?;
+    let mut state = session.state();
+    let tenant = state
+        .identity
+        .as_ref()
+        .map(|i| i.tenant.clone())
+        .ok_or_else(|| RoomError::new("not_authenticated", "authenticate first"))?;
+    if let Some(pos) = state.rooms.iter().position(|r| *r == room) {
+        state.rooms.swap_remove(pos);
+        let key = RoomKey::new(tenant, room.clone());
+        s.leave(key.as_str().to_owned());
+        st.membership.remove(&key);
+    }
+    Ok(room)
+}
+
+/// Extends the session with a newer token of the same user and tenant. If the role changed,
+/// rooms the new role may not join are left (and listed in the answer).
+fn refresh(
+    st: &AppState,
+    s: &SocketRef,
+    data: Option<Value>,
+) -> Result<(u64, Vec<RoomName>), AuthError> {
+    let session = session_of(s).ok_or(AuthError::NotAuthenticated)?;
+    if session.identity().is_none() {
+        return Err(AuthError::NotAuthenticated);
+    }
+    let token = token_of(&data)?.ok_or(AuthError::Missing)?;
+    let verified = st.config.verifier.verify(&token)?;
+    let (exp, left) = {
+        let mut state = session.state();
+        let current = state.identity.as_ref().ok_or(AuthError::NotAuthenticated)?;
+        if current.user_id != verified.identity.user_id
+            || current.tenant != verified.identity.tenant
+        {
+            return Err(AuthError::IdentityChanged);
+        }
+        let tenant = current.tenant.clone();
+        state.exp = state.exp.max(verified.exp);
+        let mut left = Vec::new();
+        let rooms = std::mem::take(&mut state.rooms);
+        for room in rooms {
+            if st
+                .config
+                .policy
+                .check_join(&verified.identity, &room, 0)
+                .is_ok()
+            {
+                state.rooms.push(room);
+            } else {
+                let key = RoomKey::new(tenant.clone(), room.clone());
+                s.leave(key.as_str().to_owned());
+                st.membership.remove(&key);
+                left.push(room);
+            }
+        }
+        state.identity = Some(verified.identity);
+        (state.exp, left)
+    };
+    schedule_expiry(st, s, exp);
+    Ok((exp, left))
+}

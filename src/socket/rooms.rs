@@ -1,0 +1,133 @@
+//! Entering a room: subscribe, then either start from the room's current position or replay
+//! everything after the client's position, spliced into live delivery by the relay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use socketioxide::extract::SocketRef;
+
+use crate::bus::{Lost, Position, Recovery};
+use crate::events::{RoomKey, RoomName};
+use crate::metrics;
+use crate::state::AppState;
+
+/// How long entering a room waits for the bus to confirm the room's subscription. Past it the
+/// entry goes on; deliveries start when the bus catches up.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
+/// Longest epoch a client may send.
+const MAX_EPOCH_LEN: usize = 64;
+
+/// Where a socket stands in a room after entering it; sent in `authenticated` and join acks.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomEntry {
+    /// Client-facing room name.
+    pub room: RoomName,
+    /// The room's epoch (`null` when the bus could not be read).
+    pub epoch: Option<Arc<str>>,
+    /// The offset the client is at now: it has every event up to it that it asked for.
+    pub offset: Option<u64>,
+    /// Present when the client sent a position: whether every missed event was replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// Why not, when `recovered` is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// Events replayed from history (and buffered live ones sent with them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<usize>,
+}
+
+/// A position a client asked to recover from, or why it could not be read.
+pub type Since = Result<Position, &'static str>;
+
+/// Reads `{ epoch, offset }` as sent by a client.
+pub fn parse_since(v: &Value) -> Since {
+    let epoch = v
+        .get("epoch")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty() && e.len() <= MAX_EPOCH_LEN);
+    let offset = v.get("offset").and_then(Value::as_u64);
+    match (epoch, offset) {
+        (Some(epoch), Some(offset)) => Ok(Position {
+            epoch: Arc::from(epoch),
+            offset,
+        }),
+        _ => Err("invalid_since"),
+    }
+}
+
+/// Enters `key` for socket `s` (already counted in the membership): buffers live events, waits
+/// for the subscription, reads the position or the missed events, and lets the relay send them
+/// and add the socket to the room.
+pub async fn enter(st: &AppState, s: &SocketRef, key: &RoomKey, since: Option<Since>) -> RoomEntry {
+    st.relay.register(key, s.id).await;
+    if !st.bus.wait_subscribed(key, SUBSCRIBE_WAIT).await {
+        tracing::warn!(room = %key, "bus subscription not confirmed in time; entering anyway");
+    }
+    let read = match &since {
+        None => st.bus.position(key).await.map(|now| Recovery::Replay {
+            events: Vec::new(),
+            now,
+        }),
+        Some(Ok(pos)) => st.bus.recover(key, pos, st.config.max_replay).await,
+        Some(Err(_)) => st.bus.position(key).await.map(|now| Recovery::Lost {
+            reason: Lost::TooOld,
+            now,
+        }),
+    };
+    let mut entry = RoomEntry {
+        room: key.room().clone(),
+        epoch: None,
+        offset: None,
+        recovered: None,
+        reason: None,
+        replayed: None,
+    };
+    match read {
+        Ok(Recovery::Replay { events, now }) => {
+            let after = match &since {
+                Some(Ok(pos)) => pos.offset,
+                _ => now.offset,
+            };
+            let done = st.relay.finish(key, s.id, after, events).await;
+            entry.epoch = Some(now.epoch);
+            entry.offset = Some(now.offset);
+            if since.is_some() {
+                entry.recovered = Some(!done.overflowed);
+                entry.replayed = Some(done.replayed + done.buffered);
+                let result = if done.overflowed {
+                    "buffer_overflow"
+                } else {
+                    "recovered"
+                };
+                ::metrics::counter!(metrics::RECOVERIES, "result" => result).increment(1);
+                ::metrics::counter!(metrics::EVENTS_REPLAYED).increment(done.replayed as u64);
+            }
+        }
+        Ok(Recovery::Lost { reason, now }) => {
+            st.relay.finish(key, s.id, now.offset, Vec::new()).await;
+            let reason = match &since {
+                Some(Err(code)) => code,
+                _ => reason.as_str(),
+            };
+            ::metrics::counter!(metrics::RECOVERIES, "result" => reason).increment(1);
+            entry.epoch = Some(now.epoch);
+            entry.offset = Some(now.offset);
+            entry.recovered = Some(false);
+            entry.reason = Some(reason);
+        }
+        Err(e) => {
+            tracing::warn!(room = %key, error = %e, "room position unavailable; joining without one");
+            st.relay.finish(key, s.id, 0, Vec::new()).await;
+            if since.is_some() {
+                ::metrics::counter!(metrics::RECOVERIES, "result" => "bus_unavailable")
+                    .increment(1);
+                entry.recovered = Some(false);
+                entry.reason = Some("bus_unavailable");
+            }
+        }
+    }
+    entry
+}
