@@ -252,7 +252,7 @@ impl Publisher {
         let now = parse_position(&reply)?;
         let status: String = reply
             .get(2)
-            .map(|v| redis::from_redis_value_ref(v))
+            .map(redis::from_redis_value_ref)
             .transpose()
             .map_err(|e| BusError::Rejected(format!("rtg_read reply: {e}")))?
             .unwrap_or_default();
