@@ -2,7 +2,9 @@
 //! HTTP, and keeps every process's log so a failing test shows what the gateway said.
 #![allow(dead_code)]
 
+pub mod lb;
 pub mod redis_server;
+pub mod resilient;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
