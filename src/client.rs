@@ -49,11 +49,37 @@ fn transport<E: std::fmt::Display>(e: E) -> ClientError {
 impl Client {
     /// Connects to `base` (`http://host:port`) with `auth` as the handshake payload.
     pub async fn connect(base: &str, auth: Option<Value>) -> Result<Client, ClientError> {
-        let url = format!(
-            "{}/socket.io/?EIO=4&transport=websocket",
-            base.replacen("http://", "ws://", 1).trim_end_matches('/')
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Self::connect_from(base, auth, None).await
+    }
+
+    /// Like [`Client::connect`], from the local address `source` when given (a load balancer
+    /// that hashes client addresses then spreads the clients of one machine).
+    pub async fn connect_from(
+        base: &str,
+        auth: Option<Value>,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Client, ClientError> {
+        let host = base.trim_start_matches("http://").trim_end_matches('/');
+        let url = format!("ws://{host}/socket.io/?EIO=4&transport=websocket");
+        let addr = tokio::net::lookup_host(host)
+            .await
+            .map_err(transport)?
+            .next()
+            .ok_or_else(|| ClientError::Transport(format!("cannot resolve {host}")))?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(transport)?;
+        if let Some(ip) = source {
+            socket
+                .bind(std::net::SocketAddr::new(ip, 0))
+                .map_err(transport)?;
+        }
+        let stream = socket.connect(addr).await.map_err(transport)?;
+        stream.set_nodelay(true).map_err(transport)?;
+        let (ws, _) = tokio_tungstenite::client_async(url, stream)
             .await
             .map_err(transport)?;
         let (mut sink, mut stream) = ws.split();
@@ -140,6 +166,11 @@ impl Client {
                     break;
                 }
             }
+            // Fail every pending request now rather than at its deadline.
+            reader_acks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             let _ = ev_tx.send((DISCONNECTED.to_string(), Value::Null)).await;
         });
         Ok(Client {

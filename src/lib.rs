@@ -98,6 +98,7 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let admin_task = tokio::spawn(async move { admin_server.await });
 
+    let (public, connections) = drain::TrackedListener::new(public);
     let drain = {
         let state = state.clone();
         let io = io.clone();
@@ -105,6 +106,17 @@ pub async fn run(
         async move {
             shutdown.cancelled().await;
             state.start_draining();
+            let (delay, period) = (state.config.drain_delay, state.config.drain_period);
+            tracing::info!(
+                ?delay,
+                ?period,
+                connections = connections.len(),
+                "draining: not ready; closing connections after the delay"
+            );
+            tokio::time::sleep(delay).await;
+            let closed = drain::close_gradually(&connections, period).await;
+            ::metrics::counter!(metrics::DRAINED).increment(closed as u64);
+            tracing::info!(closed, "drain done");
             io.close().await;
         }
     };

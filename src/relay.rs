@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use socketioxide::extract::SocketRef;
@@ -117,6 +118,19 @@ struct Pending {
     overflowed: bool,
 }
 
+/// A socket that just entered a room, with the offset its entry covered. Events up to that
+/// offset can still be on their way from the bus (published before the history read, not yet
+/// relayed); they must not reach this socket a second time.
+struct Entered {
+    sid: Sid,
+    upto: u64,
+    at: Instant,
+}
+
+/// How long an entry watermark is kept without a later event of its room. The in-flight window
+/// it guards is milliseconds long; this only bounds memory for rooms that fall silent.
+const ENTERED_TTL: Duration = Duration::from_secs(30);
+
 /// Relays bus messages and room entries until the bus closes its channel.
 pub async fn run(
     io: SocketIo,
@@ -126,11 +140,32 @@ pub async fn run(
 ) {
     let mut control = control.0;
     let mut pending: HashMap<RoomKey, Vec<Pending>> = HashMap::new();
+    let mut entered: HashMap<RoomKey, Vec<Entered>> = HashMap::new();
+    let mut prune = tokio::time::interval(ENTERED_TTL);
     loop {
         tokio::select! {
+            _ = prune.tick() => {
+                entered.retain(|_, list| {
+                    list.retain(|e| e.at.elapsed() < ENTERED_TTL);
+                    !list.is_empty()
+                });
+            }
             msg = bus.recv() => match msg {
                 Some(BusMessage::Event(d)) => {
-                    relay_one(&io, &state, &d).await;
+                    let skip: Vec<Sid> = match entered.get_mut(&d.key) {
+                        Some(list) => {
+                            let skip = list.iter().filter(|e| e.upto >= d.offset).map(|e| e.sid).collect();
+                            // Events come in offset order: later ones are past every watermark
+                            // at or below this offset.
+                            list.retain(|e| e.upto > d.offset);
+                            if list.is_empty() {
+                                entered.remove(&d.key);
+                            }
+                            skip
+                        }
+                        None => Vec::new(),
+                    };
+                    relay_one(&io, &state, &d, &skip).await;
                     if let Some(waiting) = pending.get_mut(&d.key) {
                         for p in waiting.iter_mut() {
                             if p.buffer.len() < MAX_BUFFERED {
@@ -142,6 +177,8 @@ pub async fn run(
                     }
                 }
                 Some(BusMessage::Resync { key, now }) => {
+                    // Offsets restart with the new epoch: old watermarks mean nothing now.
+                    entered.remove(&key);
                     ::metrics::counter!(metrics::RESYNCS).increment(1);
                     let body = json!({ "room": key.room(), "epoch": now.epoch, "offset": now.offset });
                     if let Err(e) = io.to(key.as_str().to_owned()).emit(RESYNC, &body).await {
@@ -164,7 +201,11 @@ pub async fn run(
                         pending.remove(&key);
                     }
                     let finished = match (io.get_socket(sid), mine) {
-                        (Some(s), Some(p)) => splice(&s, &key, after, replay, p),
+                        (Some(s), Some(p)) => {
+                            let (finished, upto) = splice(&s, &key, after, replay, p);
+                            entered.entry(key).or_default().push(Entered { sid, upto, at: Instant::now() });
+                            finished
+                        }
                         _ => Finished::default(),
                     };
                     let _ = done.send(finished);
@@ -176,13 +217,14 @@ pub async fn run(
 }
 
 /// Replay, then buffered live events past it, then membership: one uninterrupted step.
+/// Returns what was sent and the offset the socket now has everything up to.
 fn splice(
     s: &SocketRef,
     key: &RoomKey,
     after: u64,
     replay: Vec<(u64, Arc<Event>)>,
     p: Pending,
-) -> Finished {
+) -> (Finished, u64) {
     let mut out = Finished::default();
     let mut last = after;
     for (offset, event) in replay.iter().filter(|(o, _)| *o > after) {
@@ -208,7 +250,8 @@ fn splice(
         }
     }
     s.join(key.as_str().to_owned());
-    out
+    tracing::debug!(sid = %s.id, room = %key, after, replayed = out.replayed, buffered = out.buffered, last, "room entered");
+    (out, last)
 }
 
 fn send(s: &SocketRef, key: &RoomKey, offset: u64, event: &Event) {
@@ -224,11 +267,24 @@ fn send(s: &SocketRef, key: &RoomKey, offset: u64, event: &Event) {
     }
 }
 
-async fn relay_one(io: &SocketIo, state: &AppState, d: &Delivery) {
+async fn relay_one(io: &SocketIo, state: &AppState, d: &Delivery, skip: &[Sid]) {
     let channel = metrics::channel_label(&d.event.channel);
     ::metrics::counter!(metrics::EVENTS_RECEIVED, "channel" => channel).increment(1);
     let members = state.membership.members(&d.key);
     if members == 0 {
+        return;
+    }
+    if !skip.is_empty() {
+        // Rare: a socket entered this room with this event already in its replay. Send one by
+        // one to everyone else.
+        let mut sent = 0u64;
+        for s in io.to(d.key.as_str().to_owned()).sockets() {
+            if !skip.contains(&s.id) {
+                send(&s, &d.key, d.offset, &d.event);
+                sent += 1;
+            }
+        }
+        ::metrics::counter!(metrics::EVENTS_DELIVERED, "channel" => channel).increment(sent);
         return;
     }
     let envelope = d.event.client_envelope(d.key.room(), d.offset);

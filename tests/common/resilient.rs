@@ -22,6 +22,16 @@ pub struct RoomLog {
     pub not_recovered: Vec<String>,
     /// Offset the client started from (it never wanted events at or before it).
     pub floor: u64,
+    /// For each received offset, the connection (count of reconnects) it came on.
+    pub via: Vec<usize>,
+}
+
+/// Why setting up a connection failed.
+enum Setup {
+    /// The connection dropped: try again.
+    Lost(String),
+    /// The server refused something: a test failure.
+    Refused(String),
 }
 
 /// A self-reconnecting client.
@@ -32,6 +42,8 @@ pub struct Resilient {
     /// Rooms joined on request (automatic rooms are tracked too).
     joined: Vec<String>,
     client: Option<Client>,
+    /// Local address to connect from.
+    source: Option<std::net::IpAddr>,
     /// Per room: what was seen.
     pub rooms: HashMap<String, RoomLog>,
     /// How many times the transport was lost and re-established.
@@ -43,7 +55,19 @@ pub struct Resilient {
 impl Resilient {
     /// Connects and joins `rooms`.
     pub async fn connect(url: &str, sub: &str, tenant: &str, rooms: &[&str]) -> Resilient {
+        Self::connect_from(url, sub, tenant, rooms, None).await
+    }
+
+    /// Connects from a given local address.
+    pub async fn connect_from(
+        url: &str,
+        sub: &str,
+        tenant: &str,
+        rooms: &[&str],
+        source: Option<std::net::IpAddr>,
+    ) -> Resilient {
         let mut me = Resilient {
+            source,
             url: url.to_string(),
             sub: sub.to_string(),
             tenant: tenant.to_string(),
@@ -84,36 +108,21 @@ impl Resilient {
             }
             let auth =
                 json!({ "token": token(&self.sub, &self.tenant, "ADMIN", 3600), "since": since });
-            match Client::connect(&self.url, Some(auth)).await {
+            match Client::connect_from(&self.url, Some(auth), self.source).await {
                 Ok(c) => {
                     self.client = Some(c);
-                    let auth = self
-                        .pump_until("authenticated")
-                        .await
-                        .ok_or("no authenticated")?;
-                    for entry in auth["rooms"].as_array().cloned().unwrap_or_default() {
-                        self.record_entry(&entry);
-                    }
-                    for room in self.joined.clone() {
-                        let mut req = json!({ "room": room });
-                        if let Some(s) = self.since(&room) {
-                            req["since"] = s;
+                    match self.enter_rooms().await {
+                        Ok(()) => return Ok(()),
+                        Err(Setup::Refused(e)) => return Err(e),
+                        Err(Setup::Lost(e)) => {
+                            // The new connection dropped during setup (a draining gateway):
+                            // try again, like the stock client would.
+                            self.client = None;
+                            if tokio::time::Instant::now() >= until {
+                                return Err(format!("could not reconnect: {e}"));
+                            }
                         }
-                        let ack = self
-                            .client
-                            .as_ref()
-                            .unwrap()
-                            .request("join", &req, WAIT)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        if ack["ok"] != true {
-                            return Err(format!("join {room} refused: {ack}"));
-                        }
-                        // Events replayed before the ack wait in the queue; drain them first.
-                        self.drain_queued().await;
-                        self.record_entry(&ack);
                     }
-                    return Ok(());
                 }
                 Err(e) => {
                     if tokio::time::Instant::now() >= until {
@@ -123,6 +132,40 @@ impl Resilient {
                 }
             }
         }
+    }
+
+    /// After connecting: records the automatic rooms' answers and joins the other rooms.
+    async fn enter_rooms(&mut self) -> Result<(), Setup> {
+        let auth = self
+            .pump_until("authenticated")
+            .await
+            .ok_or(Setup::Lost("no authenticated".into()))?;
+        for entry in auth["rooms"].as_array().cloned().unwrap_or_default() {
+            self.record_entry(&entry);
+        }
+        for room in self.joined.clone() {
+            let mut req = json!({ "room": room });
+            if let Some(s) = self.since(&room) {
+                req["since"] = s;
+            }
+            let client = self
+                .client
+                .as_ref()
+                .ok_or(Setup::Lost("no connection".into()))?;
+            let ack = client
+                .request("join", &req, WAIT)
+                .await
+                .map_err(|e| Setup::Lost(e.to_string()))?;
+            if ack["ok"] != true {
+                return Err(Setup::Refused(format!("join {room} refused: {ack}")));
+            }
+            // Events replayed before the ack wait in the queue; take them first.
+            if !self.drain_queued().await {
+                return Err(Setup::Lost("connection lost after join".into()));
+            }
+            self.record_entry(&ack);
+        }
+        Ok(())
     }
 
     fn record_entry(&mut self, entry: &Value) {
@@ -140,6 +183,7 @@ impl Resilient {
             // (after a lost history) what it saw before belongs to another epoch.
             log.floor = entry["offset"].as_u64().unwrap_or(0);
             log.offsets.clear();
+            log.via.clear();
         }
         log.epoch = epoch;
     }
@@ -150,27 +194,24 @@ impl Resilient {
             return;
         }
         if let (Some(room), Some(offset)) = (data["room"].as_str(), data["offset"].as_u64()) {
-            self.rooms
-                .entry(room.to_string())
-                .or_default()
-                .offsets
-                .push(offset);
+            let log = self.rooms.entry(room.to_string()).or_default();
+            log.offsets.push(offset);
+            log.via.push(self.reconnects);
         }
     }
 
-    async fn drain_queued(&mut self) {
-        while let Some((name, data)) = self
-            .client
-            .as_mut()
-            .unwrap()
-            .next_event(Duration::from_millis(1))
-            .await
-        {
+    /// Processes events already queued; false if the connection was lost meanwhile.
+    async fn drain_queued(&mut self) -> bool {
+        while let Some(c) = self.client.as_mut() {
+            let Some((name, data)) = c.next_event(Duration::from_millis(1)).await else {
+                return true;
+            };
             if name == DISCONNECTED {
-                break;
+                return false;
             }
             self.on_event(&name, &data);
         }
+        false
     }
 
     async fn pump_until(&mut self, wanted: &str) -> Option<Value> {
@@ -268,8 +309,19 @@ impl Resilient {
         let dups = log.offsets.iter().filter(|o| !seen.insert(**o)).count();
         let lost = want.iter().filter(|o| !seen.contains(o)).count();
         let disorder = log.offsets.windows(2).filter(|w| w[1] <= w[0]).count();
+        let first_bad = log
+            .offsets
+            .windows(2)
+            .position(|w| w[1] != w[0] + 1)
+            .unwrap_or(0);
+        let window = first_bad.saturating_sub(3)..(first_bad + 4).min(log.offsets.len());
+        let context: Vec<(u64, usize)> = log.offsets[window.clone()]
+            .iter()
+            .copied()
+            .zip(log.via[window].iter().copied())
+            .collect();
         Err(format!(
-            "client {} room {room}: {} received, {lost} lost, {dups} duplicated, {disorder} out of order (floor {}, last {last})",
+            "client {} room {room}: {} received, {lost} lost, {dups} duplicated, {disorder} out of order (floor {}, last {last}); first anomaly near (offset, connection) {context:?}",
             self.sub,
             log.offsets.len(),
             log.floor

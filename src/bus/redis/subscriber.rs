@@ -263,7 +263,7 @@ impl Subscriber {
         let (to_sub, to_unsub) = {
             let mut wanted = lock(&self.wanted);
             wanted.retain(|_, release| release.is_none_or(|t| t > now));
-            let subscribed = lock(&self.subscribed);
+            let mut subscribed = lock(&self.subscribed);
             let to_sub: Vec<RoomKey> = wanted
                 .keys()
                 .filter(|r| !subscribed.contains(*r))
@@ -274,6 +274,14 @@ impl Subscriber {
                 .filter(|r| !wanted.contains_key(*r))
                 .cloned()
                 .collect();
+            // Stop counting them as subscribed before the UNSUBSCRIBE goes out, so a socket that
+            // enters one of them meanwhile waits for the next SUBSCRIBE instead of trusting a
+            // subscription that is about to end.
+            let mut last = lock(&self.last);
+            for room in &to_unsub {
+                subscribed.remove(room);
+                last.remove(room);
+            }
             (to_sub, to_unsub)
         };
         for chunk in to_sub.chunks(BATCH) {
@@ -296,12 +304,6 @@ impl Subscriber {
                 .await
                 .map_err(|_| "UNSUBSCRIBE timed out".to_string())?
                 .map_err(|e| e.to_string())?;
-            let mut subscribed = lock(&self.subscribed);
-            let mut last = lock(&self.last);
-            for room in chunk {
-                subscribed.remove(room);
-                last.remove(room);
-            }
         }
         if !to_sub.is_empty() || !to_unsub.is_empty() {
             ::metrics::gauge!(metrics::REDIS_SUBSCRIPTIONS)

@@ -1,0 +1,232 @@
+//! Three gateways on one Redis behind nginx, clients spread over them (each from its own
+//! loopback address, since nginx hashes client addresses), publishers sending steadily:
+//! a gateway SIGKILLed, then a rolling restart of all of them. Every client must end with every
+//! event of its rooms, once, in order.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::lb::Nginx;
+use common::redis_server::RedisServer;
+use common::resilient::Resilient;
+use common::{metric, Gateway};
+use realtime_gateway::bus::redis::{Publisher, RedisSettings};
+use realtime_gateway::events::{Event, RoomKey, RoomName, TenantId};
+use serde_json::value::RawValue;
+
+const ROOMS: [&str; 2] = ["exam:1", "institution:1"];
+const CLIENTS: u8 = 9;
+
+fn publisher(redis: &RedisServer) -> Publisher {
+    Publisher::new(Arc::new(RedisSettings {
+        url: redis.url(),
+        prefix: "rtg".into(),
+        history_max_len: 10_000,
+        history_ttl: Duration::from_secs(3600),
+        pool_size: 4,
+        timeout: Duration::from_secs(2),
+        unsubscribe_delay: Duration::from_secs(1),
+    }))
+    .unwrap()
+}
+
+fn event(n: u64) -> Arc<Event> {
+    let payload = format!(
+        r#"{{"incidentId":{n},"status":"open","severity":"low","updatedBy":1,"updatedByName":"Invigilator","updatedAt":"2026-11-28T10:00:00Z","institutionId":"1"}}"#
+    );
+    Arc::new(Event {
+        id: format!("evt-{n}").into(),
+        channel: "incident".into(),
+        event: "incident_updated".into(),
+        tenant: "1".into(),
+        payload: RawValue::from_string(payload).unwrap(),
+        timestamp: realtime_gateway::events::envelope::now_millis(),
+    })
+}
+
+fn env(redis: &RedisServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("REDIS_URL", redis.url()),
+        ("GATEWAY_HISTORY_MAX_LEN", "10000".into()),
+        ("GATEWAY_MAX_REPLAY", "5000".into()),
+        ("GATEWAY_SOCKET_BUFFER", "8192".into()),
+        ("GATEWAY_DRAIN_DELAY", "300ms".into()),
+        ("GATEWAY_DRAIN_PERIOD", "600ms".into()),
+    ]
+}
+
+fn start(redis: &RedisServer, listen: &str) -> Gateway {
+    let env = env(redis);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Gateway::start_at(listen, &env)
+}
+
+/// Publishes `rate` events per second round-robin over ROOMS until `stop`; returns last offsets.
+fn publish_steadily(
+    p: Publisher,
+    rate: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<HashMap<String, u64>> {
+    tokio::spawn(async move {
+        let mut last = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let per_tick = (rate / 100).max(1);
+        let mut n = 0u64;
+        while !stop.is_cancelled() {
+            tick.tick().await;
+            for _ in 0..per_tick {
+                let room = ROOMS[(n as usize) % ROOMS.len()];
+                let key = RoomKey::new(
+                    TenantId::parse("1").unwrap(),
+                    RoomName::parse(room, 128).unwrap(),
+                );
+                let placed = p.publish(&event(n), &[key]).await.expect("publish");
+                last.insert(room.to_string(), placed[0].0);
+                n += 1;
+            }
+        }
+        last
+    })
+}
+
+async fn clients(url: &str) -> Vec<Resilient> {
+    let mut out = Vec::new();
+    for i in 0..CLIENTS {
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i));
+        out.push(
+            Resilient::connect_from(url, &format!("{}", 100 + i), "1", &["exam:1"], Some(source))
+                .await,
+        );
+    }
+    out
+}
+
+/// Runs every client concurrently for `period`.
+async fn run_all(clients: Vec<Resilient>, period: Duration) -> Vec<Resilient> {
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                c.run_for(period).await;
+                c
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("client task"));
+    }
+    out
+}
+
+async fn settle_and_check(clients: Vec<Resilient>, last: &HashMap<String, u64>) -> usize {
+    let mut reconnects = 0;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let last = last.clone();
+            tokio::spawn(async move {
+                c.settle(&last).await;
+                c
+            })
+        })
+        .collect();
+    for t in tasks {
+        let c = t.await.unwrap();
+        for room in ROOMS {
+            c.check(room, last[room]).unwrap();
+            let lost = &c.rooms[room].not_recovered;
+            assert!(lost.is_empty(), "{room}: recovery refused: {lost:?}");
+        }
+        reconnects += c.reconnects;
+    }
+    reconnects
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_loses_nothing() {
+    let redis = RedisServer::start();
+    let mut gws = vec![
+        start(&redis, "127.0.0.1:0"),
+        start(&redis, "127.0.0.1:0"),
+        start(&redis, "127.0.0.1:0"),
+    ];
+    for gw in &gws {
+        gw.wait_readyz(200).await;
+    }
+    let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
+    let clients = clients(&nginx.url()).await;
+    let mut per_gateway = Vec::new();
+    for gw in &gws {
+        per_gateway.push(metric(&gw.metrics().await, "gateway_connections", ""));
+    }
+    let victim = (0..3)
+        .max_by(|a, b| per_gateway[*a].total_cmp(&per_gateway[*b]))
+        .unwrap();
+    assert!(
+        per_gateway[victim] >= 1.0,
+        "no client on any gateway? {per_gateway:?}"
+    );
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publishing = publish_steadily(publisher(&redis), 300, stop.clone());
+    let running = tokio::spawn(run_all(clients, Duration::from_secs(3)));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    gws[victim].kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.cancel();
+    let last = publishing.await.unwrap();
+    let clients = running.await.unwrap();
+    let reconnects = settle_and_check(clients, &last).await;
+    assert!(
+        reconnects as f64 >= per_gateway[victim],
+        "the victim's clients did not reconnect ({reconnects})"
+    );
+    assert!(
+        last["exam:1"] > 200,
+        "too little traffic to prove anything: {last:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_nothing() {
+    let redis = RedisServer::start();
+    let mut gws = vec![
+        start(&redis, "127.0.0.1:0"),
+        start(&redis, "127.0.0.1:0"),
+        start(&redis, "127.0.0.1:0"),
+    ];
+    for gw in &gws {
+        gw.wait_readyz(200).await;
+    }
+    let addrs: Vec<_> = gws.iter().map(|g| g.public).collect();
+    let nginx = Nginx::start(&addrs);
+    let clients = clients(&nginx.url()).await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publishing = publish_steadily(publisher(&redis), 300, stop.clone());
+    let running = tokio::spawn(run_all(clients, Duration::from_secs(8)));
+    for (i, addr) in addrs.iter().enumerate() {
+        let status = gws[i].terminate();
+        assert!(
+            status.success(),
+            "gateway {i} exit status {status:?}\n{}",
+            gws[i].log()
+        );
+        assert!(gws[i].log().contains("drain done"), "{}", gws[i].log());
+        gws[i] = start(&redis, &addr.to_string());
+        gws[i].wait_readyz(200).await;
+    }
+    stop.cancel();
+    let last = publishing.await.unwrap();
+    let clients = running.await.unwrap();
+    let reconnects = settle_and_check(clients, &last).await;
+    assert!(
+        reconnects >= CLIENTS as usize,
+        "every client lives through at least one restart ({reconnects})"
+    );
+}
