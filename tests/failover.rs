@@ -230,3 +230,99 @@ async fn a_rolling_restart_loses_nothing() {
         "every client lives through at least one restart ({reconnects})"
     );
 }
+
+/// Runs the stock-client drain script through `url` with `transports`; returns its handle and a
+/// channel of the JSON lines it prints.
+fn drain_client(
+    url: &str,
+    transports: &str,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
+    use std::io::BufRead;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
+    assert!(
+        std::path::Path::new(dir)
+            .join("node_modules/socket.io-client")
+            .exists(),
+        "run npm ci in tests/node first"
+    );
+    let mut child = std::process::Command::new("node")
+        .arg("drain-client.mjs")
+        .current_dir(dir)
+        .env("GATEWAY_URL", url)
+        .env("TOKEN", common::token("10", "1", "ADMIN", 3600))
+        .env("TRANSPORTS", transports)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn next_step(rx: &std::sync::mpsc::Receiver<serde_json::Value>, step: &str) -> serde_json::Value {
+    loop {
+        let v = rx
+            .recv_timeout(common::WAIT)
+            .unwrap_or_else(|_| panic!("the stock client never reported {step}"));
+        if v["step"] == step {
+            return v;
+        }
+        assert_ne!(v["step"], "gave_up", "the stock client gave up waiting");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_client_reconnects_by_itself_after_a_drain() {
+    let redis = RedisServer::start();
+    for transports in ["websocket", "polling"] {
+        let mut gws = vec![start(&redis, "127.0.0.1:0"), start(&redis, "127.0.0.1:0")];
+        for gw in &gws {
+            gw.wait_readyz(200).await;
+        }
+        let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
+        let (mut child, rx) = drain_client(&nginx.url(), transports);
+        assert_eq!(next_step(&rx, "connect")["n"], 1);
+        let mut holder = None;
+        for (i, gw) in gws.iter().enumerate() {
+            if metric(&gw.metrics().await, "gateway_connections", "") >= 1.0 {
+                holder = Some(i);
+            }
+        }
+        let holder = holder.expect("one gateway holds the client");
+        let status = tokio::task::block_in_place(|| gws[holder].terminate());
+        assert!(status.success(), "{transports}: {status:?}");
+        let reason = next_step(&rx, "disconnect")["reason"].clone();
+        assert!(
+            reason == "transport close" || reason == "transport error",
+            "{transports}: the drain must look like a lost transport, not {reason}"
+        );
+        assert_eq!(
+            next_step(&rx, "connect")["n"],
+            2,
+            "{transports}: no automatic reconnect"
+        );
+        let other = &gws[1 - holder];
+        let body = serde_json::json!({
+            "channel": "incident", "event": "incident_resolved", "institutionId": 1,
+            "payload": { "incidentId": 9, "resolution": "ok", "resolvedBy": 1, "resolvedByName": "A",
+                         "resolvedAt": "2026-11-28T10:00:00Z", "institutionId": 1 }
+        });
+        let (s, b) = other.publish(&body).await;
+        assert_eq!(s, 200, "{b}");
+        let ev = next_step(&rx, "event");
+        assert_eq!(ev["id"], b["id"], "{transports}");
+        let exit = tokio::task::block_in_place(|| child.wait()).unwrap();
+        assert!(exit.success());
+        gws.clear();
+    }
+}

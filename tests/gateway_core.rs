@@ -669,3 +669,27 @@ async fn sigterm_stops_cleanly() {
         .is_some());
     assert!(gw.log().contains("gateway stopped"));
 }
+
+#[tokio::test]
+async fn drain_waits_not_ready_and_a_second_signal_ends_it_at_once() {
+    let mut gw = Gateway::start(&[
+        ("GATEWAY_DRAIN_DELAY", "30s"),
+        ("GATEWAY_DRAIN_PERIOD", "30s"),
+    ]);
+    let mut c = gw.client("10", "1", "ADMIN").await;
+    gw.sigterm();
+    gw.wait_readyz(503).await;
+    assert_eq!(gw.get("/healthz").await.0, 200, "alive while draining");
+    assert!(gw.is_running());
+    // Still serving during the delay: the connected client is untouched.
+    let (s, _) = gw.publish(&batch_created(1, &["institution:1"], 1)).await;
+    assert_eq!(s, 200);
+    assert!(c.wait_for("batch_update", WAIT).await.is_some());
+    let status = gw.terminate();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "second signal: exit at once\n{}",
+        gw.log()
+    );
+}
