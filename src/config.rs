@@ -175,6 +175,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
+    /// Validate every setting, print `configuration ok` and exit (0 if valid, 2 if not).
+    #[arg(long)]
+    pub check_config: bool,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `realtime_gateway=debug`.
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,

@@ -176,6 +176,18 @@ fn init_logs(args: &ServeArgs) {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    if args.check_config {
+        return match args.into_config() {
+            Ok(_) => {
+                println!("configuration ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     init_logs(&args);
     let (config, dev) = match args.into_config() {
         Ok(c) => c,
