@@ -44,6 +44,21 @@ impl Connections {
         self.len() == 0
     }
 
+    /// Shuts down one connection (both directions); false if it is already gone.
+    pub fn close(&self, id: ConnId) -> bool {
+        let mut open = self.lock();
+        match open.remove(&id.0) {
+            Some(fd) => {
+                // SAFETY: as in `close_some`: registered descriptors are live while we hold the lock.
+                unsafe {
+                    libc::shutdown(fd, libc::SHUT_RDWR);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Shuts down up to `n` connections (both directions); returns how many.
     pub fn close_some(&self, n: usize) -> usize {
         let mut open = self.lock();
@@ -61,6 +76,19 @@ impl Connections {
     }
 }
 
+/// Identity of an accepted connection, put in every request's extensions (as axum's
+/// `ConnectInfo<ConnId>`), so a socket can be cut at the TCP level later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TrackedListener>>
+    for ConnId
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TrackedListener>) -> Self {
+        ConnId(stream.io().id)
+    }
+}
+
 /// A TCP listener whose connections are tracked in [`Connections`].
 pub struct TrackedListener {
     inner: TcpListener,
@@ -68,16 +96,9 @@ pub struct TrackedListener {
 }
 
 impl TrackedListener {
-    /// Wraps a bound listener.
-    pub fn new(inner: TcpListener) -> (Self, Arc<Connections>) {
-        let connections = Arc::new(Connections::default());
-        (
-            Self {
-                inner,
-                connections: connections.clone(),
-            },
-            connections,
-        )
+    /// Wraps a bound listener; its connections are registered in `connections`.
+    pub fn new(inner: TcpListener, connections: Arc<Connections>) -> Self {
+        Self { inner, connections }
     }
 }
 

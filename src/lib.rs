@@ -88,7 +88,9 @@ pub async fn run(
     let relay = tokio::spawn(relay::run(io.clone(), state.clone(), rx, relay_control));
     let ticker = tokio::spawn(tick(io.clone(), state.clone(), shutdown.clone()));
 
-    let app = http::router(state.clone()).layer(layer);
+    let app = http::router(state.clone())
+        .layer(layer)
+        .into_make_service_with_connect_info::<drain::ConnId>();
     tracing::info!(
         public = %public.local_addr()?,
         admin = %admin.local_addr()?,
@@ -98,7 +100,8 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let admin_task = tokio::spawn(async move { admin_server.await });
 
-    let (public, connections) = drain::TrackedListener::new(public);
+    let connections = state.connections.clone();
+    let public = drain::TrackedListener::new(public, connections.clone());
     let drain = {
         let state = state.clone();
         let io = io.clone();

@@ -62,6 +62,8 @@ pub const EVENTS_REPLAYED: &str = "gateway_events_replayed_total";
 pub const RESYNCS: &str = "gateway_resyncs_total";
 /// History reads after a Redis reconnect (counter), by `result`.
 pub const GAP_READS: &str = "gateway_gap_reads_total";
+/// Sockets cut because their outgoing buffer was full (counter), by `transport`.
+pub const SLOW_CONSUMERS: &str = "gateway_slow_consumer_disconnects_total";
 /// Connections closed by a drain (counter).
 pub const DRAINED: &str = "gateway_drained_connections_total";
 
@@ -190,6 +192,10 @@ fn describe() {
     describe_counter!(
         GAP_READS,
         "History reads after a Redis reconnect, by result."
+    );
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Sockets cut because they could not keep up (outgoing buffer full), by transport."
     );
     describe_counter!(DRAINED, "Connections closed by a graceful drain.");
     describe_gauge!(READY, "1 while this gateway accepts new clients, else 0.");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use socketioxide::{BroadcastError, SocketError, SocketIo};
+use socketioxide::{SocketError, SocketIo};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{BusMessage, Delivery};
@@ -202,7 +202,7 @@ pub async fn run(
                     }
                     let finished = match (io.get_socket(sid), mine) {
                         (Some(s), Some(p)) => {
-                            let (finished, upto) = splice(&s, &key, after, replay, p);
+                            let (finished, upto) = splice(&state, &s, &key, after, replay, p);
                             entered.entry(key).or_default().push(Entered { sid, upto, at: Instant::now() });
                             finished
                         }
@@ -219,6 +219,7 @@ pub async fn run(
 /// Replay, then buffered live events past it, then membership: one uninterrupted step.
 /// Returns what was sent and the offset the socket now has everything up to.
 fn splice(
+    state: &AppState,
     s: &SocketRef,
     key: &RoomKey,
     after: u64,
@@ -228,7 +229,10 @@ fn splice(
     let mut out = Finished::default();
     let mut last = after;
     for (offset, event) in replay.iter().filter(|(o, _)| *o > after) {
-        send(s, key, *offset, event);
+        if !send(state, s, key, *offset, event) {
+            // Cut or gone: it will come back and recover from its own position.
+            return (out, last);
+        }
         last = *offset;
         out.replayed += 1;
     }
@@ -243,7 +247,9 @@ fn splice(
         // Buffered events arrive in offset order; skip what the replay already covered.
         for d in p.buffer.iter() {
             if d.offset > last {
-                send(s, key, d.offset, &d.event);
+                if !send(state, s, key, d.offset, &d.event) {
+                    return (out, last);
+                }
                 last = d.offset;
                 out.buffered += 1;
             }
@@ -254,66 +260,91 @@ fn splice(
     (out, last)
 }
 
-fn send(s: &SocketRef, key: &RoomKey, offset: u64, event: &Event) {
+/// Sends one event to one socket; false if the socket had to be cut (buffer full) or is gone.
+fn send(state: &AppState, s: &SocketRef, key: &RoomKey, offset: u64, event: &Event) -> bool {
     let envelope = event.client_envelope(key.room(), offset);
-    if let Err(e) = s.emit(&*event.channel, &envelope) {
-        let reason = match e {
-            socketioxide::SendError::Socket(SocketError::InternalChannelFull) => "buffer_full",
-            socketioxide::SendError::Socket(SocketError::Closed) => "closed",
-            socketioxide::SendError::Serialize(_) => "encode",
-        };
-        ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => reason).increment(1);
-        tracing::warn!(sid = %s.id, room = %key, offset, reason, "replayed event not sent");
+    match s.emit(&*event.channel, &envelope) {
+        Ok(()) => true,
+        Err(socketioxide::SendError::Socket(SocketError::InternalChannelFull)) => {
+            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full").increment(1);
+            cut_slow_consumer(state, s, key);
+            false
+        }
+        Err(e) => {
+            let reason = if matches!(e, socketioxide::SendError::Serialize(_)) {
+                "encode"
+            } else {
+                "closed"
+            };
+            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => reason).increment(1);
+            tracing::debug!(sid = %s.id, room = %key, offset, reason, "replayed event not sent");
+            false
+        }
     }
 }
 
+/// Hands one live event to every local socket of its room (but `skip`). The envelope is
+/// serialized once; each socket gets its own send so that one whose buffer is full is known
+/// by name and cut (see [`cut_slow_consumer`]), never silently skipped.
 async fn relay_one(io: &SocketIo, state: &AppState, d: &Delivery, skip: &[Sid]) {
     let channel = metrics::channel_label(&d.event.channel);
     ::metrics::counter!(metrics::EVENTS_RECEIVED, "channel" => channel).increment(1);
-    let members = state.membership.members(&d.key);
-    if members == 0 {
-        return;
-    }
-    if !skip.is_empty() {
-        // Rare: a socket entered this room with this event already in its replay. Send one by
-        // one to everyone else.
-        let mut sent = 0u64;
-        for s in io.to(d.key.as_str().to_owned()).sockets() {
-            if !skip.contains(&s.id) {
-                send(&s, &d.key, d.offset, &d.event);
-                sent += 1;
-            }
-        }
-        ::metrics::counter!(metrics::EVENTS_DELIVERED, "channel" => channel).increment(sent);
+    if state.membership.members(&d.key) == 0 {
         return;
     }
     let envelope = d.event.client_envelope(d.key.room(), d.offset);
-    let failed = match io
-        .to(d.key.as_str().to_owned())
-        .emit(&*d.event.channel, &envelope)
-        .await
-    {
-        Ok(()) => 0,
-        Err(BroadcastError::Socket(errors)) => {
-            for e in &errors {
-                let reason = match e {
-                    SocketError::InternalChannelFull => "buffer_full",
-                    SocketError::Closed => "closed",
-                };
-                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => reason).increment(1);
-            }
-            tracing::warn!(room = %d.key, failed = errors.len(), "some sockets could not take an event");
-            errors.len()
-        }
+    let raw = match serde_json::value::to_raw_value(&envelope) {
+        Ok(raw) => raw,
         Err(e) => {
-            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode")
-                .increment(members as u64);
-            tracing::error!(room = %d.key, error = %e, "event could not be relayed");
-            members
+            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode").increment(1);
+            tracing::error!(room = %d.key, error = %e, "event could not be encoded");
+            return;
         }
     };
-    ::metrics::counter!(metrics::EVENTS_DELIVERED, "channel" => channel)
-        .increment(members.saturating_sub(failed) as u64);
+    let mut sent = 0u64;
+    for s in io.to(d.key.as_str().to_owned()).sockets() {
+        if skip.contains(&s.id) {
+            continue;
+        }
+        match s.emit(&*d.event.channel, &raw) {
+            Ok(()) => sent += 1,
+            Err(socketioxide::SendError::Socket(SocketError::InternalChannelFull)) => {
+                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full")
+                    .increment(1);
+                cut_slow_consumer(state, &s, &d.key);
+            }
+            Err(e) => {
+                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "closed").increment(1);
+                tracing::debug!(sid = %s.id, error = %e, "socket gone before delivery");
+            }
+        }
+    }
+    ::metrics::counter!(metrics::EVENTS_DELIVERED, "channel" => channel).increment(sent);
     let lag_ms = (now_millis() - d.event.timestamp).max(0);
     ::metrics::histogram!(metrics::DELIVERY_LAG).record(lag_ms as f64 / 1000.0);
+}
+
+/// A socket whose outgoing buffer is full cannot keep up: cut it rather than let it slow the
+/// others or grow memory. Over WebSocket its TCP connection is shut down, which the stock
+/// client treats as a lost transport: it reconnects and recovers what it missed from history.
+/// A long-polling socket gets a Socket.IO disconnect (its transport has no connection of its own
+/// to cut).
+pub fn cut_slow_consumer(state: &AppState, s: &SocketRef, key: &RoomKey) {
+    let conn = s
+        .req_parts()
+        .extensions
+        .get::<axum::extract::ConnectInfo<crate::drain::ConnId>>()
+        .map(|c| c.0);
+    let transport = match s.transport_type() {
+        socketioxide::TransportType::Websocket => "websocket",
+        socketioxide::TransportType::Polling => "polling",
+    };
+    let cut = match (transport, conn) {
+        ("websocket", Some(id)) => state.connections.close(id),
+        _ => s.clone().disconnect().is_ok(),
+    };
+    if cut {
+        ::metrics::counter!(metrics::SLOW_CONSUMERS, "transport" => transport).increment(1);
+        tracing::warn!(sid = %s.id, room = %key, transport, "slow consumer cut: its outgoing buffer was full");
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::drain::Connections;
 use crate::relay::RelayHandle;
 use crate::socket::deadlines::Deadlines;
 use crate::socket::membership::Membership;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub deadlines: Deadlines,
     /// The relay task, for room entries with replay.
     pub relay: RelayHandle,
+    /// Open connections of the public listener (drain, slow-consumer cuts).
+    pub connections: Arc<Connections>,
     /// Set when shutdown began: `/readyz` answers 503 from then on.
     draining: AtomicBool,
 }
@@ -31,6 +34,7 @@ impl AppState {
     pub fn new(config: Config, bus: Arc<dyn Bus>, relay: RelayHandle) -> Arc<Self> {
         Arc::new(Self {
             relay,
+            connections: Arc::new(Connections::default()),
             config,
             membership: Membership::new(bus.clone()),
             bus,

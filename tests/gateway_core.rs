@@ -693,3 +693,88 @@ async fn drain_waits_not_ready_and_a_second_signal_ends_it_at_once() {
         gw.log()
     );
 }
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_and_counted_while_others_get_everything() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let gw = Gateway::start(&[
+        ("GATEWAY_MAX_REPLAY", "16"),
+        ("GATEWAY_SOCKET_BUFFER", "80"),
+    ]);
+    let mut fast = gw.client("10", "1", "ADMIN").await;
+    fast.request("join", &json!("batch:1"), WAIT).await.unwrap();
+
+    // A client that joins, then never reads again.
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", gw.public);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.send(Message::text(format!(
+        "40{}",
+        json!({ "token": token("11", "1", "ADMIN", 600) })
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::text("421[\"join\",\"batch:1\"]"))
+        .await
+        .unwrap();
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if msg.to_text().unwrap_or("").starts_with("431") {
+            break;
+        }
+    }
+
+    let big = "x".repeat(60_000);
+    let events = 300;
+    let publisher = {
+        let url = gw.url();
+        let big = big.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 0..events {
+                let mut body = batch_created(1, &["batch:1"], i);
+                body["payload"]["notes"] = json!(big);
+                let r = http
+                    .post(format!("{url}/v1/publish"))
+                    .bearer_auth(KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        })
+    };
+    for want in 0..events {
+        let e = fast
+            .wait_for("batch_update", WAIT)
+            .await
+            .unwrap_or_else(|| panic!("fast client missed event {want}"));
+        assert_eq!(e["payload"]["batchId"], want);
+    }
+    publisher.await.unwrap();
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_slow_consumer_disconnects_total",
+            "transport=\"websocket\""
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "gateway_delivery_failures_total",
+            "reason=\"buffer_full\""
+        ) >= 1.0,
+        "{m}"
+    );
+    drop(ws);
+}

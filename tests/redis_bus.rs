@@ -351,15 +351,26 @@ async fn a_redis_restart_heals_without_client_reconnects() {
     let (s, b) = gws[1].publish(&batch_created(1, &["batch:5"], 3)).await;
     assert_eq!(s, 200, "{b}");
     for (i, c) in [&mut c0, &mut c1].into_iter().enumerate() {
+        // Redis kept nothing: the room's history is gone, so the gateway says so first.
+        let (name, r) = c
+            .next_event(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("client {i}: nothing after the restart"));
+        assert_eq!(
+            (name.as_str(), r["room"].as_str()),
+            ("resync", Some("batch:5")),
+            "client {i}: {r}"
+        );
         let (name, e) = c
             .next_event(WAIT)
             .await
-            .unwrap_or_else(|| panic!("client {i} got nothing after the restart"));
+            .unwrap_or_else(|| panic!("client {i}: no event after the restart"));
         assert_eq!(
             name, "batch_update",
             "client {i} saw {name} (it must not have been disconnected)"
         );
         assert_eq!(e["payload"]["batchId"], 3);
+        assert_eq!(e["offset"], 1, "a new epoch starts at offset 1");
     }
     let m = gws[0].metrics().await;
     assert!(
