@@ -7,46 +7,17 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::lb::Nginx;
+use common::publish::{incident as event, key, publisher};
 use common::redis_server::RedisServer;
 use common::resilient::Resilient;
 use common::{metric, Gateway};
-use realtime_gateway::bus::redis::{Publisher, RedisSettings};
-use realtime_gateway::events::{Event, RoomKey, RoomName, TenantId};
-use serde_json::value::RawValue;
+use realtime_gateway::bus::redis::Publisher;
 
 const ROOMS: [&str; 2] = ["exam:1", "institution:1"];
 const CLIENTS: u8 = 9;
-
-fn publisher(redis: &RedisServer) -> Publisher {
-    Publisher::new(Arc::new(RedisSettings {
-        url: redis.url(),
-        prefix: "rtg".into(),
-        history_max_len: 10_000,
-        history_ttl: Duration::from_secs(3600),
-        pool_size: 4,
-        timeout: Duration::from_secs(2),
-        unsubscribe_delay: Duration::from_secs(1),
-    }))
-    .unwrap()
-}
-
-fn event(n: u64) -> Arc<Event> {
-    let payload = format!(
-        r#"{{"incidentId":{n},"status":"open","severity":"low","updatedBy":1,"updatedByName":"Invigilator","updatedAt":"2026-11-28T10:00:00Z","institutionId":"1"}}"#
-    );
-    Arc::new(Event {
-        id: format!("evt-{n}").into(),
-        channel: "incident".into(),
-        event: "incident_updated".into(),
-        tenant: "1".into(),
-        payload: RawValue::from_string(payload).unwrap(),
-        timestamp: realtime_gateway::events::envelope::now_millis(),
-    })
-}
 
 fn env(redis: &RedisServer) -> Vec<(&'static str, String)> {
     vec![
@@ -80,11 +51,10 @@ fn publish_steadily(
             tick.tick().await;
             for _ in 0..per_tick {
                 let room = ROOMS[(n as usize) % ROOMS.len()];
-                let key = RoomKey::new(
-                    TenantId::parse("1").unwrap(),
-                    RoomName::parse(room, 128).unwrap(),
-                );
-                let placed = p.publish(&event(n), &[key]).await.expect("publish");
+                let placed = p
+                    .publish(&event(n), &[key("1", room)])
+                    .await
+                    .expect("publish");
                 last.insert(room.to_string(), placed[0].0);
                 n += 1;
             }

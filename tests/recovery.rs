@@ -4,49 +4,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::publish::{incident as event, key, publisher};
 use common::redis_server::RedisServer;
 use common::resilient::Resilient;
 use common::{metric, Gateway};
-use realtime_gateway::bus::redis::{Publisher, RedisSettings};
-use realtime_gateway::events::{Event, RoomKey, RoomName, TenantId};
-use serde_json::value::RawValue;
-
-fn publisher(redis: &RedisServer) -> Publisher {
-    Publisher::new(Arc::new(RedisSettings {
-        url: redis.url(),
-        prefix: "rtg".into(),
-        history_max_len: 5000,
-        history_ttl: Duration::from_secs(3600),
-        pool_size: 4,
-        timeout: Duration::from_secs(2),
-        unsubscribe_delay: Duration::from_secs(1),
-    }))
-    .unwrap()
-}
-
-fn key(tenant: &str, room: &str) -> RoomKey {
-    RoomKey::new(
-        TenantId::parse(tenant).unwrap(),
-        RoomName::parse(room, 128).unwrap(),
-    )
-}
-
-fn event(n: u64) -> Arc<Event> {
-    let payload = format!(
-        r#"{{"incidentId":{n},"status":"open","severity":"low","updatedBy":1,"updatedByName":"Invigilator","updatedAt":"2026-11-28T10:00:00Z","institutionId":"1"}}"#
-    );
-    Arc::new(Event {
-        id: format!("evt-{n}").into(),
-        channel: "incident".into(),
-        event: "incident_updated".into(),
-        tenant: "1".into(),
-        payload: RawValue::from_string(payload).unwrap(),
-        timestamp: realtime_gateway::events::envelope::now_millis(),
-    })
-}
+use realtime_gateway::bus::redis::Publisher;
 
 /// Publishes `n` events round-robin over `rooms`; returns the last offset per room.
 async fn publish_many(
