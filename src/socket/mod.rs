@@ -145,6 +145,7 @@ fn authenticate_handshake(
         let mut state = session.state();
         state.identity = Some(verified.identity);
         state.exp = verified.exp;
+        state.from_handshake = true;
         state.handshake_since = auth.as_ref().and_then(|a| a.get("since")).cloned();
     }
     s.extensions.insert(session.clone());
@@ -164,15 +165,23 @@ async fn on_connect(st: Arc<AppState>, s: SocketRef) {
     let Some(session) = session_of(&s) else {
         return;
     };
-    let verified = {
+    // Only a handshake identity is completed here: an `authenticate` event that raced ahead of
+    // this handler completes its own (with its ack).
+    let (verified, authenticated) = {
         let state = session.state();
-        state.identity.clone().map(|identity| Verified {
-            identity,
-            exp: state.exp,
-        })
+        let verified = state
+            .identity
+            .clone()
+            .filter(|_| state.from_handshake)
+            .map(|identity| Verified {
+                identity,
+                exp: state.exp,
+            });
+        (verified, state.identity.is_some())
     };
     match verified {
         Some(v) => complete_auth(&st, &s, &session, v, None).await,
+        None if authenticated => {}
         None => st.deadlines.schedule(
             Instant::now() + st.config.auth_grace,
             s.id,
@@ -200,9 +209,10 @@ async fn complete_auth(
     .collect();
     let since = {
         let mut state = session.state();
-        if state.closed {
+        if state.closed || state.auto_entered {
             return;
         }
+        state.auto_entered = true;
         for key in &keys {
             st.membership.add(key);
         }

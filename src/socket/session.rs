@@ -24,6 +24,10 @@ pub struct SessionState {
     pub rooms: Vec<RoomName>,
     /// Set once the socket is leaving, so a late join cannot add a room after cleanup.
     pub closed: bool,
+    /// The identity came with the handshake (not from an `authenticate` event).
+    pub from_handshake: bool,
+    /// The automatic rooms were entered (exactly once per socket).
+    pub auto_entered: bool,
     /// Positions the client sent in the handshake (`auth.since`), used once for its automatic rooms.
     pub handshake_since: Option<serde_json::Value>,
 }

@@ -1,0 +1,343 @@
+//! Node interop tier: the official `socket.io-client` (pinned in `tests/node/package.json`)
+//! against the real gateway binary, over both transports.
+//!
+//! Each test starts its own gateway with the harness (the recovery tests: two, on the embedded
+//! bus or on a private Redis server), makes sure `tests/node/node_modules` is installed (one
+//! `npm ci` at a time, across test threads and test processes), then runs one `node --test` file
+//! against it with a deadline. A failure prints node's output and the gateways' logs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout, Instant};
+
+/// Longest a node test file may run before it is killed.
+const NODE_DEADLINE: Duration = Duration::from_secs(120);
+/// Longest an `npm ci` may run, and how long another process may wait for one.
+const INSTALL_DEADLINE: Duration = Duration::from_secs(300);
+/// Grace period of the gateways that test the seed's timeout and token expiry.
+const SHORT_GRACE_MS: u64 = 1000;
+/// Room limit of the gateway that tests the room policy.
+const MAX_ROOMS: usize = 3;
+/// History kept per room by the recovery tests' main gateway.
+const HISTORY_MAX_LEN: u64 = 2000;
+/// Most events one recovery may replay on the recovery tests' gateways.
+const MAX_REPLAY: u64 = 1000;
+/// History kept per room by the recovery tests' second gateway (for `too_old`).
+const SMALL_HISTORY_MAX_LEN: u64 = 20;
+/// How long a Redis gateway stays subscribed to a room after its last member left; shorter
+/// than the recovery scenario's offline time, so the reconnect subscribes again.
+const UNSUBSCRIBE_DELAY: &str = "500ms";
+
+fn node_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("node")
+}
+
+/// Written by npm as the last step of an install: its presence means node_modules is complete.
+fn installed(dir: &Path) -> bool {
+    dir.join("node_modules")
+        .join(".package-lock.json")
+        .is_file()
+        && dir
+            .join("node_modules")
+            .join("socket.io-client")
+            .join("package.json")
+            .is_file()
+}
+
+/// Reads a child's pipe to the end in the background.
+fn drain(pipe: Option<impl AsyncRead + Unpin + Send + 'static>) -> JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut out).await;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// What a child process did: its status (`None`: killed at the deadline) and its output.
+struct Outcome {
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` in its own process group; at `deadline` kills the whole group (node's test runner
+/// runs each file in a child process of its own).
+async fn run(mut cmd: Command, deadline: Duration) -> Outcome {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let program = format!("{:?}", cmd.as_std());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e} (is it installed and on PATH?)"));
+    let pid = child.id().expect("child pid");
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = match timeout(deadline, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for child")),
+        Err(_) => {
+            // The group id is the child's pid: this kills exactly what this test started.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+            let _ = child.wait().await;
+            None
+        }
+    };
+    Outcome {
+        status,
+        stdout: stdout.await.unwrap_or_default(),
+        stderr: stderr.await.unwrap_or_default(),
+    }
+}
+
+/// Removes the install lock when the installer is done, whatever happened.
+struct LockGuard(PathBuf);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Makes sure `tests/node/node_modules` is installed, running `npm ci` if not. Creating the lock
+/// directory is atomic, so of all test threads and processes exactly one installs; the others
+/// wait, with a deadline, for the lock to go away.
+async fn ensure_node_modules() {
+    let dir = node_dir();
+    let lock = dir.join(".install-lock");
+    let give_up = Instant::now() + INSTALL_DEADLINE + Duration::from_secs(30);
+    loop {
+        if !lock.exists() && installed(&dir) {
+            return;
+        }
+        match std::fs::create_dir(&lock) {
+            Ok(()) => {
+                let _guard = LockGuard(lock.clone());
+                if installed(&dir) {
+                    return;
+                }
+                let mut cmd = Command::new("npm");
+                cmd.args(["ci", "--no-audit", "--no-fund"])
+                    .current_dir(&dir);
+                let out = run(cmd, INSTALL_DEADLINE).await;
+                assert!(
+                    out.status.is_some_and(|s| s.success()) && installed(&dir),
+                    "npm ci in {} failed ({:?}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    dir.display(),
+                    out.status,
+                    out.stdout,
+                    out.stderr
+                );
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // A lock older than any install can take was left by a killed process.
+                let stale = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > INSTALL_DEADLINE + Duration::from_secs(60));
+                if stale {
+                    let _ = std::fs::remove_dir(&lock);
+                    continue;
+                }
+                assert!(
+                    Instant::now() < give_up,
+                    "{} still exists after {:?}: another test process is installing node \
+                     modules, or one died doing so (remove the directory and rerun)",
+                    lock.display(),
+                    INSTALL_DEADLINE
+                );
+                sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("cannot create {}: {e}", lock.display()),
+        }
+    }
+}
+
+/// Starts a gateway with `env` and waits until it is ready.
+async fn start_gateway(env: &[(&str, &str)]) -> common::Gateway {
+    // Plain logs whatever the terminal: the harness reads the listening addresses from them.
+    let mut all = vec![("NO_COLOR", "1")];
+    all.extend_from_slice(env);
+    let gw = common::Gateway::start(&all);
+    gw.wait_readyz(200).await;
+    gw
+}
+
+/// Starts a gateway with `gateway_env`, runs `node --test <file>` against it with `node_env`,
+/// and fails with node's output and the gateway's log unless node exits 0.
+async fn node_test(file: &str, gateway_env: &[(&str, &str)], node_env: &[(&str, String)]) {
+    ensure_node_modules().await;
+    let gw = start_gateway(gateway_env).await;
+    run_node(file, &gw, &[], node_env).await;
+}
+
+/// Runs `node --test <file>` against `gw` (GATEWAY_URL, and ADMIN_URL for `/metrics`) with
+/// `node_env`; fails with node's
+/// output and the logs of `gw` and of the `others` (gateways the file also uses) unless node
+/// exits 0.
+async fn run_node(
+    file: &str,
+    gw: &common::Gateway,
+    others: &[(&str, &common::Gateway)],
+    node_env: &[(&str, String)],
+) {
+    let dir = node_dir();
+    assert!(dir.join(file).is_file(), "no node test file {file}");
+    let mut cmd = Command::new("node");
+    cmd.args(["--test", "--test-reporter=spec", file])
+        .current_dir(&dir)
+        .env("GATEWAY_URL", gw.url())
+        .env("ADMIN_URL", format!("http://{}", gw.admin))
+        .env("JWT_SECRET", common::SECRET)
+        .env("PUBLISH_KEY", common::KEY)
+        .env("NO_COLOR", "1")
+        .env_remove("NODE_OPTIONS")
+        .env_remove("NODE_TEST_CONTEXT");
+    for (k, v) in node_env {
+        cmd.env(k, v);
+    }
+    let started = Instant::now();
+    let out = run(cmd, NODE_DEADLINE).await;
+    let verdict = match out.status {
+        Some(s) if s.success() => None,
+        Some(s) => Some(format!("node --test {file} failed ({s})")),
+        None => Some(format!(
+            "node --test {file} did not finish within {NODE_DEADLINE:?} and was killed"
+        )),
+    };
+    if let Some(verdict) = verdict {
+        let mut logs = format!("--- gateway log ---\n{}", gw.log());
+        for (name, other) in others {
+            logs.push_str(&format!("--- {name} gateway log ---\n{}", other.log()));
+        }
+        panic!(
+            "{verdict} after {:?}\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n{logs}",
+            started.elapsed(),
+            out.stdout,
+            out.stderr,
+        );
+    }
+    println!(
+        "node --test {file}: ok in {:?}\n{}",
+        started.elapsed(),
+        out.stdout
+    );
+}
+
+/// Every handshake refusal code, forged claims, client-sent identity fields, ping/pong.
+#[tokio::test]
+async fn node_handshake() {
+    node_test("handshake.test.mjs", &[], &[]).await;
+}
+
+/// The seed's connect-then-`authenticate` flow (default grace period).
+#[tokio::test]
+async fn node_seed_flow() {
+    node_test("seed.test.mjs", &[], &[]).await;
+}
+
+/// Grace-period timeout, token expiry and refresh, with a 1 s grace and 2 s tokens.
+#[tokio::test]
+async fn node_session_lifetime() {
+    let grace = format!("{SHORT_GRACE_MS}ms");
+    node_test(
+        "lifetime.test.mjs",
+        &[("GATEWAY_AUTH_GRACE", &grace)],
+        &[("AUTH_GRACE_MS", SHORT_GRACE_MS.to_string())],
+    )
+    .await;
+}
+
+/// join / leave under a room policy with a role restriction and a small room limit.
+#[tokio::test]
+async fn node_room_policy() {
+    let max = MAX_ROOMS.to_string();
+    node_test(
+        "rooms.test.mjs",
+        &[
+            ("GATEWAY_ROOM_ROLES", "incident=ADMIN"),
+            ("GATEWAY_MAX_ROOMS_PER_SOCKET", &max),
+        ],
+        &[("MAX_ROOMS", max.clone())],
+    )
+    .await;
+}
+
+/// Automatic rooms, tenant isolation, every catalog channel, offsets and payload fidelity.
+#[tokio::test]
+async fn node_delivery() {
+    node_test("delivery.test.mjs", &[], &[]).await;
+}
+
+/// Runs recovery.test.mjs against a main gateway (HISTORY_MAX_LEN, MAX_REPLAY) and a second one
+/// that keeps SMALL_HISTORY_MAX_LEN events per room, both on the bus `redis` says: the embedded
+/// one, or the given Redis server (the two gateways then use different key prefixes).
+async fn recovery(redis: Option<&common::redis_server::RedisServer>) {
+    ensure_node_modules().await;
+    let history = HISTORY_MAX_LEN.to_string();
+    let small_history = SMALL_HISTORY_MAX_LEN.to_string();
+    let replay = MAX_REPLAY.to_string();
+    let url = redis.map(|r| r.url());
+    let mut env = vec![("GATEWAY_MAX_REPLAY", replay.as_str())];
+    if let Some(url) = &url {
+        env.extend([
+            ("REDIS_URL", url.as_str()),
+            ("GATEWAY_UNSUBSCRIBE_DELAY", UNSUBSCRIBE_DELAY),
+        ]);
+    }
+    let mut main_env = env.clone();
+    main_env.push(("GATEWAY_HISTORY_MAX_LEN", &history));
+    let mut small_env = env;
+    small_env.extend([
+        ("GATEWAY_HISTORY_MAX_LEN", small_history.as_str()),
+        ("GATEWAY_REDIS_PREFIX", "rtg-small"),
+    ]);
+    let gw = start_gateway(&main_env).await;
+    let small = start_gateway(&small_env).await;
+    run_node(
+        "recovery.test.mjs",
+        &gw,
+        &[("small-history", &small)],
+        &[
+            ("SMALL_GATEWAY_URL", small.url()),
+            ("HISTORY_MAX_LEN", history.clone()),
+            ("SMALL_HISTORY_MAX_LEN", small_history.clone()),
+            ("MAX_REPLAY", replay.clone()),
+            (
+                "BUS",
+                if redis.is_some() { "redis" } else { "memory" }.to_string(),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// Recovery on the embedded bus: the offline client of issue scenario 1 and every position the
+/// gateway cannot serve.
+#[tokio::test]
+async fn node_recovery_embedded_bus() {
+    recovery(None).await;
+}
+
+/// The same recovery scenarios with the gateways on a private Redis server.
+#[tokio::test]
+async fn node_recovery_redis_bus() {
+    let redis = common::redis_server::RedisServer::start();
+    recovery(Some(&redis)).await;
+}
