@@ -120,6 +120,9 @@ pub struct ServeArgs {
     /// Most events one recovery may replay; a bigger gap answers `recovered: false`.
     #[arg(long, env = "GATEWAY_MAX_REPLAY", default_value_t = 1000)]
     pub max_replay: u64,
+    /// Read buffer of each WebSocket connection, in bytes (client packets are small).
+    #[arg(long, env = "GATEWAY_WS_READ_BUFFER", default_value_t = 1024)]
+    pub ws_read_buffer: usize,
     /// Outgoing packets queued per socket before it counts as a slow consumer.
     #[arg(long, env = "GATEWAY_SOCKET_BUFFER", default_value_t = 2048)]
     pub socket_buffer: usize,
@@ -216,6 +219,8 @@ pub struct Config {
     pub max_replay: u64,
     /// Outgoing packets queued per socket.
     pub socket_buffer: usize,
+    /// WebSocket read buffer per connection.
+    pub ws_read_buffer: usize,
     /// Drain: not-ready delay before closing connections.
     pub drain_delay: Duration,
     /// Drain: period over which connections are closed.
@@ -485,6 +490,7 @@ impl ServeArgs {
             history_ttl: self.history_ttl,
             max_replay: self.max_replay,
             socket_buffer: self.socket_buffer,
+            ws_read_buffer: self.ws_read_buffer,
             drain_delay: self.drain_delay,
             drain_period: self.drain_period,
         };

@@ -80,6 +80,7 @@ pub async fn run(
         .max_payload(config.max_client_packet_bytes)
         .ws_max_message_size(config.max_client_packet_bytes as usize)
         .max_buffer_size(config.socket_buffer)
+        .ws_read_buffer_size(config.ws_read_buffer)
         .build_layer();
     let (relay_handle, relay_control) = relay::channel();
     let state = AppState::new(config, bus, relay_handle);
