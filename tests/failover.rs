@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use common::lb::Nginx;
+use common::node::Script;
 use common::publish::{incident as event, key, publisher};
 use common::redis_server::RedisServer;
 use common::resilient::Resilient;
@@ -201,56 +202,6 @@ async fn a_rolling_restart_loses_nothing() {
     );
 }
 
-/// Runs the stock-client drain script through `url` with `transports`; returns its handle and a
-/// channel of the JSON lines it prints.
-fn drain_client(
-    url: &str,
-    transports: &str,
-) -> (
-    std::process::Child,
-    std::sync::mpsc::Receiver<serde_json::Value>,
-) {
-    use std::io::BufRead;
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
-    assert!(
-        std::path::Path::new(dir)
-            .join("node_modules/socket.io-client")
-            .exists(),
-        "run npm ci in tests/node first"
-    );
-    let mut child = std::process::Command::new("node")
-        .arg("drain-client.mjs")
-        .current_dir(dir)
-        .env("GATEWAY_URL", url)
-        .env("TOKEN", common::token("10", "1", "ADMIN", 3600))
-        .env("TRANSPORTS", transports)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("node");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    (child, rx)
-}
-
-fn next_step(rx: &std::sync::mpsc::Receiver<serde_json::Value>, step: &str) -> serde_json::Value {
-    loop {
-        let v = rx
-            .recv_timeout(common::WAIT)
-            .unwrap_or_else(|_| panic!("the stock client never reported {step}"));
-        if v["step"] == step {
-            return v;
-        }
-        assert_ne!(v["step"], "gave_up", "the stock client gave up waiting");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stock_client_reconnects_by_itself_after_a_drain() {
     let redis = RedisServer::start();
@@ -260,8 +211,15 @@ async fn the_stock_client_reconnects_by_itself_after_a_drain() {
             gw.wait_readyz(200).await;
         }
         let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
-        let (mut child, rx) = drain_client(&nginx.url(), transports);
-        assert_eq!(next_step(&rx, "connect")["n"], 1);
+        let script = Script::start(
+            "drain-client.mjs",
+            &[
+                ("GATEWAY_URL", nginx.url()),
+                ("TOKEN", common::token("10", "1", "ADMIN", 3600)),
+                ("TRANSPORTS", transports.to_string()),
+            ],
+        );
+        assert_eq!(script.next("connect")["n"], 1);
         let mut holder = None;
         for (i, gw) in gws.iter().enumerate() {
             if metric(&gw.metrics().await, "gateway_connections", "") >= 1.0 {
@@ -271,13 +229,13 @@ async fn the_stock_client_reconnects_by_itself_after_a_drain() {
         let holder = holder.expect("one gateway holds the client");
         let status = tokio::task::block_in_place(|| gws[holder].terminate());
         assert!(status.success(), "{transports}: {status:?}");
-        let reason = next_step(&rx, "disconnect")["reason"].clone();
+        let reason = script.next("disconnect")["reason"].clone();
         assert!(
             reason == "transport close" || reason == "transport error",
             "{transports}: the drain must look like a lost transport, not {reason}"
         );
         assert_eq!(
-            next_step(&rx, "connect")["n"],
+            script.next("connect")["n"],
             2,
             "{transports}: no automatic reconnect"
         );
@@ -289,10 +247,9 @@ async fn the_stock_client_reconnects_by_itself_after_a_drain() {
         });
         let (s, b) = other.publish(&body).await;
         assert_eq!(s, 200, "{b}");
-        let ev = next_step(&rx, "event");
+        let ev = script.next("event");
         assert_eq!(ev["id"], b["id"], "{transports}");
-        let exit = tokio::task::block_in_place(|| child.wait()).unwrap();
-        assert!(exit.success());
+        assert!(tokio::task::block_in_place(|| script.success()));
         gws.clear();
     }
 }

@@ -426,3 +426,73 @@ async fn garbage_on_a_room_channel_is_counted_and_dropped() {
         gws[0].log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_client_on_every_gateway_and_through_nginx_gets_every_publish_path() {
+    let redis = RedisServer::start();
+    let gws = ready_gateways(&redis, 3, &[]).await;
+    let nginx = common::lb::Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
+    let mut targets: Vec<String> = gws.iter().map(|g| g.url()).collect();
+    targets.push(nginx.url());
+    let script = common::node::Script::start(
+        "cluster-clients.mjs",
+        &[
+            ("TARGETS", targets.join(",")),
+            ("TOKEN", common::token("10", "1", "STUDENT", 600)),
+            ("OUTSIDER_TOKEN", common::token("11", "1", "STUDENT", 600)),
+            ("EXPECT", "3".into()),
+        ],
+    );
+    let ready = tokio::task::block_in_place(|| script.next("ready"));
+    assert_eq!(
+        ready["sockets"], 8,
+        "two transports on three gateways and the balancer"
+    );
+
+    let (s, b) = gws[0].publish(&batch_created(1, &["batch:456"], 1)).await;
+    assert_eq!(s, 200, "{b}");
+    let out = redis.cli(&[
+        "FCALL",
+        "rtg_publish",
+        "2",
+        "rtg:{1/batch:456}:h",
+        "rtg:{1/batch:456}:m",
+        "rtg:{1/batch:456}",
+        &raw_envelope("via-fcall", 1, 2),
+        "1000",
+        "3600",
+    ]);
+    assert_eq!(out.lines().next().unwrap_or("").trim(), "2", "{out}");
+    let payload = batch_created(1, &[], 3)["payload"].to_string();
+    let cli = Command::new(common::binary())
+        .args([
+            "publish",
+            "--url",
+            &gws[2].url(),
+            "--key",
+            KEY,
+            "--channel",
+            "batch_update",
+            "--event",
+            "batch_created",
+        ])
+        .args([
+            "--institution",
+            "1",
+            "--room",
+            "batch:456",
+            "--payload",
+            &payload,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+
+    let done = tokio::task::block_in_place(|| script.next("done"));
+    assert_eq!(done["sockets"], 8);
+    assert!(tokio::task::block_in_place(|| script.success()));
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lb;
+pub mod node;
 pub mod publish;
 pub mod redis_server;
 pub mod resilient;
