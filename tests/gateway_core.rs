@@ -778,3 +778,101 @@ async fn a_slow_consumer_is_cut_and_counted_while_others_get_everything() {
     );
     drop(ws);
 }
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_verify_with_a_public_key_file() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "rsa.pem",
+    ]);
+    openssl(&["pkey", "-in", "rsa.pem", "-pubout", "-out", "rsa.pub.pem"]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "ec.pem",
+    ]);
+    openssl(&[
+        "pkcs8", "-topk8", "-nocrypt", "-in", "ec.pem", "-out", "ec8.pem",
+    ]);
+    openssl(&["pkey", "-in", "ec.pem", "-pubout", "-out", "ec.pub.pem"]);
+    let claims =
+        json!({ "sub": 10, "institutionId": 1, "role": "ADMIN", "exp": common::now() + 600 });
+    let cases = [
+        (
+            "RS256",
+            "rsa.pub.pem",
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&std::fs::read(dir.path().join("rsa.pem")).unwrap()).unwrap(),
+        ),
+        (
+            "ES256",
+            "ec.pub.pem",
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&std::fs::read(dir.path().join("ec8.pem")).unwrap()).unwrap(),
+        ),
+    ];
+    for (alg, public, algorithm, key) in cases {
+        let path = dir.path().join(public);
+        let gw = Gateway::start(&[
+            ("JWT_SECRET", ""),
+            ("JWT_PUBLIC_KEY_FILE", path.to_str().unwrap()),
+            ("JWT_ALGORITHM", alg),
+        ]);
+        let good = encode(&Header::new(algorithm), &claims, &key).unwrap();
+        let mut c = Client::connect(&gw.url(), Some(json!({ "token": good })))
+            .await
+            .expect(alg);
+        let auth = c
+            .wait_for("authenticated", WAIT)
+            .await
+            .expect("authenticated");
+        assert_eq!(auth["userId"], "10", "{alg}");
+        // An HS256 token signed with the public key as a secret (algorithm confusion) is refused.
+        let pem = std::fs::read(&path).unwrap();
+        let forged = encode(&Header::default(), &claims, &EncodingKey::from_secret(&pem)).unwrap();
+        let refused = Client::connect(&gw.url(), Some(json!({ "token": forged }))).await;
+        assert!(
+            matches!(refused, Err(realtime_gateway::client::ClientError::Refused(ref m)) if m == "token_algorithm_not_allowed"),
+            "{alg}: {:?}",
+            refused.err()
+        );
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let mut gw = Gateway::start(&[("GATEWAY_LOG_FORMAT", "json")]);
+    gw.client("10", "1", "ADMIN").await;
+    gw.terminate();
+    let log = gw.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{log}");
+    for line in lines {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}

@@ -93,12 +93,18 @@ impl Gateway {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let line = strip_ansi(&line);
                 if line.contains("listening") {
+                    // Human format: `public=ADDR admin=ADDR`; JSON format: `"fields":{...}`.
+                    let json: Option<Value> = serde_json::from_str(&line).ok();
                     let addr = |k: &str| {
-                        line.split_whitespace()
-                            .find_map(|w| w.strip_prefix(k))
-                            .and_then(|a| a.parse::<SocketAddr>().ok())
+                        let text = match &json {
+                            Some(v) => v["fields"][k].as_str().map(String::from),
+                            None => line
+                                .split_whitespace()
+                                .find_map(|w| w.strip_prefix(&format!("{k}=")).map(String::from)),
+                        };
+                        text.and_then(|a| a.parse::<SocketAddr>().ok())
                     };
-                    if let (Some(p), Some(a)) = (addr("public="), addr("admin=")) {
+                    if let (Some(p), Some(a)) = (addr("public"), addr("admin")) {
                         let _ = tx.send((p, a));
                     }
                 }
