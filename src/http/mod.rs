@@ -25,11 +25,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Routes of the admin listener.
+/// Routes of the admin listener. Process figures (resident memory, CPU, open descriptors) are
+/// read from the OS at each scrape and exported beside the gateway's own metrics.
 pub fn admin_router(metrics: PrometheusHandle) -> Router {
+    let process = std::sync::Arc::new(metrics_process::Collector::default());
+    process.describe();
     Router::new().route(
         "/metrics",
-        get(move || std::future::ready(metrics.render())),
+        get(move || {
+            process.collect();
+            std::future::ready(metrics.render())
+        }),
     )
 }
 

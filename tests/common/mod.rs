@@ -4,6 +4,7 @@
 
 pub mod lb;
 pub mod node;
+pub mod prometheus;
 pub mod publish;
 pub mod redis_server;
 pub mod resilient;

@@ -101,7 +101,11 @@ impl Prometheus {
     async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 return Err(format!("exited during start-up: {status}"));
             }
             let last = match reqwest::get(format!("{}/-/ready", self.url())).await {
@@ -177,7 +181,10 @@ impl Prometheus {
     /// Active scrape targets (`/api/v1/targets`).
     pub async fn active_targets(&self) -> Result<Vec<Value>, String> {
         let data = self.api("targets", &[("state", "active")]).await?;
-        Ok(data["activeTargets"].as_array().cloned().unwrap_or_default())
+        Ok(data["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Every loaded rule (`/api/v1/rules`), flattened over its groups.
