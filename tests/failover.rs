@@ -253,3 +253,59 @@ async fn the_stock_client_reconnects_by_itself_after_a_drain() {
         gws.clear();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_clients_lose_nothing_when_a_gateway_is_killed() {
+    let redis = RedisServer::start();
+    for transports in ["websocket", "polling"] {
+        let mut gws = vec![
+            start(&redis, "127.0.0.1:0"),
+            start(&redis, "127.0.0.1:0"),
+            start(&redis, "127.0.0.1:0"),
+        ];
+        for gw in &gws {
+            gw.wait_readyz(200).await;
+        }
+        let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
+        let tokens: Vec<serde_json::Value> = (0..6)
+            .map(|i| {
+                let sub = format!("{}", 200 + i);
+                serde_json::json!({ "sub": sub, "token": common::token(&sub, "1", "STUDENT", 600) })
+            })
+            .collect();
+        let mut script = Script::start(
+            "failover-clients.mjs",
+            &[
+                ("LB_URL", nginx.url()),
+                ("TOKENS", serde_json::Value::from(tokens).to_string()),
+                ("TRANSPORTS", transports.to_string()),
+            ],
+        );
+        tokio::task::block_in_place(|| script.next("ready"));
+        let mut held = Vec::new();
+        for gw in &gws {
+            held.push(metric(&gw.metrics().await, "gateway_connections", ""));
+        }
+        let victim = (0..3).max_by(|a, b| held[*a].total_cmp(&held[*b])).unwrap();
+
+        let stop = tokio_util::sync::CancellationToken::new();
+        let publishing = publish_steadily(publisher(&redis), 300, stop.clone());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        gws[victim].kill();
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        stop.cancel();
+        let last = publishing.await.unwrap();
+        script.send_line(&serde_json::to_string(&last).unwrap());
+        let done = tokio::task::block_in_place(|| script.next("done"));
+        assert!(
+            done["reconnects"].as_f64().unwrap_or(0.0) >= held[victim],
+            "{transports}: the victim's {} clients must have reconnected: {done}",
+            held[victim]
+        );
+        assert!(
+            tokio::task::block_in_place(|| script.success()),
+            "{transports}"
+        );
+        assert!(last["exam:1"] > 100, "too little traffic: {last:?}");
+    }
+}

@@ -31,6 +31,7 @@ impl Script {
             .current_dir(dir)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
+            .stdin(Stdio::piped())
             .spawn()
             .expect("node must be on the PATH");
         let out = child.stdout.take().unwrap();
@@ -60,6 +61,13 @@ impl Script {
                 "the node script failed: {v}"
             );
         }
+    }
+
+    /// Writes one line to the script's standard input.
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write to the node script");
     }
 
     /// Waits for the process to exit; true on success.
