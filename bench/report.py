@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Turns the newest benchmark results into the markdown table for the README.
+
+    python3 bench/report.py                    # print the table
+    python3 bench/report.py --update README.md # replace the block between the markers
+                                               # <!-- bench:begin --> and <!-- bench:end -->
+
+For every scenario it takes the newest run in which both the gateway and the baseline were
+measured (so every ratio compares numbers taken in the same run, on the same machine); a
+scenario measured for one target only shows a dash for the other. Nothing here is typed by
+hand: every number comes from bench/results/*.json. Python 3.11, standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def load(results: Path) -> list[dict]:
+    docs = []
+    for f in sorted(results.glob("*.json")):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(doc, dict) and "scenario" in doc:
+            doc["_file"] = f.name
+            docs.append(doc)
+    return docs
+
+
+def pick(docs: list[dict], scenario: str) -> tuple[dict | None, dict | None]:
+    """(gateway, baseline) of the newest run that has both, else the newest of each."""
+    runs: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        if d["scenario"] == scenario:
+            runs.setdefault(d.get("run", ""), {})[d.get("target", "")] = d
+    both = [r for r in sorted(runs) if {"gateway", "baseline"} <= set(runs[r])]
+    if both:
+        r = runs[both[-1]]
+        return r["gateway"], r["baseline"]
+    newest = lambda t: next((runs[r][t] for r in sorted(runs, reverse=True) if t in runs[r]), None)  # noqa: E731
+    return newest("gateway"), newest("baseline")
+
+
+def get(doc: dict | None, *path, default=None):
+    cur = doc["result"] if doc else None
+    for p in path:
+        if cur is None:
+            return default
+        if isinstance(p, int):
+            cur = cur[p] if isinstance(cur, list) and len(cur) > p else None
+        else:
+            cur = cur.get(p) if isinstance(cur, dict) else None
+    return default if cur is None else cur
+
+
+def fmt(v, digits: int = 1) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def ratio(g, b) -> str:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (g, b))
+    if not numbers or b == 0:
+        return "—"
+    return f"{g / b:.2f}×"
+
+
+class Table:
+    def __init__(self):
+        self.rows: list[str] = []
+
+    def row(self, scenario: str, metric: str, better: str, g, b, digits: int = 1) -> None:
+        arrow = {"higher": "↑", "lower": "↓", "": ""}[better]
+        label = f"{metric} {arrow}".strip()
+        self.rows.append(f"| {scenario} | {label} | {fmt(g, digits)} | {fmt(b, digits)} | {ratio(g, b)} |")
+
+
+def kib(v):
+    return None if v is None else v / 1024
+
+
+def build(docs: list[dict]) -> str:
+    t = Table()
+    used: list[dict] = []
+
+    g, b = pick(docs, "idle")
+    used += [d for d in (g, b) if d]
+    sizes = sorted({s["connections"] for d in (g, b) if d for s in get(d, "sizes", default=[])})
+    for n in sizes:
+        sg = next((s for s in get(g, "sizes", default=[]) if s["connections"] == n), None)
+        sb = next((s for s in get(b, "sizes", default=[]) if s["connections"] == n), None)
+        t.row("idle", f"memory per connection, {n:,} held (KiB)", "lower",
+              kib(sg and sg["bytes_per_connection"]), kib(sb and sb["bytes_per_connection"]))
+        t.row("idle", f"connections held of {n:,}", "higher", sg and sg["held"], sb and sb["held"])
+        t.row("idle", f"server CPU per connect, {n:,} (µs)", "lower",
+              sg and sg["cpu_us_per_connect"], sb and sb["cpu_us_per_connect"], 0)
+
+    g, b = pick(docs, "fanout")
+    used += [d for d in (g, b) if d]
+    n = (g or b or {}).get("params", {}).get("fanout_connections")
+    small = (g or b or {}).get("params", {}).get("small_room")
+    limit = (g or b or {}).get("params", {}).get("p99_limit_ms", 100)
+    if g or b:
+        t.row("fan-out", f"highest zero-loss rate with p99 ≤ {fmt(limit, 0)} ms, {fmt(n)}-member room (deliveries/s)",
+              "higher", get(g, "max_sustained_offered_per_sec"), get(b, "max_sustained_offered_per_sec"), 0)
+        t.row("fan-out", "p99 at that rate (ms)", "lower",
+              get(g, "max_sustained_p99_ms"), get(b, "max_sustained_p99_ms"))
+        t.row("fan-out", f"highest zero-loss rate, any p99, {fmt(n)}-member room (deliveries/s)", "higher",
+              get(g, "max_zero_loss_offered_per_sec"), get(b, "max_zero_loss_offered_per_sec"), 0)
+        t.row("fan-out", "p99 at that rate (ms)", "lower",
+              get(g, "max_zero_loss_p99_ms"), get(b, "max_zero_loss_p99_ms"))
+        t.row("fan-out", f"p99 at 30k deliveries/s, {fmt(n)}-member room (ms)", "lower",
+              get(g, "p99_ms_at_30k"), get(b, "p99_ms_at_30k"))
+        t.row("fan-out", f"p99 at 30k deliveries/s, {fmt(small)}-member room (ms)", "lower",
+              get(g, "small_room_p99_ms_at_30k"), get(b, "small_room_p99_ms_at_30k"))
+
+        def cpu_at_30k(d):
+            steps = get(d, "steps", default=[]) + [get(d, "at_30k")]
+            s = next((s for s in steps if s and abs(s["offered_per_sec"] - 30_000) < 1), None)
+            return s and s["server_cpu_us_per_delivery"]
+
+        t.row("fan-out", "server CPU per delivery at 30k/s (µs)", "lower", cpu_at_30k(g), cpu_at_30k(b), 2)
+
+    g, b = pick(docs, "rooms")
+    used += [d for d in (g, b) if d]
+    if g or b:
+        n = (g or b)["params"].get("rooms_connections")
+        t.row("many rooms", f"highest zero-loss rate to random users of {fmt(n)} (deliveries/s)", "higher",
+              get(g, "max_sustained_offered_per_sec"), get(b, "max_sustained_offered_per_sec"), 0)
+        t.row("many rooms", "p99 at that rate (ms)", "lower",
+              get(g, "max_sustained_p99_ms"), get(b, "max_sustained_p99_ms"))
+        t.row("many rooms", "highest zero-loss rate, any p99 (deliveries/s)", "higher",
+              get(g, "max_zero_loss_offered_per_sec"), get(b, "max_zero_loss_offered_per_sec"), 0)
+
+    g, b = pick(docs, "storm")
+    used += [d for d in (g, b) if d]
+    if g or b:
+        t.row("reconnect storm", "clients moved after SIGKILL of one of two servers", "",
+              get(g, "reconnected"), get(b, "reconnected"), 0)
+        t.row("reconnect storm", "time until all are back and authenticated (s)", "lower",
+              get(g, "recovery_secs"), get(b, "recovery_secs"), 2)
+        t.row("reconnect storm", "reconnects per second", "higher",
+              get(g, "reconnects_per_sec"), get(b, "reconnects_per_sec"), 0)
+        t.row("reconnect storm", "all back", "", get(g, "all_back"), get(b, "all_back"))
+
+    g, b = pick(docs, "scale")
+    used += [d for d in (g, b) if d]
+    if g or b:
+        p = (g or b)["params"]
+        label = f"{fmt(p.get('scale_connections'))} connections on {p.get('scale_servers')} processes"
+        t.row("scale", f"{label}: held", "higher",
+              get(g, "connections", "held"), get(b, "connections", "held"), 0)
+        t.row("scale", "connect handshake p99 while ramping (ms)", "lower",
+              get(g, "connections", "handshake_ms", "p99"), get(b, "connections", "handshake_ms", "p99"), 0)
+        t.row("scale", f"deliveries/s offered ({fmt(p.get('scale_rate'))} event/s to everyone)", "",
+              get(g, "step", "offered_per_sec"), get(b, "step", "offered_per_sec"), 0)
+        t.row("scale", "lost deliveries", "lower", get(g, "lost"), get(b, "lost"), 0)
+        t.row("scale", "p99 (ms)", "lower", get(g, "p99_ms"), get(b, "p99_ms"))
+        t.row("scale", "memory per connection (KiB)", "lower",
+              kib(get(g, "bytes_per_connection")), kib(get(b, "bytes_per_connection")))
+
+    floors = [d for d in docs if d["scenario"] == "floor"]
+    floor = max(floors, key=lambda d: d.get("run", "")) if floors else None
+    if floor:
+        used.append(floor)
+        t.rows.append(f"| machine | loopback TCP write of a {floor['result']['frame_bytes']}-byte frame "
+                      f"(µs CPU) | {fmt(floor['result']['write_cpu_us'], 2)} | | |")
+
+    cg = [d for d in docs if d["scenario"] == "callgrind"]
+    if cg:
+        newest = max(cg, key=lambda d: d["_file"])
+        t.rows.append(f"| callgrind | instructions per delivery ({newest['clients']} clients × "
+                      f"{newest['events']} events) | {fmt(newest['ir_per_delivery'], 0)} | | |")
+
+    if not t.rows:
+        return "No results yet: run `python3 bench/scenario.py all --target both`.\n"
+    ref = next((d for d in used if d.get("machine")), None)
+    m = ref["machine"] if ref else {}
+    bl = next((d.get("versions", {}) for d in used if d.get("target") == "baseline"), {})
+    runs = sorted({d.get("run", "") for d in used if d.get("run")})
+    quick = any(d.get("quick") for d in used)
+    head = [
+        f"Measured {runs[0] if runs else '?'}"
+        + (f" to {runs[-1]}" if len(runs) > 1 else "")
+        + f" on {m.get('cpu_model', '?')}, {m.get('cpus', '?')} cores, {m.get('mem_gib', '?')} GiB, "
+        f"Linux {m.get('kernel', '?')}; gateway {m.get('gateway_commit', '?')}; baseline "
+        + ", ".join(f"{k} {v}" for k, v in bl.items())
+        + f" on Node {m.get('node', '?')} (one process per core); {m.get('redis', '').split(' sha')[0]}."
+        + (" **Quick (small) sizes.**" if quick else ""),
+        "",
+        "↑: higher is better, ↓: lower is better; the ratio is gateway ÷ baseline from the same run. "
+        "Produced by `bench/report.py` from `bench/results/`.",
+        "",
+        "| scenario | metric | gateway | baseline | ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    return "\n".join(head + t.rows) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--update", type=Path, help=f"file whose {BEGIN} ... {END} block is replaced")
+    opts = ap.parse_args()
+    table = build(load(opts.results))
+    if not opts.update:
+        sys.stdout.write(table)
+        return 0
+    text = opts.update.read_text()
+    if BEGIN not in text or END not in text:
+        print(f"{opts.update} has no {BEGIN} ... {END} block", file=sys.stderr)
+        return 1
+    before, rest = text.split(BEGIN, 1)
+    _, after = rest.split(END, 1)
+    opts.update.write_text(f"{before}{BEGIN}\n{table}{END}{after}")
+    print(f"updated {opts.update}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,946 @@
+#!/usr/bin/env python3
+"""Benchmark scenarios for realtime-gateway and its Socket.IO baseline (bench/README.md).
+
+    python3 bench/scenario.py fanout --target both
+    python3 bench/scenario.py all --target both --quick
+
+Every scenario starts what it needs (a private redis-server, the gateway release binary or the
+Node baseline, rtg-loadgen processes), runs bounded in time, stops everything it started (process
+groups, also on errors and Ctrl-C) and writes bench/results/<scenario>-<target>-<date>.json.
+Python 3.11, standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as dt
+import json
+import os
+import platform
+import queue
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+BASELINE = BENCH / "baseline"
+GATEWAY_BIN = ROOT / "target" / "release" / "realtime-gateway"
+LOADGEN_BIN = ROOT / "target" / "release" / "rtg-loadgen"
+SECRET = "bench-secret-0123456789abcdef-0123456789"
+PUBLISH_KEY = "bench-publish-key-0123456789"
+# Each process may hold at most this many open files (hard limit of the machine).
+MAX_SOCKETS_PER_SERVER = 19_900
+
+# Sizes of the full runs, and of --quick (a smoke of every scenario in a few minutes).
+FULL = {
+    "idle_sizes": [10_000, 19_000],
+    "fanout_connections": 10_000,
+    "fanout_rates": [1, 2, 3, 5, 10, 20, 30],
+    "small_room": 1_000,
+    "rooms_connections": 10_000,
+    "rooms_rates": [200, 500, 1_000, 2_000, 5_000],
+    # 20k would not fit: after the kill the survivor must hold them all, and one process may
+    # hold at most 20,000 open files (sockets + Redis + listeners).
+    "storm_connections": 19_600,
+    "scale_connections": 100_000,
+    "scale_servers": 6,
+    "scale_rate": 1.0,
+    "step_secs": 10.0,
+}
+QUICK = {
+    "idle_sizes": [2_000],
+    "fanout_connections": 2_000,
+    "fanout_rates": [1, 5, 15],
+    "small_room": 200,
+    "rooms_connections": 2_000,
+    "rooms_rates": [200, 1_000],
+    "storm_connections": 4_000,
+    "scale_connections": 6_000,
+    "scale_servers": 3,
+    "scale_rate": 2.0,
+    "step_secs": 4.0,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: every child gets its own process group; all are killed on the way out.
+# --------------------------------------------------------------------------------------------
+
+_children: list[subprocess.Popen] = []
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def spawn(cmd: list[str], log_path: Path, env: dict | None = None, stdin=None, stdout=None,
+          cwd: Path | None = None) -> subprocess.Popen:
+    full_env = dict(os.environ)
+    for k in ("REDIS_URL", "GATEWAY_LISTEN", "GATEWAY_ADMIN_LISTEN", "GATEWAY_DEV"):
+        full_env.pop(k, None)
+    full_env.update(env or {})
+    err = open(log_path, "ab")
+    p = subprocess.Popen(
+        [str(c) for c in cmd],
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        stdout=stdout if stdout is not None else err,
+        stderr=err,
+        env=full_env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    err.close()
+    _children.append(p)
+    return p
+
+
+def kill(p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(p.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def kill_all() -> None:
+    while _children:
+        kill(_children.pop())
+
+
+atexit.register(kill_all)
+
+
+def _on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            v = check()
+            if v:
+                return v
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def proc_sample(pid: int) -> dict:
+    """CPU seconds and RSS (KiB) of a process, from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {"alive": False, "cpu_s": 0.0, "rss_kb": 0, "hwm_kb": 0}
+    fields = stat.rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    kb = {}
+    for line in status.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            kb[name] = int(rest.split()[0])
+    return {
+        "alive": True,
+        "cpu_s": (int(fields[11]) + int(fields[12])) / tick,
+        "rss_kb": kb.get("VmRSS", 0),
+        "hwm_kb": kb.get("VmHWM", 0),
+    }
+
+
+def procs_delta(servers: list, before: list[dict], after: list[dict]) -> dict:
+    per = []
+    for s, a, b in zip(servers, before, after):
+        per.append({
+            "name": s.name, "pid": s.pid, "alive": b["alive"],
+            "cpu_s": round(b["cpu_s"] - a["cpu_s"], 3) if b["alive"] else None,
+            "rss_before_kb": a["rss_kb"], "rss_after_kb": b["rss_kb"],
+            "peak_rss_kb": max(a["hwm_kb"], b["hwm_kb"]),
+        })
+    return {
+        "per_process": per,
+        "cpu_s": round(sum(p["cpu_s"] or 0 for p in per), 3),
+        "rss_before_kb": sum(p["rss_before_kb"] for p in per),
+        "rss_after_kb": sum(p["rss_after_kb"] for p in per),
+        "peak_rss_kb": sum(p["peak_rss_kb"] for p in per),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Redis, servers, load generators
+# --------------------------------------------------------------------------------------------
+
+class Run:
+    """Scratch directory and the processes of one scenario run for one target."""
+
+    def __init__(self, scenario: str, target: str, stamp: str):
+        self.dir = Path(tempfile.mkdtemp(prefix=f"rtg-bench-{scenario}-{target}-"))
+        self.procs: list[subprocess.Popen] = []
+        self.seq = 0
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def spawn(self, name: str, cmd: list, **kw) -> subprocess.Popen:
+        p = spawn(cmd, self.path(f"{name}.log"), **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            kill(p)
+            if p in _children:
+                _children.remove(p)
+        self.procs.clear()
+
+
+def start_redis(run: Run) -> str:
+    port = free_port()
+    run.spawn("redis", [
+        "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--maxclients", "10000", "--dir", run.dir, "--logfile", run.path("redis-server.log"),
+    ])
+
+    def ping():
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    wait_until(ping, 10, "redis-server")
+    return f"redis://127.0.0.1:{port}"
+
+
+class Server:
+    def __init__(self, name: str, proc: subprocess.Popen, port: int):
+        self.name, self.proc, self.port = name, proc, port
+        self.pid = proc.pid
+        self.addr = f"127.0.0.1:{port}"
+
+
+def start_servers(run: Run, target: str, count: int, redis_url: str) -> list[Server]:
+    servers = []
+    for i in range(count):
+        port = free_port()
+        if target == "gateway":
+            proc = run.spawn(f"gateway-{i}", [
+                GATEWAY_BIN, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}",
+            ], env={
+                "JWT_SECRET": SECRET, "PUBLISH_API_KEYS": PUBLISH_KEY, "REDIS_URL": redis_url,
+                "GATEWAY_LOG": "warn", "GATEWAY_DRAIN_DELAY": "0s",
+            })
+        else:
+            proc = run.spawn(f"baseline-{i}", [
+                "node", BASELINE / "server.js", "--port", port, "--redis", redis_url,
+            ], env={"JWT_SECRET": SECRET, "NODE_ENV": "production"})
+        servers.append(Server(f"{target}-{i}", proc, port))
+    for s in servers:
+        wait_until(lambda: s.proc.poll() is not None or http_status(f"http://{s.addr}/readyz") == 200,
+                   60, f"{s.name} ready")
+        if s.proc.poll() is not None:
+            raise RuntimeError(f"{s.name} exited; see {run.dir}")
+    return servers
+
+
+def server_units(target: str, per_gateway: int = 1) -> int:
+    """Processes that make one 'server' of a target: one gateway (it uses every core), or one
+    Node process per core (Node runs JavaScript on one core)."""
+    return per_gateway if target == "gateway" else (os.cpu_count() or 1) * per_gateway
+
+
+class Loadgen:
+    """One `rtg-loadgen clients --control` process; its stdout lines arrive on a queue."""
+
+    def __init__(self, run: Run, name: str, args: list):
+        self.name = name
+        self.proc = run.spawn(name, [LOADGEN_BIN, "clients", "--control", "--label", name, *args],
+                              env={"JWT_SECRET": SECRET}, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                self.lines.put(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        self.lines.put(None)
+
+    def send(self, cmd: str) -> None:
+        self.proc.stdin.write((cmd + "\n").encode())
+        self.proc.stdin.flush()
+
+    def expect(self, kind: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{self.name}: no '{kind}' within {timeout:.0f}s")
+            try:
+                msg = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if msg is None:
+                raise RuntimeError(f"{self.name} exited (code {self.proc.poll()}) before '{kind}'")
+            if msg.get("type") == kind:
+                return msg
+
+
+def start_clients(run: Run, servers: list[Server], n: int, opts, extra: list | None = None,
+                  label: str = "lg") -> list[Loadgen]:
+    """n connections over several generators (each at most --per-loadgen), round-robin over the
+    servers, each generator from its own source addresses."""
+    k = max(1, -(-n // max(1, opts.per_loadgen)))
+    chunks = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    gens = []
+    base = 0
+    ramp = max(1.0, opts.ramp / len(chunks))
+    for k, size in enumerate(chunks):
+        args = ["-n", size, "--index-base", base, "--ramp", ramp, "--sources", 2,
+                "--source-net", k + 1, "--drain", opts.drain]
+        for s in servers:
+            args += ["--target", s.addr]
+        if k == 0:
+            for s in servers:
+                args += ["--pid", s.pid]
+        args += extra or []
+        gens.append(Loadgen(run, f"{label}{k}", args))
+        base += size
+    return gens
+
+
+def wait_ready(gens: list[Loadgen], n: int, opts) -> list[dict]:
+    timeout = 60 + n / max(1.0, opts.ramp) * 4
+    return [g.expect("ready", timeout) for g in gens]
+
+
+def mark(gens: list[Loadgen]) -> None:
+    for g in gens:
+        g.send("mark")
+    for g in gens:
+        g.expect("marked", 30)
+
+
+def report(gens: list[Loadgen], files: list[Path], opts) -> list[dict]:
+    for g in gens:
+        g.send("report " + " ".join(str(f) for f in files))
+    return [g.expect("report", opts.drain + 60) for g in gens]
+
+
+def stop(gens: list[Loadgen]) -> list[dict]:
+    for g in gens:
+        try:
+            g.send("stop")
+        except (BrokenPipeError, OSError):
+            pass
+    out = []
+    for g in gens:
+        try:
+            out.append(g.expect("final", 60))
+        except RuntimeError as e:
+            log(str(e))
+    return out
+
+
+def publish(run: Run, target: str, redis_url: str, rooms: list[str] | None, count: int, rate: float,
+            user_rooms: int = 0) -> dict:
+    run.seq += 1
+    out = run.path(f"publish-{run.seq}.json")
+    if target == "gateway":
+        cmd = [LOADGEN_BIN, "publish", "--redis", redis_url, "--count", count, "--rate", rate, "--out", out]
+    else:
+        cmd = ["node", BASELINE / "publish.js", "--redis", redis_url, "--count", count, "--rate", rate,
+               "--out", out, "--state", run.path("publish-state.json")]
+    for r in rooms or []:
+        cmd += ["--room", r]
+    if user_rooms:
+        cmd += ["--user-rooms", user_rooms]
+    p = run.spawn(f"publish-{run.seq}", cmd, stdout=subprocess.DEVNULL)
+    try:
+        code = p.wait(timeout=count / max(rate, 0.001) + 60)
+    except subprocess.TimeoutExpired:
+        kill(p)
+        raise RuntimeError("publisher did not finish in time")
+    if code != 0 or not out.exists():
+        raise RuntimeError(f"publisher failed (code {code}); see {run.dir}")
+    result = json.loads(out.read_text())
+    result["file"] = str(out)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Merging the generators' reports
+# --------------------------------------------------------------------------------------------
+
+def merge_hist(lists: list[list]) -> list[list[int]]:
+    acc: dict[int, int] = {}
+    for lst in lists:
+        for upper, count in lst or []:
+            acc[upper] = acc.get(upper, 0) + count
+    return [[u, acc[u]] for u in sorted(acc)]
+
+
+def quantile(hist: list[list[int]], q: float, exact_max: float | None = None) -> float:
+    """Same rule as the generator: upper edge of the bucket holding rank ceil(q*n)."""
+    n = sum(c for _, c in hist)
+    if n == 0:
+        return 0.0
+    rank = min(n, max(1, -(-int(q * n * 1_000_000) // 1_000_000)))
+    seen = 0
+    for upper, c in hist:
+        seen += c
+        if seen >= rank:
+            return upper if exact_max is None else min(upper, exact_max)
+    return float(hist[-1][0])
+
+
+def latency_summary(hist: list[list[int]], max_ms: float) -> dict:
+    max_us = max_ms * 1000
+    return {
+        "count": sum(c for _, c in hist),
+        "p50": round(quantile(hist, 0.5, max_us) / 1000, 3),
+        "p90": round(quantile(hist, 0.9, max_us) / 1000, 3),
+        "p99": round(quantile(hist, 0.99, max_us) / 1000, 3),
+        "p999": round(quantile(hist, 0.999, max_us) / 1000, 3),
+        "max": round(max_ms, 3),
+    }
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    keys = ["expected", "received", "unique", "lost", "duplicated", "gaps", "missing_at_end",
+            "untracked", "without_timestamp"]
+    d = {k: sum(r["deliveries"][k] for r in reports) for k in keys}
+    firsts = [r["deliveries"]["first_us"] for r in reports if r["deliveries"]["first_us"]]
+    lasts = [r["deliveries"]["last_us"] for r in reports if r["deliveries"]["last_us"]]
+    span = (max(lasts) - min(firsts)) / 1e6 if firsts and lasts and max(lasts) > min(firsts) else 0
+    d["span_secs"] = round(span, 3)
+    d["per_sec"] = round(d["received"] / span, 1) if span else 0.0
+    hist = merge_hist([r["latency_hist_us"] for r in reports])
+    lat = latency_summary(hist, max((r["latency_ms"]["max"] for r in reports), default=0))
+    return {"deliveries": d, "latency_ms": lat, "connections": merge_connections(reports),
+            "errors": merge_errors(reports)}
+
+
+def merge_connections(reports: list[dict]) -> dict:
+    cs = [r["connections"] for r in reports]
+    out = {k: sum(c[k] for c in cs) for k in
+           ["target", "held", "connected_once", "failed", "join_failed", "dropped"]}
+    secs = max((c["connect_secs"] for c in cs), default=0)
+    out["connect_secs"] = secs
+    out["connect_rate"] = round(out["connected_once"] / secs, 1) if secs else 0.0
+    hs = merge_hist([c.get("handshake_hist_us") for c in cs])
+    hmax = max((c["handshake_ms"]["max"] for c in cs), default=0)
+    out["handshake_ms"] = {"p50": round(quantile(hs, 0.5, hmax * 1000) / 1000, 3),
+                           "p99": round(quantile(hs, 0.99, hmax * 1000) / 1000, 3), "max": hmax}
+    return out
+
+
+def run_errors(ready: list[dict], finals: list[dict]) -> dict:
+    """Connection errors of a run: each generator's counts are cumulative, so its last report."""
+    return merge_errors(finals if len(finals) == len(ready) else ready)
+
+
+def merge_errors(reports: list[dict]) -> dict:
+    out: dict[str, int] = {}
+    for r in reports:
+        for k, v in (r.get("errors") or {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------------------------
+
+def scenario_idle(run: Run, target: str, opts) -> dict:
+    """Resident memory per connection: N idle authenticated connections on one server."""
+    results = []
+    for n in opts.sizes["idle_sizes"]:
+        log(f"idle {target}: {n} connections")
+        redis_url = start_redis(run)
+        servers = start_servers(run, target, server_units(target), redis_url)
+        if n / len(servers) > MAX_SOCKETS_PER_SERVER:
+            raise RuntimeError(f"{n} connections over {len(servers)} processes exceeds the fd limit")
+        time.sleep(1.0)
+        before = [proc_sample(s.pid) for s in servers]
+        gens = start_clients(run, servers, n, opts)
+        ready = wait_ready(gens, n, opts)
+        after_connect = [proc_sample(s.pid) for s in servers]
+        time.sleep(opts.settle)
+        after = [proc_sample(s.pid) for s in servers]
+        finals = stop(gens)
+        conns = merge_connections(ready)
+        procs = procs_delta(servers, before, after)
+        connect_cpu = sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(after_connect, before))
+        held = conns["held"]
+        results.append({
+            "connections": n,
+            "held": held,
+            "failed": conns["failed"],
+            "connect_rate": conns["connect_rate"],
+            "handshake_ms": conns["handshake_ms"],
+            "server_processes": len(servers),
+            "rss_before_kb": procs["rss_before_kb"],
+            "rss_after_kb": procs["rss_after_kb"],
+            "bytes_per_connection": round((procs["rss_after_kb"] - procs["rss_before_kb"]) * 1024 / held) if held else None,
+            "connect_cpu_s": round(connect_cpu, 3),
+            "cpu_us_per_connect": round(connect_cpu * 1e6 / held, 1) if held else None,
+            "procs": procs,
+            "errors": run_errors(ready, finals),
+        })
+        run.stop()
+    return {"sizes": results}
+
+
+def step_result(rate: float, members: int, merged: dict, procs: dict, pub: dict) -> dict:
+    d = merged["deliveries"]
+    return {
+        "rate": rate,
+        "members": members,
+        "offered_per_sec": rate * members,
+        "published": pub["ok"],
+        "publish_errors": pub["errors"],
+        "publish_achieved_rate": pub["achieved_rate"],
+        "deliveries": d,
+        "latency_ms": merged["latency_ms"],
+        "server_cpu_s": procs["cpu_s"],
+        "server_cpu_us_per_delivery": round(procs["cpu_s"] * 1e6 / d["received"], 2) if d["received"] else None,
+        "server_cpu_cores": round(procs["cpu_s"] / d["span_secs"], 3) if d["span_secs"] else None,
+        "held": merged["connections"]["held"],
+    }
+
+
+def run_step(run: Run, target: str, redis_url: str, servers, gens, opts, rate: float, members: int,
+             rooms=None, user_rooms: int = 0) -> dict:
+    mark(gens)
+    before = [proc_sample(s.pid) for s in servers]
+    count = max(1, int(round(rate * opts.sizes["step_secs"])))
+    pub = publish(run, target, redis_url, rooms, count, rate, user_rooms)
+    reports = report(gens, [Path(pub["file"])], opts)
+    after = [proc_sample(s.pid) for s in servers]
+    step = step_result(rate, members, merge_reports(reports), procs_delta(servers, before, after), pub)
+    d, lat = step["deliveries"], step["latency_ms"]
+    log(f"  rate {rate}/s x {members}: received {d['received']}/{d['expected']} lost {d['lost']} "
+        f"dup {d['duplicated']} p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms, "
+        f"{d['per_sec']:.0f}/s, server {step['server_cpu_us_per_delivery']} us/delivery")
+    return step
+
+
+def clean(step: dict) -> bool:
+    """Nothing lost, doubled or refused."""
+    d = step["deliveries"]
+    return (d["lost"] == 0 and d["duplicated"] == 0 and d["received"] >= d["expected"]
+            and step["publish_errors"] == 0)
+
+
+def passed(step: dict, opts) -> bool:
+    return clean(step) and step["latency_ms"]["p99"] <= opts.p99_limit_ms
+
+
+def saturated(step: dict, first: dict, opts) -> bool:
+    """Stop stepping: something was lost, or p99 is over the limit and has grown well past the
+    lowest rate's (one event's fan-out alone can take longer than the limit on a small machine,
+    which says nothing about the rate)."""
+    p99, p99_first = step["latency_ms"]["p99"], first["latency_ms"]["p99"]
+    return not clean(step) or (p99 > opts.p99_limit_ms and p99 > opts.saturation * max(p99_first, 1.0))
+
+
+def best(steps: list[dict], ok) -> dict | None:
+    good = [s for s in steps if ok(s)]
+    return max(good, key=lambda s: s["offered_per_sec"]) if good else None
+
+
+def summary(steps: list[dict], opts) -> dict:
+    top = best(steps, lambda s: passed(s, opts))
+    any_p99 = best(steps, clean)
+    return {
+        "max_sustained_per_sec": top["deliveries"]["per_sec"] if top else 0,
+        "max_sustained_offered_per_sec": top["offered_per_sec"] if top else 0,
+        "max_sustained_p99_ms": top["latency_ms"]["p99"] if top else None,
+        "max_zero_loss_offered_per_sec": any_p99["offered_per_sec"] if any_p99 else 0,
+        "max_zero_loss_p99_ms": any_p99["latency_ms"]["p99"] if any_p99 else None,
+    }
+
+
+def step_up(run: Run, target: str, redis_url: str, servers, gens, opts, rates, members: int,
+            **kw) -> list[dict]:
+    steps: list[dict] = []
+    for rate in rates:
+        step = run_step(run, target, redis_url, servers, gens, opts, rate, members, **kw)
+        steps.append(step)
+        if saturated(step, steps[0], opts):
+            break
+    return steps
+
+
+def scenario_fanout(run: Run, target: str, opts) -> dict:
+    """One big room; the publish rate steps up until p99 > limit or anything is lost."""
+    n = opts.sizes["fanout_connections"]
+    small = min(opts.sizes["small_room"], n)
+    redis_url = start_redis(run)
+    servers = start_servers(run, target, server_units(target), redis_url)
+    gens = start_clients(run, servers, n, opts, ["--join", "batch:1", "--join", f"batch:2@{small}"])
+    ready = wait_ready(gens, n, opts)
+    conns = merge_connections(ready)
+    log(f"fanout {target}: {conns['held']}/{n} connected at {conns['connect_rate']}/s")
+    rate_30k = 30_000 / n
+    rates = sorted(set(opts.sizes["fanout_rates"]) | {rate_30k})
+    steps = step_up(run, target, redis_url, servers, gens, opts, rates, n, rooms=["batch:1"])
+    at_30k = next((s for s in steps if abs(s["offered_per_sec"] - 30_000) < 1), None)
+    if at_30k is None:
+        log(f"fanout {target}: 30k deliveries/s in the {n}-member room (stepping stopped before it)")
+        at_30k = run_step(run, target, redis_url, servers, gens, opts, rate_30k, n, rooms=["batch:1"])
+    log(f"fanout {target}: {small}-member room at 30k deliveries/s")
+    small_step = run_step(run, target, redis_url, servers, gens, opts, 30_000 / small, small,
+                          rooms=["batch:2"])
+    finals = stop(gens)
+    return {
+        "connections": conns,
+        "steps": steps,
+        **summary(steps, opts),
+        "at_30k": at_30k,
+        "p99_ms_at_30k": at_30k["latency_ms"]["p99"],
+        "lost_at_30k": at_30k["deliveries"]["lost"],
+        "small_room": small_step,
+        "small_room_p99_ms_at_30k": small_step["latency_ms"]["p99"],
+        "small_room_lost_at_30k": small_step["deliveries"]["lost"],
+        "errors": run_errors(ready, finals),
+    }
+
+
+def scenario_rooms(run: Run, target: str, opts) -> dict:
+    """Everyone alone in a user room (plus one shared room); events to random users."""
+    n = opts.sizes["rooms_connections"]
+    redis_url = start_redis(run)
+    servers = start_servers(run, target, server_units(target), redis_url)
+    gens = start_clients(run, servers, n, opts, ["--join", "batch:1", "--user-rooms"])
+    ready = wait_ready(gens, n, opts)
+    conns = merge_connections(ready)
+    log(f"rooms {target}: {conns['held']}/{n} connected")
+    steps = step_up(run, target, redis_url, servers, gens, opts, opts.sizes["rooms_rates"], 1,
+                    user_rooms=n)
+    finals = stop(gens)
+    return {
+        "connections": conns,
+        "steps": steps,
+        **summary(steps, opts),
+        "errors": run_errors(ready, finals),
+    }
+
+
+def scenario_storm(run: Run, target: str, opts) -> dict:
+    """Clients on two servers; one is SIGKILLed; its clients reconnect to the other."""
+    n = opts.sizes["storm_connections"]
+    redis_url = start_redis(run)
+    # Two servers of the target; a Node "server" is one process here, like a gateway.
+    servers = start_servers(run, target, 2, redis_url)
+    if n > MAX_SOCKETS_PER_SERVER:
+        log(f"warning: {n} connections cannot all fit on the surviving server "
+            f"(at most {MAX_SOCKETS_PER_SERVER} sockets per process)")
+    gens = start_clients(run, servers, n, opts, [
+        "--reconnect", "--reconnect-base-ms", opts.reconnect_base_ms, "--connect-timeout", 20])
+    ready = wait_ready(gens, n, opts)
+    conns = merge_connections(ready)
+    log(f"storm {target}: {conns['held']}/{n} connected; killing {servers[0].name}")
+    time.sleep(2.0)
+    survivor_before = proc_sample(servers[1].pid)
+    killed_at_us = time.time_ns() // 1000
+    kill(servers[0].proc)
+    recovered = []
+    for g in gens:
+        try:
+            recovered.append(g.expect("recovered", opts.storm_timeout))
+        except RuntimeError as e:
+            log(str(e))
+    survivor_after = proc_sample(servers[1].pid)
+    finals = stop(gens)
+    rc = [f.get("reconnect", {}) for f in finals]
+    disconnects = sum(r.get("disconnects", 0) for r in rc)
+    reconnects = sum(r.get("reconnects", 0) for r in rc)
+    last_back = max((r.get("last_reconnect_us", 0) for r in rc), default=0)
+    first_loss = min((r["first_loss_us"] for r in rc if r.get("first_loss_us")), default=0)
+    hist = merge_hist([r.get("delay_hist_us") for r in rc])
+    max_delay = max((r.get("delay_ms", {}).get("max", 0) for r in rc), default=0)
+    all_back = len(recovered) == len(gens) and all(f["connections"]["held"] == f["connections"]["target"]
+                                                    for f in finals)
+    secs = (last_back - killed_at_us) / 1e6 if last_back > killed_at_us else None
+    return {
+        "connections": conns,
+        "killed": servers[0].name,
+        "killed_at_us": killed_at_us,
+        "disconnected": disconnects,
+        "reconnected": reconnects,
+        "all_back": all_back,
+        "held_after": sum(f["connections"]["held"] for f in finals),
+        "detect_ms": round((first_loss - killed_at_us) / 1000, 1) if first_loss else None,
+        "recovery_secs": round(secs, 3) if secs else None,
+        "reconnects_per_sec": round(reconnects / secs, 1) if secs else None,
+        "reconnect_base_ms": opts.reconnect_base_ms,
+        "reconnect_delay_ms": latency_summary(hist, max_delay),
+        "failed_attempts": sum(f["connections"]["failed"] for f in finals),
+        "survivor_cpu_s": round(survivor_after["cpu_s"] - survivor_before["cpu_s"], 3),
+        "survivor_rss_kb": survivor_after["rss_kb"],
+        "errors": run_errors(ready, finals),
+    }
+
+
+def scenario_scale(run: Run, target: str, opts) -> dict:
+    """Many connections over several server processes while a modest fan-out runs."""
+    n = opts.sizes["scale_connections"]
+    k = opts.sizes["scale_servers"]
+    if n / k > MAX_SOCKETS_PER_SERVER:
+        raise RuntimeError(f"{n} connections over {k} processes exceeds {MAX_SOCKETS_PER_SERVER} each")
+    redis_url = start_redis(run)
+    servers = start_servers(run, target, k, redis_url)
+    time.sleep(1.0)
+    before = [proc_sample(s.pid) for s in servers]
+    gens = start_clients(run, servers, n, opts, ["--join", "batch:1"])
+    ready = wait_ready(gens, n, opts)
+    conns = merge_connections(ready)
+    after_connect = [proc_sample(s.pid) for s in servers]
+    log(f"scale {target}: {conns['held']}/{n} connected over {k} servers and {len(gens)} generators")
+    rate = opts.sizes["scale_rate"]
+    step = run_step(run, target, redis_url, servers, gens, opts, rate, n, rooms=["batch:1"])
+    finals = stop(gens)
+    mem = procs_delta(servers, before, after_connect)
+    held = conns["held"]
+    return {
+        "connections": conns,
+        "servers": k,
+        "generators": len(gens),
+        "step": step,
+        "deliveries_per_sec": step["deliveries"]["per_sec"],
+        "lost": step["deliveries"]["lost"],
+        "p99_ms": step["latency_ms"]["p99"],
+        "rss_after_connect_kb": mem["rss_after_kb"],
+        "bytes_per_connection": round((mem["rss_after_kb"] - mem["rss_before_kb"]) * 1024 / held) if held else None,
+        "errors": run_errors(ready, finals),
+    }
+
+
+def scenario_floor(run: Run, target: str, opts) -> dict:
+    """CPU per loopback write of a delivery-sized frame: three runs, the median one kept."""
+    runs = []
+    for _ in range(3):
+        out = subprocess.run([str(LOADGEN_BIN), "floor"], capture_output=True, text=True, timeout=300,
+                             check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs.sort(key=lambda r: r["write_cpu_us"])
+    result = dict(runs[1])
+    result["runs_write_cpu_us"] = [r["write_cpu_us"] for r in runs]
+    log(f"floor: {result['write_cpu_us']} us CPU per {result['frame_bytes']}-byte loopback write "
+        f"(runs: {result['runs_write_cpu_us']})")
+    return result
+
+
+SCENARIOS = {
+    "floor": scenario_floor,
+    "idle": scenario_idle,
+    "fanout": scenario_fanout,
+    "rooms": scenario_rooms,
+    "storm": scenario_storm,
+    "scale": scenario_scale,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+def sh(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine() -> dict:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        "redis": sh(["redis-server", "--version"]),
+        "node": sh(["node", "--version"]),
+        "gateway_commit": sh(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
+    }
+
+
+def versions(target: str) -> dict:
+    if target == "gateway":
+        return {"gateway": sh([str(GATEWAY_BIN), "--version"])}
+    lock = BASELINE / "package-lock.json"
+    try:
+        pkgs = json.loads(lock.read_text())["packages"]
+        return {name.removeprefix("node_modules/"): pkgs[name]["version"] for name in
+                ["node_modules/socket.io", "node_modules/@socket.io/redis-adapter",
+                 "node_modules/@socket.io/redis-emitter", "node_modules/redis"] if name in pkgs}
+    except (OSError, KeyError, json.JSONDecodeError):
+        return {}
+
+
+def prepare(targets: list[str], opts) -> None:
+    if not opts.no_build:
+        log("cargo build --release")
+        subprocess.run(["cargo", "build", "--release", "--bin", "realtime-gateway", "--bin", "rtg-loadgen"],
+                       cwd=ROOT, check=True)
+    for b in (GATEWAY_BIN, LOADGEN_BIN):
+        if not b.exists():
+            raise SystemExit(f"{b} is missing: run cargo build --release")
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not on the PATH")
+    if "baseline" in targets and not (BASELINE / "node_modules" / "socket.io").exists():
+        log("npm ci in bench/baseline")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=BASELINE, check=True)
+
+
+def run_one(name: str, target: str, opts, stamp: str) -> Path:
+    run = Run(name, target, stamp)
+    started = time.time()
+    log(f"== {name} / {target} (scratch: {run.dir})")
+    try:
+        result = SCENARIOS[name](run, target, opts)
+    finally:
+        run.stop()
+    doc = {
+        "scenario": name,
+        "target": target,
+        "run": stamp,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "duration_secs": round(time.time() - started, 1),
+        "quick": opts.quick,
+        "params": {k: v for k, v in opts.sizes.items()} | {
+            "ramp": opts.ramp, "per_loadgen": opts.per_loadgen, "p99_limit_ms": opts.p99_limit_ms,
+            "saturation": opts.saturation,
+            "drain": opts.drain},
+        "machine": machine(),
+        "versions": versions(target),
+        "result": result,
+    }
+    opts.results.mkdir(parents=True, exist_ok=True)
+    path = opts.results / f"{name}-{target}-{stamp}.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    shutil.rmtree(run.dir, ignore_errors=True)
+    log(f"wrote {path}")
+    return path
+
+
+def ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    ap.add_argument("--target", choices=["gateway", "baseline", "both"], default="both")
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run of the harness")
+    ap.add_argument("--sizes", type=ints, help="idle: connection counts (e.g. 10000,19000)")
+    ap.add_argument("--connections", type=int, help="fanout / rooms / storm / scale: connections")
+    ap.add_argument("--rates", type=floats, help="fanout / rooms: publish rates to step through")
+    ap.add_argument("--small-room", type=int, help="fanout: members of the small room")
+    ap.add_argument("--servers", type=int, help="scale: server processes")
+    ap.add_argument("--scale-rate", type=float, help="scale: events per second")
+    ap.add_argument("--step-secs", type=float, help="seconds of publishing per step")
+    ap.add_argument("--ramp", type=float, default=3000, help="connections started per second (total)")
+    ap.add_argument("--per-loadgen", type=int, default=9_500, help="most connections per generator process")
+    ap.add_argument("--p99-limit-ms", type=float, default=100.0)
+    ap.add_argument("--saturation", type=float, default=3.0,
+                    help="stepping also stops when p99 exceeds this many times the lowest rate's")
+    ap.add_argument("--drain", type=float, default=10.0, help="seconds a report waits for late deliveries")
+    ap.add_argument("--settle", type=float, default=5.0, help="idle: seconds between connecting and measuring")
+    ap.add_argument("--reconnect-base-ms", type=int, default=500, help="storm: first reconnect delay bound")
+    ap.add_argument("--storm-timeout", type=float, default=120.0)
+    ap.add_argument("--no-build", action="store_true", help="skip cargo build --release")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON results")
+    opts = ap.parse_args()
+
+    sizes = dict(QUICK if opts.quick else FULL)
+    if opts.sizes:
+        sizes["idle_sizes"] = opts.sizes
+    if opts.connections:
+        for k in ("fanout_connections", "rooms_connections", "storm_connections", "scale_connections"):
+            sizes[k] = opts.connections
+    if opts.rates and opts.scenario in ("fanout", "rooms"):
+        sizes[f"{opts.scenario}_rates"] = opts.rates
+    for arg, key in (("small_room", "small_room"), ("servers", "scale_servers"),
+                     ("scale_rate", "scale_rate"), ("step_secs", "step_secs")):
+        if getattr(opts, arg) is not None:
+            sizes[key] = getattr(opts, arg)
+    opts.sizes = sizes
+
+    targets = ["gateway", "baseline"] if opts.target == "both" else [opts.target]
+    names = list(SCENARIOS) if opts.scenario == "all" else [opts.scenario]
+    _raise_nofile()  # children inherit it
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    failures = 0
+    try:
+        prepare(targets, opts)
+        for name in names:
+            for target in (["machine"] if name == "floor" else targets):
+                try:
+                    run_one(name, target, opts, stamp)
+                except Exception as e:  # noqa: BLE001 - report and go on with the next one
+                    failures += 1
+                    log(f"!! {name} / {target} failed: {e}")
+    except KeyboardInterrupt:
+        log("interrupted; stopping everything")
+        kill_all()
+        return 130
+    finally:
+        kill_all()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
