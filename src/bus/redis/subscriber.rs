@@ -6,7 +6,7 @@
 //! reconnect the same code subscribes everything again. A room whose last member left stays
 //! subscribed for `unsubscribe_delay`, so join/leave churn does not hammer Redis.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,11 +31,22 @@ const BATCH: usize = 500;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// What the gateway wants subscribed, kept so that reconciling costs the size of the change,
+/// not the number of rooms served.
+#[derive(Default)]
+struct Wants {
+    /// Rooms wanted: `None` while they have members, `Some(t)` to release at `t`.
+    wanted: HashMap<RoomKey, Option<Instant>>,
+    /// Rooms wanted since the last reconcile (some may already be subscribed).
+    to_subscribe: HashSet<RoomKey>,
+    /// Release deadlines, oldest first (the delay is constant, so they arrive in order).
+    releases: VecDeque<(Instant, RoomKey)>,
+}
+
 /// Shared state of the subscriber.
 pub struct Subscriber {
     settings: Arc<RedisSettings>,
-    /// Rooms wanted: `None` while they have members, `Some(t)` to release at `t`.
-    wanted: Mutex<HashMap<RoomKey, Option<Instant>>>,
+    wants: Mutex<Wants>,
     /// Rooms the connection is subscribed to now.
     subscribed: Mutex<HashSet<RoomKey>>,
     /// Woken when `wanted` changes.
@@ -124,7 +135,7 @@ impl Subscriber {
             .map_err(|e| BusError::Config(format!("invalid REDIS_URL: {e}")))?;
         let me = Arc::new(Self {
             settings,
-            wanted: Mutex::default(),
+            wants: Mutex::default(),
             subscribed: Mutex::default(),
             changed: Notify::new(),
             confirmed: Notify::new(),
@@ -145,16 +156,20 @@ impl Subscriber {
 
     /// `room` has members here.
     pub fn want(&self, room: &RoomKey) {
-        let new = lock(&self.wanted).insert(room.clone(), None).is_none();
-        if new {
+        let mut w = lock(&self.wants);
+        if w.wanted.insert(room.clone(), None) != Some(None) {
+            w.to_subscribe.insert(room.clone());
             self.changed.notify_one();
         }
     }
 
     /// `room` has no member left here: release it after the delay.
     pub fn release(&self, room: &RoomKey) {
-        if let Some(slot) = lock(&self.wanted).get_mut(room) {
-            *slot = Some(Instant::now() + self.settings.unsubscribe_delay);
+        let at = Instant::now() + self.settings.unsubscribe_delay;
+        let mut w = lock(&self.wants);
+        if let Some(slot) = w.wanted.get_mut(room) {
+            *slot = Some(at);
+            w.releases.push_back((at, room.clone()));
         }
     }
 
@@ -232,6 +247,12 @@ impl Subscriber {
         // Redis may have restarted empty: make sure our function is there before we say ready.
         publisher.check_server().await.map_err(|e| e.to_string())?;
         let (mut sink, mut stream) = pubsub.split();
+        {
+            // A new connection has no subscription: everything wanted is to subscribe.
+            let mut w = lock(&self.wants);
+            let all: Vec<RoomKey> = w.wanted.keys().cloned().collect();
+            w.to_subscribe.extend(all);
+        }
         self.reconcile(&mut sink).await?;
         // Messages that arrive meanwhile wait in the stream; the gap reads go first, so a room's
         // events stay in offset order and the duplicates check drops what both paths saw.
@@ -261,26 +282,31 @@ impl Subscriber {
     async fn reconcile(&self, sink: &mut redis::aio::PubSubSink) -> Result<(), String> {
         let now = Instant::now();
         let (to_sub, to_unsub) = {
-            let mut wanted = lock(&self.wanted);
-            wanted.retain(|_, release| release.is_none_or(|t| t > now));
+            let mut w = lock(&self.wants);
             let mut subscribed = lock(&self.subscribed);
-            let to_sub: Vec<RoomKey> = wanted
-                .keys()
-                .filter(|r| !subscribed.contains(*r))
-                .cloned()
+            let pending = std::mem::take(&mut w.to_subscribe);
+            let to_sub: Vec<RoomKey> = pending
+                .into_iter()
+                .filter(|r| w.wanted.contains_key(r) && !subscribed.contains(r))
                 .collect();
-            let to_unsub: Vec<RoomKey> = subscribed
-                .iter()
-                .filter(|r| !wanted.contains_key(*r))
-                .cloned()
-                .collect();
-            // Stop counting them as subscribed before the UNSUBSCRIBE goes out, so a socket that
-            // enters one of them meanwhile waits for the next SUBSCRIBE instead of trusting a
-            // subscription that is about to end.
+            let mut to_unsub = Vec::new();
             let mut last = lock(&self.last);
-            for room in &to_unsub {
-                subscribed.remove(room);
-                last.remove(room);
+            while w.releases.front().is_some_and(|(t, _)| *t <= now) {
+                let Some((_, room)) = w.releases.pop_front() else {
+                    break;
+                };
+                // Wanted again since, or released again later: not due yet.
+                if !matches!(w.wanted.get(&room), Some(Some(t)) if *t <= now) {
+                    continue;
+                }
+                w.wanted.remove(&room);
+                // Stop counting it as subscribed before the UNSUBSCRIBE goes out, so a socket
+                // that enters it meanwhile waits for the next SUBSCRIBE instead of trusting a
+                // subscription that is about to end.
+                if subscribed.remove(&room) {
+                    last.remove(&room);
+                    to_unsub.push(room);
+                }
             }
             (to_sub, to_unsub)
         };
