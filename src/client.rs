@@ -128,7 +128,8 @@ impl Client {
         let acks: Acks = Arc::default();
         tokio::spawn(async move {
             while let Some(text) = out_rx.recv().await {
-                if sink.send(Message::text(text)).await.is_err() {
+                // An empty frame is the close request (see `Client::close`).
+                if text.is_empty() || sink.send(Message::text(text)).await.is_err() {
                     break;
                 }
             }
@@ -240,6 +241,7 @@ impl Client {
     /// Disconnects from the namespace and closes the transport.
     pub async fn close(self) {
         let _ = self.out.send("41".into()).await;
+        let _ = self.out.send(String::new()).await;
     }
 }
 

@@ -48,6 +48,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The soft limit on open files of this process.
+fn open_file_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if ok {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -120,6 +135,10 @@ pub struct ServeArgs {
     /// Most events one recovery may replay; a bigger gap answers `recovered: false`.
     #[arg(long, env = "GATEWAY_MAX_REPLAY", default_value_t = 1000)]
     pub max_replay: u64,
+    /// Most client connections held at once (0: the open-file limit less 256). Past it new
+    /// connections are closed at once and /readyz answers 503.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
     /// Read buffer of each WebSocket connection, in bytes (client packets are small).
     #[arg(long, env = "GATEWAY_WS_READ_BUFFER", default_value_t = 1024)]
     pub ws_read_buffer: usize,
@@ -221,6 +240,8 @@ pub struct Config {
     pub socket_buffer: usize,
     /// WebSocket read buffer per connection.
     pub ws_read_buffer: usize,
+    /// Most client connections held at once.
+    pub max_connections: usize,
     /// Drain: not-ready delay before closing connections.
     pub drain_delay: Duration,
     /// Drain: period over which connections are closed.
@@ -491,6 +512,10 @@ impl ServeArgs {
             max_replay: self.max_replay,
             socket_buffer: self.socket_buffer,
             ws_read_buffer: self.ws_read_buffer,
+            max_connections: match self.max_connections {
+                0 => open_file_limit().saturating_sub(256).max(16),
+                n => n,
+            },
             drain_delay: self.drain_delay,
             drain_period: self.drain_period,
         };

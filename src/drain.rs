@@ -21,15 +21,40 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Open connections of one listener.
-#[derive(Default)]
 pub struct Connections {
+    /// Most connections held at once; more are closed as soon as they are accepted.
+    max: usize,
+    /// Set when a drain starts closing connections: from then on new ones are refused, so a
+    /// client that was cut reconnects elsewhere instead of coming back here.
+    closing: std::sync::atomic::AtomicBool,
     next: AtomicU64,
     /// Id → file descriptor. An entry is removed (under this lock) before its stream closes
     /// the descriptor, so a descriptor found here is always still the connection's own.
     open: Mutex<HashMap<u64, RawFd>>,
 }
 
+impl Default for Connections {
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
+}
+
 impl Connections {
+    /// An empty registry that holds at most `max` connections.
+    pub fn with_limit(max: usize) -> Self {
+        Self {
+            max,
+            closing: std::sync::atomic::AtomicBool::new(false),
+            next: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether new connections are refused: the limit is reached or a drain is closing.
+    pub fn is_full(&self) -> bool {
+        self.closing.load(Ordering::SeqCst) || self.len() >= self.max
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, RawFd>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -110,6 +135,14 @@ impl axum::serve::Listener for TrackedListener {
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
+                    if self.connections.is_full() {
+                        // Refuse at once (the client sees a reset and tries elsewhere) rather
+                        // than run out of descriptors and leave clients hanging.
+                        ::metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+                        tracing::debug!(%addr, "connection refused: the gateway is full");
+                        drop(stream);
+                        continue;
+                    }
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
@@ -124,7 +157,8 @@ impl axum::serve::Listener for TrackedListener {
                 }
                 Err(e) => {
                     // Out of descriptors or similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    ::metrics::counter!(crate::metrics::ACCEPT_ERRORS).increment(1);
+                    tracing::warn!(error = %e, "accept failed; set GATEWAY_MAX_CONNECTIONS below the open-file limit");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -195,6 +229,7 @@ const STEP: Duration = Duration::from_millis(100);
 /// Closes every connection in even batches over `period` (connections opened meanwhile are
 /// included in later batches). Returns how many were closed.
 pub async fn close_gradually(connections: &Connections, period: Duration) -> usize {
+    connections.closing.store(true, Ordering::SeqCst);
     let steps = (period.as_millis() / STEP.as_millis()).max(1) as usize;
     let mut closed = 0;
     for step in 0..steps {

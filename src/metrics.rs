@@ -64,6 +64,10 @@ pub const RESYNCS: &str = "gateway_resyncs_total";
 pub const GAP_READS: &str = "gateway_gap_reads_total";
 /// Sockets cut because their outgoing buffer was full (counter), by `transport`.
 pub const SLOW_CONSUMERS: &str = "gateway_slow_consumer_disconnects_total";
+/// Connections refused because the gateway held GATEWAY_MAX_CONNECTIONS already (counter).
+pub const CONNECTIONS_REFUSED: &str = "gateway_connections_refused_total";
+/// Failed accepts, e.g. out of file descriptors (counter).
+pub const ACCEPT_ERRORS: &str = "gateway_accept_errors_total";
 /// Connections closed by a drain (counter).
 pub const DRAINED: &str = "gateway_drained_connections_total";
 
@@ -196,6 +200,14 @@ fn describe() {
     describe_counter!(
         SLOW_CONSUMERS,
         "Sockets cut because they could not keep up (outgoing buffer full), by transport."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "TCP connections refused because the gateway was full (GATEWAY_MAX_CONNECTIONS)."
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Failed accepts (for example out of file descriptors)."
     );
     describe_counter!(DRAINED, "Connections closed by a graceful drain.");
     describe_gauge!(READY, "1 while this gateway accepts new clients, else 0.");

@@ -34,7 +34,7 @@ impl AppState {
     pub fn new(config: Config, bus: Arc<dyn Bus>, relay: RelayHandle) -> Arc<Self> {
         Arc::new(Self {
             relay,
-            connections: Arc::new(Connections::default()),
+            connections: Arc::new(Connections::with_limit(config.max_connections)),
             config,
             membership: Membership::new(bus.clone()),
             bus,
@@ -50,6 +50,6 @@ impl AppState {
 
     /// Ready for new clients: the bus is usable and the gateway is not draining.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst) && self.bus.is_ready()
+        !self.draining.load(Ordering::SeqCst) && self.bus.is_ready() && !self.connections.is_full()
     }
 }

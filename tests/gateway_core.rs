@@ -876,3 +876,53 @@ async fn json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+#[tokio::test]
+async fn a_full_gateway_refuses_new_connections_at_once() {
+    let gw = Gateway::start(&[("GATEWAY_MAX_CONNECTIONS", "3")]);
+    let a = gw.client("10", "1", "ADMIN").await;
+    let _b = gw.client("11", "1", "ADMIN").await;
+    let _c = gw.client("12", "1", "ADMIN").await;
+    let refused = tokio::time::timeout(
+        WAIT,
+        Client::connect(
+            &gw.url(),
+            Some(json!({ "token": token("13", "1", "ADMIN", 60) })),
+        ),
+    )
+    .await
+    .expect("a full gateway answers at once instead of leaving the client hanging");
+    assert!(refused.is_err(), "a fourth connection was accepted");
+    let m = gw.metrics().await;
+    assert!(
+        metric(&m, "gateway_connections_refused_total", "") >= 1.0,
+        "{m}"
+    );
+    // The readiness gauge is refreshed by the gateway's ticker.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&gw.metrics().await, "gateway_ready", "") != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a full gateway stays ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    a.close().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(mut c) = Client::connect(
+            &gw.url(),
+            Some(json!({ "token": token("14", "1", "ADMIN", 60) })),
+        )
+        .await
+        {
+            assert!(c.wait_for("authenticated", WAIT).await.is_some());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room freed by a leaving client was never reused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
