@@ -715,6 +715,17 @@ async fn a_slow_consumer_is_cut_and_counted_while_others_get_everything() {
     )))
     .await
     .unwrap();
+    // Like the stock client: events only after the namespace connect is confirmed.
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if msg.to_text().unwrap_or("").starts_with("40") {
+            break;
+        }
+    }
     ws.send(Message::text("421[\"join\",\"batch:1\"]"))
         .await
         .unwrap();
