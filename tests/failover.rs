@@ -37,11 +37,16 @@ fn start(redis: &RedisServer, listen: &str) -> Gateway {
     Gateway::start_at(listen, &env)
 }
 
-/// Publishes `rate` events per second round-robin over ROOMS until `stop`; returns last offsets.
+/// How many events `publish_steadily` has published so far.
+type Published = std::sync::Arc<std::sync::atomic::AtomicU64>;
+
+/// Publishes `rate` events per second round-robin over ROOMS until `stop`, counting them in
+/// `count`; returns the last offset per room.
 fn publish_steadily(
     p: Publisher,
     rate: u64,
     stop: tokio_util::sync::CancellationToken,
+    count: Published,
 ) -> tokio::task::JoinHandle<HashMap<String, u64>> {
     tokio::spawn(async move {
         let mut last = HashMap::new();
@@ -58,10 +63,23 @@ fn publish_steadily(
                     .expect("publish");
                 last.insert(room.to_string(), placed[0].0);
                 n += 1;
+                count.store(n, std::sync::atomic::Ordering::SeqCst);
             }
         }
         last
     })
+}
+
+/// Waits (with the deadline) until at least `n` events were published.
+async fn published_at_least(count: &Published, n: u64) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while count.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the publisher stalled below {n} events"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn clients(url: &str) -> Vec<Resilient> {
@@ -144,11 +162,13 @@ async fn a_killed_gateway_loses_nothing() {
     );
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let publishing = publish_steadily(publisher(&redis), 300, stop.clone());
+    let count = Published::default();
+    let publishing = publish_steadily(publisher(&redis), 300, stop.clone(), count.clone());
     let running = tokio::spawn(run_all(clients, Duration::from_secs(3)));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Kill under load: after 300 events, and keep publishing for 300 more.
+    published_at_least(&count, 300).await;
     gws[victim].kill();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    published_at_least(&count, 600).await;
     stop.cancel();
     let last = publishing.await.unwrap();
     let clients = running.await.unwrap();
@@ -179,7 +199,7 @@ async fn a_rolling_restart_loses_nothing() {
     let clients = clients(&nginx.url()).await;
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let publishing = publish_steadily(publisher(&redis), 300, stop.clone());
+    let publishing = publish_steadily(publisher(&redis), 300, stop.clone(), Published::default());
     let running = tokio::spawn(run_all(clients, Duration::from_secs(8)));
     for (i, addr) in addrs.iter().enumerate() {
         let status = gws[i].terminate();
@@ -289,10 +309,11 @@ async fn stock_clients_lose_nothing_when_a_gateway_is_killed() {
         let victim = (0..3).max_by(|a, b| held[*a].total_cmp(&held[*b])).unwrap();
 
         let stop = tokio_util::sync::CancellationToken::new();
-        let publishing = publish_steadily(publisher(&redis), 300, stop.clone());
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        let count = Published::default();
+        let publishing = publish_steadily(publisher(&redis), 300, stop.clone(), count.clone());
+        published_at_least(&count, 200).await;
         gws[victim].kill();
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        published_at_least(&count, 600).await;
         stop.cancel();
         let last = publishing.await.unwrap();
         script.send_line(&serde_json::to_string(&last).unwrap());
