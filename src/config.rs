@@ -135,6 +135,12 @@ pub struct ServeArgs {
     /// Most events one recovery may replay; a bigger gap answers `recovered: false`.
     #[arg(long, env = "GATEWAY_MAX_REPLAY", default_value_t = 1000)]
     pub max_replay: u64,
+    /// Joins a socket may make per second (bursts of as many).
+    #[arg(long, env = "GATEWAY_JOIN_RATE", default_value_t = 20)]
+    pub join_rate: u32,
+    /// Events one publish API key may publish per second (bursts of as many).
+    #[arg(long, env = "GATEWAY_PUBLISH_RATE", default_value_t = 2000)]
+    pub publish_rate: u32,
     /// Most client connections held at once (0: the open-file limit less 256). Past it new
     /// connections are closed at once and /readyz answers 503.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 0)]
@@ -242,6 +248,10 @@ pub struct Config {
     pub ws_read_buffer: usize,
     /// Most client connections held at once.
     pub max_connections: usize,
+    /// Joins per second per socket.
+    pub join_rate: std::num::NonZeroU32,
+    /// Events per second per publish key.
+    pub publish_rate: std::num::NonZeroU32,
     /// Drain: not-ready delay before closing connections.
     pub drain_delay: Duration,
     /// Drain: period over which connections are closed.
@@ -512,6 +522,14 @@ impl ServeArgs {
             max_replay: self.max_replay,
             socket_buffer: self.socket_buffer,
             ws_read_buffer: self.ws_read_buffer,
+            join_rate: std::num::NonZeroU32::new(self.join_rate)
+                .ok_or_else(|| bad("--join-rate / GATEWAY_JOIN_RATE", "must be at least 1"))?,
+            publish_rate: std::num::NonZeroU32::new(self.publish_rate).ok_or_else(|| {
+                bad(
+                    "--publish-rate / GATEWAY_PUBLISH_RATE",
+                    "must be at least 1",
+                )
+            })?,
             max_connections: match self.max_connections {
                 0 => open_file_limit().saturating_sub(256).max(16),
                 n => n,

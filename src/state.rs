@@ -25,6 +25,8 @@ pub struct AppState {
     pub relay: RelayHandle,
     /// Open connections of the public listener (drain, slow-consumer cuts).
     pub connections: Arc<Connections>,
+    /// Publish rate per API key (keyed by the key's position in the configuration).
+    pub publish_limiter: governor::DefaultKeyedRateLimiter<usize>,
     /// Set when shutdown began: `/readyz` answers 503 from then on.
     draining: AtomicBool,
 }
@@ -32,9 +34,13 @@ pub struct AppState {
 impl AppState {
     /// State for a gateway with `config` on `bus`.
     pub fn new(config: Config, bus: Arc<dyn Bus>, relay: RelayHandle) -> Arc<Self> {
+        let connections = Arc::new(Connections::with_limit(config.max_connections));
+        let publish_limiter =
+            governor::RateLimiter::keyed(governor::Quota::per_second(config.publish_rate));
         Arc::new(Self {
             relay,
-            connections: Arc::new(Connections::with_limit(config.max_connections)),
+            connections,
+            publish_limiter,
             config,
             membership: Membership::new(bus.clone()),
             bus,

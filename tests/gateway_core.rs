@@ -937,3 +937,59 @@ async fn a_full_gateway_refuses_new_connections_at_once() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
+
+#[tokio::test]
+async fn joins_and_publishes_are_rate_limited_with_a_clear_answer() {
+    // One per second: every request below takes milliseconds, so the second is over budget.
+    let gw = Gateway::start(&[("GATEWAY_JOIN_RATE", "1"), ("GATEWAY_PUBLISH_RATE", "1")]);
+    let c = gw.client("10", "1", "ADMIN").await;
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        let ack = c
+            .request("join", &json!(format!("batch:{i}")), WAIT)
+            .await
+            .unwrap();
+        codes.push(ack["error"]["code"].as_str().unwrap_or("ok").to_string());
+    }
+    assert_eq!(codes[0], "ok", "{codes:?}");
+    let limited = codes.iter().filter(|c| *c == "rate_limited").count();
+    assert!(
+        limited >= 1 && codes.iter().all(|c| c == "ok" || c == "rate_limited"),
+        "{codes:?}"
+    );
+
+    let (s, b) = gw.publish(&batch_created(1, &["batch:0"], 0)).await;
+    assert_eq!(s, 200, "{b}");
+    let mut refused = None;
+    for i in 1..4 {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/publish", gw.url()))
+            .bearer_auth(KEY)
+            .json(&batch_created(1, &["batch:0"], i))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 429 {
+            refused = Some(resp);
+            break;
+        }
+    }
+    let resp = refused.expect("a key over its publish rate gets 429");
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    let m = gw.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "gateway_publish_requests_total",
+            "result=\"rate_limited\""
+        ) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "gateway_join_refused_total", "reason=\"rate_limited\""),
+        limited as f64,
+        "{m}"
+    );
+}

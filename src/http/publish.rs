@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::error::ApiError;
 use crate::bus::BusError;
@@ -54,7 +54,8 @@ fn counted<T>(r: Result<T, ApiError>) -> Result<T, ApiError> {
     r
 }
 
-fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the API key; returns its position in the configuration (the rate limit's key).
+fn check_key(state: &AppState, headers: &HeaderMap) -> Result<usize, ApiError> {
     if state.config.publish_keys.is_empty() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -83,11 +84,14 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         })?;
     // Compare against every key in constant time so timing reveals neither key nor position.
     let mut ok = subtle::Choice::from(0u8);
-    for key in &state.config.publish_keys {
-        ok |= key.as_bytes().ct_eq(presented.as_bytes());
+    let mut index = 0u64;
+    for (i, key) in state.config.publish_keys.iter().enumerate() {
+        let eq = key.as_bytes().ct_eq(presented.as_bytes());
+        ok |= eq;
+        index = u64::conditional_select(&index, &(i as u64), eq);
     }
     if bool::from(ok) {
-        Ok(())
+        Ok(index as usize)
     } else {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -97,13 +101,14 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Checks the key and reads the JSON body; returns the key's position and the body.
 async fn read_json(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-) -> Result<Box<RawValue>, ApiError> {
-    check_key(state, headers)?;
+) -> Result<(usize, Box<RawValue>), ApiError> {
+    let key = check_key(state, headers)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -136,13 +141,14 @@ async fn read_json(
             "the body is not UTF-8",
         )
     })?;
-    serde_json::from_str(text).map_err(|e| {
+    let raw = serde_json::from_str(text).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
             format!("the body is not valid JSON: {e}"),
         )
-    })
+    })?;
+    Ok((key, raw))
 }
 
 async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, ApiError> {
@@ -188,6 +194,35 @@ async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, A
     Ok(Published { id, rooms })
 }
 
+/// Takes `events` from the key's publish budget (`GATEWAY_PUBLISH_RATE` per second).
+fn check_rate(state: &AppState, key: usize, events: usize) -> Result<(), ApiError> {
+    let limited = |retry: Option<std::time::Duration>| {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "this API key may publish {} events per second; slow down{}",
+                state.config.publish_rate,
+                retry
+                    .map(|d| format!(" (retry in {} ms)", d.as_millis().max(1)))
+                    .unwrap_or_default()
+            ),
+        );
+        e.retry_after = retry;
+        e
+    };
+    let n = std::num::NonZeroU32::new(u32::try_from(events).unwrap_or(u32::MAX))
+        .unwrap_or(std::num::NonZeroU32::MIN);
+    match state.publish_limiter.check_key_n(&key, n) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_until)) => {
+            let now = governor::clock::Clock::now(state.publish_limiter.clock());
+            Err(limited(Some(not_until.wait_time_from(now))))
+        }
+        Err(_) => Err(limited(None)),
+    }
+}
+
 fn body_limit(state: &AppState, events: usize) -> usize {
     // Room for the payloads plus their envelopes.
     events * (state.config.publish.max_payload_bytes + 16 * 1024)
@@ -201,8 +236,9 @@ pub async fn publish(
 ) -> Result<Json<Published>, ApiError> {
     counted(
         async {
-            let raw = read_json(&state, &headers, body, body_limit(&state, 1)).await?;
+            let (key, raw) = read_json(&state, &headers, body, body_limit(&state, 1)).await?;
             let valid = state.config.publish.validate(&raw)?;
+            check_rate(&state, key, 1)?;
             publish_valid(&state, valid).await
         }
         .await,
@@ -219,7 +255,7 @@ pub async fn publish_batch(
     counted(
         async {
             let max = state.config.max_batch;
-            let raw = read_json(&state, &headers, body, body_limit(&state, max)).await?;
+            let (key, raw) = read_json(&state, &headers, body, body_limit(&state, max)).await?;
             let items: Vec<Box<RawValue>> = serde_json::from_str(raw.get()).map_err(|_| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -253,6 +289,7 @@ pub async fn publish_batch(
                 })?;
                 valid.push(p);
             }
+            check_rate(&state, key, valid.len())?;
             let mut results = Vec::with_capacity(valid.len());
             for p in valid {
                 results.push(publish_valid(&state, p).await?);

@@ -167,6 +167,15 @@ async fn join(
             (key, false)
         } else {
             policy.check_join(identity, &room, state.rooms.len())?;
+            if !state.take_join(st.config.join_rate.get()) {
+                return Err(RoomError::new(
+                    "rate_limited",
+                    format!(
+                        "at most {} joins per second; try again shortly",
+                        st.config.join_rate
+                    ),
+                ));
+            }
             st.membership.add(&key);
             state.rooms.push(room.clone());
             (key, true)

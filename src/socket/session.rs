@@ -28,8 +28,33 @@ pub struct SessionState {
     pub from_handshake: bool,
     /// The automatic rooms were entered (exactly once per socket).
     pub auto_entered: bool,
+    /// Join budget: tokens left and when they were last topped up (see `take_join`).
+    pub join_tokens: f32,
+    /// When `join_tokens` was last topped up; `None` before the first join.
+    pub join_refill: Option<std::time::Instant>,
     /// Positions the client sent in the handshake (`auth.since`), used once for its automatic rooms.
     pub handshake_since: Option<serde_json::Value>,
+}
+
+impl SessionState {
+    /// Takes one join from a token bucket of `rate` joins per second (bursts of `rate`).
+    /// Hand-rolled rather than a rate-limiter per socket: two fields, no clock per connection.
+    pub fn take_join(&mut self, rate: u32) -> bool {
+        let now = std::time::Instant::now();
+        let rate = rate as f32;
+        let tokens = match self.join_refill {
+            None => rate,
+            Some(at) => (self.join_tokens + now.duration_since(at).as_secs_f32() * rate).min(rate),
+        };
+        self.join_refill = Some(now);
+        if tokens >= 1.0 {
+            self.join_tokens = tokens - 1.0;
+            true
+        } else {
+            self.join_tokens = tokens;
+            false
+        }
+    }
 }
 
 impl Session {

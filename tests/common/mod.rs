@@ -77,6 +77,8 @@ impl Gateway {
         }
         cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
             .env("GATEWAY_DRAIN_DELAY", "0s")
+            // Load tests publish fast; the rate limit has its own test.
+            .env("GATEWAY_PUBLISH_RATE", "1000000")
             .env("GATEWAY_DRAIN_PERIOD", "200ms")
             .env("JWT_SECRET", SECRET)
             .env("PUBLISH_API_KEYS", KEY)
