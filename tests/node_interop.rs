@@ -10,17 +10,15 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{timeout, Instant};
 
 /// Longest a node test file may run before it is killed.
 const NODE_DEADLINE: Duration = Duration::from_secs(120);
-/// Longest an `npm ci` may run, and how long another process may wait for one.
-const INSTALL_DEADLINE: Duration = Duration::from_secs(300);
 /// Grace period of the gateways that test the seed's timeout and token expiry.
 const SHORT_GRACE_MS: u64 = 1000;
 /// Room limit of the gateway that tests the room policy.
@@ -39,18 +37,6 @@ fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("node")
-}
-
-/// Written by npm as the last step of an install: its presence means node_modules is complete.
-fn installed(dir: &Path) -> bool {
-    dir.join("node_modules")
-        .join(".package-lock.json")
-        .is_file()
-        && dir
-            .join("node_modules")
-            .join("socket.io-client")
-            .join("package.json")
-            .is_file()
 }
 
 /// Reads a child's pipe to the end in the background.
@@ -104,69 +90,11 @@ async fn run(mut cmd: Command, deadline: Duration) -> Outcome {
     }
 }
 
-/// Removes the install lock when the installer is done, whatever happened.
-struct LockGuard(PathBuf);
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// Makes sure `tests/node/node_modules` is installed, running `npm ci` if not. Creating the lock
-/// directory is atomic, so of all test threads and processes exactly one installs; the others
-/// wait, with a deadline, for the lock to go away.
+/// Makes sure `tests/node/node_modules` is installed (see `common::node::ensure_installed`).
 async fn ensure_node_modules() {
-    let dir = node_dir();
-    let lock = dir.join(".install-lock");
-    let give_up = Instant::now() + INSTALL_DEADLINE + Duration::from_secs(30);
-    loop {
-        if !lock.exists() && installed(&dir) {
-            return;
-        }
-        match std::fs::create_dir(&lock) {
-            Ok(()) => {
-                let _guard = LockGuard(lock.clone());
-                if installed(&dir) {
-                    return;
-                }
-                let mut cmd = Command::new("npm");
-                cmd.args(["ci", "--no-audit", "--no-fund"])
-                    .current_dir(&dir);
-                let out = run(cmd, INSTALL_DEADLINE).await;
-                assert!(
-                    out.status.is_some_and(|s| s.success()) && installed(&dir),
-                    "npm ci in {} failed ({:?}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                    dir.display(),
-                    out.status,
-                    out.stdout,
-                    out.stderr
-                );
-                return;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // A lock older than any install can take was left by a killed process.
-                let stale = std::fs::metadata(&lock)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_some_and(|age| age > INSTALL_DEADLINE + Duration::from_secs(60));
-                if stale {
-                    let _ = std::fs::remove_dir(&lock);
-                    continue;
-                }
-                assert!(
-                    Instant::now() < give_up,
-                    "{} still exists after {:?}: another test process is installing node \
-                     modules, or one died doing so (remove the directory and rerun)",
-                    lock.display(),
-                    INSTALL_DEADLINE
-                );
-                sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("cannot create {}: {e}", lock.display()),
-        }
-    }
+    tokio::task::spawn_blocking(common::node::ensure_installed)
+        .await
+        .expect("node modules install");
 }
 
 /// Starts a gateway with `env` and waits until it is ready.

@@ -9,6 +9,100 @@ use serde_json::Value;
 
 use super::WAIT;
 
+/// Longest an `npm ci` may run, and how long another process may wait for one.
+const INSTALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `tests/node`.
+pub fn node_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("node")
+}
+
+/// Written by npm as the last step of an install: its presence means node_modules is complete.
+fn installed(dir: &std::path::Path) -> bool {
+    dir.join("node_modules")
+        .join(".package-lock.json")
+        .is_file()
+        && dir
+            .join("node_modules")
+            .join("socket.io-client")
+            .join("package.json")
+            .is_file()
+}
+
+/// Makes sure `tests/node/node_modules` is installed, running `npm ci` if not. Creating the lock
+/// directory is atomic, so of all test threads and processes exactly one installs; the others
+/// wait, with a deadline, for the lock to go away.
+pub fn ensure_installed() {
+    let dir = node_dir();
+    let lock = dir.join(".install-lock");
+    let give_up = std::time::Instant::now() + INSTALL_DEADLINE + std::time::Duration::from_secs(30);
+    loop {
+        if !lock.exists() && installed(&dir) {
+            return;
+        }
+        match std::fs::create_dir(&lock) {
+            Ok(()) => {
+                struct Unlock(std::path::PathBuf);
+                impl Drop for Unlock {
+                    fn drop(&mut self) {
+                        let _ = std::fs::remove_dir(&self.0);
+                    }
+                }
+                let _unlock = Unlock(lock.clone());
+                if installed(&dir) {
+                    return;
+                }
+                let mut child = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&dir)
+                    .spawn()
+                    .expect("npm must be on the PATH");
+                let deadline = std::time::Instant::now() + INSTALL_DEADLINE;
+                let status = loop {
+                    if let Some(status) = child.try_wait().expect("wait for npm") {
+                        break status;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        let _ = child.kill();
+                        panic!(
+                            "npm ci in {} did not finish in {INSTALL_DEADLINE:?}",
+                            dir.display()
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                };
+                assert!(
+                    status.success() && installed(&dir),
+                    "npm ci in {} failed: {status:?}",
+                    dir.display()
+                );
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // A lock older than any install can take was left by a killed process.
+                let stale = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > INSTALL_DEADLINE + std::time::Duration::from_secs(60));
+                if stale {
+                    let _ = std::fs::remove_dir(&lock);
+                    continue;
+                }
+                assert!(
+                    std::time::Instant::now() < give_up,
+                    "{} still exists: another test process is installing node modules, or one died doing so",
+                    lock.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => panic!("cannot create {}: {e}", lock.display()),
+        }
+    }
+}
+
 /// A running script: its process and its reported steps.
 pub struct Script {
     /// The node process.
@@ -19,13 +113,8 @@ pub struct Script {
 impl Script {
     /// Starts `node <script>` in `tests/node` with `env`.
     pub fn start(script: &str, env: &[(&str, String)]) -> Script {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
-        assert!(
-            std::path::Path::new(dir)
-                .join("node_modules/socket.io-client")
-                .exists(),
-            "run `npm ci` in tests/node first"
-        );
+        ensure_installed();
+        let dir = node_dir();
         let mut child = Command::new("node")
             .arg(script)
             .current_dir(dir)
