@@ -91,6 +91,10 @@ pub async fn run(
 
     let app = http::router(state.clone())
         .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::refuse_new_sessions_while_draining,
+        ))
         .into_make_service_with_connect_info::<drain::ConnId>();
     tracing::info!(
         public = %public.local_addr()?,

@@ -54,6 +54,11 @@ impl AppState {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Whether shutdown began.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// Ready for new clients: the bus is usable and the gateway is not draining.
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::SeqCst) && self.bus.is_ready() && !self.connections.is_full()

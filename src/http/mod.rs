@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -23,6 +24,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/publish", post(publish::publish))
         .route("/v1/publish/batch", post(publish::publish_batch))
         .with_state(state)
+}
+
+/// Refuses to start Engine.IO sessions (handshakes: `/socket.io/` requests without a `sid`)
+/// once the gateway is draining, with 503 `draining`: the load balancer retries them on another
+/// gateway (nginx: `proxy_next_upstream ... http_503`). Requests of existing sessions go on.
+pub async fn refuse_new_sessions_while_draining(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let handshake = req.uri().path().starts_with("/socket.io/")
+        && !req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|kv| kv.starts_with("sid="));
+    if handshake && state.is_draining() {
+        return error::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this gateway is shutting down; connect to another one",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Routes of the admin listener. Process figures (resident memory, CPU, open descriptors) are
