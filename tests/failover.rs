@@ -82,6 +82,16 @@ async fn published_at_least(count: &Published, n: u64) {
     }
 }
 
+/// `n` ready gateways on `redis` behind a fresh nginx.
+async fn cluster(redis: &RedisServer, n: usize) -> (Vec<Gateway>, Nginx) {
+    let gws: Vec<Gateway> = (0..n).map(|_| start(redis, "127.0.0.1:0")).collect();
+    for gw in &gws {
+        gw.wait_readyz(200).await;
+    }
+    let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
+    (gws, nginx)
+}
+
 async fn clients(url: &str) -> Vec<Resilient> {
     let mut out = Vec::new();
     for i in 0..CLIENTS {
@@ -139,15 +149,7 @@ async fn settle_and_check(clients: Vec<Resilient>, last: &HashMap<String, u64>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateway_loses_nothing() {
     let redis = RedisServer::start();
-    let mut gws = vec![
-        start(&redis, "127.0.0.1:0"),
-        start(&redis, "127.0.0.1:0"),
-        start(&redis, "127.0.0.1:0"),
-    ];
-    for gw in &gws {
-        gw.wait_readyz(200).await;
-    }
-    let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
+    let (mut gws, nginx) = cluster(&redis, 3).await;
     let clients = clients(&nginx.url()).await;
     let mut per_gateway = Vec::new();
     for gw in &gws {
@@ -186,16 +188,8 @@ async fn a_killed_gateway_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_loses_nothing() {
     let redis = RedisServer::start();
-    let mut gws = vec![
-        start(&redis, "127.0.0.1:0"),
-        start(&redis, "127.0.0.1:0"),
-        start(&redis, "127.0.0.1:0"),
-    ];
-    for gw in &gws {
-        gw.wait_readyz(200).await;
-    }
+    let (mut gws, nginx) = cluster(&redis, 3).await;
     let addrs: Vec<_> = gws.iter().map(|g| g.public).collect();
-    let nginx = Nginx::start(&addrs);
     let clients = clients(&nginx.url()).await;
 
     let stop = tokio_util::sync::CancellationToken::new();
@@ -226,11 +220,7 @@ async fn a_rolling_restart_loses_nothing() {
 async fn the_stock_client_reconnects_by_itself_after_a_drain() {
     let redis = RedisServer::start();
     for transports in ["websocket", "polling"] {
-        let mut gws = vec![start(&redis, "127.0.0.1:0"), start(&redis, "127.0.0.1:0")];
-        for gw in &gws {
-            gw.wait_readyz(200).await;
-        }
-        let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
+        let (mut gws, nginx) = cluster(&redis, 2).await;
         let script = Script::start(
             "drain-client.mjs",
             &[
@@ -278,15 +268,7 @@ async fn the_stock_client_reconnects_by_itself_after_a_drain() {
 async fn stock_clients_lose_nothing_when_a_gateway_is_killed() {
     let redis = RedisServer::start();
     for transports in ["websocket", "polling"] {
-        let mut gws = vec![
-            start(&redis, "127.0.0.1:0"),
-            start(&redis, "127.0.0.1:0"),
-            start(&redis, "127.0.0.1:0"),
-        ];
-        for gw in &gws {
-            gw.wait_readyz(200).await;
-        }
-        let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
+        let (mut gws, nginx) = cluster(&redis, 3).await;
         let tokens: Vec<serde_json::Value> = (0..6)
             .map(|i| {
                 let sub = format!("{}", 200 + i);

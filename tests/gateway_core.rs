@@ -534,28 +534,13 @@ async fn cli_mints_tokens_and_publishes() {
     c.request("join", &json!("batch:456"), WAIT).await.unwrap();
 
     let payload = r#"{"scriptId":1,"batchId":456,"studentId":9,"studentName":"Ada","courseCode":"CS101","courseName":"Intro","submittedAt":"2026-11-28T10:00:00Z","institutionId":1}"#;
-    let out = Command::new(common::binary())
-        .args([
-            "publish",
-            "--url",
-            &gw.url(),
-            "--key",
-            KEY,
-            "--channel",
-            "script_submission",
-            "--event",
-            "script_submitted",
-        ])
-        .args([
-            "--institution",
-            "1",
-            "--payload",
-            payload,
-            "--room",
-            "batch:456",
-        ])
-        .output()
-        .unwrap();
+    let out = common::cli_publish(
+        &gw.url(),
+        "script_submission",
+        "script_submitted",
+        payload,
+        Some("batch:456"),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -566,21 +551,13 @@ async fn cli_mints_tokens_and_publishes() {
     let e = c.wait_for("script_submission", WAIT).await.unwrap();
     assert_eq!(e["id"], printed["id"]);
 
-    let out = Command::new(common::binary())
-        .args([
-            "publish",
-            "--url",
-            &gw.url(),
-            "--key",
-            KEY,
-            "--channel",
-            "script_submission",
-            "--event",
-            "script_submitted",
-        ])
-        .args(["--institution", "1", "--payload", "{}"])
-        .output()
-        .unwrap();
+    let out = common::cli_publish(
+        &gw.url(),
+        "script_submission",
+        "script_submitted",
+        "{}",
+        None,
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("payload.scriptId"));
 }
@@ -680,6 +657,12 @@ async fn drain_waits_not_ready_and_a_second_signal_ends_it_at_once() {
     gw.sigterm();
     gw.wait_readyz(503).await;
     assert_eq!(gw.get("/healthz").await.0, 200, "alive while draining");
+    let (status, body) = gw.get("/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(
+        status, 503,
+        "no new Engine.IO session on a draining gateway: {body}"
+    );
+    assert!(body.contains("\"draining\""), "{body}");
     assert!(gw.is_running());
     // Still serving during the delay: the connected client is untouched.
     let (s, _) = gw.publish(&batch_created(1, &["institution:1"], 1)).await;

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::redis_server::RedisServer;
@@ -40,6 +39,27 @@ async fn joined(gw: &Gateway, sub: &str, tenant: &str, room: &str) -> Client {
     c
 }
 
+/// Calls `rtg_publish` from `redis-cli` for `room` (`<tenant>/<kind>:<id>`), the way a backend
+/// in any language would; returns what redis-cli printed.
+fn fcall_publish(redis: &RedisServer, room: &str, envelope: &str) -> String {
+    let (h, m, c) = (
+        format!("rtg:{{{room}}}:h"),
+        format!("rtg:{{{room}}}:m"),
+        format!("rtg:{{{room}}}"),
+    );
+    redis.cli(&[
+        "FCALL",
+        "rtg_publish",
+        "2",
+        &h,
+        &m,
+        &c,
+        envelope,
+        "1000",
+        "3600",
+    ])
+}
+
 /// The payload of a batch_created event as the Redis function expects it, for raw FCALLs.
 fn raw_envelope(id: &str, tenant: i64, batch: i64) -> String {
     let mut body = batch_created(tenant, &[], batch);
@@ -67,45 +87,20 @@ async fn events_reach_every_member_on_every_gateway_and_no_one_else() {
     let (s, b) = gws[0].publish(&batch_created(1, &["batch:456"], 1)).await;
     assert_eq!(s, 200, "{b}");
     // 2. The Redis function, called by a plain Redis client.
-    let out = redis.cli(&[
-        "FCALL",
-        "rtg_publish",
-        "2",
-        "rtg:{1/batch:456}:h",
-        "rtg:{1/batch:456}:m",
-        "rtg:{1/batch:456}",
-        &raw_envelope("from-redis-cli", 1, 2),
-        "1000",
-        "3600",
-    ]);
+    let out = fcall_publish(&redis, "1/batch:456", &raw_envelope("from-redis-cli", 1, 2));
     assert!(
         out.lines().next().unwrap_or("").trim() == "2",
         "FCALL answered {out}"
     );
     // 3. The CLI against gateway C.
     let payload = batch_created(1, &[], 3)["payload"].to_string();
-    let cli = Command::new(common::binary())
-        .args([
-            "publish",
-            "--url",
-            &gws[2].url(),
-            "--key",
-            KEY,
-            "--channel",
-            "batch_update",
-            "--event",
-            "batch_created",
-        ])
-        .args([
-            "--institution",
-            "1",
-            "--room",
-            "batch:456",
-            "--payload",
-            &payload,
-        ])
-        .output()
-        .unwrap();
+    let cli = common::cli_publish(
+        &gws[2].url(),
+        "batch_update",
+        "batch_created",
+        &payload,
+        Some("batch:456"),
+    );
     assert!(
         cli.status.success(),
         "{}",
@@ -135,17 +130,7 @@ async fn events_reach_every_member_on_every_gateway_and_no_one_else() {
     );
     // The id given to FCALL is what clients see.
     let mut fresh = joined(&gws[1], "13", "1", "batch:456").await;
-    redis.cli(&[
-        "FCALL",
-        "rtg_publish",
-        "2",
-        "rtg:{1/batch:456}:h",
-        "rtg:{1/batch:456}:m",
-        "rtg:{1/batch:456}",
-        &raw_envelope("evt-42", 1, 4),
-        "1000",
-        "3600",
-    ]);
+    fcall_publish(&redis, "1/batch:456", &raw_envelope("evt-42", 1, 4));
     assert_eq!(
         fresh.wait_for("batch_update", WAIT).await.unwrap()["id"],
         "evt-42"
@@ -451,41 +436,16 @@ async fn the_stock_client_on_every_gateway_and_through_nginx_gets_every_publish_
 
     let (s, b) = gws[0].publish(&batch_created(1, &["batch:456"], 1)).await;
     assert_eq!(s, 200, "{b}");
-    let out = redis.cli(&[
-        "FCALL",
-        "rtg_publish",
-        "2",
-        "rtg:{1/batch:456}:h",
-        "rtg:{1/batch:456}:m",
-        "rtg:{1/batch:456}",
-        &raw_envelope("via-fcall", 1, 2),
-        "1000",
-        "3600",
-    ]);
+    let out = fcall_publish(&redis, "1/batch:456", &raw_envelope("via-fcall", 1, 2));
     assert_eq!(out.lines().next().unwrap_or("").trim(), "2", "{out}");
     let payload = batch_created(1, &[], 3)["payload"].to_string();
-    let cli = Command::new(common::binary())
-        .args([
-            "publish",
-            "--url",
-            &gws[2].url(),
-            "--key",
-            KEY,
-            "--channel",
-            "batch_update",
-            "--event",
-            "batch_created",
-        ])
-        .args([
-            "--institution",
-            "1",
-            "--room",
-            "batch:456",
-            "--payload",
-            &payload,
-        ])
-        .output()
-        .unwrap();
+    let cli = common::cli_publish(
+        &gws[2].url(),
+        "batch_update",
+        "batch_created",
+        &payload,
+        Some("batch:456"),
+    );
     assert!(
         cli.status.success(),
         "{}",

@@ -346,3 +346,30 @@ fn strip_ansi(line: &str) -> String {
     }
     out
 }
+
+/// Runs `realtime-gateway publish` against `url` with the test key; `room` is optional.
+pub fn cli_publish(
+    url: &str,
+    channel: &str,
+    event: &str,
+    payload: &str,
+    room: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "publish",
+        "--url",
+        url,
+        "--key",
+        KEY,
+        "--channel",
+        channel,
+        "--event",
+        event,
+    ])
+    .args(["--institution", "1", "--payload", payload]);
+    if let Some(room) = room {
+        cmd.args(["--room", room]);
+    }
+    cmd.output().expect("run the CLI")
+}
