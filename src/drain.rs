@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 /// Open connections of one listener.
 pub struct Connections {
@@ -114,16 +115,57 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Trac
     }
 }
 
-/// A TCP listener whose connections are tracked in [`Connections`].
-pub struct TrackedListener {
+/// Accepts connections on `inner`, registers them in `connections` and hands each to
+/// `on_accept`. Connections past the limit (or during a drain) are refused at once.
+pub async fn accept_loop(
     inner: TcpListener,
     connections: Arc<Connections>,
+    mut on_accept: impl FnMut(TrackedStream, SocketAddr),
+) {
+    loop {
+        match inner.accept().await {
+            Ok((stream, addr)) => {
+                if connections.is_full() {
+                    // Refuse at once (the client sees a reset and tries elsewhere) rather
+                    // than run out of descriptors and leave clients hanging.
+                    ::metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+                    tracing::debug!(%addr, "connection refused: the gateway is full");
+                    drop(stream);
+                    continue;
+                }
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                let id = connections.next.fetch_add(1, Ordering::Relaxed);
+                connections.lock().insert(id, stream.as_raw_fd());
+                let io = TrackedStream {
+                    inner: stream,
+                    id,
+                    connections: connections.clone(),
+                };
+                on_accept(io, addr);
+            }
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                ::metrics::counter!(crate::metrics::ACCEPT_ERRORS).increment(1);
+                tracing::warn!(error = %e, "accept failed; set GATEWAY_MAX_CONNECTIONS below the open-file limit");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The HTTP server's listener: connections accepted by [`accept_loop`] that are not served by
+/// the gateway's own WebSocket transport.
+pub struct TrackedListener {
+    incoming: mpsc::Receiver<(TrackedStream, SocketAddr)>,
+    local: SocketAddr,
 }
 
 impl TrackedListener {
-    /// Wraps a bound listener; its connections are registered in `connections`.
-    pub fn new(inner: TcpListener, connections: Arc<Connections>) -> Self {
-        Self { inner, connections }
+    /// A listener fed by `incoming`, reporting `local` as its address.
+    pub fn new(incoming: mpsc::Receiver<(TrackedStream, SocketAddr)>, local: SocketAddr) -> Self {
+        Self { incoming, local }
     }
 }
 
@@ -132,41 +174,14 @@ impl axum::serve::Listener for TrackedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    if self.connections.is_full() {
-                        // Refuse at once (the client sees a reset and tries elsewhere) rather
-                        // than run out of descriptors and leave clients hanging.
-                        ::metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
-                        tracing::debug!(%addr, "connection refused: the gateway is full");
-                        drop(stream);
-                        continue;
-                    }
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                    let id = self.connections.next.fetch_add(1, Ordering::Relaxed);
-                    self.connections.lock().insert(id, stream.as_raw_fd());
-                    let io = TrackedStream {
-                        inner: stream,
-                        id,
-                        connections: self.connections.clone(),
-                    };
-                    return (io, addr);
-                }
-                Err(e) => {
-                    // Out of descriptors or similar: back off instead of spinning.
-                    ::metrics::counter!(crate::metrics::ACCEPT_ERRORS).increment(1);
-                    tracing::warn!(error = %e, "accept failed; set GATEWAY_MAX_CONNECTIONS below the open-file limit");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+        match self.incoming.recv().await {
+            Some(conn) => conn,
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        Ok(self.local)
     }
 }
 
@@ -175,6 +190,18 @@ pub struct TrackedStream {
     inner: TcpStream,
     id: u64,
     connections: Arc<Connections>,
+}
+
+impl TrackedStream {
+    /// The connection's id in the registry.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The TCP stream itself.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.inner
+    }
 }
 
 impl Drop for TrackedStream {

@@ -35,6 +35,7 @@ pub mod relay;
 pub mod shutdown;
 pub mod socket;
 pub mod state;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -86,8 +87,8 @@ pub async fn run(
     let state = AppState::new(config, bus, relay_handle);
     socket::register(&io, state.clone());
 
-    let relay = tokio::spawn(relay::run(io.clone(), state.clone(), rx, relay_control));
-    let ticker = tokio::spawn(tick(io.clone(), state.clone(), shutdown.clone()));
+    let relay = tokio::spawn(relay::run(state.clone(), rx, relay_control));
+    let ticker = tokio::spawn(tick(state.clone(), shutdown.clone()));
 
     let app = http::router(state.clone())
         .layer(layer)
@@ -106,7 +107,19 @@ pub async fn run(
     let admin_task = tokio::spawn(async move { admin_server.await });
 
     let connections = state.connections.clone();
-    let public = drain::TrackedListener::new(public, connections.clone());
+    let (to_http, from_acceptor) = tokio::sync::mpsc::channel(1024);
+    let local = public.local_addr()?;
+    let acceptor = {
+        let state = state.clone();
+        tokio::spawn(drain::accept_loop(
+            public,
+            connections.clone(),
+            move |stream, addr| {
+                tokio::spawn(wire::route(state.clone(), stream, addr, to_http.clone()));
+            },
+        ))
+    };
+    let public = drain::TrackedListener::new(from_acceptor, local);
     let drain = {
         let state = state.clone();
         let io = io.clone();
@@ -131,6 +144,7 @@ pub async fn run(
     axum::serve(public, app)
         .with_graceful_shutdown(drain)
         .await?;
+    acceptor.abort();
     ticker.abort();
     relay.abort();
     if let Ok(Err(e)) = admin_task.await {
@@ -141,7 +155,7 @@ pub async fn run(
 }
 
 /// Fires due socket deadlines and keeps the readiness gauges current.
-async fn tick(io: SocketIo, state: Arc<AppState>, shutdown: CancellationToken) {
+async fn tick(state: Arc<AppState>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(socket::deadlines::TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -149,8 +163,8 @@ async fn tick(io: SocketIo, state: Arc<AppState>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        for (sid, what) in state.deadlines.take_due(std::time::Instant::now()) {
-            socket::on_deadline(&io, sid, what);
+        for (id, what) in state.deadlines.take_due(std::time::Instant::now()) {
+            socket::on_deadline(&state, id, what);
         }
         ::metrics::gauge!(metrics::READY).set(if state.is_ready() { 1.0 } else { 0.0 });
         ::metrics::gauge!(metrics::BUS_UP).set(if state.bus.is_ready() { 1.0 } else { 0.0 });

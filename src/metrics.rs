@@ -68,6 +68,8 @@ pub const SLOW_CONSUMERS: &str = "gateway_slow_consumer_disconnects_total";
 pub const CONNECTIONS_REFUSED: &str = "gateway_connections_refused_total";
 /// Failed accepts, e.g. out of file descriptors (counter).
 pub const ACCEPT_ERRORS: &str = "gateway_accept_errors_total";
+/// Client protocol errors (bad frames or packets, refused handshakes, unknown events) by reason (counter).
+pub const CLIENT_PROTOCOL_ERRORS: &str = "gateway_client_protocol_errors_total";
 /// Connections closed by a drain (counter).
 pub const DRAINED: &str = "gateway_drained_connections_total";
 
@@ -210,5 +212,9 @@ fn describe() {
         "Failed accepts (for example out of file descriptors)."
     );
     describe_counter!(DRAINED, "Connections closed by a graceful drain.");
+    describe_counter!(
+        CLIENT_PROTOCOL_ERRORS,
+        "Client protocol errors (bad frames or packets, refused WebSocket handshakes, unknown events), by reason."
+    );
     describe_gauge!(READY, "1 while this gateway accepts new clients, else 0.");
 }

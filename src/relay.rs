@@ -7,28 +7,30 @@
 //! replay, then the buffered events it did not already cover (by offset), then adds the socket
 //! to the room, all in one step. Nothing is lost, doubled or reordered.
 //!
-//! The envelope of a live event is serialized once per event and room; Socket.IO's adapter then
-//! writes the same encoded packet to every member.
+//! The relay keeps the room → sockets map itself. A live event is encoded once (JSON and the
+//! WebSocket frame); consecutive events of one room that reach the relay together are written
+//! to each member as one frame sequence in a single write.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use socketioxide::extract::SocketRef;
-use socketioxide::socket::Sid;
-use socketioxide::{SocketError, SocketIo};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{BusMessage, Delivery};
 use crate::events::envelope::now_millis;
 use crate::events::{Event, RoomKey};
 use crate::metrics;
+use crate::socket::peer::{Outgoing, Peer, PeerId, Sent};
 use crate::state::AppState;
 
 /// Most live events buffered for one socket while its history is read. Past it the socket is
 /// told to resync that room instead (a history read that slow means Redis is in trouble).
 const MAX_BUFFERED: usize = 10_000;
+
+/// Most bus messages taken in one go; consecutive events of a room among them share a write.
+const MAX_BATCH: usize = 64;
 
 /// Server → client event: a room's history was lost, refetch its state.
 pub const RESYNC: &str = "resync";
@@ -36,15 +38,23 @@ pub const RESYNC: &str = "resync";
 enum Control {
     Register {
         key: RoomKey,
-        sid: Sid,
+        peer: Peer,
         done: oneshot::Sender<()>,
     },
     Finish {
         key: RoomKey,
-        sid: Sid,
+        id: PeerId,
         after: u64,
         replay: Vec<(u64, Arc<Event>)>,
         done: oneshot::Sender<Finished>,
+    },
+    Leave {
+        key: RoomKey,
+        id: PeerId,
+    },
+    Gone {
+        id: PeerId,
+        keys: Vec<RoomKey>,
     },
 }
 
@@ -62,58 +72,71 @@ pub struct Finished {
 /// Handle to the relay task, for the socket handlers.
 #[derive(Clone)]
 pub struct RelayHandle {
-    control: mpsc::Sender<Control>,
+    control: mpsc::UnboundedSender<Control>,
 }
 
 /// The receiving end, given to [`run`].
-pub struct RelayControl(mpsc::Receiver<Control>);
+pub struct RelayControl(mpsc::UnboundedReceiver<Control>);
 
 /// A relay handle and its control receiver.
 pub fn channel() -> (RelayHandle, RelayControl) {
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::unbounded_channel();
     (RelayHandle { control: tx }, RelayControl(rx))
 }
 
 impl RelayHandle {
-    /// Starts buffering `key`'s live events for socket `sid`; returns once the relay has done so.
-    pub async fn register(&self, key: &RoomKey, sid: Sid) {
+    /// Starts buffering `key`'s live events for `peer`; returns once the relay has done so.
+    pub async fn register(&self, key: &RoomKey, peer: Peer) {
         let (done, wait) = oneshot::channel();
         let msg = Control::Register {
             key: key.clone(),
-            sid,
+            peer,
             done,
         };
-        if self.control.send(msg).await.is_ok() {
+        if self.control.send(msg).is_ok() {
             let _ = wait.await;
         }
     }
 
     /// Sends `replay` (events after `after`), then buffered live events after them, then adds
-    /// the socket to the room.
+    /// the peer to the room.
     pub async fn finish(
         &self,
         key: &RoomKey,
-        sid: Sid,
+        id: PeerId,
         after: u64,
         replay: Vec<(u64, Arc<Event>)>,
     ) -> Finished {
         let (done, wait) = oneshot::channel();
         let msg = Control::Finish {
             key: key.clone(),
-            sid,
+            id,
             after,
             replay,
             done,
         };
-        if self.control.send(msg).await.is_err() {
+        if self.control.send(msg).is_err() {
             return Finished::default();
         }
         wait.await.unwrap_or_default()
     }
+
+    /// Takes a peer out of one room.
+    pub fn leave(&self, key: &RoomKey, id: PeerId) {
+        let _ = self.control.send(Control::Leave {
+            key: key.clone(),
+            id,
+        });
+    }
+
+    /// Takes a disconnected peer out of its rooms (and any room it was entering).
+    pub fn gone(&self, id: PeerId, keys: Vec<RoomKey>) {
+        let _ = self.control.send(Control::Gone { id, keys });
+    }
 }
 
 struct Pending {
-    sid: Sid,
+    peer: Peer,
     buffer: Vec<Delivery>,
     overflowed: bool,
 }
@@ -122,7 +145,7 @@ struct Pending {
 /// offset can still be on their way from the bus (published before the history read, not yet
 /// relayed); they must not reach this socket a second time.
 struct Entered {
-    sid: Sid,
+    id: PeerId,
     upto: u64,
     at: Instant,
 }
@@ -131,88 +154,292 @@ struct Entered {
 /// it guards is milliseconds long; this only bounds memory for rooms that fall silent.
 const ENTERED_TTL: Duration = Duration::from_secs(30);
 
-/// Relays bus messages and room entries until the bus closes its channel.
-pub async fn run(
-    io: SocketIo,
+/// The local members of one room: a list to walk and an index to remove from it in O(1).
+#[derive(Default)]
+struct Members {
+    list: Vec<Peer>,
+    index: HashMap<PeerId, usize>,
+}
+
+impl Members {
+    fn insert(&mut self, peer: Peer) {
+        let id = peer.id();
+        if self.index.contains_key(&id) {
+            return;
+        }
+        self.index.insert(id, self.list.len());
+        self.list.push(peer);
+    }
+
+    fn remove(&mut self, id: PeerId) {
+        if let Some(i) = self.index.remove(&id) {
+            self.list.swap_remove(i);
+            if let Some(moved) = self.list.get(i) {
+                self.index.insert(moved.id(), i);
+            }
+        }
+    }
+}
+
+/// Everything the relay task owns.
+struct Relay {
     state: Arc<AppState>,
-    mut bus: mpsc::Receiver<BusMessage>,
-    control: RelayControl,
-) {
+    rooms: HashMap<RoomKey, Members>,
+    pending: HashMap<RoomKey, Vec<Pending>>,
+    entered: HashMap<RoomKey, Vec<Entered>>,
+}
+
+/// Relays bus messages and room entries until the bus closes its channel.
+pub async fn run(state: Arc<AppState>, mut bus: mpsc::Receiver<BusMessage>, control: RelayControl) {
     let mut control = control.0;
-    let mut pending: HashMap<RoomKey, Vec<Pending>> = HashMap::new();
-    let mut entered: HashMap<RoomKey, Vec<Entered>> = HashMap::new();
+    let mut relay = Relay {
+        state,
+        rooms: HashMap::new(),
+        pending: HashMap::new(),
+        entered: HashMap::new(),
+    };
     let mut prune = tokio::time::interval(ENTERED_TTL);
+    let mut batch: Vec<BusMessage> = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {
             _ = prune.tick() => {
-                entered.retain(|_, list| {
+                relay.entered.retain(|_, list| {
                     list.retain(|e| e.at.elapsed() < ENTERED_TTL);
                     !list.is_empty()
                 });
             }
-            msg = bus.recv() => match msg {
-                Some(BusMessage::Event(d)) => {
-                    let skip: Vec<Sid> = match entered.get_mut(&d.key) {
-                        Some(list) => {
-                            let skip = list.iter().filter(|e| e.upto >= d.offset).map(|e| e.sid).collect();
-                            // Events come in offset order: later ones are past every watermark
-                            // at or below this offset.
-                            list.retain(|e| e.upto > d.offset);
-                            if list.is_empty() {
-                                entered.remove(&d.key);
-                            }
-                            skip
-                        }
-                        None => Vec::new(),
-                    };
-                    relay_one(&io, &state, &d, &skip).await;
-                    if let Some(waiting) = pending.get_mut(&d.key) {
-                        for p in waiting.iter_mut() {
-                            if p.buffer.len() < MAX_BUFFERED {
-                                p.buffer.push(d.clone());
-                            } else {
-                                p.overflowed = true;
-                            }
-                        }
-                    }
+            n = bus.recv_many(&mut batch, MAX_BATCH) => {
+                if n == 0 {
+                    return;
                 }
-                Some(BusMessage::Resync { key, now }) => {
-                    // Offsets restart with the new epoch: old watermarks mean nothing now.
-                    entered.remove(&key);
-                    ::metrics::counter!(metrics::RESYNCS).increment(1);
-                    let body = json!({ "room": key.room(), "epoch": now.epoch, "offset": now.offset });
-                    if let Err(e) = io.to(key.as_str().to_owned()).emit(RESYNC, &body).await {
-                        tracing::warn!(room = %key, error = %e, "resync not sent to every socket");
-                    }
-                }
-                None => return,
-            },
+                relay.on_bus(&mut batch).await;
+            }
             ctl = control.recv() => match ctl {
-                Some(Control::Register { key, sid, done }) => {
-                    pending.entry(key).or_default().push(Pending { sid, buffer: Vec::new(), overflowed: false });
-                    let _ = done.send(());
-                }
-                Some(Control::Finish { key, sid, after, replay, done }) => {
-                    let mine = pending.get_mut(&key).and_then(|list| {
-                        let i = list.iter().position(|p| p.sid == sid)?;
-                        Some(list.swap_remove(i))
-                    });
-                    if pending.get(&key).is_some_and(Vec::is_empty) {
-                        pending.remove(&key);
-                    }
-                    let finished = match (io.get_socket(sid), mine) {
-                        (Some(s), Some(p)) => {
-                            let (finished, upto) = splice(&state, &s, &key, after, replay, p);
-                            entered.entry(key).or_default().push(Entered { sid, upto, at: Instant::now() });
-                            finished
-                        }
-                        _ => Finished::default(),
-                    };
-                    let _ = done.send(finished);
-                }
+                Some(ctl) => relay.on_control(ctl),
                 None => return,
             },
         }
+    }
+}
+
+impl Relay {
+    /// Handles a run of bus messages in order; consecutive events of one room go together.
+    async fn on_bus(&mut self, batch: &mut Vec<BusMessage>) {
+        let mut run: Vec<Delivery> = Vec::new();
+        for msg in batch.drain(..) {
+            match msg {
+                BusMessage::Event(d) => {
+                    if run.first().is_some_and(|first| first.key != d.key) {
+                        self.relay_run(std::mem::take(&mut run));
+                    }
+                    run.push(d);
+                }
+                BusMessage::Resync { key, now } => {
+                    if !run.is_empty() {
+                        self.relay_run(std::mem::take(&mut run));
+                    }
+                    self.resync(&key, &now);
+                }
+            }
+        }
+        if !run.is_empty() {
+            self.relay_run(run);
+        }
+        tokio::task::yield_now().await;
+    }
+
+    fn resync(&mut self, key: &RoomKey, now: &crate::bus::Position) {
+        // Offsets restart with the new epoch: old watermarks mean nothing now.
+        self.entered.remove(key);
+        ::metrics::counter!(metrics::RESYNCS).increment(1);
+        let body = json!({ "room": key.room(), "epoch": now.epoch, "offset": now.offset });
+        if let Some(members) = self.rooms.get(key) {
+            for peer in &members.list {
+                peer.emit(RESYNC, &body);
+            }
+        }
+    }
+
+    fn on_control(&mut self, ctl: Control) {
+        match ctl {
+            Control::Register { key, peer, done } => {
+                self.pending.entry(key).or_default().push(Pending {
+                    peer,
+                    buffer: Vec::new(),
+                    overflowed: false,
+                });
+                let _ = done.send(());
+            }
+            Control::Finish {
+                key,
+                id,
+                after,
+                replay,
+                done,
+            } => {
+                let mine = self.take_pending(&key, id);
+                let finished = match mine {
+                    Some(p) if p.peer.is_open() => {
+                        let peer = p.peer.clone();
+                        let (finished, upto) = splice(&self.state, &peer, &key, after, replay, p);
+                        self.rooms.entry(key.clone()).or_default().insert(peer);
+                        self.entered.entry(key).or_default().push(Entered {
+                            id,
+                            upto,
+                            at: Instant::now(),
+                        });
+                        finished
+                    }
+                    _ => Finished::default(),
+                };
+                let _ = done.send(finished);
+            }
+            Control::Leave { key, id } => self.remove_member(&key, id),
+            Control::Gone { id, keys } => {
+                for key in &keys {
+                    self.remove_member(key, id);
+                    self.take_pending(key, id);
+                }
+            }
+        }
+    }
+
+    fn take_pending(&mut self, key: &RoomKey, id: PeerId) -> Option<Pending> {
+        let list = self.pending.get_mut(key)?;
+        let mine = list
+            .iter()
+            .position(|p| p.peer.id() == id)
+            .map(|i| list.swap_remove(i));
+        if list.is_empty() {
+            self.pending.remove(key);
+        }
+        mine
+    }
+
+    fn remove_member(&mut self, key: &RoomKey, id: PeerId) {
+        if let Some(members) = self.rooms.get_mut(key) {
+            members.remove(id);
+            if members.list.is_empty() {
+                self.rooms.remove(key);
+            }
+        }
+    }
+
+    /// Peers entered at or after `offset` that must not get it again; prunes watermarks the
+    /// stream has passed.
+    fn skip_for(&mut self, key: &RoomKey, offset: u64) -> Vec<PeerId> {
+        let Some(list) = self.entered.get_mut(key) else {
+            return Vec::new();
+        };
+        let skip = list
+            .iter()
+            .filter(|e| e.upto >= offset)
+            .map(|e| e.id)
+            .collect();
+        // Events come in offset order: later ones are past every watermark at or below this.
+        list.retain(|e| e.upto > offset);
+        if list.is_empty() {
+            self.entered.remove(key);
+        }
+        skip
+    }
+
+    /// Delivers consecutive live events of one room to its members and to sockets entering it.
+    fn relay_run(&mut self, run: Vec<Delivery>) {
+        let key = run[0].key.clone();
+        let skips: Vec<Vec<PeerId>> = run.iter().map(|d| self.skip_for(&key, d.offset)).collect();
+        if let Some(members) = self.rooms.get(&key) {
+            let encoded: Vec<Outgoing> = run.iter().filter_map(encode).collect();
+            if encoded.len() == run.len() {
+                deliver(&self.state, &key, &members.list, &encoded, &skips);
+            }
+        }
+        for d in &run {
+            let channel = metrics::channel_label(&d.event.channel);
+            ::metrics::counter!(metrics::EVENTS_RECEIVED, "channel" => channel).increment(1);
+            let lag_ms = (now_millis() - d.event.timestamp).max(0);
+            ::metrics::histogram!(metrics::DELIVERY_LAG).record(lag_ms as f64 / 1000.0);
+        }
+        if let Some(waiting) = self.pending.get_mut(&key) {
+            for p in waiting.iter_mut() {
+                for d in &run {
+                    if p.buffer.len() < MAX_BUFFERED {
+                        p.buffer.push(d.clone());
+                    } else {
+                        p.overflowed = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The client envelope of a live event, encoded once.
+fn encode(d: &Delivery) -> Option<Outgoing> {
+    let envelope = d.event.client_envelope(d.key.room(), d.offset);
+    match serde_json::value::to_raw_value(&envelope) {
+        Ok(raw) => Some(Outgoing::new(d.event.channel.clone(), raw)),
+        Err(e) => {
+            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode").increment(1);
+            tracing::error!(room = %d.key, error = %e, "event could not be encoded");
+            None
+        }
+    }
+}
+
+/// Hands events to every member (but those in each event's skip list). When nobody is
+/// skipped, a WebSocket member gets all of them in one write.
+fn deliver(
+    state: &AppState,
+    key: &RoomKey,
+    members: &[Peer],
+    events: &[Outgoing],
+    skips: &[Vec<PeerId>],
+) {
+    let together = skips.iter().all(Vec::is_empty);
+    let joined = (together && events.len() > 1).then(|| {
+        let mut all = bytes::BytesMut::new();
+        for ev in events {
+            all.extend_from_slice(ev.frame());
+        }
+        all.freeze()
+    });
+    let mut sent = 0u64;
+    for peer in members {
+        let result = match (&joined, peer) {
+            (Some(all), Peer::Ws(conn)) => conn.send(all.clone(), true),
+            _ => {
+                let id = peer.id();
+                let mut result = Sent::Ok;
+                for (ev, skip) in events.iter().zip(skips) {
+                    if skip.contains(&id) {
+                        continue;
+                    }
+                    result = peer.send(ev);
+                    if result != Sent::Ok {
+                        break;
+                    }
+                }
+                result
+            }
+        };
+        match result {
+            Sent::Ok => sent += 1,
+            Sent::Full => {
+                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full")
+                    .increment(1);
+                cut_slow_consumer(state, peer, key);
+            }
+            Sent::Closed => {
+                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "closed").increment(1);
+                tracing::debug!(peer = peer.id(), room = %key, "socket gone before delivery");
+            }
+        }
+    }
+    if let Some(first) = events.first() {
+        let channel = metrics::channel_label(&first.name);
+        ::metrics::counter!(metrics::EVENTS_DELIVERED, "channel" => channel)
+            .increment(sent * events.len() as u64);
     }
 }
 
@@ -220,7 +447,7 @@ pub async fn run(
 /// Returns what was sent and the offset the socket now has everything up to.
 fn splice(
     state: &AppState,
-    s: &SocketRef,
+    peer: &Peer,
     key: &RoomKey,
     after: u64,
     replay: Vec<(u64, Arc<Event>)>,
@@ -229,7 +456,7 @@ fn splice(
     let mut out = Finished::default();
     let mut last = after;
     for (offset, event) in replay.iter().filter(|(o, _)| *o > after) {
-        if !send(state, s, key, *offset, event) {
+        if !send_one(state, peer, key, *offset, event) {
             // Cut or gone: it will come back and recover from its own position.
             return (out, last);
         }
@@ -239,15 +466,15 @@ fn splice(
     if p.overflowed {
         out.overflowed = true;
         ::metrics::counter!(metrics::RESYNCS).increment(1);
-        let body = json!({ "room": key.room(), "reason": "buffer_overflow" });
-        if let Err(e) = s.emit(RESYNC, &body) {
-            tracing::debug!(error = %e, "resync not sent");
-        }
+        peer.emit(
+            RESYNC,
+            &json!({ "room": key.room(), "reason": "buffer_overflow" }),
+        );
     } else {
         // Buffered events arrive in offset order; skip what the replay already covered.
         for d in p.buffer.iter() {
             if d.offset > last {
-                if !send(state, s, key, d.offset, &d.event) {
+                if !send_one(state, peer, key, d.offset, &d.event) {
                     return (out, last);
                 }
                 last = d.offset;
@@ -255,73 +482,30 @@ fn splice(
             }
         }
     }
-    s.join(key.as_str().to_owned());
-    tracing::debug!(sid = %s.id, room = %key, after, replayed = out.replayed, buffered = out.buffered, last, "room entered");
+    tracing::debug!(peer = peer.id(), room = %key, after, replayed = out.replayed, buffered = out.buffered, last, "room entered");
     (out, last)
 }
 
 /// Sends one event to one socket; false if the socket had to be cut (buffer full) or is gone.
-fn send(state: &AppState, s: &SocketRef, key: &RoomKey, offset: u64, event: &Event) -> bool {
+fn send_one(state: &AppState, peer: &Peer, key: &RoomKey, offset: u64, event: &Event) -> bool {
     let envelope = event.client_envelope(key.room(), offset);
-    match s.emit(&*event.channel, &envelope) {
-        Ok(()) => true,
-        Err(socketioxide::SendError::Socket(SocketError::InternalChannelFull)) => {
-            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full").increment(1);
-            cut_slow_consumer(state, s, key);
-            false
-        }
-        Err(e) => {
-            let reason = if matches!(e, socketioxide::SendError::Serialize(_)) {
-                "encode"
-            } else {
-                "closed"
-            };
-            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => reason).increment(1);
-            tracing::debug!(sid = %s.id, room = %key, offset, reason, "replayed event not sent");
-            false
-        }
-    }
-}
-
-/// Hands one live event to every local socket of its room (but `skip`). The envelope is
-/// serialized once; each socket gets its own send so that one whose buffer is full is known
-/// by name and cut (see [`cut_slow_consumer`]), never silently skipped.
-async fn relay_one(io: &SocketIo, state: &AppState, d: &Delivery, skip: &[Sid]) {
-    let channel = metrics::channel_label(&d.event.channel);
-    ::metrics::counter!(metrics::EVENTS_RECEIVED, "channel" => channel).increment(1);
-    if state.membership.members(&d.key) == 0 {
-        return;
-    }
-    let envelope = d.event.client_envelope(d.key.room(), d.offset);
-    let raw = match serde_json::value::to_raw_value(&envelope) {
-        Ok(raw) => raw,
-        Err(e) => {
-            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode").increment(1);
-            tracing::error!(room = %d.key, error = %e, "event could not be encoded");
-            return;
-        }
+    let Ok(raw) = serde_json::value::to_raw_value(&envelope) else {
+        ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode").increment(1);
+        return false;
     };
-    let mut sent = 0u64;
-    for s in io.to(d.key.as_str().to_owned()).sockets() {
-        if skip.contains(&s.id) {
-            continue;
+    match peer.send(&Outgoing::new(event.channel.clone(), raw)) {
+        Sent::Ok => true,
+        Sent::Full => {
+            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full").increment(1);
+            cut_slow_consumer(state, peer, key);
+            false
         }
-        match s.emit(&*d.event.channel, &raw) {
-            Ok(()) => sent += 1,
-            Err(socketioxide::SendError::Socket(SocketError::InternalChannelFull)) => {
-                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full")
-                    .increment(1);
-                cut_slow_consumer(state, &s, &d.key);
-            }
-            Err(e) => {
-                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "closed").increment(1);
-                tracing::debug!(sid = %s.id, error = %e, "socket gone before delivery");
-            }
+        Sent::Closed => {
+            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "closed").increment(1);
+            tracing::debug!(peer = peer.id(), room = %key, offset, "replayed event not sent");
+            false
         }
     }
-    ::metrics::counter!(metrics::EVENTS_DELIVERED, "channel" => channel).increment(sent);
-    let lag_ms = (now_millis() - d.event.timestamp).max(0);
-    ::metrics::histogram!(metrics::DELIVERY_LAG).record(lag_ms as f64 / 1000.0);
 }
 
 /// A socket whose outgoing buffer is full cannot keep up: cut it rather than let it slow the
@@ -329,22 +513,24 @@ async fn relay_one(io: &SocketIo, state: &AppState, d: &Delivery, skip: &[Sid]) 
 /// client treats as a lost transport: it reconnects and recovers what it missed from history.
 /// A long-polling socket gets a Socket.IO disconnect (its transport has no connection of its own
 /// to cut).
-pub fn cut_slow_consumer(state: &AppState, s: &SocketRef, key: &RoomKey) {
-    let conn = s
-        .req_parts()
-        .extensions
-        .get::<axum::extract::ConnectInfo<crate::drain::ConnId>>()
-        .map(|c| c.0);
-    let transport = match s.transport_type() {
-        socketioxide::TransportType::Websocket => "websocket",
-        socketioxide::TransportType::Polling => "polling",
-    };
-    let cut = match (transport, conn) {
-        ("websocket", Some(id)) => state.connections.close(id),
-        _ => s.clone().disconnect().is_ok(),
+pub fn cut_slow_consumer(state: &AppState, peer: &Peer, key: &RoomKey) {
+    let transport = peer.transport();
+    let cut = match peer {
+        Peer::Ws(conn) => state.connections.close(conn.conn_id()),
+        Peer::Sio(s) => {
+            let conn = s
+                .req_parts()
+                .extensions
+                .get::<axum::extract::ConnectInfo<crate::drain::ConnId>>()
+                .map(|c| c.0);
+            match (transport, conn) {
+                ("websocket", Some(id)) => state.connections.close(id),
+                _ => s.clone().disconnect().is_ok(),
+            }
+        }
     };
     if cut {
         ::metrics::counter!(metrics::SLOW_CONSUMERS, "transport" => transport).increment(1);
-        tracing::warn!(sid = %s.id, room = %key, transport, "slow consumer cut: its outgoing buffer was full");
+        tracing::warn!(peer = peer.id(), room = %key, transport, "slow consumer cut: its outgoing buffer was full");
     }
 }

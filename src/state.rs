@@ -10,6 +10,7 @@ use crate::drain::Connections;
 use crate::relay::RelayHandle;
 use crate::socket::deadlines::Deadlines;
 use crate::socket::membership::Membership;
+use crate::socket::peer::Peers;
 
 /// Everything a gateway's handlers need.
 pub struct AppState {
@@ -23,6 +24,8 @@ pub struct AppState {
     pub deadlines: Deadlines,
     /// The relay task, for room entries with replay.
     pub relay: RelayHandle,
+    /// Connected sockets by id (timers find them here).
+    pub peers: Peers,
     /// Open connections of the public listener (drain, slow-consumer cuts).
     pub connections: Arc<Connections>,
     /// Publish rate per API key (keyed by the key's position in the configuration).
@@ -45,6 +48,7 @@ impl AppState {
             membership: Membership::new(bus.clone()),
             bus,
             deadlines: Deadlines::default(),
+            peers: Peers::default(),
             draining: AtomicBool::new(false),
         })
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use socketioxide::socket::Sid;
+use super::peer::PeerId as Sid;
 
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ mod tests {
     fn due_entries_come_out_in_order() {
         let d = Deadlines::default();
         let now = Instant::now();
-        let (a, b) = (Sid::new(), Sid::new());
+        let (a, b): (Sid, Sid) = (1, 2);
         d.schedule(now + Duration::from_secs(5), a, Deadline::TokenExpiry);
         d.schedule(now, b, Deadline::AuthGrace);
         d.schedule(now, a, Deadline::AuthGrace);

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 
+use super::peer::{Ack, Peer};
 use super::{
-    auth_failed, complete_auth, emit, error_reply, names, reply, rooms, schedule_expiry,
-    session_of, token_of,
+    auth_failed, complete_auth, error_reply, names, reply, rooms, schedule_expiry, token_of,
 };
 use crate::auth::{AuthError, RoomError};
 use crate::events::envelope::now_millis;
@@ -15,23 +15,49 @@ use crate::events::{RoomKey, RoomName};
 use crate::metrics;
 use crate::state::AppState;
 
-/// Installs the event handlers on a socket.
+/// Installs the event handlers on a socketioxide socket; each hands over to [`dispatch`].
 pub(super) fn install(st: Arc<AppState>, s: &SocketRef) {
-    let h = st.clone();
-    s.on(
+    for name in [
         names::AUTHENTICATE,
-        move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
-            let h = h.clone();
-            async move { authenticate(&h, &s, d.ok(), ack).await }
-        },
-    );
-    let h = st.clone();
-    s.on(
         names::JOIN,
-        move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
-            let h = h.clone();
-            async move {
-                let body = match join(&h, &s, d.ok()).await {
+        names::LEAVE,
+        names::REFRESH,
+        names::PING,
+    ] {
+        let st = st.clone();
+        s.on(
+            name,
+            move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
+                dispatch(
+                    st.clone(),
+                    Peer::Sio(s),
+                    name.to_owned(),
+                    d.ok(),
+                    Some(Ack::Sio(ack)),
+                );
+                std::future::ready(())
+            },
+        );
+    }
+}
+
+/// Runs the handler of a client event. Events that wait on the bus run in their own task; the
+/// others are answered at once. An unknown event is answered (when it asks for an ack) with
+/// `unknown_event`, and counted.
+pub(super) fn dispatch(
+    st: Arc<AppState>,
+    peer: Peer,
+    name: String,
+    data: Option<Value>,
+    ack: Option<Ack>,
+) {
+    match name.as_str() {
+        names::AUTHENTICATE => {
+            tokio::spawn(async move { authenticate(&st, &peer, data, ack).await });
+        }
+        names::JOIN => {
+            tokio::spawn(async move {
+                let body = match join(&st, &peer, data).await {
                     Ok(entry) => {
                         let mut body = json!(entry);
                         body["ok"] = json!(true);
@@ -43,46 +69,41 @@ pub(super) fn install(st: Arc<AppState>, s: &SocketRef) {
                     }
                 };
                 reply(ack, &body);
-            }
-        },
-    );
-    let h = st.clone();
-    s.on(
-        names::LEAVE,
-        move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
-            let h = h.clone();
-            async move {
-                let body = match leave(&h, &s, d.ok()) {
-                    Ok(room) => json!({ "ok": true, "room": room }),
-                    Err(e) => error_reply(e.code, &e.message),
-                };
-                reply(ack, &body);
-            }
-        },
-    );
-    let h = st;
-    s.on(
-        names::REFRESH,
-        move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
-            let h = h.clone();
-            async move {
-                let body = match refresh(&h, &s, d.ok()) {
-                    Ok((exp, left)) => json!({ "ok": true, "exp": exp, "left": left }),
-                    Err(e) => auth_failed(&e),
-                };
-                reply(ack, &body);
-            }
-        },
-    );
-    s.on(names::PING, |s: SocketRef, ack: AckSender| async move {
-        let body = json!({ "timestamp": now_millis() });
-        reply(ack, &body);
-        emit(&s, names::PONG, &body);
-    });
+            });
+        }
+        names::LEAVE => {
+            let body = match leave(&st, &peer, data) {
+                Ok(room) => json!({ "ok": true, "room": room }),
+                Err(e) => error_reply(e.code, &e.message),
+            };
+            reply(ack, &body);
+        }
+        names::REFRESH => {
+            let body = match refresh(&st, &peer, data) {
+                Ok((exp, left)) => json!({ "ok": true, "exp": exp, "left": left }),
+                Err(e) => auth_failed(&e),
+            };
+            reply(ack, &body);
+        }
+        names::PING => {
+            let body = json!({ "timestamp": now_millis() });
+            reply(ack, &body);
+            peer.emit(names::PONG, &body);
+        }
+        _ => {
+            ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "unknown_event")
+                .increment(1);
+            tracing::debug!(peer = peer.id(), event = %name, "unknown event");
+            let message = "events are authenticate, join, leave, refresh and ping";
+            reply(ack, &error_reply("unknown_event", message));
+        }
+    }
 }
 
-async fn authenticate(st: &AppState, s: &SocketRef, data: Option<Value>, ack: AckSender) {
-    let Some(session) = session_of(s) else { return };
+async fn authenticate(st: &AppState, peer: &Peer, data: Option<Value>, ack: Option<Ack>) {
+    let Some(session) = peer.session() else {
+        return;
+    };
     let verified = token_of(&data)
         .and_then(|t| t.ok_or(AuthError::Missing))
         .and_then(|t| st.config.verifier.verify(&t));
@@ -91,8 +112,7 @@ async fn authenticate(st: &AppState, s: &SocketRef, data: Option<Value>, ack: Ac
         Err(e) => {
             let body = auth_failed(&e);
             reply(ack, &body);
-            emit(
-                s,
+            peer.emit(
                 names::AUTH_ERROR,
                 &json!({ "code": e.code(), "message": e.to_string() }),
             );
@@ -114,7 +134,7 @@ async fn authenticate(st: &AppState, s: &SocketRef, data: Option<Value>, ack: Ac
         state.exp = verified.exp;
         state.handshake_since = data.as_ref().and_then(|d| d.get("since")).cloned();
     }
-    complete_auth(st, s, &session, verified, Some(ack)).await;
+    complete_auth(st, peer, &session, verified, ack).await;
 }
 
 /// Why a join or leave request could not even be read.
@@ -138,10 +158,12 @@ fn requested_room(data: &Option<Value>) -> Result<(String, Option<&Value>), Room
 
 async fn join(
     st: &AppState,
-    s: &SocketRef,
+    peer: &Peer,
     data: Option<Value>,
 ) -> Result<rooms::RoomEntry, RoomError> {
-    let session = session_of(s).ok_or_else(|| bad_request("socket is closing"))?;
+    let session = peer
+        .session()
+        .ok_or_else(|| bad_request("socket is closing"))?;
     let policy = &st.config.policy;
     let (name, since) = requested_room(&data)?;
     let room = policy.parse_room(&name)?;
@@ -193,11 +215,13 @@ async fn join(
             replayed: None,
         });
     }
-    Ok(rooms::enter(st, s, &key, since.map(Ok)).await)
+    Ok(rooms::enter(st, peer, &key, since.map(Ok)).await)
 }
 
-fn leave(st: &AppState, s: &SocketRef, data: Option<Value>) -> Result<RoomName, RoomError> {
-    let session = session_of(s).ok_or_else(|| bad_request("socket is closing"))?;
+fn leave(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomName, RoomError> {
+    let session = peer
+        .session()
+        .ok_or_else(|| bad_request("socket is closing"))?;
     let policy = &st.config.policy;
     let (name, _) = requested_room(&data)?;
     let room = policy.parse_room(&name)?;
@@ -211,7 +235,7 @@ fn leave(st: &AppState, s: &SocketRef, data: Option<Value>) -> Result<RoomName, 
     if let Some(pos) = state.rooms.iter().position(|r| *r == room) {
         state.rooms.swap_remove(pos);
         let key = RoomKey::new(tenant, room.clone());
-        s.leave(key.as_str().to_owned());
+        st.relay.leave(&key, session.id);
         st.membership.remove(&key);
     }
     Ok(room)
@@ -221,10 +245,10 @@ fn leave(st: &AppState, s: &SocketRef, data: Option<Value>) -> Result<RoomName, 
 /// rooms the new role may not join are left (and listed in the answer).
 fn refresh(
     st: &AppState,
-    s: &SocketRef,
+    peer: &Peer,
     data: Option<Value>,
 ) -> Result<(u64, Vec<RoomName>), AuthError> {
-    let session = session_of(s).ok_or(AuthError::NotAuthenticated)?;
+    let session = peer.session().ok_or(AuthError::NotAuthenticated)?;
     if session.identity().is_none() {
         return Err(AuthError::NotAuthenticated);
     }
@@ -252,7 +276,7 @@ fn refresh(
                 state.rooms.push(room);
             } else {
                 let key = RoomKey::new(tenant.clone(), room.clone());
-                s.leave(key.as_str().to_owned());
+                st.relay.leave(&key, session.id);
                 st.membership.remove(&key);
                 left.push(room);
             }
@@ -260,6 +284,6 @@ fn refresh(
         state.identity = Some(verified.identity);
         (state.exp, left)
     };
-    schedule_expiry(st, s, exp);
+    schedule_expiry(st, session.id, exp);
     Ok((exp, left))
 }

@@ -8,15 +8,15 @@
 pub mod deadlines;
 mod handlers;
 pub mod membership;
+pub mod peer;
 pub mod rooms;
 pub mod session;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::{json, Value};
-use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 use socketioxide::{SocketIo, TransportType};
@@ -27,6 +27,7 @@ use crate::events::{RoomKey, RoomName};
 use crate::metrics;
 use crate::state::AppState;
 use deadlines::Deadline;
+use peer::{Ack, Peer, PeerId};
 use session::Session;
 
 /// Event names of the client protocol, spelled once.
@@ -71,28 +72,10 @@ fn auth_failed(e: &AuthError) -> Value {
 
 /// Sends an ack if the client asked for one. A failure means the socket is gone or full, which
 /// the disconnect and delivery metrics already account for.
-fn reply(ack: AckSender, body: &Value) {
-    if let Err(e) = ack.send(body) {
-        tracing::debug!(error = %e, "ack not sent");
+fn reply(ack: Option<Ack>, body: &Value) {
+    if let Some(ack) = ack {
+        ack.send(body);
     }
-}
-
-fn emit(s: &SocketRef, event: &str, data: &impl Serialize) {
-    if let Err(e) = s.emit(event, data) {
-        let reason = match e {
-            socketioxide::SendError::Socket(socketioxide::SocketError::InternalChannelFull) => {
-                "buffer_full"
-            }
-            socketioxide::SendError::Socket(socketioxide::SocketError::Closed) => "closed",
-            socketioxide::SendError::Serialize(_) => "encode",
-        };
-        ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => reason).increment(1);
-        tracing::debug!(sid = %s.id, event, error = %e, "emit failed");
-    }
-}
-
-fn session_of(s: &SocketRef) -> Option<Arc<Session>> {
-    s.extensions.get::<Arc<Session>>()
 }
 
 fn token_of(payload: &Option<Value>) -> Result<Option<String>, AuthError> {
@@ -109,24 +92,25 @@ fn until(exp: u64) -> Duration {
     Duration::from_millis((exp_ms - now_millis()).max(0) as u64)
 }
 
-/// Registers the gateway's handlers on the `/` namespace.
+/// Registers the gateway's handlers on socketioxide's `/` namespace (long-polling sessions and
+/// those that upgrade from it).
 pub fn register(io: &SocketIo, state: Arc<AppState>) {
     let st = state.clone();
     let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let st = st.clone();
-        async move { authenticate_handshake(st, &s, auth.ok()) }
+        async move { sio_handshake(st, &s, auth.ok()) }
     };
     let st = state;
-    let on_connect = move |s: SocketRef| {
+    let connected = move |s: SocketRef| {
         let st = st.clone();
-        async move { on_connect(st, s).await }
+        async move { on_connect(st, Peer::Sio(s)).await }
     };
-    io.ns("/", on_connect.with(middleware));
+    io.ns("/", connected.with(middleware));
 }
 
-/// Connect middleware: a token in `auth` must verify; no token lets the socket in
-/// unauthenticated. Installs the event handlers before the client hears it is connected.
-fn authenticate_handshake(
+/// socketioxide's connect middleware: the handshake check, then the event handlers, installed
+/// before the client hears it is connected.
+fn sio_handshake(
     st: Arc<AppState>,
     s: &SocketRef,
     auth: Option<Value>,
@@ -136,9 +120,32 @@ fn authenticate_handshake(
         TransportType::Polling => "polling",
     };
     let session = Session::new(transport);
+    handshake(&st, &session, auth).map_err(ConnectRefused)?;
+    let id = session.id;
+    s.extensions.insert(session);
+    st.peers.insert(Peer::Sio(s.clone()));
+    {
+        let st = st.clone();
+        s.on_disconnect(move |s: SocketRef, reason: DisconnectReason| async move {
+            st.peers.remove(id);
+            on_disconnect(&st, &Peer::Sio(s), disconnect_label(reason))
+        });
+    }
+    handlers::install(st, s);
+    Ok(())
+}
+
+/// The Socket.IO connect packet of a new socket: a token in `auth` must verify; no token lets
+/// the socket in unauthenticated (it has the grace period to `authenticate`). `Err` is the code
+/// the client gets in `connect_error`.
+pub fn handshake(
+    st: &AppState,
+    session: &Session,
+    auth: Option<Value>,
+) -> Result<(), &'static str> {
     let refuse = |e: AuthError| {
         auth_failed(&e);
-        ConnectRefused(e.code())
+        e.code()
     };
     if let Some(token) = token_of(&auth).map_err(refuse)? {
         let verified = st.config.verifier.verify(&token).map_err(refuse)?;
@@ -148,21 +155,27 @@ fn authenticate_handshake(
         state.from_handshake = true;
         state.handshake_since = auth.as_ref().and_then(|a| a.get("since")).cloned();
     }
-    s.extensions.insert(session.clone());
+    let transport = session.transport;
     ::metrics::gauge!(metrics::CONNECTIONS, "transport" => transport).increment(1.0);
     ::metrics::counter!(metrics::CONNECTIONS_TOTAL, "transport" => transport).increment(1);
-    {
-        let st = st.clone();
-        s.on_disconnect(move |s: SocketRef, reason: DisconnectReason| async move {
-            on_disconnect(&st, &s, &session, reason)
-        });
-    }
-    handlers::install(st, s);
     Ok(())
 }
 
-async fn on_connect(st: Arc<AppState>, s: SocketRef) {
-    let Some(session) = session_of(&s) else {
+/// Runs a client event's handler (in its own task when it waits on the bus).
+pub fn dispatch(
+    st: Arc<AppState>,
+    peer: Peer,
+    name: String,
+    data: Option<Value>,
+    ack: Option<Ack>,
+) {
+    handlers::dispatch(st, peer, name, data, ack);
+}
+
+/// After the client was told it is connected: completes a handshake identity (entering its
+/// rooms), or starts the grace period for `authenticate`.
+pub async fn on_connect(st: Arc<AppState>, peer: Peer) {
+    let Some(session) = peer.session() else {
         return;
     };
     // Only a handshake identity is completed here: an `authenticate` event that raced ahead of
@@ -180,11 +193,11 @@ async fn on_connect(st: Arc<AppState>, s: SocketRef) {
         (verified, state.identity.is_some())
     };
     match verified {
-        Some(v) => complete_auth(&st, &s, &session, v, None).await,
+        Some(v) => complete_auth(&st, &peer, &session, v, None).await,
         None if authenticated => {}
         None => st.deadlines.schedule(
             Instant::now() + st.config.auth_grace,
-            s.id,
+            session.id,
             Deadline::AuthGrace,
         ),
     }
@@ -194,10 +207,10 @@ async fn on_connect(st: Arc<AppState>, s: SocketRef) {
 /// arm the expiry timer, then tell the client (ack and `authenticated`).
 async fn complete_auth(
     st: &AppState,
-    s: &SocketRef,
+    peer: &Peer,
     session: &Session,
     verified: Verified,
-    ack: Option<AckSender>,
+    ack: Option<Ack>,
 ) {
     let id = &verified.identity;
     let keys: Vec<RoomKey> = [
@@ -218,13 +231,13 @@ async fn complete_auth(
         }
         state.handshake_since.take()
     };
-    schedule_expiry(st, s, verified.exp);
+    schedule_expiry(st, session.id, verified.exp);
     let entries = keys.iter().map(|key| {
         let wanted = since
             .as_ref()
             .and_then(|m| m.get(key.room().as_str()))
             .map(rooms::parse_since);
-        rooms::enter(st, s, key, wanted)
+        rooms::enter(st, peer, key, wanted)
     });
     let entries = futures_util::future::join_all(entries).await;
     let msg = json!({
@@ -234,37 +247,45 @@ async fn complete_auth(
         "rooms": entries,
         "exp": verified.exp,
     });
-    if let Some(ack) = ack {
+    if ack.is_some() {
         let mut body = msg.clone();
         body["ok"] = json!(true);
         reply(ack, &body);
     }
-    emit(s, names::AUTHENTICATED, &msg);
+    peer.emit(names::AUTHENTICATED, &msg);
 }
 
-fn schedule_expiry(st: &AppState, s: &SocketRef, exp: u64) {
+fn schedule_expiry(st: &AppState, id: PeerId, exp: u64) {
     st.deadlines
-        .schedule(Instant::now() + until(exp), s.id, Deadline::TokenExpiry);
+        .schedule(Instant::now() + until(exp), id, Deadline::TokenExpiry);
 }
 
-fn on_disconnect(st: &AppState, s: &SocketRef, session: &Session, reason: DisconnectReason) {
+/// A connected socket is gone: leave its rooms (relay and bus subscriptions) and count it.
+pub fn on_disconnect(st: &AppState, peer: &Peer, reason: &'static str) {
+    let Some(session) = peer.session() else {
+        return;
+    };
     let (identity, rooms) = {
         let mut state = session.state();
         state.closed = true;
         (state.identity.take(), std::mem::take(&mut state.rooms))
     };
+    let mut keys = Vec::new();
     if let Some(id) = identity {
         let auto = [
             RoomName::institution(&id.tenant),
             RoomName::user(&id.user_id),
         ];
         for room in auto.into_iter().chain(rooms) {
-            st.membership.remove(&RoomKey::new(id.tenant.clone(), room));
+            let key = RoomKey::new(id.tenant.clone(), room);
+            st.membership.remove(&key);
+            keys.push(key);
         }
     }
+    st.relay.gone(session.id, keys);
     ::metrics::gauge!(metrics::CONNECTIONS, "transport" => session.transport).decrement(1.0);
-    ::metrics::counter!(metrics::DISCONNECTS, "reason" => disconnect_label(reason)).increment(1);
-    tracing::debug!(sid = %s.id, %reason, "socket disconnected");
+    ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
+    tracing::debug!(peer = session.id, reason, "socket disconnected");
 }
 
 fn disconnect_label(reason: DisconnectReason) -> &'static str {
@@ -282,9 +303,9 @@ fn disconnect_label(reason: DisconnectReason) -> &'static str {
 
 /// Handles a due deadline: disconnects a socket that did not authenticate in time, or whose
 /// token expired without a refresh. Stale deadlines (socket gone, token refreshed) do nothing.
-pub fn on_deadline(io: &SocketIo, sid: socketioxide::socket::Sid, what: Deadline) {
-    let Some(s) = io.get_socket(sid) else { return };
-    let Some(session) = session_of(&s) else {
+pub fn on_deadline(st: &AppState, id: PeerId, what: Deadline) {
+    let Some(peer) = st.peers.get(id) else { return };
+    let Some(session) = peer.session() else {
         return;
     };
     let (code, message) = {
@@ -302,12 +323,9 @@ pub fn on_deadline(io: &SocketIo, sid: socketioxide::socket::Sid, what: Deadline
         }
     };
     ::metrics::counter!(metrics::AUTH_FAILURES, "reason" => code).increment(1);
-    emit(
-        &s,
+    peer.emit(
         names::AUTH_ERROR,
         &json!({ "code": code, "message": message }),
     );
-    if let Err(e) = s.disconnect() {
-        tracing::debug!(%sid, error = %e, "disconnect after deadline failed");
-    }
+    peer.disconnect();
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use socketioxide::extract::SocketRef;
 
+use super::peer::Peer;
 use crate::bus::{Lost, Position, Recovery};
 use crate::events::{RoomKey, RoomName};
 use crate::metrics;
@@ -58,11 +58,12 @@ pub fn parse_since(v: &Value) -> Since {
     }
 }
 
-/// Enters `key` for socket `s` (already counted in the membership): buffers live events, waits
+/// Enters `key` for `peer` (already counted in the membership): buffers live events, waits
 /// for the subscription, reads the position or the missed events, and lets the relay send them
 /// and add the socket to the room.
-pub async fn enter(st: &AppState, s: &SocketRef, key: &RoomKey, since: Option<Since>) -> RoomEntry {
-    st.relay.register(key, s.id).await;
+pub async fn enter(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Since>) -> RoomEntry {
+    let id = peer.id();
+    st.relay.register(key, peer.clone()).await;
     if !st.bus.wait_subscribed(key, SUBSCRIBE_WAIT).await {
         tracing::warn!(room = %key, "bus subscription not confirmed in time; entering anyway");
     }
@@ -91,7 +92,7 @@ pub async fn enter(st: &AppState, s: &SocketRef, key: &RoomKey, since: Option<Si
                 Some(Ok(pos)) => pos.offset,
                 _ => now.offset,
             };
-            let done = st.relay.finish(key, s.id, after, events).await;
+            let done = st.relay.finish(key, id, after, events).await;
             entry.epoch = Some(now.epoch);
             entry.offset = Some(now.offset);
             if since.is_some() {
@@ -107,7 +108,7 @@ pub async fn enter(st: &AppState, s: &SocketRef, key: &RoomKey, since: Option<Si
             }
         }
         Ok(Recovery::Lost { reason, now }) => {
-            st.relay.finish(key, s.id, now.offset, Vec::new()).await;
+            st.relay.finish(key, id, now.offset, Vec::new()).await;
             let reason = match &since {
                 Some(Err(code)) => code,
                 _ => reason.as_str(),
@@ -120,7 +121,7 @@ pub async fn enter(st: &AppState, s: &SocketRef, key: &RoomKey, since: Option<Si
         }
         Err(e) => {
             tracing::warn!(room = %key, error = %e, "room position unavailable; joining without one");
-            st.relay.finish(key, s.id, 0, Vec::new()).await;
+            st.relay.finish(key, id, 0, Vec::new()).await;
             if since.is_some() {
                 ::metrics::counter!(metrics::RECOVERIES, "result" => "bus_unavailable")
                     .increment(1);

@@ -8,6 +8,8 @@ use crate::events::RoomName;
 /// What the gateway knows about one socket.
 #[derive(Debug)]
 pub struct Session {
+    /// Gateway-wide id of the peer (see [`super::peer::PeerId`]).
+    pub id: super::peer::PeerId,
     /// `websocket` or `polling`, as connected (a metric label).
     pub transport: &'static str,
     state: Mutex<SessionState>,
@@ -60,7 +62,9 @@ impl SessionState {
 impl Session {
     /// A fresh, unauthenticated session.
     pub fn new(transport: &'static str) -> Arc<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Arc::new(Self {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             transport,
             state: Mutex::new(SessionState::default()),
         })

@@ -1,0 +1,223 @@
+//! One connected client, whichever transport carries it.
+//!
+//! WebSocket sessions opened directly (the way production clients connect) run on the gateway's
+//! own transport ([`crate::wire`]); long-polling sessions, and sessions that start on polling
+//! and upgrade, run on socketioxide. The handlers, the relay and the timers see only a [`Peer`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use socketioxide::extract::{AckSender, SocketRef};
+use socketioxide::{SendError, SocketError};
+
+use super::session::Session;
+use crate::metrics;
+use crate::wire::conn::Conn;
+
+/// Gateway-wide id of a connected client.
+pub type PeerId = u64;
+
+/// A connected client.
+#[derive(Clone)]
+pub enum Peer {
+    /// A socketioxide socket (long-polling, or upgraded from it).
+    Sio(SocketRef),
+    /// A socket on the gateway's own WebSocket transport.
+    Ws(Arc<Conn>),
+}
+
+/// Where an ack goes.
+pub enum Ack {
+    /// socketioxide's ack sender.
+    Sio(AckSender),
+    /// Ack `id` on a WebSocket session.
+    Ws(Arc<Conn>, u64),
+}
+
+/// Outcome of handing one message to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written or queued.
+    Ok,
+    /// The peer's outgoing queue is full: it cannot keep up.
+    Full,
+    /// The peer is gone.
+    Closed,
+}
+
+/// One event encoded once for every peer: its name and JSON (for socketioxide sockets) and the
+/// complete WebSocket frame (for the gateway's own transport).
+pub struct Outgoing {
+    /// Event name.
+    pub name: Arc<str>,
+    /// The argument as JSON.
+    pub json: Box<RawValue>,
+    /// `42["name",json]` framed, built on first use.
+    frame: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Outgoing {
+    /// An event to send.
+    pub fn new(name: Arc<str>, json: Box<RawValue>) -> Self {
+        Self {
+            name,
+            json,
+            frame: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The WebSocket frame of this event.
+    pub fn frame(&self) -> &bytes::Bytes {
+        self.frame
+            .get_or_init(|| crate::wire::packet::event_raw(&self.name, self.json.get()))
+    }
+}
+
+fn sio_result(r: Result<(), SendError>) -> Sent {
+    match r {
+        Ok(()) => Sent::Ok,
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => Sent::Full,
+        Err(SendError::Socket(SocketError::Closed)) => Sent::Closed,
+        Err(SendError::Serialize(e)) => {
+            tracing::error!(error = %e, "event could not be encoded");
+            Sent::Closed
+        }
+    }
+}
+
+impl Peer {
+    /// The peer's session (`None` for a socketioxide socket whose handshake did not finish).
+    pub fn session(&self) -> Option<Arc<Session>> {
+        match self {
+            Peer::Sio(s) => s.extensions.get::<Arc<Session>>(),
+            Peer::Ws(c) => Some(c.session().clone()),
+        }
+    }
+
+    /// The peer's id (0 for a socket without a session, which never reaches the relay).
+    pub fn id(&self) -> PeerId {
+        match self {
+            Peer::Sio(s) => s.extensions.get::<Arc<Session>>().map_or(0, |s| s.id),
+            Peer::Ws(c) => c.session().id,
+        }
+    }
+
+    /// `websocket` or `polling` (a metric label).
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Peer::Sio(s) => match s.transport_type() {
+                socketioxide::TransportType::Websocket => "websocket",
+                socketioxide::TransportType::Polling => "polling",
+            },
+            Peer::Ws(_) => "websocket",
+        }
+    }
+
+    /// Whether the peer can still be written to.
+    pub fn is_open(&self) -> bool {
+        match self {
+            Peer::Sio(s) => s.connected(),
+            Peer::Ws(c) => c.is_open(),
+        }
+    }
+
+    /// Sends a relayed event.
+    pub fn send(&self, ev: &Outgoing) -> Sent {
+        match self {
+            Peer::Sio(s) => sio_result(s.emit(&*ev.name, &ev.json)),
+            Peer::Ws(c) => c.send(ev.frame().clone(), true),
+        }
+    }
+
+    /// Sends an event built by the gateway (not relayed); failures are counted and logged.
+    pub fn emit(&self, event: &str, data: &impl Serialize) {
+        let sent = match self {
+            Peer::Sio(s) => sio_result(s.emit(event, data)),
+            Peer::Ws(c) => match crate::wire::packet::event(event, data) {
+                Ok(frame) => c.send(frame, false),
+                Err(e) => {
+                    tracing::error!(event, error = %e, "event could not be encoded");
+                    Sent::Closed
+                }
+            },
+        };
+        let reason = match sent {
+            Sent::Ok => return,
+            Sent::Full => "buffer_full",
+            Sent::Closed => "closed",
+        };
+        ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => reason).increment(1);
+        tracing::debug!(peer = self.id(), event, reason, "emit failed");
+    }
+
+    /// Disconnects the client from the server side (the stock client stays offline until the
+    /// application reconnects it): used when it failed to authenticate or its token expired.
+    pub fn disconnect(&self) {
+        match self {
+            Peer::Sio(s) => {
+                if let Err(e) = s.clone().disconnect() {
+                    tracing::debug!(error = %e, "disconnect failed");
+                }
+            }
+            Peer::Ws(c) => c.disconnect(),
+        }
+    }
+}
+
+impl Ack {
+    /// Answers the client's ack.
+    pub fn send(self, body: &impl Serialize) {
+        match self {
+            Ack::Sio(a) => {
+                if let Err(e) = a.send(body) {
+                    tracing::debug!(error = %e, "ack not sent");
+                }
+            }
+            Ack::Ws(c, id) => match crate::wire::packet::ack(id, body) {
+                Ok(frame) => {
+                    c.send(frame, false);
+                }
+                Err(e) => tracing::error!(error = %e, "ack could not be encoded"),
+            },
+        }
+    }
+}
+
+/// Connected peers by id, for the timers.
+#[derive(Default)]
+pub struct Peers {
+    map: Mutex<HashMap<PeerId, Peer>>,
+}
+
+impl Peers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Peer>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connected peer.
+    pub fn insert(&self, peer: Peer) {
+        self.lock().insert(peer.id(), peer);
+    }
+
+    /// Forgets a peer.
+    pub fn remove(&self, id: PeerId) {
+        self.lock().remove(&id);
+    }
+
+    /// The peer with this id, if still connected.
+    pub fn get(&self, id: PeerId) -> Option<Peer> {
+        self.lock().get(&id).cloned()
+    }
+
+    /// How many peers are connected.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no peer is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,503 @@
+//! One WebSocket session: a single task per connection that reads the client's frames, answers
+//! the heartbeat and flushes whatever could not be written at once.
+//!
+//! Writes do not go through the task: whoever sends (the relay, a handler) writes straight to
+//! the socket when nothing is queued before it, so a delivery costs one `write` and no task
+//! wake-up. Only what the kernel does not take at once is queued, and the task writes the queue
+//! out (several frames per `writev`) when the socket drains. An idle connection holds no read or
+//! write buffer: reads go through a buffer on the stack and only an incomplete frame is kept.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::frame::{self, Frame, FrameError, Opcode};
+use super::packet::{self, Incoming};
+use crate::drain::{ConnId, TrackedStream};
+use crate::metrics;
+use crate::socket::peer::{Ack, Peer, Sent};
+use crate::socket::session::Session;
+use crate::state::AppState;
+
+/// How long a client may take to send its Socket.IO connect packet.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long a closing connection may take to flush what was queued before it.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Most frames written by one `writev`.
+const MAX_IOV: usize = 64;
+/// Most reads handled per wake-up, so one busy client cannot hold a worker thread.
+const MAX_READS: usize = 16;
+
+/// A WebSocket session shared by its task, the relay and the handlers.
+pub struct Conn {
+    stream: TrackedStream,
+    out: Mutex<Out>,
+    wake: Notify,
+    session: Arc<Session>,
+    sid: Box<str>,
+    max_queue: usize,
+}
+
+#[derive(Default)]
+struct Out {
+    /// Frames (or the unwritten rest of one) waiting for the socket to drain.
+    queue: VecDeque<Bytes>,
+    /// No more writes: the session ended.
+    closed: bool,
+    /// Close once the queue is written (a server-side disconnect).
+    closing: bool,
+}
+
+/// Why a session ended: the disconnect reason label, and the close frame to send if any.
+struct Stop {
+    reason: &'static str,
+    close: Option<(u16, &'static str)>,
+}
+
+impl Stop {
+    fn quiet(reason: &'static str) -> Self {
+        Self {
+            reason,
+            close: None,
+        }
+    }
+
+    fn protocol(reason: &'static str, code: u16, why: &'static str) -> Self {
+        ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => why).increment(1);
+        tracing::debug!(why, "closing a WebSocket session: protocol error");
+        Self {
+            reason,
+            close: Some((code, why)),
+        }
+    }
+}
+
+/// State of the session task that nobody else touches.
+struct Local {
+    connected: bool,
+    waiting_pong: bool,
+    ping_sent: Instant,
+    next_timer: Instant,
+    opened: Instant,
+    /// A fragmented message being assembled.
+    message: Option<(Opcode, Vec<u8>)>,
+    /// An incomplete frame.
+    partial: Vec<u8>,
+}
+
+impl Conn {
+    /// The session's state.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// The connection's id in the drain registry.
+    pub fn conn_id(&self) -> ConnId {
+        ConnId(self.stream.id())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `frame` now if nothing is queued before it, else queues it. With `limited`, a
+    /// queue at its limit refuses it ([`Sent::Full`]); control packets are never refused.
+    pub fn send(&self, mut frame: Bytes, limited: bool) -> Sent {
+        let mut out = self.lock();
+        if out.closed || out.closing {
+            return Sent::Closed;
+        }
+        if !out.queue.is_empty() {
+            if limited && out.queue.len() >= self.max_queue {
+                return Sent::Full;
+            }
+            out.queue.push_back(frame);
+            return Sent::Ok;
+        }
+        match self.stream.tcp().try_write(&frame) {
+            Ok(n) if n == frame.len() => return Sent::Ok,
+            Ok(n) => frame.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                out.closed = true;
+                return Sent::Closed;
+            }
+        }
+        out.queue.push_back(frame);
+        drop(out);
+        self.wake.notify_one();
+        Sent::Ok
+    }
+
+    /// Ends the session from the server side: a Socket.IO disconnect, then a close frame once
+    /// everything queued before it is written.
+    pub fn disconnect(&self) {
+        self.send(packet::disconnect(), false);
+        self.lock().closing = true;
+        self.wake.notify_one();
+    }
+
+    /// Writes as much of the queue as the socket takes. `Ok(true)` when it is empty.
+    fn flush(&self) -> io::Result<bool> {
+        let mut out = self.lock();
+        while !out.queue.is_empty() {
+            let slices: Vec<IoSlice<'_>> = out
+                .queue
+                .iter()
+                .take(MAX_IOV)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            let written = match self.stream.tcp().try_write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => {
+                    out.closed = true;
+                    return Err(e);
+                }
+            };
+            drop(slices);
+            let mut left = written;
+            while left > 0 {
+                let Some(head) = out.queue.front_mut() else {
+                    break;
+                };
+                if head.len() <= left {
+                    left -= head.len();
+                    out.queue.pop_front();
+                } else {
+                    head.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        if out.queue.capacity() > 8 {
+            // Give back what a burst grew; an idle session keeps no queue.
+            out.queue = VecDeque::new();
+        }
+        Ok(true)
+    }
+
+    /// Whether the session still takes writes.
+    pub fn is_open(&self) -> bool {
+        let out = self.lock();
+        !out.closed && !out.closing
+    }
+
+    fn closing(&self) -> bool {
+        self.lock().closing
+    }
+}
+
+/// Runs a WebSocket session whose upgrade was answered; `early` holds bytes the client sent
+/// after its request, if any.
+pub async fn serve(st: Arc<AppState>, stream: TrackedStream, early: Vec<u8>) {
+    let conn = Arc::new(Conn {
+        stream,
+        out: Mutex::new(Out::default()),
+        wake: Notify::new(),
+        session: Session::new("websocket"),
+        sid: super::new_sid().into_boxed_str(),
+        max_queue: st.config.socket_buffer,
+    });
+    let interval = st.config.ping_interval;
+    let now = Instant::now();
+    let mut local = Local {
+        connected: false,
+        waiting_pong: false,
+        ping_sent: now,
+        next_timer: now + interval,
+        opened: now,
+        message: None,
+        partial: early,
+    };
+    let open = packet::open(
+        &conn.sid,
+        interval.as_millis() as u64,
+        st.config.ping_timeout.as_millis() as u64,
+        st.config.max_client_packet_bytes,
+    );
+    conn.send(open, false);
+    let stop = match conn.decode_partial(&st, &mut local) {
+        Err(stop) => stop,
+        Ok(()) => conn.run(&st, &mut local).await,
+    };
+    conn.finish(&st, &local, stop).await;
+}
+
+impl Conn {
+    async fn run(self: &Arc<Self>, st: &Arc<AppState>, l: &mut Local) -> Stop {
+        let tcp = self.stream.tcp();
+        let mut backlog = false;
+        loop {
+            tokio::select! {
+                ready = tcp.readable() => {
+                    if ready.is_err() {
+                        return Stop::quiet("transport_error");
+                    }
+                    if let Err(stop) = self.read_available(st, l) {
+                        return stop;
+                    }
+                }
+                _ = self.wake.notified() => {
+                    match self.flush() {
+                        Ok(empty) => backlog = !empty,
+                        Err(_) => return Stop::quiet("transport_error"),
+                    }
+                    if !backlog && self.closing() {
+                        return Stop { reason: "server_disconnect", close: Some((1000, "")) };
+                    }
+                }
+                ready = tcp.writable(), if backlog => {
+                    if ready.is_err() {
+                        return Stop::quiet("transport_error");
+                    }
+                    match self.flush() {
+                        Ok(empty) => backlog = !empty,
+                        Err(_) => return Stop::quiet("transport_error"),
+                    }
+                    if !backlog && self.closing() {
+                        return Stop { reason: "server_disconnect", close: Some((1000, "")) };
+                    }
+                }
+                _ = tokio::time::sleep_until(l.next_timer) => {
+                    if let Some(stop) = self.on_timer(st, l) {
+                        return stop;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_timer(&self, st: &AppState, l: &mut Local) -> Option<Stop> {
+        let now = Instant::now();
+        if !l.connected && now.duration_since(l.opened) >= CONNECT_TIMEOUT {
+            return Some(Stop::quiet("connect_timeout"));
+        }
+        if l.waiting_pong {
+            return Some(Stop::quiet("heartbeat_timeout"));
+        }
+        self.send(packet::ping(), false);
+        l.waiting_pong = true;
+        l.ping_sent = now;
+        l.next_timer = now + st.config.ping_timeout;
+        None
+    }
+
+    /// Reads what the socket has (through a stack buffer) and handles every complete frame.
+    fn read_available(self: &Arc<Self>, st: &Arc<AppState>, l: &mut Local) -> Result<(), Stop> {
+        let mut buf = [0u8; 8192];
+        for _ in 0..MAX_READS {
+            let n = match self.stream.tcp().try_read(&mut buf) {
+                Ok(0) => return Err(Stop::quiet("transport_close")),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(Stop::quiet("transport_error")),
+            };
+            if l.partial.is_empty() {
+                let used = self.decode_all(st, l, &buf[..n])?;
+                l.partial.extend_from_slice(&buf[used..n]);
+            } else {
+                l.partial.extend_from_slice(&buf[..n]);
+                self.decode_partial(st, l)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles the complete frames at the start of the kept partial bytes.
+    fn decode_partial(self: &Arc<Self>, st: &Arc<AppState>, l: &mut Local) -> Result<(), Stop> {
+        if l.partial.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut l.partial);
+        let used = self.decode_all(st, l, &data)?;
+        if used < data.len() {
+            l.partial = data[used..].to_vec();
+        }
+        Ok(())
+    }
+
+    /// Handles every complete frame in `data`; returns how many bytes they used.
+    fn decode_all(
+        self: &Arc<Self>,
+        st: &Arc<AppState>,
+        l: &mut Local,
+        data: &[u8],
+    ) -> Result<usize, Stop> {
+        let max = st.config.max_client_packet_bytes as usize;
+        let mut at = 0;
+        loop {
+            match frame::decode(&data[at..], max) {
+                Ok(Some((f, used))) => {
+                    at += used;
+                    self.on_frame(st, l, f, max)?;
+                }
+                Ok(None) => return Ok(at),
+                Err(e) => return Err(frame_error(e)),
+            }
+        }
+    }
+
+    fn on_frame(
+        self: &Arc<Self>,
+        st: &Arc<AppState>,
+        l: &mut Local,
+        f: Frame,
+        max: usize,
+    ) -> Result<(), Stop> {
+        let (opcode, payload) = match f.opcode {
+            Opcode::Ping => {
+                self.send(frame::encode(Opcode::Pong, &f.payload), false);
+                return Ok(());
+            }
+            Opcode::Pong => return Ok(()),
+            Opcode::Close => {
+                return Err(Stop {
+                    reason: "transport_close",
+                    close: Some((1000, "")),
+                })
+            }
+            Opcode::Continuation => {
+                let Some((opcode, mut buf)) = l.message.take() else {
+                    return Err(frame_error(FrameError::Protocol(
+                        "continuation without a message",
+                    )));
+                };
+                if buf.len() + f.payload.len() > max {
+                    return Err(frame_error(FrameError::TooBig));
+                }
+                buf.extend_from_slice(&f.payload);
+                if !f.fin {
+                    l.message = Some((opcode, buf));
+                    return Ok(());
+                }
+                (opcode, buf)
+            }
+            opcode => {
+                if l.message.is_some() {
+                    return Err(frame_error(FrameError::Protocol(
+                        "new message inside a fragmented one",
+                    )));
+                }
+                if !f.fin {
+                    l.message = Some((opcode, f.payload));
+                    return Ok(());
+                }
+                (opcode, f.payload)
+            }
+        };
+        if opcode == Opcode::Binary {
+            return Err(Stop::protocol(
+                "bad_packet",
+                1003,
+                "binary messages are not supported",
+            ));
+        }
+        let Ok(text) = String::from_utf8(payload) else {
+            return Err(Stop::protocol(
+                "bad_packet",
+                1007,
+                "text message is not UTF-8",
+            ));
+        };
+        match packet::parse(&text) {
+            Ok(p) => self.on_packet(st, l, p),
+            Err(e) => Err(Stop::protocol("bad_packet", 1002, e.0)),
+        }
+    }
+
+    fn on_packet(
+        self: &Arc<Self>,
+        st: &Arc<AppState>,
+        l: &mut Local,
+        p: Incoming,
+    ) -> Result<(), Stop> {
+        match p {
+            Incoming::Pong => {
+                if l.waiting_pong {
+                    l.waiting_pong = false;
+                    l.next_timer = l.ping_sent + st.config.ping_interval;
+                }
+            }
+            Incoming::Ping => {
+                self.send(packet::pong(), false);
+            }
+            Incoming::Noop | Incoming::Ack => {}
+            Incoming::Close => return Err(Stop::quiet("transport_close")),
+            Incoming::Disconnect => return Err(Stop::quiet("client_disconnect")),
+            Incoming::Connect { nsp, auth } => {
+                if nsp != "/" {
+                    self.send(packet::connect_error(&nsp, "Invalid namespace"), false);
+                } else if l.connected {
+                    tracing::debug!(peer = self.session.id, "duplicate connect packet ignored");
+                } else {
+                    match crate::socket::handshake(st, &self.session, auth) {
+                        Ok(()) => {
+                            l.connected = true;
+                            self.send(packet::connected(&self.sid), false);
+                            let peer = Peer::Ws(self.clone());
+                            st.peers.insert(peer.clone());
+                            tokio::spawn(crate::socket::on_connect(st.clone(), peer));
+                        }
+                        Err(code) => {
+                            self.send(packet::connect_error("/", code), false);
+                        }
+                    }
+                }
+            }
+            Incoming::Event {
+                nsp,
+                ack,
+                name,
+                data,
+            } => {
+                if nsp != "/" || !l.connected {
+                    tracing::debug!(peer = self.session.id, event = %name, "event before connect ignored");
+                    return Ok(());
+                }
+                let ack = ack.map(|id| Ack::Ws(self.clone(), id));
+                crate::socket::dispatch(st.clone(), Peer::Ws(self.clone()), name, data, ack);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the session: no more writes, a close frame if one is due, the TCP connection shut
+    /// down, and the socket's rooms and timers released.
+    async fn finish(self: &Arc<Self>, st: &AppState, l: &Local, stop: Stop) {
+        if let Some((code, why)) = stop.close {
+            let frame = frame::encode_close(code, why);
+            // Queued behind whatever is still unwritten; `flush` ignores the closing flags.
+            self.lock().queue.push_back(frame);
+            let deadline = Instant::now() + CLOSE_FLUSH;
+            while let Ok(false) = self.flush() {
+                if tokio::time::timeout_at(deadline, self.stream.tcp().writable())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        {
+            let mut out = self.lock();
+            out.closed = true;
+            out.queue = VecDeque::new();
+        }
+        st.connections.close(self.conn_id());
+        if l.connected {
+            st.peers.remove(self.session.id);
+            crate::socket::on_disconnect(st, &Peer::Ws(self.clone()), stop.reason);
+        }
+    }
+}
+
+fn frame_error(e: FrameError) -> Stop {
+    Stop::protocol("bad_packet", e.close_code(), e.reason())
+}

@@ -1,0 +1,288 @@
+//! WebSocket framing (RFC 6455), server side: decoding the client's masked frames and encoding
+//! the server's unmasked ones.
+//!
+//! The decoder is incremental and keeps no buffer of its own: the connection hands it whatever
+//! bytes it read and keeps only the unparsed tail, so an idle connection holds no read buffer.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Frame opcodes we handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opcode {
+    /// Continuation of a fragmented message.
+    Continuation,
+    /// UTF-8 text.
+    Text,
+    /// Binary data.
+    Binary,
+    /// Close (with an optional status code and reason).
+    Close,
+    /// Ping: answered with a pong carrying the same payload.
+    Ping,
+    /// Pong.
+    Pong,
+}
+
+impl Opcode {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Continuation,
+            1 => Self::Text,
+            2 => Self::Binary,
+            8 => Self::Close,
+            9 => Self::Ping,
+            10 => Self::Pong,
+            _ => return None,
+        })
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Self::Continuation => 0,
+            Self::Text => 1,
+            Self::Binary => 2,
+            Self::Close => 8,
+            Self::Ping => 9,
+            Self::Pong => 10,
+        }
+    }
+
+    fn is_control(self) -> bool {
+        matches!(self, Self::Close | Self::Ping | Self::Pong)
+    }
+}
+
+/// A decoded frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Last frame of its message.
+    pub fin: bool,
+    /// What it carries.
+    pub opcode: Opcode,
+    /// Unmasked payload.
+    pub payload: Vec<u8>,
+}
+
+/// Why the peer's bytes are not acceptable; each maps to a close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// Reserved bits, unknown opcode, unmasked client frame, fragmented control frame.
+    Protocol(&'static str),
+    /// A frame (or message) longer than the limit.
+    TooBig,
+}
+
+impl FrameError {
+    /// The close status code for this error.
+    pub fn close_code(self) -> u16 {
+        match self {
+            Self::Protocol(_) => 1002,
+            Self::TooBig => 1009,
+        }
+    }
+
+    /// Short text for logs and the close reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Protocol(why) => why,
+            Self::TooBig => "message too big",
+        }
+    }
+}
+
+/// Decodes one frame from the start of `buf`. Returns the frame and how many bytes it used, or
+/// `Ok(None)` when more bytes are needed.
+pub fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usize)>, FrameError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    if b0 & 0x70 != 0 {
+        return Err(FrameError::Protocol("reserved bits set"));
+    }
+    let fin = b0 & 0x80 != 0;
+    let opcode = Opcode::from_u8(b0 & 0x0f).ok_or(FrameError::Protocol("unknown opcode"))?;
+    if b1 & 0x80 == 0 {
+        return Err(FrameError::Protocol("client frames must be masked"));
+    }
+    let (len, mut at) = match b1 & 0x7f {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&buf[2..10]);
+            (u64::from_be_bytes(n), 10)
+        }
+        n => (n as u64, 2),
+    };
+    if opcode.is_control() && (len > 125 || !fin) {
+        return Err(FrameError::Protocol("invalid control frame"));
+    }
+    if len > max_payload as u64 {
+        return Err(FrameError::TooBig);
+    }
+    let len = len as usize;
+    if buf.len() < at + 4 + len {
+        return Ok(None);
+    }
+    let mask = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
+    at += 4;
+    let payload = buf[at..at + len]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ mask[i & 3])
+        .collect();
+    Ok(Some((
+        Frame {
+            fin,
+            opcode,
+            payload,
+        },
+        at + len,
+    )))
+}
+
+/// Length of the header of an unmasked frame carrying `len` bytes.
+fn header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    }
+}
+
+fn put_header(out: &mut BytesMut, opcode: Opcode, len: usize) {
+    out.put_u8(0x80 | opcode.as_u8());
+    match len {
+        0..=125 => out.put_u8(len as u8),
+        126..=65535 => {
+            out.put_u8(126);
+            out.put_u16(len as u16);
+        }
+        _ => {
+            out.put_u8(127);
+            out.put_u64(len as u64);
+        }
+    }
+}
+
+/// One complete unmasked server frame.
+pub fn encode(opcode: Opcode, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
+    put_header(&mut out, opcode, payload.len());
+    out.extend_from_slice(payload);
+    out.freeze()
+}
+
+/// A text frame whose payload is the concatenation of `parts` (so a packet can be framed
+/// without assembling it first).
+pub fn encode_text_parts(parts: &[&[u8]]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = BytesMut::with_capacity(header_len(len) + len);
+    put_header(&mut out, Opcode::Text, len);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out.freeze()
+}
+
+/// A close frame with a status code and a reason (truncated to fit a control frame).
+pub fn encode_close(code: u16, reason: &str) -> Bytes {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason);
+    encode(Opcode::Close, &payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame, as a browser would send it.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    #[test]
+    fn decodes_masked_frames_of_every_length_form() {
+        for len in [0usize, 5, 125, 126, 300, 65535, 65536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let bytes = client_frame(true, 1, &payload);
+            let (frame, used) = decode(&bytes, 1 << 20).unwrap().unwrap();
+            assert_eq!(used, bytes.len(), "len {len}");
+            assert_eq!(frame.opcode, Opcode::Text);
+            assert!(frame.fin);
+            assert_eq!(frame.payload, payload, "len {len}");
+            // Every strict prefix asks for more bytes.
+            for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+                assert_eq!(
+                    decode(&bytes[..cut], 1 << 20).unwrap(),
+                    None,
+                    "len {len} cut {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_what_a_client_may_not_send() {
+        let mut unmasked = client_frame(true, 1, b"hi");
+        unmasked[1] &= 0x7f;
+        assert!(matches!(
+            decode(&unmasked, 100),
+            Err(FrameError::Protocol(_))
+        ));
+        let mut rsv = client_frame(true, 1, b"hi");
+        rsv[0] |= 0x40;
+        assert!(matches!(decode(&rsv, 100), Err(FrameError::Protocol(_))));
+        assert!(matches!(
+            decode(&client_frame(true, 3, b""), 100),
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            decode(&client_frame(false, 9, b""), 100),
+            Err(FrameError::Protocol(_))
+        ));
+        assert_eq!(
+            decode(&client_frame(true, 1, &[b'a'; 101]), 100),
+            Err(FrameError::TooBig)
+        );
+        assert_eq!(FrameError::TooBig.close_code(), 1009);
+    }
+
+    #[test]
+    fn encodes_unmasked_frames() {
+        assert_eq!(&encode(Opcode::Text, b"2")[..], &[0x81, 1, b'2']);
+        let big = encode_text_parts(&[&[b'x'; 200], b"yz"]);
+        assert_eq!(&big[..4], &[0x81, 126, 0, 202]);
+        assert_eq!(big.len(), 206);
+        let huge = encode(Opcode::Binary, &vec![0u8; 70_000]);
+        assert_eq!(&huge[..2], &[0x82, 127]);
+        assert_eq!(huge.len(), 70_010);
+        let close = encode_close(1000, "bye");
+        assert_eq!(&close[..], &[0x88, 5, 0x03, 0xe8, b'b', b'y', b'e']);
+    }
+}

@@ -1,0 +1,277 @@
+//! The gateway's own Socket.IO transport for WebSocket sessions opened directly
+//! (`transports: ["websocket"]`, the way production clients connect).
+//!
+//! Every accepted connection's first request line is peeked at: a Socket.IO WebSocket handshake
+//! without a session id is upgraded here, on the raw stream, so no HTTP server buffer outlives
+//! it; anything else (the HTTP API, long-polling, polling sessions upgrading to WebSocket) goes
+//! to the HTTP server untouched. One task per session, no per-socket channel, and relayed
+//! events are encoded once and written straight to the socket (see [`conn`]).
+
+pub mod conn;
+pub mod frame;
+pub mod packet;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::drain::TrackedStream;
+use crate::metrics;
+use crate::state::AppState;
+
+/// How long a new connection may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted for a WebSocket handshake.
+const MAX_HEAD: usize = 8192;
+
+/// A connection for the HTTP server, with the client's address.
+pub type ToHttp = mpsc::Sender<(TrackedStream, SocketAddr)>;
+
+/// Where a new connection goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// A Socket.IO WebSocket handshake: served here.
+    WebSocket,
+    /// Everything else: the HTTP server.
+    Http,
+    /// Closed or silent before sending a request line.
+    Nowhere,
+}
+
+/// Serves one accepted connection: upgrades it here or hands it to the HTTP server.
+pub async fn route(st: Arc<AppState>, stream: TrackedStream, addr: SocketAddr, to_http: ToHttp) {
+    match classify(&stream).await {
+        Route::WebSocket => upgrade(st, stream).await,
+        Route::Http => {
+            if to_http.send((stream, addr)).await.is_err() {
+                tracing::debug!(%addr, "HTTP server stopped; connection dropped");
+            }
+        }
+        Route::Nowhere => {}
+    }
+}
+
+/// Peeks at the request line without consuming it.
+async fn classify(stream: &TrackedStream) -> Route {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Route::Nowhere,
+            Ok(Ok(n)) => n,
+        };
+        let seen = &buf[..n];
+        if let Some(end) = seen.windows(2).position(|w| w == b"\r\n") {
+            return classify_line(&seen[..end]);
+        }
+        if n == buf.len() || (n >= 4 && !seen.starts_with(b"GET ")) {
+            return Route::Http;
+        }
+        // Part of a request line: wait for the rest (rare: it nearly always comes in one piece).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn classify_line(line: &[u8]) -> Route {
+    let Ok(line) = std::str::from_utf8(line) else {
+        return Route::Http;
+    };
+    let mut parts = line.split(' ');
+    let (Some("GET"), Some(target)) = (parts.next(), parts.next()) else {
+        return Route::Http;
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let params = || query.split('&');
+    if (path == "/socket.io/" || path == "/socket.io")
+        && params().any(|kv| kv == "transport=websocket")
+        && !params().any(|kv| kv.starts_with("sid="))
+    {
+        Route::WebSocket
+    } else {
+        Route::Http
+    }
+}
+
+/// A new Engine.IO session id: 20 url-safe random characters.
+pub fn new_sid() -> String {
+    use base64::Engine;
+    let bytes: [u8; 15] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A refused handshake: status, stable code and what to fix.
+struct Refusal {
+    status: &'static str,
+    code: &'static str,
+    message: &'static str,
+    extra: &'static str,
+}
+
+fn refuse(status: &'static str, code: &'static str, message: &'static str) -> Refusal {
+    Refusal {
+        status,
+        code,
+        message,
+        extra: "",
+    }
+}
+
+/// What the handshake request must carry; `Ok` holds the `Sec-WebSocket-Key`.
+fn check_request(req: &httparse::Request<'_, '_>, st: &AppState) -> Result<String, Refusal> {
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let query = req
+        .path
+        .and_then(|p| p.split_once('?'))
+        .map_or("", |(_, q)| q);
+    if !query.split('&').any(|kv| kv == "EIO=4") {
+        return Err(refuse(
+            "400 Bad Request",
+            "unsupported_protocol_version",
+            "only Engine.IO 4 (socket.io-client 3 and later) is supported; connect with EIO=4",
+        ));
+    }
+    let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let connection = header("connection").is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    if !upgrade || !connection {
+        return Err(refuse(
+            "400 Bad Request",
+            "not_a_websocket_upgrade",
+            "transport=websocket needs Upgrade: websocket and Connection: Upgrade headers",
+        ));
+    }
+    if header("sec-websocket-version") != Some("13") {
+        return Err(Refusal {
+            extra: "Sec-WebSocket-Version: 13\r\n",
+            ..refuse(
+                "426 Upgrade Required",
+                "unsupported_websocket_version",
+                "only WebSocket version 13 is supported",
+            )
+        });
+    }
+    let Some(key) = header("sec-websocket-key").filter(|k| !k.is_empty()) else {
+        return Err(refuse(
+            "400 Bad Request",
+            "missing_websocket_key",
+            "the Sec-WebSocket-Key header is missing",
+        ));
+    };
+    if st.is_draining() {
+        return Err(refuse(
+            "503 Service Unavailable",
+            "draining",
+            "this gateway is shutting down; connect to another one",
+        ));
+    }
+    Ok(key.trim().to_owned())
+}
+
+/// Reads the request head, answers the upgrade (or refuses it with a JSON error) and runs the
+/// session.
+async fn upgrade(st: Arc<AppState>, mut stream: TrackedStream) {
+    let mut head = Vec::with_capacity(1024);
+    let end = loop {
+        let mut chunk = [0u8; 1024];
+        let n = match tokio::time::timeout(HEAD_TIMEOUT, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if head.len() > MAX_HEAD {
+            let r = refuse(
+                "431 Request Header Fields Too Large",
+                "request_too_large",
+                "the handshake request head is larger than 8 KiB",
+            );
+            return answer_refusal(stream, r).await;
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut req = httparse::Request::new(&mut headers);
+    let checked = match req.parse(&head[..end]) {
+        Ok(httparse::Status::Complete(_)) => check_request(&req, &st),
+        _ => Err(refuse(
+            "400 Bad Request",
+            "bad_request",
+            "the handshake request could not be parsed as HTTP/1.1",
+        )),
+    };
+    let key = match checked {
+        Ok(key) => key,
+        Err(r) => return answer_refusal(stream, r).await,
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    let early = head[end..].to_vec();
+    drop(head);
+    conn::serve(st, stream, early).await;
+}
+
+async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
+    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
+    tracing::debug!(code = r.code, "WebSocket handshake refused");
+    let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } }).to_string();
+    let response = format!(
+        "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}",
+        r.status,
+        body.len(),
+        r.extra,
+        body
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_direct_websocket_handshakes_are_taken() {
+        let ws = b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1";
+        assert_eq!(classify_line(ws), Route::WebSocket);
+        assert_eq!(
+            classify_line(b"GET /socket.io?transport=websocket&EIO=4 HTTP/1.1"),
+            Route::WebSocket
+        );
+        for line in [
+            &b"GET /socket.io/?EIO=4&transport=websocket&sid=abc HTTP/1.1"[..],
+            b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1",
+            b"POST /v1/publish HTTP/1.1",
+            b"GET /readyz HTTP/1.1",
+            b"GET /other/?transport=websocket HTTP/1.1",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(classify_line(line), Route::Http, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn session_ids_are_random_and_url_safe() {
+        let (a, b) = (new_sid(), new_sid());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 20);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+}

@@ -1,0 +1,292 @@
+//! Engine.IO v4 and Socket.IO v5 packets as text, for the WebSocket transport: what a client may
+//! send, and the server's packets already framed for the wire.
+//!
+//! Only the default namespace `/` exists; binary attachments are not part of the gateway's
+//! protocol and are refused.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::frame;
+
+/// A packet received from a client.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    /// Engine.IO pong (answer to our ping).
+    Pong,
+    /// Engine.IO ping from the client (answered with a pong).
+    Ping,
+    /// Engine.IO close.
+    Close,
+    /// Engine.IO noop (and upgrade probes, which mean nothing on a WebSocket session).
+    Noop,
+    /// Socket.IO connect to a namespace, with the `auth` payload.
+    Connect {
+        /// Namespace, `/` by default.
+        nsp: String,
+        /// The client's `auth` object.
+        auth: Option<Value>,
+    },
+    /// Socket.IO disconnect from a namespace.
+    Disconnect,
+    /// Socket.IO event.
+    Event {
+        /// Namespace, `/` by default.
+        nsp: String,
+        /// Ack id when the client waits for an answer.
+        ack: Option<u64>,
+        /// Event name.
+        name: String,
+        /// First argument.
+        data: Option<Value>,
+    },
+    /// Socket.IO ack of a server event (the gateway never asks for one).
+    Ack,
+}
+
+/// Why a client's packet could not be read; `code` is the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketError(pub &'static str);
+
+fn bad(code: &'static str) -> PacketError {
+    PacketError(code)
+}
+
+/// Reads one Engine.IO packet (the text of one WebSocket message).
+pub fn parse(text: &str) -> Result<Incoming, PacketError> {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some('3') => Ok(Incoming::Pong),
+        Some('2') => Ok(Incoming::Ping),
+        Some('1') => Ok(Incoming::Close),
+        Some('5') | Some('6') => Ok(Incoming::Noop),
+        Some('4') => parse_socketio(&text[1..]),
+        Some(_) => Err(bad("unknown_engine_packet")),
+        None => Err(bad("empty")),
+    }
+}
+
+fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
+    let kind = text.as_bytes().first().copied().ok_or(bad("empty"))?;
+    let mut rest = &text[1..];
+    let nsp = if rest.starts_with('/') {
+        let end = rest.find(',').unwrap_or(rest.len());
+        let nsp = rest[..end].to_owned();
+        rest = rest.get(end + 1..).unwrap_or("");
+        nsp
+    } else {
+        "/".to_owned()
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let ack = if digits > 0 {
+        let id = rest[..digits]
+            .parse::<u64>()
+            .map_err(|_| bad("bad_ack_id"))?;
+        rest = &rest[digits..];
+        Some(id)
+    } else {
+        None
+    };
+    let json = |s: &str| -> Result<Option<Value>, PacketError> {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            serde_json::from_str(s)
+                .map(Some)
+                .map_err(|_| bad("bad_json"))
+        }
+    };
+    match kind {
+        b'0' => Ok(Incoming::Connect {
+            nsp,
+            auth: json(rest)?,
+        }),
+        b'1' => Ok(Incoming::Disconnect),
+        b'2' => {
+            let Some(Value::Array(mut args)) = json(rest)? else {
+                return Err(bad("event_not_array"));
+            };
+            if args.is_empty() {
+                return Err(bad("event_without_name"));
+            }
+            let Value::String(name) = args.remove(0) else {
+                return Err(bad("event_without_name"));
+            };
+            let data = (!args.is_empty()).then(|| args.swap_remove(0));
+            Ok(Incoming::Event {
+                nsp,
+                ack,
+                name,
+                data,
+            })
+        }
+        b'3' => Ok(Incoming::Ack),
+        b'5' | b'6' => Err(bad("binary_not_supported")),
+        _ => Err(bad("unknown_socketio_packet")),
+    }
+}
+
+/// Engine.IO open packet of a WebSocket session.
+pub fn open(sid: &str, ping_interval_ms: u64, ping_timeout_ms: u64, max_payload: u64) -> Bytes {
+    let body = serde_json::json!({
+        "sid": sid,
+        "upgrades": [],
+        "pingInterval": ping_interval_ms,
+        "pingTimeout": ping_timeout_ms,
+        "maxPayload": max_payload,
+    });
+    frame::encode_text_parts(&[b"0", body.to_string().as_bytes()])
+}
+
+/// Engine.IO ping.
+pub fn ping() -> Bytes {
+    frame::encode(frame::Opcode::Text, b"2")
+}
+
+/// Engine.IO pong (answer to a client's ping).
+pub fn pong() -> Bytes {
+    frame::encode(frame::Opcode::Text, b"3")
+}
+
+/// Socket.IO connect answer for `/`.
+pub fn connected(sid: &str) -> Bytes {
+    let body = serde_json::json!({ "sid": sid });
+    frame::encode_text_parts(&[b"40", body.to_string().as_bytes()])
+}
+
+/// Socket.IO connect error: the client's `connect_error` carries `message`.
+pub fn connect_error(nsp: &str, message: &str) -> Bytes {
+    let body = serde_json::json!({ "message": message }).to_string();
+    if nsp == "/" {
+        frame::encode_text_parts(&[b"44", body.as_bytes()])
+    } else {
+        frame::encode_text_parts(&[b"44", nsp.as_bytes(), b",", body.as_bytes()])
+    }
+}
+
+/// Socket.IO disconnect from `/`.
+pub fn disconnect() -> Bytes {
+    frame::encode(frame::Opcode::Text, b"41")
+}
+
+/// Socket.IO event `name` with one argument, already encoded as JSON.
+pub fn event_raw(name: &str, json: &str) -> Bytes {
+    let name = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".to_owned());
+    frame::encode_text_parts(&[b"42[", name.as_bytes(), b",", json.as_bytes(), b"]"])
+}
+
+/// Socket.IO event `name` with one argument.
+pub fn event(name: &str, data: &impl Serialize) -> Result<Bytes, serde_json::Error> {
+    Ok(event_raw(name, &serde_json::to_string(data)?))
+}
+
+/// Socket.IO ack `id` with one argument.
+pub fn ack(id: u64, data: &impl Serialize) -> Result<Bytes, serde_json::Error> {
+    let json = serde_json::to_string(data)?;
+    Ok(frame::encode_text_parts(&[
+        b"43",
+        id.to_string().as_bytes(),
+        b"[",
+        json.as_bytes(),
+        b"]",
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text(b: &Bytes) -> &str {
+        let at = if b[1] & 0x7f == 126 { 4 } else { 2 };
+        std::str::from_utf8(&b[at..]).unwrap()
+    }
+
+    #[test]
+    fn reads_client_packets() {
+        assert_eq!(parse("3"), Ok(Incoming::Pong));
+        assert_eq!(parse("1"), Ok(Incoming::Close));
+        assert_eq!(
+            parse("40"),
+            Ok(Incoming::Connect {
+                nsp: "/".into(),
+                auth: None
+            })
+        );
+        assert_eq!(
+            parse(r#"40{"token":"t"}"#),
+            Ok(Incoming::Connect {
+                nsp: "/".into(),
+                auth: Some(json!({"token": "t"}))
+            })
+        );
+        assert_eq!(
+            parse(r#"40/admin,{"token":"t"}"#),
+            Ok(Incoming::Connect {
+                nsp: "/admin".into(),
+                auth: Some(json!({"token": "t"}))
+            })
+        );
+        assert_eq!(
+            parse(r#"4212["join",{"room":"batch:1"},"extra"]"#),
+            Ok(Incoming::Event {
+                nsp: "/".into(),
+                ack: Some(12),
+                name: "join".into(),
+                data: Some(json!({"room": "batch:1"}))
+            })
+        );
+        assert_eq!(
+            parse(r#"42["ping"]"#),
+            Ok(Incoming::Event {
+                nsp: "/".into(),
+                ack: None,
+                name: "ping".into(),
+                data: None
+            })
+        );
+        assert_eq!(parse("41"), Ok(Incoming::Disconnect));
+    }
+
+    #[test]
+    fn names_what_is_wrong_with_a_packet() {
+        assert_eq!(parse(""), Err(PacketError("empty")));
+        assert_eq!(parse("9"), Err(PacketError("unknown_engine_packet")));
+        assert_eq!(parse("42{"), Err(PacketError("bad_json")));
+        assert_eq!(parse(r#"42{"a":1}"#), Err(PacketError("event_not_array")));
+        assert_eq!(parse("42[1]"), Err(PacketError("event_without_name")));
+        assert_eq!(parse("42[]"), Err(PacketError("event_without_name")));
+        assert_eq!(
+            parse(r#"451-["up",{"_placeholder":true,"num":0}]"#),
+            Err(PacketError("binary_not_supported"))
+        );
+        assert_eq!(parse("4"), Err(PacketError("empty")));
+    }
+
+    #[test]
+    fn writes_server_packets() {
+        assert_eq!(text(&connected("abc")), r#"40{"sid":"abc"}"#);
+        assert_eq!(
+            text(&connect_error("/", "token_expired")),
+            r#"44{"message":"token_expired"}"#
+        );
+        assert_eq!(
+            text(&connect_error("/x", "Invalid namespace")),
+            r#"44/x,{"message":"Invalid namespace"}"#
+        );
+        assert_eq!(
+            text(&event("pong", &json!({"t": 1})).unwrap()),
+            r#"42["pong",{"t":1}]"#
+        );
+        assert_eq!(
+            text(&ack(7, &json!({"ok": true})).unwrap()),
+            r#"437[{"ok":true}]"#
+        );
+        let open: Value =
+            serde_json::from_str(&text(&open("s1", 25000, 20000, 1000))[1..]).unwrap();
+        assert_eq!(open["upgrades"], json!([]));
+        assert_eq!(open["pingInterval"], json!(25000));
+        assert_eq!(text(&disconnect()), "41");
+    }
+}
