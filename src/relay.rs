@@ -407,7 +407,7 @@ fn deliver(
     let mut sent = 0u64;
     for peer in members {
         let result = match (&joined, peer) {
-            (Some(all), Peer::Ws(conn)) => conn.send(all.clone(), true),
+            (Some(all), Peer::Ws(conn)) => conn.send(all.clone(), events.len()),
             _ => {
                 let id = peer.id();
                 let mut result = Sent::Ok;

@@ -127,7 +127,7 @@ impl Peer {
     pub fn send(&self, ev: &Outgoing) -> Sent {
         match self {
             Peer::Sio(s) => sio_result(s.emit(&*ev.name, &ev.json)),
-            Peer::Ws(c) => c.send(ev.frame().clone(), true),
+            Peer::Ws(c) => c.send(ev.frame().clone(), 1),
         }
     }
 
@@ -136,7 +136,7 @@ impl Peer {
         let sent = match self {
             Peer::Sio(s) => sio_result(s.emit(event, data)),
             Peer::Ws(c) => match crate::wire::packet::event(event, data) {
-                Ok(frame) => c.send(frame, false),
+                Ok(frame) => c.send(frame, 0),
                 Err(e) => {
                     tracing::error!(event, error = %e, "event could not be encoded");
                     Sent::Closed
@@ -177,7 +177,7 @@ impl Ack {
             }
             Ack::Ws(c, id) => match crate::wire::packet::ack(id, body) {
                 Ok(frame) => {
-                    c.send(frame, false);
+                    c.send(frame, 0);
                 }
                 Err(e) => tracing::error!(error = %e, "ack could not be encoded"),
             },

@@ -45,8 +45,11 @@ pub struct Conn {
 
 #[derive(Default)]
 struct Out {
-    /// Frames (or the unwritten rest of one) waiting for the socket to drain.
-    queue: VecDeque<Bytes>,
+    /// Frames (or the unwritten rest of one) waiting for the socket to drain, with how many
+    /// relayed events each carries.
+    queue: VecDeque<(Bytes, usize)>,
+    /// Relayed events in `queue` (what `GATEWAY_SOCKET_BUFFER` bounds).
+    events: usize,
     /// No more writes: the session ended.
     closed: bool,
     /// Close once the queue is written (a server-side disconnect).
@@ -105,18 +108,20 @@ impl Conn {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `frame` now if nothing is queued before it, else queues it. With `limited`, a
-    /// queue at its limit refuses it ([`Sent::Full`]); control packets are never refused.
-    pub fn send(&self, mut frame: Bytes, limited: bool) -> Sent {
+    /// Writes `frame` (carrying `events` relayed events) now if nothing is queued before it,
+    /// else queues it. A queue that would pass its limit of events refuses it ([`Sent::Full`]);
+    /// the gateway's own packets (`events == 0`) are never refused.
+    pub fn send(&self, mut frame: Bytes, events: usize) -> Sent {
         let mut out = self.lock();
         if out.closed || out.closing {
             return Sent::Closed;
         }
         if !out.queue.is_empty() {
-            if limited && out.queue.len() >= self.max_queue {
+            if events > 0 && out.events + events > self.max_queue {
                 return Sent::Full;
             }
-            out.queue.push_back(frame);
+            out.events += events;
+            out.queue.push_back((frame, events));
             return Sent::Ok;
         }
         match self.stream.tcp().try_write(&frame) {
@@ -128,7 +133,8 @@ impl Conn {
                 return Sent::Closed;
             }
         }
-        out.queue.push_back(frame);
+        out.events += events;
+        out.queue.push_back((frame, events));
         drop(out);
         self.wake.notify_one();
         Sent::Ok
@@ -137,7 +143,7 @@ impl Conn {
     /// Ends the session from the server side: a Socket.IO disconnect, then a close frame once
     /// everything queued before it is written.
     pub fn disconnect(&self) {
-        self.send(packet::disconnect(), false);
+        self.send(packet::disconnect(), 0);
         self.lock().closing = true;
         self.wake.notify_one();
     }
@@ -150,7 +156,7 @@ impl Conn {
                 .queue
                 .iter()
                 .take(MAX_IOV)
-                .map(|b| IoSlice::new(b))
+                .map(|(b, _)| IoSlice::new(b))
                 .collect();
             let written = match self.stream.tcp().try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -164,11 +170,13 @@ impl Conn {
             drop(slices);
             let mut left = written;
             while left > 0 {
-                let Some(head) = out.queue.front_mut() else {
+                let Some((head, events)) = out.queue.front_mut() else {
                     break;
                 };
                 if head.len() <= left {
                     left -= head.len();
+                    let events = *events;
+                    out.events -= events;
                     out.queue.pop_front();
                 } else {
                     head.advance(left);
@@ -222,7 +230,7 @@ pub async fn serve(st: Arc<AppState>, stream: TrackedStream, early: Vec<u8>) {
         st.config.ping_timeout.as_millis() as u64,
         st.config.max_client_packet_bytes,
     );
-    conn.send(open, false);
+    conn.send(open, 0);
     let stop = match conn.decode_partial(&st, &mut local) {
         Err(stop) => stop,
         Ok(()) => conn.run(&st, &mut local).await,
@@ -282,7 +290,7 @@ impl Conn {
         if l.waiting_pong {
             return Some(Stop::quiet("heartbeat_timeout"));
         }
-        self.send(packet::ping(), false);
+        self.send(packet::ping(), 0);
         l.waiting_pong = true;
         l.ping_sent = now;
         l.next_timer = now + st.config.ping_timeout;
@@ -353,7 +361,7 @@ impl Conn {
     ) -> Result<(), Stop> {
         let (opcode, payload) = match f.opcode {
             Opcode::Ping => {
-                self.send(frame::encode(Opcode::Pong, &f.payload), false);
+                self.send(frame::encode(Opcode::Pong, &f.payload), 0);
                 return Ok(());
             }
             Opcode::Pong => return Ok(()),
@@ -426,27 +434,27 @@ impl Conn {
                 }
             }
             Incoming::Ping => {
-                self.send(packet::pong(), false);
+                self.send(packet::pong(), 0);
             }
             Incoming::Noop | Incoming::Ack => {}
             Incoming::Close => return Err(Stop::quiet("transport_close")),
             Incoming::Disconnect => return Err(Stop::quiet("client_disconnect")),
             Incoming::Connect { nsp, auth } => {
                 if nsp != "/" {
-                    self.send(packet::connect_error(&nsp, "Invalid namespace"), false);
+                    self.send(packet::connect_error(&nsp, "Invalid namespace"), 0);
                 } else if l.connected {
                     tracing::debug!(peer = self.session.id, "duplicate connect packet ignored");
                 } else {
                     match crate::socket::handshake(st, &self.session, auth) {
                         Ok(()) => {
                             l.connected = true;
-                            self.send(packet::connected(&self.sid), false);
+                            self.send(packet::connected(&self.sid), 0);
                             let peer = Peer::Ws(self.clone());
                             st.peers.insert(peer.clone());
                             tokio::spawn(crate::socket::on_connect(st.clone(), peer));
                         }
                         Err(code) => {
-                            self.send(packet::connect_error("/", code), false);
+                            self.send(packet::connect_error("/", code), 0);
                         }
                     }
                 }
@@ -474,7 +482,7 @@ impl Conn {
         if let Some((code, why)) = stop.close {
             let frame = frame::encode_close(code, why);
             // Queued behind whatever is still unwritten; `flush` ignores the closing flags.
-            self.lock().queue.push_back(frame);
+            self.lock().queue.push_back((frame, 0));
             let deadline = Instant::now() + CLOSE_FLUSH;
             while let Ok(false) = self.flush() {
                 if tokio::time::timeout_at(deadline, self.stream.tcp().writable())
@@ -489,6 +497,7 @@ impl Conn {
             let mut out = self.lock();
             out.closed = true;
             out.queue = VecDeque::new();
+            out.events = 0;
         }
         st.connections.close(self.conn_id());
         if l.connected {

@@ -181,17 +181,19 @@ fn check_request(req: &httparse::Request<'_, '_>, st: &AppState) -> Result<Strin
 /// session.
 async fn upgrade(st: Arc<AppState>, mut stream: TrackedStream) {
     let mut head = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     let end = loop {
         let mut chunk = [0u8; 1024];
-        let n = match tokio::time::timeout(HEAD_TIMEOUT, stream.read(&mut chunk)).await {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => n,
             _ => return,
         };
         head.extend_from_slice(&chunk[..n]);
-        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+        let end = head.windows(4).position(|w| w == b"\r\n\r\n");
+        if let Some(at) = end.filter(|at| at + 4 <= MAX_HEAD) {
             break at + 4;
         }
-        if head.len() > MAX_HEAD {
+        if end.is_some() || head.len() > MAX_HEAD {
             let r = refuse(
                 "431 Request Header Fields Too Large",
                 "request_too_large",
