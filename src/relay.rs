@@ -154,28 +154,59 @@ struct Entered {
 /// it guards is milliseconds long; this only bounds memory for rooms that fall silent.
 const ENTERED_TTL: Duration = Duration::from_secs(30);
 
-/// The local members of one room: a list to walk and an index to remove from it in O(1).
+/// Rooms at most this big are searched by walking their list; bigger ones keep an index.
+const SMALL_ROOM: usize = 32;
+
+/// The local members of one room: a list to walk and, once the room is big, an index to remove
+/// from it in O(1). Most rooms are one user's own room with one socket: no index, no spare
+/// capacity.
 #[derive(Default)]
 struct Members {
     list: Vec<Peer>,
-    index: HashMap<PeerId, usize>,
+    index: Option<HashMap<PeerId, usize>>,
 }
 
 impl Members {
+    fn position(&self, id: PeerId) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&id).copied(),
+            None => self.list.iter().position(|p| p.id() == id),
+        }
+    }
+
     fn insert(&mut self, peer: Peer) {
         let id = peer.id();
-        if self.index.contains_key(&id) {
+        if self.position(id).is_some() {
             return;
         }
-        self.index.insert(id, self.list.len());
+        if self.list.capacity() == 0 {
+            self.list.reserve_exact(1);
+        }
         self.list.push(peer);
+        match &mut self.index {
+            Some(index) => {
+                index.insert(id, self.list.len() - 1);
+            }
+            None if self.list.len() > SMALL_ROOM => {
+                let index = self
+                    .list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.id(), i))
+                    .collect();
+                self.index = Some(index);
+            }
+            None => {}
+        }
     }
 
     fn remove(&mut self, id: PeerId) {
-        if let Some(i) = self.index.remove(&id) {
-            self.list.swap_remove(i);
+        let Some(i) = self.position(id) else { return };
+        self.list.swap_remove(i);
+        if let Some(index) = &mut self.index {
+            index.remove(&id);
             if let Some(moved) = self.list.get(i) {
-                self.index.insert(moved.id(), i);
+                index.insert(moved.id(), i);
             }
         }
     }
@@ -207,6 +238,13 @@ pub async fn run(state: Arc<AppState>, mut bus: mpsc::Receiver<BusMessage>, cont
                     list.retain(|e| e.at.elapsed() < ENTERED_TTL);
                     !list.is_empty()
                 });
+                // Give back what a reconnect storm grew.
+                if relay.entered.capacity() > 2 * relay.entered.len() + 64 {
+                    relay.entered.shrink_to_fit();
+                }
+                if relay.rooms.capacity() > 2 * relay.rooms.len() + 64 {
+                    relay.rooms.shrink_to_fit();
+                }
             }
             n = bus.recv_many(&mut batch, MAX_BATCH) => {
                 if n == 0 {

@@ -385,10 +385,10 @@ async fn protocol_violations_close_with_a_code_and_are_counted() {
 
     let m = gw.metrics().await;
     for reason in [
-        "client frames must be masked",
-        "binary messages are not supported",
+        "unmasked_frame",
+        "binary_message",
         "bad_json",
-        "message too big",
+        "message_too_big",
     ] {
         assert_eq!(
             metric(

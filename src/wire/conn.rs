@@ -374,7 +374,7 @@ impl Conn {
             Opcode::Continuation => {
                 let Some((opcode, mut buf)) = l.message.take() else {
                     return Err(frame_error(FrameError::Protocol(
-                        "continuation without a message",
+                        "continuation_without_message",
                     )));
                 };
                 if buf.len() + f.payload.len() > max {
@@ -389,9 +389,7 @@ impl Conn {
             }
             opcode => {
                 if l.message.is_some() {
-                    return Err(frame_error(FrameError::Protocol(
-                        "new message inside a fragmented one",
-                    )));
+                    return Err(frame_error(FrameError::Protocol("interleaved_message")));
                 }
                 if !f.fin {
                     l.message = Some((opcode, f.payload));
@@ -401,18 +399,10 @@ impl Conn {
             }
         };
         if opcode == Opcode::Binary {
-            return Err(Stop::protocol(
-                "bad_packet",
-                1003,
-                "binary messages are not supported",
-            ));
+            return Err(Stop::protocol("bad_packet", 1003, "binary_message"));
         }
         let Ok(text) = String::from_utf8(payload) else {
-            return Err(Stop::protocol(
-                "bad_packet",
-                1007,
-                "text message is not UTF-8",
-            ));
+            return Err(Stop::protocol("bad_packet", 1007, "invalid_utf8"));
         };
         match packet::parse(&text) {
             Ok(p) => self.on_packet(st, l, p),

@@ -81,11 +81,11 @@ impl FrameError {
         }
     }
 
-    /// Short text for logs and the close reason.
+    /// Stable code: the metric label, the log field and the close reason.
     pub fn reason(self) -> &'static str {
         match self {
             Self::Protocol(why) => why,
-            Self::TooBig => "message too big",
+            Self::TooBig => "message_too_big",
         }
     }
 }
@@ -98,12 +98,12 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usize)>, 
     }
     let (b0, b1) = (buf[0], buf[1]);
     if b0 & 0x70 != 0 {
-        return Err(FrameError::Protocol("reserved bits set"));
+        return Err(FrameError::Protocol("reserved_bits"));
     }
     let fin = b0 & 0x80 != 0;
-    let opcode = Opcode::from_u8(b0 & 0x0f).ok_or(FrameError::Protocol("unknown opcode"))?;
+    let opcode = Opcode::from_u8(b0 & 0x0f).ok_or(FrameError::Protocol("unknown_opcode"))?;
     if b1 & 0x80 == 0 {
-        return Err(FrameError::Protocol("client frames must be masked"));
+        return Err(FrameError::Protocol("unmasked_frame"));
     }
     let (len, mut at) = match b1 & 0x7f {
         126 => {
@@ -123,7 +123,7 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usize)>, 
         n => (n as u64, 2),
     };
     if opcode.is_control() && (len > 125 || !fin) {
-        return Err(FrameError::Protocol("invalid control frame"));
+        return Err(FrameError::Protocol("bad_control_frame"));
     }
     if len > max_payload as u64 {
         return Err(FrameError::TooBig);

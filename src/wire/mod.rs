@@ -224,8 +224,9 @@ async fn upgrade(st: Arc<AppState>, mut stream: TrackedStream) {
         return;
     }
     let early = head[end..].to_vec();
-    drop(head);
-    conn::serve(st, stream, early).await;
+    // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
+    // here instead of staying alive (and allocated) for the whole session.
+    tokio::spawn(conn::serve(st, stream, early));
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
