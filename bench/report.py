@@ -96,6 +96,19 @@ def kib(v):
     return None if v is None else v / 1024
 
 
+FLOOR_COLD = 9_000
+
+
+def newest_floor(docs: list[dict], pairs: int):
+    """CPU per loopback write over `pairs` connections from the newest floor run, if measured."""
+    floors = [d for d in docs if d["scenario"] == "floor"]
+    if not floors:
+        return None
+    newest = max(floors, key=lambda d: d.get("run", ""))
+    shape = next((s for s in newest["result"].get("shapes", []) if s.get("pairs") == pairs), None)
+    return shape and shape["write_cpu_us"]
+
+
 def build(docs: list[dict]) -> str:
     t = Table()
     used: list[dict] = []
@@ -137,6 +150,19 @@ def build(docs: list[dict]) -> str:
             return s and s["server_cpu_us_per_delivery"]
 
         t.row("fan-out", "server CPU per delivery at 30k/s (µs)", "lower", cpu_at_30k(g), cpu_at_30k(b), 2)
+
+        def cpu_lowest(d):
+            steps = get(d, "steps", default=[])
+            return steps[0]["server_cpu_us_per_delivery"] if steps else None
+
+        low = (get(g, "steps", default=[]) or get(b, "steps", default=[]) or [{}])[0].get("offered_per_sec")
+        t.row("fan-out", f"server CPU per delivery at the lowest rate, {fmt(low)}/s (µs)", "lower",
+              cpu_lowest(g), cpu_lowest(b), 2)
+        cold = newest_floor(docs, FLOOR_COLD)
+        if cold:
+            over = lambda d: cpu_lowest(d) and cpu_lowest(d) / cold  # noqa: E731
+            t.row("fan-out", f"… ÷ loopback write floor over {fmt(FLOOR_COLD)} connections", "lower",
+                  over(g), over(b), 2)
 
     g, b = pick(docs, "rooms")
     used += [d for d in (g, b) if d]
@@ -180,8 +206,10 @@ def build(docs: list[dict]) -> str:
     floor = max(floors, key=lambda d: d.get("run", "")) if floors else None
     if floor:
         used.append(floor)
-        t.rows.append(f"| machine | loopback TCP write of a {floor['result']['frame_bytes']}-byte frame "
-                      f"(µs CPU) | {fmt(floor['result']['write_cpu_us'], 2)} | | |")
+        shapes = floor["result"].get("shapes") or [floor["result"]]
+        for s in shapes:
+            t.rows.append(f"| machine | loopback TCP write of a {s['frame_bytes']}-byte frame over "
+                          f"{fmt(s.get('pairs'))} connections (µs CPU) | {fmt(s['write_cpu_us'], 2)} | | |")
 
     cg = [d for d in docs if d["scenario"] == "callgrind"]
     if cg:
