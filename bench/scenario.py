@@ -49,7 +49,7 @@ FULL = {
     "fanout_rates": [1, 3, 10, 30, 60, 100, 150, 200],
     "small_room": 1_000,
     "rooms_connections": 10_000,
-    "rooms_rates": [200, 500, 1_000, 2_000, 5_000],
+    "rooms_rates": [200, 1_000, 5_000, 10_000, 20_000, 40_000],
     # 20k would not fit: after the kill the survivor must hold them all, and one process may
     # hold at most 20,000 open files (sockets + Redis + listeners).
     "storm_connections": 19_600,

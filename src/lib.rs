@@ -14,7 +14,9 @@
 //!   embedded implementation.
 //! - [`socket`]: the Socket.IO handlers (handshake auth, `authenticate`, `join`, `leave`,
 //!   `refresh`, `ping`), per-socket sessions, room membership counts and timers.
-//! - [`relay`]: bus deliveries to local sockets.
+//! - [`relay`]: bus deliveries to local sockets (it owns the room → sockets map).
+//! - [`wire`]: the gateway's own WebSocket transport for direct WebSocket sessions (long-polling
+//!   and polling-then-upgrade sessions run on socketioxide behind the same handlers).
 //! - [`http`]: health, readiness and the publish API; `/metrics` on the admin listener.
 //! - [`metrics`]: metric names and descriptions.
 //! - [`shutdown`]: signal handling; [`drain`]: closing connections in batches on shutdown.
