@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::{BusMessage, Delivery};
+use crate::bus::{BusMessage, Delivery, Position};
 use crate::events::envelope::now_millis;
 use crate::events::{Event, RoomKey};
 use crate::metrics;
@@ -36,6 +36,11 @@ const MAX_BATCH: usize = 64;
 pub const RESYNC: &str = "resync";
 
 enum Control {
+    Enter {
+        key: RoomKey,
+        peer: Peer,
+        done: oneshot::Sender<Option<Position>>,
+    },
     Register {
         key: RoomKey,
         peer: Peer,
@@ -44,6 +49,7 @@ enum Control {
     Finish {
         key: RoomKey,
         id: PeerId,
+        epoch: Option<Arc<str>>,
         after: u64,
         replay: Vec<(u64, Arc<Event>)>,
         done: oneshot::Sender<Finished>,
@@ -85,6 +91,23 @@ pub fn channel() -> (RelayHandle, RelayControl) {
 }
 
 impl RelayHandle {
+    /// Enters `key` at once if the relay already knows where the room stands (it has local
+    /// members, so its subscription is live and every later event will come through here): the
+    /// peer is in the room and the position is returned. Otherwise the peer is registered as
+    /// entering (like [`RelayHandle::register`]) and `None` is returned.
+    pub async fn enter(&self, key: &RoomKey, peer: Peer) -> Option<Position> {
+        let (done, wait) = oneshot::channel();
+        let msg = Control::Enter {
+            key: key.clone(),
+            peer,
+            done,
+        };
+        if self.control.send(msg).is_err() {
+            return None;
+        }
+        wait.await.ok().flatten()
+    }
+
     /// Starts buffering `key`'s live events for `peer`; returns once the relay has done so.
     pub async fn register(&self, key: &RoomKey, peer: Peer) {
         let (done, wait) = oneshot::channel();
@@ -104,6 +127,7 @@ impl RelayHandle {
         &self,
         key: &RoomKey,
         id: PeerId,
+        epoch: Option<Arc<str>>,
         after: u64,
         replay: Vec<(u64, Arc<Event>)>,
     ) -> Finished {
@@ -111,6 +135,7 @@ impl RelayHandle {
         let msg = Control::Finish {
             key: key.clone(),
             id,
+            epoch,
             after,
             replay,
             done,
@@ -164,6 +189,27 @@ const SMALL_ROOM: usize = 32;
 struct Members {
     list: Vec<Peer>,
     index: Option<HashMap<PeerId, usize>>,
+    /// Where the room stands as far as the relay knows: the newest of the last event relayed
+    /// and the positions members entered at. Every later event comes through the relay while
+    /// the room has members.
+    head: Option<Position>,
+}
+
+impl Members {
+    /// Raises the known head to `(epoch, offset)`; an epoch that disagrees makes it unknown.
+    fn saw(&mut self, epoch: &Arc<str>, offset: u64) {
+        self.head = match self.head.take() {
+            None => Some(Position {
+                epoch: epoch.clone(),
+                offset,
+            }),
+            Some(h) if h.epoch == *epoch => Some(Position {
+                offset: h.offset.max(offset),
+                ..h
+            }),
+            Some(_) => None,
+        };
+    }
 }
 
 impl Members {
@@ -291,7 +337,8 @@ impl Relay {
         self.entered.remove(key);
         ::metrics::counter!(metrics::RESYNCS).increment(1);
         let body = json!({ "room": key.room(), "epoch": now.epoch, "offset": now.offset });
-        if let Some(members) = self.rooms.get(key) {
+        if let Some(members) = self.rooms.get_mut(key) {
+            members.head = Some(now.clone());
             for peer in &members.list {
                 peer.emit(RESYNC, &body);
             }
@@ -300,6 +347,33 @@ impl Relay {
 
     fn on_control(&mut self, ctl: Control) {
         match ctl {
+            Control::Enter { key, peer, done } => {
+                let head = self.rooms.get(&key).and_then(|m| m.head.clone());
+                match head {
+                    Some(head) if peer.is_open() => {
+                        let id = peer.id();
+                        if let Some(members) = self.rooms.get_mut(&key) {
+                            members.insert(peer);
+                        }
+                        // Events up to the head may still be on their way from the bus.
+                        self.entered.entry(key.clone()).or_default().push(Entered {
+                            id,
+                            upto: head.offset,
+                            at: Instant::now(),
+                        });
+                        tracing::debug!(peer = id, room = %key, offset = head.offset, "room entered at the relay's head");
+                        let _ = done.send(Some(head));
+                    }
+                    _ => {
+                        self.pending.entry(key).or_default().push(Pending {
+                            peer,
+                            buffer: Vec::new(),
+                            overflowed: false,
+                        });
+                        let _ = done.send(None);
+                    }
+                }
+            }
             Control::Register { key, peer, done } => {
                 self.pending.entry(key).or_default().push(Pending {
                     peer,
@@ -311,6 +385,7 @@ impl Relay {
             Control::Finish {
                 key,
                 id,
+                epoch,
                 after,
                 replay,
                 done,
@@ -320,7 +395,12 @@ impl Relay {
                     Some(p) if p.peer.is_open() => {
                         let peer = p.peer.clone();
                         let (finished, upto) = splice(&self.state, &peer, &key, after, replay, p);
-                        self.rooms.entry(key.clone()).or_default().insert(peer);
+                        let members = self.rooms.entry(key.clone()).or_default();
+                        members.insert(peer);
+                        // After an overflow the socket is behind what was relayed: not a head.
+                        if let (Some(epoch), false) = (&epoch, finished.overflowed) {
+                            members.saw(epoch, upto);
+                        }
                         self.entered.entry(key).or_default().push(Entered {
                             id,
                             upto,
@@ -386,10 +466,13 @@ impl Relay {
     fn relay_run(&mut self, run: Vec<Delivery>) {
         let key = run[0].key.clone();
         let skips: Vec<Vec<PeerId>> = run.iter().map(|d| self.skip_for(&key, d.offset)).collect();
-        if let Some(members) = self.rooms.get(&key) {
+        if let Some(members) = self.rooms.get_mut(&key) {
             let encoded: Vec<Outgoing> = run.iter().filter_map(encode).collect();
             if encoded.len() == run.len() {
                 deliver(&self.state, &key, &members.list, &encoded, &skips);
+            }
+            for d in &run {
+                members.saw(&d.epoch, d.offset);
             }
         }
         for d in &run {

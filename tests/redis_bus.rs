@@ -456,3 +456,105 @@ async fn the_stock_client_on_every_gateway_and_through_nginx_gets_every_publish_
     assert_eq!(done["sockets"], 8);
     assert!(tokio::task::block_in_place(|| script.success()));
 }
+
+/// Clients join `exam:1` while 2,000 events stream into it: a first one reads the room's
+/// position from the bus (possibly ahead of what the relay has relayed yet), the others, at
+/// once, are placed at the relay's own head without a read. Each must get exactly the offsets
+/// after the one its join ack reported, in order, once.
+async fn joins_mid_stream_get_exactly_what_follows(gw: &Gateway) {
+    const TOTAL: u64 = 2_000;
+    const BATCH: u64 = 20;
+    const JOINERS: usize = 40;
+    let url = gw.url();
+    let mut clients = Vec::new();
+    for i in 0..JOINERS {
+        clients.push(gw.client(&format!("{}", 100 + i), "1", "ADMIN").await);
+    }
+    let publisher = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for chunk in 0..TOTAL / BATCH {
+            let batch: Vec<Value> = (0..BATCH)
+                .map(|i| batch_created(1, &["exam:1"], (chunk * BATCH + i) as i64))
+                .collect();
+            let r = http
+                .post(format!("{url}/v1/publish/batch"))
+                .bearer_auth(KEY)
+                .json(&batch)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    });
+    // Let the stream start, then everyone joins at the same moment.
+    let history = gw.url();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = gw.metrics().await;
+        if metric(&m, "gateway_events_published_total", "") >= 200.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing did not start: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let ack = c
+                    .request("join", &json!("exam:1"), WAIT)
+                    .await
+                    .expect("join ack");
+                assert_eq!(ack["ok"], true, "{ack}");
+                let from = ack["offset"].as_u64().expect("join ack has an offset");
+                let mut got = Vec::new();
+                let mut last = from;
+                while last < TOTAL {
+                    let Some(e) = c.wait_for("batch_update", WAIT).await else {
+                        break;
+                    };
+                    last = e["offset"].as_u64().unwrap();
+                    got.push(last);
+                }
+                (from, got)
+            })
+        })
+        .collect();
+    publisher.await.unwrap();
+    let mut mid_stream = 0;
+    for r in readers {
+        let (from, got) = r.await.unwrap();
+        let want: Vec<u64> = (from + 1..=TOTAL).collect();
+        assert!(
+            got == want,
+            "joined at {from}: got {} events, first {:?}, last {:?}",
+            got.len(),
+            &got[..got.len().min(5)],
+            got.last()
+        );
+        if from > 0 && from < TOTAL {
+            mid_stream += 1;
+        }
+    }
+    assert!(mid_stream > 0, "no join landed while events were flowing");
+    assert!(
+        gw.log().contains("room entered at the relay's head"),
+        "joins took the relay's fast path"
+    );
+}
+
+#[tokio::test]
+async fn joins_mid_stream_get_exactly_what_follows_over_redis() {
+    let redis = RedisServer::start();
+    let gws = ready_gateways(&redis, 1, &[]).await;
+    joins_mid_stream_get_exactly_what_follows(&gws[0]).await;
+}
+
+#[tokio::test]
+async fn joins_mid_stream_get_exactly_what_follows_on_the_embedded_bus() {
+    let gw = Gateway::start(&[]);
+    joins_mid_stream_get_exactly_what_follows(&gw).await;
+}

@@ -115,6 +115,7 @@ impl Bus for MemoryBus {
                     .send(BusMessage::Event(Delivery {
                         key,
                         offset,
+                        epoch: room.epoch.clone(),
                         event: event.clone(),
                     }))
                     .await

@@ -24,6 +24,8 @@ pub struct Delivery {
     pub key: RoomKey,
     /// Position of the event in the room (1, 2, 3, ...).
     pub offset: u64,
+    /// The room's epoch the offset belongs to.
+    pub epoch: Arc<str>,
     /// The event, shared between the rooms it was published to.
     pub event: Arc<Event>,
 }

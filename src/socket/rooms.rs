@@ -63,7 +63,24 @@ pub fn parse_since(v: &Value) -> Since {
 /// and add the socket to the room.
 pub async fn enter(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Since>) -> RoomEntry {
     let id = peer.id();
-    st.relay.register(key, peer.clone()).await;
+    let mut entry = RoomEntry {
+        room: key.room().clone(),
+        epoch: None,
+        offset: None,
+        recovered: None,
+        reason: None,
+        replayed: None,
+    };
+    if since.is_none() {
+        // A room with local members: the relay knows its position, no read needed.
+        if let Some(now) = st.relay.enter(key, peer.clone()).await {
+            entry.epoch = Some(now.epoch);
+            entry.offset = Some(now.offset);
+            return entry;
+        }
+    } else {
+        st.relay.register(key, peer.clone()).await;
+    }
     if !st.bus.wait_subscribed(key, SUBSCRIBE_WAIT).await {
         tracing::warn!(room = %key, "bus subscription not confirmed in time; entering anyway");
     }
@@ -78,21 +95,14 @@ pub async fn enter(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Sinc
             now,
         }),
     };
-    let mut entry = RoomEntry {
-        room: key.room().clone(),
-        epoch: None,
-        offset: None,
-        recovered: None,
-        reason: None,
-        replayed: None,
-    };
     match read {
         Ok(Recovery::Replay { events, now }) => {
             let after = match &since {
                 Some(Ok(pos)) => pos.offset,
                 _ => now.offset,
             };
-            let done = st.relay.finish(key, id, after, events).await;
+            let epoch = Some(now.epoch.clone());
+            let done = st.relay.finish(key, id, epoch, after, events).await;
             entry.epoch = Some(now.epoch);
             entry.offset = Some(now.offset);
             if since.is_some() {
@@ -108,7 +118,9 @@ pub async fn enter(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Sinc
             }
         }
         Ok(Recovery::Lost { reason, now }) => {
-            st.relay.finish(key, id, now.offset, Vec::new()).await;
+            st.relay
+                .finish(key, id, Some(now.epoch.clone()), now.offset, Vec::new())
+                .await;
             let reason = match &since {
                 Some(Err(code)) => code,
                 _ => reason.as_str(),
@@ -121,7 +133,7 @@ pub async fn enter(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Sinc
         }
         Err(e) => {
             tracing::warn!(room = %key, error = %e, "room position unavailable; joining without one");
-            st.relay.finish(key, id, 0, Vec::new()).await;
+            st.relay.finish(key, id, None, 0, Vec::new()).await;
             if since.is_some() {
                 ::metrics::counter!(metrics::RECOVERIES, "result" => "bus_unavailable")
                     .increment(1);

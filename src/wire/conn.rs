@@ -202,9 +202,9 @@ impl Conn {
     }
 }
 
-/// Runs a WebSocket session whose upgrade was answered; `early` holds bytes the client sent
-/// after its request, if any.
-pub async fn serve(st: Arc<AppState>, stream: TrackedStream, early: Vec<u8>) {
+/// Runs a WebSocket session: writes `response` (the 101 answering the upgrade) followed by the
+/// Engine.IO open packet; `early` holds bytes the client sent after its request, if any.
+pub async fn serve(st: Arc<AppState>, stream: TrackedStream, response: String, early: Vec<u8>) {
     let conn = Arc::new(Conn {
         stream,
         out: Mutex::new(Out::default()),
@@ -230,7 +230,11 @@ pub async fn serve(st: Arc<AppState>, stream: TrackedStream, early: Vec<u8>) {
         st.config.ping_timeout.as_millis() as u64,
         st.config.max_client_packet_bytes,
     );
-    conn.send(open, 0);
+    let mut greeting = bytes::BytesMut::with_capacity(response.len() + open.len());
+    greeting.extend_from_slice(response.as_bytes());
+    greeting.extend_from_slice(&open);
+    drop(response);
+    conn.send(greeting.freeze(), 0);
     let stop = match conn.decode_partial(&st, &mut local) {
         Err(stop) => stop,
         Ok(()) => conn.run(&st, &mut local).await,

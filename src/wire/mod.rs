@@ -220,13 +220,11 @@ async fn upgrade(st: Arc<AppState>, mut stream: TrackedStream) {
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );
-    if stream.write_all(response.as_bytes()).await.is_err() {
-        return;
-    }
     let early = head[end..].to_vec();
     // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
-    // here instead of staying alive (and allocated) for the whole session.
-    tokio::spawn(conn::serve(st, stream, early));
+    // here instead of staying alive (and allocated) for the whole session. The 101 goes out
+    // with the Engine.IO open packet, in one write.
+    tokio::spawn(conn::serve(st, stream, response, early));
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {

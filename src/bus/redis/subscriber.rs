@@ -394,11 +394,12 @@ impl Subscriber {
                     return;
                 }
             }
-            last.insert(room.clone(), (epoch, offset));
+            last.insert(room.clone(), (epoch.clone(), offset));
         }
         let delivery = Delivery {
             key: room,
             offset,
+            epoch,
             event,
         };
         if self
