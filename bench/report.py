@@ -184,6 +184,10 @@ def build(docs: list[dict]) -> str:
               get(g, "recovery_secs"), get(b, "recovery_secs"), 2)
         t.row("reconnect storm", "reconnects per second", "higher",
               get(g, "reconnects_per_sec"), get(b, "reconnects_per_sec"), 0)
+        t.row("reconnect storm", "reconnects per CPU-second of the survivor", "higher",
+              get(g, "reconnects_per_survivor_cpu_sec"), get(b, "reconnects_per_survivor_cpu_sec"), 0)
+        t.row("reconnect storm", "CPU-seconds of generators and Redis meanwhile (same 2 cores)", "",
+              get(g, "generators_and_redis_cpu_s"), get(b, "generators_and_redis_cpu_s"), 2)
         t.row("reconnect storm", "all back", "", get(g, "all_back"), get(b, "all_back"))
 
     g, b = pick(docs, "scale")

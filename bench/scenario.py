@@ -679,6 +679,8 @@ def scenario_storm(run: Run, target: str, opts) -> dict:
     log(f"storm {target}: {conns['held']}/{n} connected; killing {servers[0].name}")
     time.sleep(2.0)
     survivor_before = proc_sample(servers[1].pid)
+    others = [g.proc.pid for g in gens] + [p.pid for p in run.procs if p.args and "redis-server" in str(p.args[0])]
+    others_before = sum(proc_sample(pid)["cpu_s"] for pid in others)
     killed_at_us = time.time_ns() // 1000
     kill(servers[0].proc)
     recovered = []
@@ -688,6 +690,7 @@ def scenario_storm(run: Run, target: str, opts) -> dict:
         except RuntimeError as e:
             log(str(e))
     survivor_after = proc_sample(servers[1].pid)
+    others_cpu = sum(proc_sample(pid)["cpu_s"] for pid in others) - others_before
     finals = stop(gens)
     rc = [f.get("reconnect", {}) for f in finals]
     disconnects = sum(r.get("disconnects", 0) for r in rc)
@@ -714,6 +717,12 @@ def scenario_storm(run: Run, target: str, opts) -> dict:
         "reconnect_delay_ms": latency_summary(hist, max_delay),
         "failed_attempts": sum(f["connections"]["failed"] for f in finals),
         "survivor_cpu_s": round(survivor_after["cpu_s"] - survivor_before["cpu_s"], 3),
+        # What one core of the survivor sustains: reconnects per CPU-second it spent on them.
+        "reconnects_per_survivor_cpu_sec": (
+            round(reconnects / (survivor_after["cpu_s"] - survivor_before["cpu_s"]), 1)
+            if survivor_after["cpu_s"] > survivor_before["cpu_s"] else None),
+        # The load generators and Redis share the same cores during the storm.
+        "generators_and_redis_cpu_s": round(others_cpu, 3),
         "survivor_rss_kb": survivor_after["rss_kb"],
         "errors": run_errors(ready, finals),
     }

@@ -204,9 +204,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::warn!("DEVELOPMENT MODE: generated PUBLISH_API_KEYS={key}");
     }
     runtime().block_on(async move {
-        let bind = |addr, setting: &'static str| async move {
-            tokio::net::TcpListener::bind(addr)
-                .await
+        let bind = |addr: std::net::SocketAddr, setting: &'static str| async move {
+            listen(addr)
                 .map_err(|e| format!("invalid setting {setting}: cannot listen on {addr}: {e}"))
         };
         let public = match bind(config.listen, "--listen / GATEWAY_LISTEN").await {
@@ -316,4 +315,21 @@ async fn publish(args: PublishArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Connections the kernel may queue before they are accepted. A reconnect storm brings tens of
+/// thousands of SYNs a second; with the usual 1,024 the queue overflows, and a dropped SYN is
+/// only retried a second later. The kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` (address reuse on, as `TcpListener::bind` does) with a deep accept queue.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
