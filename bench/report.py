@@ -109,6 +109,14 @@ def newest_floor(docs: list[dict], pairs: int):
     return shape and shape["write_cpu_us"]
 
 
+def achieved(d):
+    """Deliveries per second actually made at the highest zero-loss step (older results: offered)."""
+    if d is None:
+        return None
+    v = get(d, "max_zero_loss_per_sec")
+    return v if v is not None else get(d, "max_zero_loss_offered_per_sec")
+
+
 def build(docs: list[dict]) -> str:
     t = Table()
     used: list[dict] = []
@@ -130,13 +138,14 @@ def build(docs: list[dict]) -> str:
     n = (g or b or {}).get("params", {}).get("fanout_connections")
     small = (g or b or {}).get("params", {}).get("small_room")
     limit = (g or b or {}).get("params", {}).get("p99_limit_ms", 100)
+    stop = (g or b or {}).get("params", {}).get("stop_p99_ms", 1000)
     if g or b:
         t.row("fan-out", f"highest zero-loss rate with p99 ≤ {fmt(limit, 0)} ms, {fmt(n)}-member room (deliveries/s)",
-              "higher", get(g, "max_sustained_offered_per_sec"), get(b, "max_sustained_offered_per_sec"), 0)
+              "higher", get(g, "max_sustained_per_sec"), get(b, "max_sustained_per_sec"), 0)
         t.row("fan-out", "p99 at that rate (ms)", "lower",
               get(g, "max_sustained_p99_ms"), get(b, "max_sustained_p99_ms"))
-        t.row("fan-out", f"highest zero-loss rate, any p99, {fmt(n)}-member room (deliveries/s)", "higher",
-              get(g, "max_zero_loss_offered_per_sec"), get(b, "max_zero_loss_offered_per_sec"), 0)
+        t.row("fan-out", f"highest zero-loss rate with p99 ≤ {fmt(stop, 0)} ms, {fmt(n)}-member room (deliveries/s)", "higher",
+              achieved(g), achieved(b), 0)
         t.row("fan-out", "p99 at that rate (ms)", "lower",
               get(g, "max_zero_loss_p99_ms"), get(b, "max_zero_loss_p99_ms"))
         t.row("fan-out", f"p99 at 30k deliveries/s, {fmt(n)}-member room (ms)", "lower",
@@ -169,11 +178,11 @@ def build(docs: list[dict]) -> str:
     if g or b:
         n = (g or b)["params"].get("rooms_connections")
         t.row("many rooms", f"highest zero-loss rate to random users of {fmt(n)} (deliveries/s)", "higher",
-              get(g, "max_sustained_offered_per_sec"), get(b, "max_sustained_offered_per_sec"), 0)
+              get(g, "max_sustained_per_sec"), get(b, "max_sustained_per_sec"), 0)
         t.row("many rooms", "p99 at that rate (ms)", "lower",
               get(g, "max_sustained_p99_ms"), get(b, "max_sustained_p99_ms"))
-        t.row("many rooms", "highest zero-loss rate, any p99 (deliveries/s)", "higher",
-              get(g, "max_zero_loss_offered_per_sec"), get(b, "max_zero_loss_offered_per_sec"), 0)
+        t.row("many rooms", "highest zero-loss rate with p99 ≤ 1 s (deliveries/s)", "higher",
+              achieved(g), achieved(b), 0)
 
     g, b = pick(docs, "storm")
     used += [d for d in (g, b) if d]
