@@ -149,7 +149,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_WS_READ_BUFFER", default_value_t = 1024)]
     pub ws_read_buffer: usize,
     /// Outgoing packets queued per socket before it counts as a slow consumer.
-    #[arg(long, env = "GATEWAY_SOCKET_BUFFER", default_value_t = 2048)]
+    #[arg(long, env = "GATEWAY_SOCKET_BUFFER", default_value_t = 512)]
     pub socket_buffer: usize,
     /// After SIGTERM: how long to keep serving while not ready, so the load balancer moves away.
     #[arg(long, env = "GATEWAY_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
@@ -466,12 +466,12 @@ impl ServeArgs {
                 "must be at least 1",
             ));
         }
-        if (self.socket_buffer as u64) < self.max_replay + 64 {
+        if self.socket_buffer == 0 || self.socket_buffer as u64 + 64 > self.max_replay {
             return Err(bad(
                 "--socket-buffer / GATEWAY_SOCKET_BUFFER",
                 format!(
-                    "must hold a whole replay plus live traffic: at least GATEWAY_MAX_REPLAY + 64 = {}",
-                    self.max_replay + 64
+                    "must be 1 to GATEWAY_MAX_REPLAY - 64 = {}: a socket cut as a slow consumer misses up to this many queued events and must be able to recover them from history (raise GATEWAY_MAX_REPLAY to queue more)",
+                    self.max_replay.saturating_sub(64)
                 ),
             ));
         }

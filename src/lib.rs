@@ -82,7 +82,8 @@ pub async fn run(
         .ping_timeout(config.ping_timeout)
         .max_payload(config.max_client_packet_bytes)
         .ws_max_message_size(config.max_client_packet_bytes as usize)
-        .max_buffer_size(config.socket_buffer)
+        // A long-polling socket's queue must also take a whole replay at once.
+        .max_buffer_size(config.socket_buffer.max(config.max_replay as usize + 64))
         .ws_read_buffer_size(config.ws_read_buffer)
         .build_layer();
     let (relay_handle, relay_control) = relay::channel();

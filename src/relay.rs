@@ -619,7 +619,7 @@ fn send_one(state: &AppState, peer: &Peer, key: &RoomKey, offset: u64, event: &E
         ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode").increment(1);
         return false;
     };
-    match peer.send(&Outgoing::new(event.channel.clone(), raw)) {
+    match peer.send_replay(&Outgoing::new(event.channel.clone(), raw)) {
         Sent::Ok => true,
         Sent::Full => {
             ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full").increment(1);

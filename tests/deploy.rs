@@ -765,7 +765,7 @@ async fn every_metric_in_the_dashboard_and_alerts_is_exported_with_bounded_label
         ("REDIS_URL", &redis.url()),
         ("GATEWAY_REDIS_TIMEOUT", "500ms"),
         // A small socket queue, so a stalled client becomes a slow consumer quickly.
-        ("GATEWAY_MAX_REPLAY", "100"),
+        ("GATEWAY_MAX_REPLAY", "228"),
         ("GATEWAY_SOCKET_BUFFER", "164"),
     ]);
     gw.wait_readyz(200).await;

@@ -25,7 +25,7 @@ fn env(redis: &RedisServer) -> Vec<(&'static str, String)> {
         ("REDIS_URL", redis.url()),
         ("GATEWAY_HISTORY_MAX_LEN", "10000".into()),
         ("GATEWAY_MAX_REPLAY", "5000".into()),
-        ("GATEWAY_SOCKET_BUFFER", "8192".into()),
+        ("GATEWAY_SOCKET_BUFFER", "4096".into()),
         ("GATEWAY_DRAIN_DELAY", "300ms".into()),
         ("GATEWAY_DRAIN_PERIOD", "600ms".into()),
     ]

@@ -594,6 +594,11 @@ fn bad_settings_stop_startup_with_one_line_naming_them() {
             &[("JWT_SECRET", SECRET), ("GATEWAY_ROOM_ROLES", "exam")],
             "GATEWAY_ROOM_ROLES",
         ),
+        (
+            // A cut slow consumer could not recover the 2,048 events its queue held.
+            &[("JWT_SECRET", SECRET), ("GATEWAY_SOCKET_BUFFER", "2048")],
+            "GATEWAY_SOCKET_BUFFER",
+        ),
     ];
     for (env, needle) in cases {
         let mut cmd = Command::new(common::binary());
@@ -682,7 +687,7 @@ async fn a_slow_consumer_is_cut_and_counted_while_others_get_everything() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let gw = Gateway::start(&[
-        ("GATEWAY_MAX_REPLAY", "16"),
+        ("GATEWAY_MAX_REPLAY", "144"),
         ("GATEWAY_SOCKET_BUFFER", "80"),
     ]);
     let mut fast = gw.client("10", "1", "ADMIN").await;

@@ -269,3 +269,20 @@ async fn node_recovery_redis_bus() {
     let redis = common::redis_server::RedisServer::start();
     recovery(Some(&redis)).await;
 }
+
+/// A stalled stock client is cut as a slow consumer, counted, and recovers every event from
+/// history after reconnecting by itself.
+#[tokio::test]
+async fn node_slow_consumer_recovers() {
+    const SOCKET_BUFFER: &str = "64";
+    node_test(
+        "overload.test.mjs",
+        &[
+            ("GATEWAY_SOCKET_BUFFER", SOCKET_BUFFER),
+            ("GATEWAY_MAX_REPLAY", "1000"),
+            ("GATEWAY_HISTORY_MAX_LEN", "2000"),
+        ],
+        &[("SOCKET_BUFFER", SOCKET_BUFFER.to_string())],
+    )
+    .await;
+}

@@ -115,6 +115,15 @@ impl Peer {
         }
     }
 
+    /// Sends a replayed event (history, or live events held while the socket entered a room):
+    /// never refused for a full queue, since a replay is bounded by `GATEWAY_MAX_REPLAY`.
+    pub fn send_replay(&self, ev: &Outgoing) -> Sent {
+        match self {
+            Peer::Sio(_) => self.send(ev),
+            Peer::Ws(c) => c.send_replay(ev.frame().clone()),
+        }
+    }
+
     /// Whether the peer can still be written to.
     pub fn is_open(&self) -> bool {
         match self {

@@ -108,16 +108,26 @@ impl Conn {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `frame` (carrying `events` relayed events) now if nothing is queued before it,
-    /// else queues it. A queue that would pass its limit of events refuses it ([`Sent::Full`]);
-    /// the gateway's own packets (`events == 0`) are never refused.
-    pub fn send(&self, mut frame: Bytes, events: usize) -> Sent {
+    /// Writes `frame` (carrying `events` live events) now if nothing is queued before it, else
+    /// queues it. A queue that would pass its limit of events refuses it ([`Sent::Full`]); the
+    /// gateway's own packets (`events == 0`) are never refused.
+    pub fn send(&self, frame: Bytes, events: usize) -> Sent {
+        self.push(frame, events, true)
+    }
+
+    /// Like [`Conn::send`], never refused: a replay (bounded by `GATEWAY_MAX_REPLAY`) goes out
+    /// whole even to a socket whose queue is at its limit for live events.
+    pub fn send_replay(&self, frame: Bytes) -> Sent {
+        self.push(frame, 1, false)
+    }
+
+    fn push(&self, mut frame: Bytes, events: usize, limited: bool) -> Sent {
         let mut out = self.lock();
         if out.closed || out.closing {
             return Sent::Closed;
         }
         if !out.queue.is_empty() {
-            if events > 0 && out.events + events > self.max_queue {
+            if limited && events > 0 && out.events + events > self.max_queue {
                 return Sent::Full;
             }
             out.events += events;
