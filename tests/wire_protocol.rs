@@ -40,7 +40,12 @@ impl Frame {
 
 /// Sends a request head and reads the response head (status line and headers) and body.
 async fn http_exchange(gw: &Gateway, head: &str) -> (u16, String, TcpStream, Vec<u8>) {
-    let mut tcp = TcpStream::connect(gw.public).await.expect("connect");
+    let tcp = TcpStream::connect(gw.public).await.expect("connect");
+    http_exchange_on(tcp, head).await
+}
+
+/// [`http_exchange`] on a connection the caller made.
+async fn http_exchange_on(mut tcp: TcpStream, head: &str) -> (u16, String, TcpStream, Vec<u8>) {
     tcp.write_all(head.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let end = loop {
@@ -509,4 +514,61 @@ async fn a_draining_gateway_refuses_websocket_handshakes_with_503() {
     assert_eq!(s, 200);
     assert_eq!(event_of(&before.recv_text().await).0, "batch_update");
     gw.terminate();
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_cut() {
+    let gw = Gateway::start(&[]);
+    // A small receive window, so the answers pile up in the gateway rather than in our kernel.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(gw.public).await.unwrap();
+    let (status, head, tcp, rest) = http_exchange_on(
+        tcp,
+        &upgrade_request(WS_PATH, "Sec-WebSocket-Version: 13\r\n"),
+    )
+    .await;
+    assert_eq!(status, 101, "{head}");
+    let mut ws = RawWs { tcp, buf: rest };
+    ws.recv_text().await;
+    ws.send_text(&format!(
+        "40{}",
+        json!({ "token": token("10", "1", "ADMIN", 600) })
+    ))
+    .await;
+    assert!(ws.recv_text().await.starts_with("40{"));
+    // Ping events, thousands per write, and never a read: each is answered with a pong.
+    let mut chunk = Vec::new();
+    let mask = [1u8, 2, 3, 4];
+    for _ in 0..2000 {
+        let payload = br#"42["ping"]"#;
+        chunk.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+        chunk.extend_from_slice(&mask);
+        chunk.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    }
+    let mut cut = false;
+    for _ in 0..500 {
+        match timeout(WAIT, ws.tcp.write_all(&chunk)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+            Err(_) => panic!("the gateway stopped reading without cutting the connection"),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = gw.metrics().await;
+        if metric(&m, "gateway_slow_consumer_disconnects_total", "") >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a client with a million unread answers was not cut (write error seen: {cut})\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.log().contains("too many frames queued"));
+    assert_eq!(gw.get("/healthz").await.0, 200);
 }

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 const MAX_IOV: usize = 64;
 /// Most reads handled per wake-up, so one busy client cannot hold a worker thread.
 const MAX_READS: usize = 16;
+/// Frames beyond the live queue and a replay that a session may have queued (live events held
+/// while it entered a room, the gateway's own packets) before it is cut.
+const MAX_HELD_FRAMES: usize = 16_384;
 
 /// A WebSocket session shared by its task, the relay and the handlers.
 pub struct Conn {
@@ -41,6 +45,10 @@ pub struct Conn {
     session: Arc<Session>,
     sid: Box<str>,
     max_queue: usize,
+    /// Most frames queued of any kind: the gateway's own packets (acks, pongs) and replays are
+    /// not held to `max_queue`, but a client that sends requests and never reads the answers
+    /// must not grow its queue without bound.
+    max_frames: usize,
 }
 
 #[derive(Default)]
@@ -130,6 +138,11 @@ impl Conn {
             if limited && events > 0 && out.events + events > self.max_queue {
                 return Sent::Full;
             }
+            if out.queue.len() >= self.max_frames {
+                drop(out);
+                self.cut("frame_limit");
+                return Sent::Full;
+            }
             out.events += events;
             out.queue.push_back((frame, events));
             return Sent::Ok;
@@ -201,6 +214,27 @@ impl Conn {
         Ok(true)
     }
 
+    /// Shuts the connection down (both directions) as one that cannot keep up; the session's
+    /// task then ends it. The client reconnects and recovers from history.
+    fn cut(&self, why: &'static str) {
+        let first = {
+            let mut out = self.lock();
+            !std::mem::replace(&mut out.closed, true)
+        };
+        if first {
+            // SAFETY: the descriptor belongs to this connection's stream, alive as long as `self`.
+            unsafe {
+                libc::shutdown(self.stream.tcp().as_raw_fd(), libc::SHUT_RDWR);
+            }
+            ::metrics::counter!(metrics::SLOW_CONSUMERS, "transport" => "websocket").increment(1);
+            tracing::warn!(
+                peer = self.session.id,
+                why,
+                "slow consumer cut: too many frames queued"
+            );
+        }
+    }
+
     /// Whether the session still takes writes.
     pub fn is_open(&self) -> bool {
         let out = self.lock();
@@ -222,6 +256,7 @@ pub async fn serve(st: Arc<AppState>, stream: TrackedStream, response: String, e
         session: Session::new("websocket"),
         sid: super::new_sid().into_boxed_str(),
         max_queue: st.config.socket_buffer,
+        max_frames: st.config.socket_buffer + st.config.max_replay as usize + MAX_HELD_FRAMES,
     });
     let interval = st.config.ping_interval;
     let now = Instant::now();
