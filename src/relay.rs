@@ -350,7 +350,7 @@ impl Relay {
             Control::Enter { key, peer, done } => {
                 let head = self.rooms.get(&key).and_then(|m| m.head.clone());
                 match head {
-                    Some(head) if peer.is_open() => {
+                    Some(head) if wants(&peer, &key) => {
                         let id = peer.id();
                         if let Some(members) = self.rooms.get_mut(&key) {
                             members.insert(peer);
@@ -392,7 +392,7 @@ impl Relay {
             } => {
                 let mine = self.take_pending(&key, id);
                 let finished = match mine {
-                    Some(p) if p.peer.is_open() => {
+                    Some(p) if wants(&p.peer, &key) => {
                         let peer = p.peer.clone();
                         let (finished, upto) = splice(&self.state, &peer, &key, after, replay, p);
                         let members = self.rooms.entry(key.clone()).or_default();
@@ -493,6 +493,29 @@ impl Relay {
             }
         }
     }
+}
+
+/// Whether `peer` should be in `key` now: connected, authenticated in the room's tenant, and
+/// the room is one of its automatic rooms or one it joined and has not left. Checked under the
+/// session's lock when the relay adds a member; `leave`, `refresh` and disconnects change the
+/// session before they tell the relay, so a join whose entry is overtaken by its own leave (or
+/// by a disconnect) never lands.
+fn wants(peer: &Peer, key: &RoomKey) -> bool {
+    if !peer.is_open() {
+        return false;
+    }
+    let Some(session) = peer.session() else {
+        return false;
+    };
+    let state = session.state();
+    let Some(id) = state.identity.as_ref().filter(|_| !state.closed) else {
+        return false;
+    };
+    let room = key.room();
+    id.tenant == *key.tenant()
+        && (*room == crate::events::RoomName::institution(&id.tenant)
+            || *room == crate::events::RoomName::user(&id.user_id)
+            || state.rooms.contains(room))
 }
 
 /// The client envelope of a live event, encoded once.

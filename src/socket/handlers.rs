@@ -49,27 +49,34 @@ pub(super) fn dispatch(
     peer: Peer,
     name: String,
     data: Option<Value>,
-    ack: Option<Ack>,
+    mut ack: Option<Ack>,
 ) {
     match name.as_str() {
+        // What a request changes in the session happens here, in the order the client sent
+        // its requests (a `leave` right after a `join` finds the room joined); only the part
+        // that waits on the bus runs in a task of its own.
         names::AUTHENTICATE => {
-            tokio::spawn(async move { authenticate(&st, &peer, data, ack).await });
+            if let Some((session, verified)) = authenticate(&st, &peer, data, &mut ack) {
+                tokio::spawn(async move {
+                    complete_auth(&st, &peer, &session, verified, ack).await;
+                });
+            }
         }
         names::JOIN => {
-            tokio::spawn(async move {
-                let body = match join(&st, &peer, data).await {
-                    Ok(entry) => {
-                        let mut body = json!(entry);
+            let refused = |e: RoomError| {
+                ::metrics::counter!(metrics::JOIN_REFUSED, "reason" => e.code).increment(1);
+                error_reply(e.code, &e.message)
+            };
+            match join(&st, &peer, data) {
+                Ok(step) => {
+                    tokio::spawn(async move {
+                        let mut body = json!(step.run(&st, &peer).await);
                         body["ok"] = json!(true);
-                        body
-                    }
-                    Err(e) => {
-                        ::metrics::counter!(metrics::JOIN_REFUSED, "reason" => e.code).increment(1);
-                        error_reply(e.code, &e.message)
-                    }
-                };
-                reply(ack, &body);
-            });
+                        reply(ack, &body);
+                    });
+                }
+                Err(e) => reply(ack, &refused(e)),
+            }
         }
         names::LEAVE => {
             let body = match leave(&st, &peer, data) {
@@ -100,10 +107,15 @@ pub(super) fn dispatch(
     }
 }
 
-async fn authenticate(st: &AppState, peer: &Peer, data: Option<Value>, ack: Option<Ack>) {
-    let Some(session) = peer.session() else {
-        return;
-    };
+/// Verifies the token and claims the identity; what is left (entering the automatic rooms,
+/// the answers) is returned for [`complete_auth`]. Failures are answered here.
+fn authenticate(
+    st: &AppState,
+    peer: &Peer,
+    data: Option<Value>,
+    ack: &mut Option<Ack>,
+) -> Option<(Arc<super::session::Session>, crate::auth::Verified)> {
+    let session = peer.session()?;
     let verified = token_of(&data)
         .and_then(|t| t.ok_or(AuthError::Missing))
         .and_then(|t| st.config.verifier.verify(&t));
@@ -111,12 +123,12 @@ async fn authenticate(st: &AppState, peer: &Peer, data: Option<Value>, ack: Opti
         Ok(v) => v,
         Err(e) => {
             let body = auth_failed(&e);
-            reply(ack, &body);
+            reply(ack.take(), &body);
             peer.emit(
                 names::AUTH_ERROR,
                 &json!({ "code": e.code(), "message": e.to_string() }),
             );
-            return;
+            return None;
         }
     };
     // Claim the identity under the lock: two racing authenticate events cannot both win.
@@ -128,13 +140,14 @@ async fn authenticate(st: &AppState, peer: &Peer, data: Option<Value>, ack: Opti
                 "already_authenticated",
                 "this socket is already authenticated; use refresh to extend it",
             );
-            return reply(ack, &body);
+            reply(ack.take(), &body);
+            return None;
         }
         state.identity = Some(verified.identity.clone());
         state.exp = verified.exp;
         state.handshake_since = data.as_ref().and_then(|d| d.get("since")).cloned();
     }
-    complete_auth(st, peer, &session, verified, ack).await;
+    Some((session, verified))
 }
 
 /// Why a join or leave request could not even be read.
@@ -156,11 +169,35 @@ fn requested_room(data: &Option<Value>) -> Result<(String, Option<&Value>), Room
     }
 }
 
-async fn join(
-    st: &AppState,
-    peer: &Peer,
-    data: Option<Value>,
-) -> Result<rooms::RoomEntry, RoomError> {
+/// What is left of a join once the session took it: entering the room, or only reporting where
+/// a room the socket is already in stands.
+struct JoinStep {
+    key: RoomKey,
+    room: RoomName,
+    fresh: bool,
+    since: Option<rooms::Since>,
+}
+
+impl JoinStep {
+    async fn run(self, st: &AppState, peer: &Peer) -> rooms::RoomEntry {
+        if self.fresh {
+            return rooms::enter(st, peer, &self.key, self.since).await;
+        }
+        // Already in the room: report where it stands; live delivery already reaches the socket.
+        let now = st.bus.position(&self.key).await.ok();
+        rooms::RoomEntry {
+            room: self.room,
+            epoch: now.as_ref().map(|p| p.epoch.clone()),
+            offset: now.map(|p| p.offset),
+            recovered: None,
+            reason: None,
+            replayed: None,
+        }
+    }
+}
+
+/// Checks a join against the policy and the rate, and records the room in the session.
+fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, RoomError> {
     let session = peer
         .session()
         .ok_or_else(|| bad_request("socket is closing"))?;
@@ -203,19 +240,12 @@ async fn join(
             (key, true)
         }
     };
-    if !fresh {
-        // Already in the room: report where it stands; live delivery already reaches the socket.
-        let now = st.bus.position(&key).await.ok();
-        return Ok(rooms::RoomEntry {
-            room,
-            epoch: now.as_ref().map(|p| p.epoch.clone()),
-            offset: now.map(|p| p.offset),
-            recovered: None,
-            reason: None,
-            replayed: None,
-        });
-    }
-    Ok(rooms::enter(st, peer, &key, since.map(Ok)).await)
+    Ok(JoinStep {
+        key,
+        room,
+        fresh,
+        since: since.map(Ok),
+    })
 }
 
 fn leave(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomName, RoomError> {
