@@ -286,6 +286,9 @@ async fn packets_fragments_and_control_frames() {
     assert_eq!(open["maxPayload"], 16384);
     assert_eq!(open["sid"].as_str().unwrap().len(), 20);
 
+    // An event before the namespace connect is dropped (and counted), not answered.
+    ws.send_text(r#"421["ping"]"#).await;
+
     // A connect packet in three fragments, with a WebSocket ping between two of them.
     let connect = format!("40{}", json!({ "token": token("10", "1", "ADMIN", 600) }));
     let (a, rest) = connect.as_bytes().split_at(5);
@@ -305,6 +308,16 @@ async fn packets_fragments_and_control_frames() {
     assert_eq!(name, "authenticated");
     assert_eq!(auth["userId"], "10");
 
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_client_protocol_errors_total",
+            "reason=\"event_before_connect\""
+        ),
+        1.0,
+        "{m}"
+    );
     // Engine.IO ping from the client is answered.
     ws.send_text("2").await;
     assert_eq!(ws.recv_text().await, "3");

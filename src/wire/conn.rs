@@ -505,7 +505,9 @@ impl Conn {
                 data,
             } => {
                 if nsp != "/" || !l.connected {
-                    tracing::debug!(peer = self.session.id, event = %name, "event before connect ignored");
+                    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "event_before_connect")
+                        .increment(1);
+                    tracing::debug!(peer = self.session.id, event = %name, "event before the namespace connect dropped");
                     return Ok(());
                 }
                 let ack = ack.map(|id| Ack::Ws(self.clone(), id));
