@@ -467,6 +467,37 @@ const JOIN_REASONS: &[&str] = &[
     "too_many_rooms",
 ];
 const DELIVERY_REASONS: &[&str] = &["buffer_full", "closed", "encode"];
+const CLIENT_PROTOCOL_REASONS: &[&str] = &[
+    // refused WebSocket handshakes
+    "unsupported_protocol_version",
+    "not_a_websocket_upgrade",
+    "unsupported_websocket_version",
+    "missing_websocket_key",
+    "request_too_large",
+    "bad_request",
+    "draining",
+    // frames
+    "reserved_bits",
+    "unknown_opcode",
+    "unmasked_frame",
+    "bad_control_frame",
+    "message_too_big",
+    "continuation_without_message",
+    "interleaved_message",
+    "binary_message",
+    "invalid_utf8",
+    // packets
+    "empty",
+    "unknown_engine_packet",
+    "bad_ack_id",
+    "bad_json",
+    "event_not_array",
+    "event_without_name",
+    "binary_not_supported",
+    "unknown_socketio_packet",
+    "unknown_event",
+    "event_before_connect",
+];
 const BUS_INVALID_REASONS: &[&str] = &[
     "unknown_room",
     "bad_frame",
@@ -530,6 +561,7 @@ fn allowed_labels(family: &str) -> Option<&'static [(&'static str, &'static [&'s
         | "gateway_events_delivered_total"
         | "gateway_events_published_total" => &[("channel", CHANNELS)],
         "gateway_delivery_failures_total" => &[("reason", DELIVERY_REASONS)],
+        "gateway_client_protocol_errors_total" => &[("reason", CLIENT_PROTOCOL_REASONS)],
         "gateway_bus_invalid_total" => &[("reason", BUS_INVALID_REASONS)],
         "gateway_publish_requests_total" => &[("result", PUBLISH_RESULTS)],
         "gateway_recoveries_total" => &[("result", RECOVERY_RESULTS)],
@@ -849,6 +881,18 @@ async fn every_metric_in_the_dashboard_and_alerts_is_exported_with_bounded_label
     });
     let copy = format!("{offset}|{epoch}|{envelope}");
     assert_eq!(redis.cli(&["PUBLISH", channel, &copy]).trim(), "1");
+
+    // A WebSocket handshake from a client of a protocol version the gateway does not speak.
+    let refused = reqwest::Client::new()
+        .get(format!("{}/socket.io/?EIO=3&transport=websocket", gw.url()))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
 
     // A slow consumer: a client that stops reading while big events keep coming.
     let stalled = stalled_client(&gw, "batch:777").await;
