@@ -186,7 +186,11 @@ impl Ack {
             }
             Ack::Ws(c, id) => match crate::wire::packet::ack(id, body) {
                 Ok(frame) => {
-                    c.send(frame, 0);
+                    if c.send(frame, 0) != Sent::Ok {
+                        ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "closed")
+                            .increment(1);
+                        tracing::debug!(peer = c.session().id, "ack not sent: the socket is gone");
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "ack could not be encoded"),
             },

@@ -2,7 +2,7 @@
 //! history replays into live delivery for sockets that are entering a room.
 //!
 //! One task owns all of it, so "a live event arrived" and "this socket finished its replay" can
-//! never interleave: while a socket enters a room it is not yet in the Socket.IO room; live
+//! never interleave: while a socket enters a room it is not yet one of its members; live
 //! events of that room are buffered for it; when its history read is done the relay sends the
 //! replay, then the buffered events it did not already cover (by offset), then adds the socket
 //! to the room, all in one step. Nothing is lost, doubled or reordered.
@@ -10,6 +10,11 @@
 //! The relay keeps the room → sockets map itself. A live event is encoded once (JSON and the
 //! WebSocket frame); consecutive events of one room that reach the relay together are written
 //! to each member as one frame sequence in a single write.
+//!
+//! `members.rs` holds a room's members (and who may be one); `deliver.rs` writes to sockets.
+
+mod deliver;
+mod members;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,8 +27,11 @@ use crate::bus::{BusMessage, Delivery, Position};
 use crate::events::envelope::now_millis;
 use crate::events::{Event, RoomKey};
 use crate::metrics;
-use crate::socket::peer::{Outgoing, Peer, PeerId, Sent};
+use crate::socket::peer::{Outgoing, Peer, PeerId};
 use crate::state::AppState;
+pub use deliver::cut_slow_consumer;
+use deliver::{deliver, encode, splice};
+use members::{wants, Members};
 
 /// Most live events buffered for one socket while its history is read. Past it the socket is
 /// told to resync that room instead (a history read that slow means Redis is in trouble).
@@ -85,6 +93,12 @@ pub struct RelayHandle {
 pub struct RelayControl(mpsc::UnboundedReceiver<Control>);
 
 /// A relay handle and its control receiver.
+///
+/// The control channel is unbounded on purpose: `leave` and disconnect cleanup are sent from
+/// code that must not wait (under a session's lock, in a socket's read loop) and must never be
+/// dropped, or a socket would stay in a room it left. What can be in it is bounded by the
+/// sockets themselves: a disconnect each, and per socket only the joins its join rate allows,
+/// each waiting for its own answer.
 pub fn channel() -> (RelayHandle, RelayControl) {
     let (tx, rx) = mpsc::unbounded_channel();
     (RelayHandle { control: tx }, RelayControl(rx))
@@ -178,85 +192,6 @@ struct Entered {
 /// How long an entry watermark is kept without a later event of its room. The in-flight window
 /// it guards is milliseconds long; this only bounds memory for rooms that fall silent.
 const ENTERED_TTL: Duration = Duration::from_secs(30);
-
-/// Rooms at most this big are searched by walking their list; bigger ones keep an index.
-const SMALL_ROOM: usize = 32;
-
-/// The local members of one room: a list to walk and, once the room is big, an index to remove
-/// from it in O(1). Most rooms are one user's own room with one socket: no index, no spare
-/// capacity.
-#[derive(Default)]
-struct Members {
-    list: Vec<Peer>,
-    index: Option<HashMap<PeerId, usize>>,
-    /// Where the room stands as far as the relay knows: the newest of the last event relayed
-    /// and the positions members entered at. Every later event comes through the relay while
-    /// the room has members.
-    head: Option<Position>,
-}
-
-impl Members {
-    /// Raises the known head to `(epoch, offset)`; an epoch that disagrees makes it unknown.
-    fn saw(&mut self, epoch: &Arc<str>, offset: u64) {
-        self.head = match self.head.take() {
-            None => Some(Position {
-                epoch: epoch.clone(),
-                offset,
-            }),
-            Some(h) if h.epoch == *epoch => Some(Position {
-                offset: h.offset.max(offset),
-                ..h
-            }),
-            Some(_) => None,
-        };
-    }
-}
-
-impl Members {
-    fn position(&self, id: PeerId) -> Option<usize> {
-        match &self.index {
-            Some(index) => index.get(&id).copied(),
-            None => self.list.iter().position(|p| p.id() == id),
-        }
-    }
-
-    fn insert(&mut self, peer: Peer) {
-        let id = peer.id();
-        if self.position(id).is_some() {
-            return;
-        }
-        if self.list.capacity() == 0 {
-            self.list.reserve_exact(1);
-        }
-        self.list.push(peer);
-        match &mut self.index {
-            Some(index) => {
-                index.insert(id, self.list.len() - 1);
-            }
-            None if self.list.len() > SMALL_ROOM => {
-                let index = self
-                    .list
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (p.id(), i))
-                    .collect();
-                self.index = Some(index);
-            }
-            None => {}
-        }
-    }
-
-    fn remove(&mut self, id: PeerId) {
-        let Some(i) = self.position(id) else { return };
-        self.list.swap_remove(i);
-        if let Some(index) = &mut self.index {
-            index.remove(&id);
-            if let Some(moved) = self.list.get(i) {
-                index.insert(moved.id(), i);
-            }
-        }
-    }
-}
 
 /// Everything the relay task owns.
 struct Relay {
@@ -492,194 +427,5 @@ impl Relay {
                 }
             }
         }
-    }
-}
-
-/// Whether `peer` should be in `key` now: connected, authenticated in the room's tenant, and
-/// the room is one of its automatic rooms or one it joined and has not left. Checked under the
-/// session's lock when the relay adds a member; `leave`, `refresh` and disconnects change the
-/// session before they tell the relay, so a join whose entry is overtaken by its own leave (or
-/// by a disconnect) never lands.
-fn wants(peer: &Peer, key: &RoomKey) -> bool {
-    if !peer.is_open() {
-        return false;
-    }
-    let Some(session) = peer.session() else {
-        return false;
-    };
-    let state = session.state();
-    let Some(id) = state.identity.as_ref().filter(|_| !state.closed) else {
-        return false;
-    };
-    let room = key.room();
-    id.tenant == *key.tenant()
-        && (*room == crate::events::RoomName::institution(&id.tenant)
-            || *room == crate::events::RoomName::user(&id.user_id)
-            || state.rooms.contains(room))
-}
-
-/// The client envelope of a live event, encoded once.
-fn encode(d: &Delivery) -> Option<Outgoing> {
-    let envelope = d.event.client_envelope(d.key.room(), d.offset);
-    match serde_json::value::to_raw_value(&envelope) {
-        Ok(raw) => Some(Outgoing::new(d.event.channel.clone(), raw)),
-        Err(e) => {
-            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode").increment(1);
-            tracing::error!(room = %d.key, error = %e, "event could not be encoded");
-            None
-        }
-    }
-}
-
-/// Hands events to every member (but those in each event's skip list). When nobody is
-/// skipped, a WebSocket member gets all of them in one write.
-fn deliver(
-    state: &AppState,
-    key: &RoomKey,
-    members: &[Peer],
-    events: &[Outgoing],
-    skips: &[Vec<PeerId>],
-) {
-    // The common case: nobody to skip, so every member gets the same bytes and no member's id
-    // is looked at (each look is a cache miss per delivery).
-    let together = skips.iter().all(Vec::is_empty);
-    let all = together.then(|| match events {
-        [one] => one.frame().clone(),
-        _ => {
-            let mut all = bytes::BytesMut::new();
-            for ev in events {
-                all.extend_from_slice(ev.frame());
-            }
-            all.freeze()
-        }
-    });
-    let mut sent = 0u64;
-    for peer in members {
-        let result = match (&all, peer) {
-            (Some(all), Peer::Ws(conn)) => conn.send(all.clone(), events.len()),
-            _ => {
-                let id = peer.id();
-                let mut result = Sent::Ok;
-                for (ev, skip) in events.iter().zip(skips) {
-                    if skip.contains(&id) {
-                        continue;
-                    }
-                    result = peer.send(ev);
-                    if result != Sent::Ok {
-                        break;
-                    }
-                }
-                result
-            }
-        };
-        match result {
-            Sent::Ok => sent += 1,
-            Sent::Full => {
-                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full")
-                    .increment(1);
-                cut_slow_consumer(state, peer, key);
-            }
-            Sent::Closed => {
-                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "closed").increment(1);
-                tracing::debug!(peer = peer.id(), room = %key, "socket gone before delivery");
-            }
-        }
-    }
-    if let Some(first) = events.first() {
-        let channel = metrics::channel_label(&first.name);
-        ::metrics::counter!(metrics::EVENTS_DELIVERED, "channel" => channel)
-            .increment(sent * events.len() as u64);
-    }
-}
-
-/// Replay, then buffered live events past it, then membership: one uninterrupted step.
-/// Returns what was sent and the offset the socket now has everything up to.
-fn splice(
-    state: &AppState,
-    peer: &Peer,
-    key: &RoomKey,
-    after: u64,
-    replay: Vec<(u64, Arc<Event>)>,
-    p: Pending,
-) -> (Finished, u64) {
-    let mut out = Finished::default();
-    let mut last = after;
-    for (offset, event) in replay.iter().filter(|(o, _)| *o > after) {
-        if !send_one(state, peer, key, *offset, event) {
-            // Cut or gone: it will come back and recover from its own position.
-            return (out, last);
-        }
-        last = *offset;
-        out.replayed += 1;
-    }
-    if p.overflowed {
-        out.overflowed = true;
-        ::metrics::counter!(metrics::RESYNCS).increment(1);
-        peer.emit(
-            RESYNC,
-            &json!({ "room": key.room(), "reason": "buffer_overflow" }),
-        );
-    } else {
-        // Buffered events arrive in offset order; skip what the replay already covered.
-        for d in p.buffer.iter() {
-            if d.offset > last {
-                if !send_one(state, peer, key, d.offset, &d.event) {
-                    return (out, last);
-                }
-                last = d.offset;
-                out.buffered += 1;
-            }
-        }
-    }
-    tracing::debug!(peer = peer.id(), room = %key, after, replayed = out.replayed, buffered = out.buffered, last, "room entered");
-    (out, last)
-}
-
-/// Sends one event to one socket; false if the socket had to be cut (buffer full) or is gone.
-fn send_one(state: &AppState, peer: &Peer, key: &RoomKey, offset: u64, event: &Event) -> bool {
-    let envelope = event.client_envelope(key.room(), offset);
-    let Ok(raw) = serde_json::value::to_raw_value(&envelope) else {
-        ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode").increment(1);
-        return false;
-    };
-    match peer.send_replay(&Outgoing::new(event.channel.clone(), raw)) {
-        Sent::Ok => true,
-        Sent::Full => {
-            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full").increment(1);
-            cut_slow_consumer(state, peer, key);
-            false
-        }
-        Sent::Closed => {
-            ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "closed").increment(1);
-            tracing::debug!(peer = peer.id(), room = %key, offset, "replayed event not sent");
-            false
-        }
-    }
-}
-
-/// A socket whose outgoing buffer is full cannot keep up: cut it rather than let it slow the
-/// others or grow memory. Over WebSocket its TCP connection is shut down, which the stock
-/// client treats as a lost transport: it reconnects and recovers what it missed from history.
-/// A long-polling socket gets a Socket.IO disconnect (its transport has no connection of its own
-/// to cut).
-pub fn cut_slow_consumer(state: &AppState, peer: &Peer, key: &RoomKey) {
-    let transport = peer.transport();
-    let cut = match peer {
-        Peer::Ws(conn) => state.connections.close(conn.conn_id()),
-        Peer::Sio(s) => {
-            let conn = s
-                .req_parts()
-                .extensions
-                .get::<axum::extract::ConnectInfo<crate::drain::ConnId>>()
-                .map(|c| c.0);
-            match (transport, conn) {
-                ("websocket", Some(id)) => state.connections.close(id),
-                _ => s.clone().disconnect().is_ok(),
-            }
-        }
-    };
-    if cut {
-        ::metrics::counter!(metrics::SLOW_CONSUMERS, "transport" => transport).increment(1);
-        tracing::warn!(peer = peer.id(), room = %key, transport, "slow consumer cut: its outgoing buffer was full");
     }
 }
