@@ -497,6 +497,7 @@ const CLIENT_PROTOCOL_REASONS: &[&str] = &[
     "unknown_socketio_packet",
     "unknown_event",
     "event_before_connect",
+    "connect_timeout",
 ];
 const BUS_INVALID_REASONS: &[&str] = &[
     "unknown_room",

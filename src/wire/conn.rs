@@ -334,7 +334,7 @@ impl Conn {
     fn on_timer(&self, st: &AppState, l: &mut Local) -> Option<Stop> {
         let now = Instant::now();
         if !l.connected && now.duration_since(l.opened) >= CONNECT_TIMEOUT {
-            return Some(Stop::quiet("connect_timeout"));
+            return Some(Stop::protocol("connect_timeout", 1008, "connect_timeout"));
         }
         if l.waiting_pong {
             return Some(Stop::quiet("heartbeat_timeout"));
