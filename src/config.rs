@@ -166,6 +166,9 @@ pub struct ServeArgs {
     /// How long a socket that connected without a token has to emit `authenticate`.
     #[arg(long, env = "GATEWAY_AUTH_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub auth_grace: Duration,
+    /// How long a new WebSocket session has to send its Socket.IO connect packet.
+    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
     /// Room kinds a socket may join on request, comma separated.
     #[arg(
         long,
@@ -232,6 +235,8 @@ pub struct Config {
     pub policy: RoomPolicy,
     /// Grace period for the seed's `authenticate` flow.
     pub auth_grace: Duration,
+    /// Time a new WebSocket session has to send its Socket.IO connect packet.
+    pub connect_timeout: Duration,
     /// Largest client packet.
     pub max_client_packet_bytes: u64,
     /// Engine.IO ping interval.
@@ -487,6 +492,12 @@ impl ServeArgs {
                 "must be longer than 0",
             ));
         }
+        if self.connect_timeout.is_zero() {
+            return Err(bad(
+                "--connect-timeout / GATEWAY_CONNECT_TIMEOUT",
+                "must be longer than 0",
+            ));
+        }
         if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
             return Err(bad(
                 "--ping-interval / GATEWAY_PING_INTERVAL",
@@ -514,6 +525,7 @@ impl ServeArgs {
                 max_room_len: self.max_room_len,
             },
             auth_grace: self.auth_grace,
+            connect_timeout: self.connect_timeout,
             max_client_packet_bytes: self.max_client_packet_bytes,
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,

@@ -585,3 +585,33 @@ async fn a_client_that_never_reads_its_answers_is_cut() {
     assert!(gw.log().contains("too many frames queued"));
     assert_eq!(gw.get("/healthz").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_session_without_a_socketio_connect_is_closed_after_the_timeout() {
+    let gw = Gateway::start(&[("GATEWAY_CONNECT_TIMEOUT", "300ms")]);
+    let auth = json!({ "token": token("10", "1", "ADMIN", 600) });
+    let (mut connected, _) = RawWs::connect(&gw, auth).await;
+    assert_eq!(event_of(&connected.recv_text().await).0, "authenticated");
+    let mut silent = RawWs::open(&gw).await;
+    assert!(silent.recv_text().await.starts_with("0{"));
+    let opened = std::time::Instant::now();
+    assert_eq!(silent.until_closed().await, Some(1008));
+    assert!(
+        opened.elapsed() >= Duration::from_millis(250),
+        "closed too early"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_client_protocol_errors_total",
+            "reason=\"connect_timeout\""
+        ),
+        1.0,
+        "{m}"
+    );
+    // The connected session is not affected.
+    let (s, _) = gw.publish(&batch_created(1, &["institution:1"], 1)).await;
+    assert_eq!(s, 200);
+    assert_eq!(event_of(&connected.recv_text().await).0, "batch_update");
+}

@@ -25,8 +25,6 @@ use crate::socket::peer::{Ack, Peer, Sent};
 use crate::socket::session::Session;
 use crate::state::AppState;
 
-/// How long a client may take to send its Socket.IO connect packet.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long a closing connection may take to flush what was queued before it.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Most frames written by one `writev`.
@@ -264,7 +262,7 @@ pub async fn serve(st: Arc<AppState>, stream: TrackedStream, response: String, e
         connected: false,
         waiting_pong: false,
         ping_sent: now,
-        next_timer: now + interval,
+        next_timer: now + interval.min(st.config.connect_timeout),
         opened: now,
         message: None,
         partial: early,
@@ -333,7 +331,7 @@ impl Conn {
 
     fn on_timer(&self, st: &AppState, l: &mut Local) -> Option<Stop> {
         let now = Instant::now();
-        if !l.connected && now.duration_since(l.opened) >= CONNECT_TIMEOUT {
+        if !l.connected && now.duration_since(l.opened) >= st.config.connect_timeout {
             return Some(Stop::protocol("connect_timeout", 1008, "connect_timeout"));
         }
         if l.waiting_pong {
