@@ -682,6 +682,26 @@ async fn drain_waits_not_ready_and_a_second_signal_ends_it_at_once() {
     );
 }
 
+/// Reads a raw WebSocket until a text message starting with `prefix` arrives.
+async fn skip_to(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    prefix: &str,
+) {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no message starting with {prefix} in time"))
+            .expect("connection open")
+            .expect("a message");
+        if msg.to_text().unwrap_or("").starts_with(prefix) {
+            return;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_slow_consumer_is_cut_and_counted_while_others_get_everything() {
     use futures_util::{SinkExt, StreamExt};
@@ -704,29 +724,11 @@ async fn a_slow_consumer_is_cut_and_counted_while_others_get_everything() {
     .await
     .unwrap();
     // Like the stock client: events only after the namespace connect is confirmed.
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if msg.to_text().unwrap_or("").starts_with("40") {
-            break;
-        }
-    }
+    skip_to(&mut ws, "40").await;
     ws.send(Message::text("421[\"join\",\"batch:1\"]"))
         .await
         .unwrap();
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if msg.to_text().unwrap_or("").starts_with("431") {
-            break;
-        }
-    }
+    skip_to(&mut ws, "431").await;
 
     let big = "x".repeat(60_000);
     let events = 300;
@@ -898,14 +900,10 @@ async fn a_full_gateway_refuses_new_connections_at_once() {
         "{m}"
     );
     // The readiness gauge is refreshed by the gateway's ticker.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while metric(&gw.metrics().await, "gateway_ready", "") != 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a full gateway stays ready"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    gw.wait_metrics("a full gateway not ready", |m| {
+        metric(m, "gateway_ready", "") == 0.0
+    })
+    .await;
     a.close().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {

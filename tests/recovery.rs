@@ -4,6 +4,8 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::publish::{incident as event, key, publisher};
@@ -27,6 +29,18 @@ async fn publish_many(
             .await
             .expect("publish");
         last.insert(room.to_string(), placed[0].0);
+    }
+}
+
+/// Every room has every offset up to `last` once, in order, and no recovery was refused.
+fn assert_all_recovered(c: &Resilient, rooms: &[&str], last: &HashMap<String, u64>) {
+    for room in rooms {
+        c.check(room, last[*room]).unwrap();
+        assert!(
+            c.rooms[*room].not_recovered.is_empty(),
+            "{room}: {:?}",
+            c.rooms[*room].not_recovered
+        );
     }
 }
 
@@ -56,14 +70,7 @@ async fn a_client_offline_while_500_events_flow_gets_all_of_them_once_in_order()
     publish_many(&p, &rooms, 30, 530, &mut last).await;
     c.settle(&last).await;
 
-    for room in rooms {
-        c.check(room, last[room]).unwrap();
-        assert!(
-            c.rooms[room].not_recovered.is_empty(),
-            "{room}: {:?}",
-            c.rooms[room].not_recovered
-        );
-    }
+    assert_all_recovered(&c, &rooms, &last);
     let m = gw.metrics().await;
     assert_eq!(
         metric(&m, "gateway_recoveries_total", "result=\"recovered\""),
@@ -87,20 +94,32 @@ async fn a_cut_redis_subscription_loses_nothing() {
         clients.push(Resilient::connect(&gw.url(), &format!("{}", 10 + i), "1", &["exam:1"]).await);
     }
     let mut last = HashMap::new();
+    let rounds = Arc::new(AtomicU64::new(0));
     let publishing = {
         let p = p.clone();
+        let rounds = rounds.clone();
         tokio::spawn(async move {
             let mut last = HashMap::new();
             for round in 0..30u64 {
                 publish_many(&p, &rooms, 20, round * 20, &mut last).await;
+                rounds.store(round + 1, Ordering::SeqCst);
+                // Paced, so the cuts below land while events are flowing.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             last
         })
     };
-    // Cut every gateway's subscription connection a few times while events flow.
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    // Cut every gateway's subscription connection three times while events flow: after
+    // rounds 5, 12 and 19 of 30.
+    for after in [5, 12, 19] {
+        let deadline = tokio::time::Instant::now() + common::WAIT;
+        while rounds.load(Ordering::SeqCst) < after {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the publisher stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
         assert!(
             killed.trim().parse::<u32>().unwrap_or(0) >= 1,
@@ -179,13 +198,6 @@ async fn redis_restarted_with_an_append_only_file_recovers_everything() {
     publish_many(&p, &rooms, 40, 60, &mut last).await;
     c.come_back().await;
     c.settle(&last).await;
-    for room in rooms {
-        c.check(room, last[room]).unwrap();
-        assert!(
-            c.rooms[room].not_recovered.is_empty(),
-            "{room}: {:?}",
-            c.rooms[room].not_recovered
-        );
-    }
+    assert_all_recovered(&c, &rooms, &last);
     assert_eq!(last["exam:3"], 50, "offsets continue across the restart");
 }

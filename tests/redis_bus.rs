@@ -487,19 +487,10 @@ async fn joins_mid_stream_get_exactly_what_follows(gw: &Gateway) {
         }
     });
     // Let the stream start, then everyone joins at the same moment.
-    let history = gw.url();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let m = gw.metrics().await;
-        if metric(&m, "gateway_events_published_total", "") >= 200.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "publishing did not start: {history}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    gw.wait_metrics("publishing started", |m| {
+        metric(m, "gateway_events_published_total", "") >= 200.0
+    })
+    .await;
     let readers: Vec<_> = clients
         .into_iter()
         .map(|mut c| {
@@ -574,18 +565,8 @@ async fn a_leave_that_overtakes_its_own_join_leaves_the_socket_out() {
     }
     // Settled once this gateway holds only the socket's automatic rooms again (some joins
     // were refused by the join rate; the others were left).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let m = gw.metrics().await;
-        if metric(&m, "gateway_rooms", "") == 2.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rooms not released\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_metrics("rooms released", |m| metric(m, "gateway_rooms", "") == 2.0)
+        .await;
     for n in 0..ROOMS {
         let (s, _) = gw
             .publish(&batch_created(1, &[&format!("exam:{n}")], n))

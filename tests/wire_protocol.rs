@@ -359,21 +359,15 @@ async fn packets_fragments_and_control_frames() {
     // A client disconnect ends the session and is counted as such.
     ws.send_text("41").await;
     assert_eq!(ws.until_closed().await, None);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let m = gw.metrics().await;
-        if metric(
-            &m,
+    gw.wait_metrics("the client disconnect counted, no connection left", |m| {
+        metric(
+            m,
             "gateway_disconnects_total",
             "reason=\"client_disconnect\"",
         ) == 1.0
-            && metric(&m, "gateway_connections", "transport=\"websocket\"") == 0.0
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            && metric(m, "gateway_connections", "transport=\"websocket\"") == 0.0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -570,18 +564,11 @@ async fn a_client_that_never_reads_its_answers_is_cut() {
             Err(_) => panic!("the gateway stopped reading without cutting the connection"),
         }
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let m = gw.metrics().await;
-        if metric(&m, "gateway_slow_consumer_disconnects_total", "") >= 1.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a client with a million unread answers was not cut (write error seen: {cut})\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("a client with a million unread answers cut (write error seen: {cut})");
+    gw.wait_metrics(&what, |m| {
+        metric(m, "gateway_slow_consumer_disconnects_total", "") >= 1.0
+    })
+    .await;
     assert!(gw.log().contains("too many frames queued"));
     assert_eq!(gw.get("/healthz").await.0, 200);
 }

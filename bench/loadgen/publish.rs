@@ -125,10 +125,17 @@ fn due(args: &PublishArgs, start: Instant) -> u64 {
     due.min(args.count)
 }
 
-async fn pace(args: &PublishArgs, start: Instant, sent: u64) {
-    if args.rate > 0.0 {
-        let at = start + Duration::from_secs_f64(sent as f64 / args.rate);
-        tokio::time::sleep_until(at.into()).await;
+/// Waits until more than `sent` events are due at the rate; returns how many are due.
+async fn wait_due(args: &PublishArgs, start: Instant, sent: u64) -> u64 {
+    loop {
+        let d = due(args, start);
+        if d > sent {
+            return d;
+        }
+        if args.rate > 0.0 {
+            let at = start + Duration::from_secs_f64(sent as f64 / args.rate);
+            tokio::time::sleep_until(at.into()).await;
+        }
     }
 }
 
@@ -155,11 +162,7 @@ async fn main(args: &PublishArgs) -> anyhow::Result<Value> {
         let mut inflight: JoinSet<(String, Result<String, String>)> = JoinSet::new();
         let mut sent = 0;
         while sent < args.count {
-            let d = due(args, start);
-            if d <= sent {
-                pace(args, start, sent).await;
-                continue;
-            }
+            let d = wait_due(args, start, sent).await;
             behind_max = behind_max.max(d - sent);
             while inflight.len() >= args.concurrency.max(1) {
                 if let Some(Ok((room, r))) = inflight.join_next().await {
@@ -207,11 +210,7 @@ async fn main(args: &PublishArgs) -> anyhow::Result<Value> {
         let mut con = client.get_multiplexed_async_connection().await?;
         let mut sent = 0;
         while sent < args.count {
-            let d = due(args, start);
-            if d <= sent {
-                pace(args, start, sent).await;
-                continue;
-            }
+            let d = wait_due(args, start, sent).await;
             behind_max = behind_max.max(d - sent);
             let k = (d - sent).min(args.batch.max(1));
             let mut pipe = redis::pipe();

@@ -52,13 +52,21 @@ impl From<PublishError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON body: `{ error: { code, message, field? } }`.
+    pub fn body(&self) -> serde_json::Value {
         let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = self.field {
+        if let Some(field) = &self.field {
             error["field"] = json!(field);
         }
-        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(retry) = self.retry_after {
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
             if let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string()) {

@@ -18,7 +18,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use axum::http::StatusCode;
+
 use crate::drain::TrackedStream;
+use crate::http::error::ApiError;
 use crate::metrics;
 use crate::state::AppState;
 
@@ -104,13 +107,13 @@ pub fn new_sid() -> String {
 
 /// A refused handshake: status, stable code and what to fix.
 struct Refusal {
-    status: &'static str,
+    status: StatusCode,
     code: &'static str,
     message: &'static str,
     extra: &'static str,
 }
 
-fn refuse(status: &'static str, code: &'static str, message: &'static str) -> Refusal {
+fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> Refusal {
     Refusal {
         status,
         code,
@@ -133,7 +136,7 @@ fn check_request(req: &httparse::Request<'_, '_>, st: &AppState) -> Result<Strin
         .map_or("", |(_, q)| q);
     if !query.split('&').any(|kv| kv == "EIO=4") {
         return Err(refuse(
-            "400 Bad Request",
+            StatusCode::BAD_REQUEST,
             "unsupported_protocol_version",
             "only Engine.IO 4 (socket.io-client 3 and later) is supported; connect with EIO=4",
         ));
@@ -145,7 +148,7 @@ fn check_request(req: &httparse::Request<'_, '_>, st: &AppState) -> Result<Strin
     });
     if !upgrade || !connection {
         return Err(refuse(
-            "400 Bad Request",
+            StatusCode::BAD_REQUEST,
             "not_a_websocket_upgrade",
             "transport=websocket needs Upgrade: websocket and Connection: Upgrade headers",
         ));
@@ -154,7 +157,7 @@ fn check_request(req: &httparse::Request<'_, '_>, st: &AppState) -> Result<Strin
         return Err(Refusal {
             extra: "Sec-WebSocket-Version: 13\r\n",
             ..refuse(
-                "426 Upgrade Required",
+                StatusCode::UPGRADE_REQUIRED,
                 "unsupported_websocket_version",
                 "only WebSocket version 13 is supported",
             )
@@ -162,14 +165,14 @@ fn check_request(req: &httparse::Request<'_, '_>, st: &AppState) -> Result<Strin
     }
     let Some(key) = header("sec-websocket-key").filter(|k| !k.is_empty()) else {
         return Err(refuse(
-            "400 Bad Request",
+            StatusCode::BAD_REQUEST,
             "missing_websocket_key",
             "the Sec-WebSocket-Key header is missing",
         ));
     };
     if st.is_draining() {
         return Err(refuse(
-            "503 Service Unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "this gateway is shutting down; connect to another one",
         ));
@@ -195,7 +198,7 @@ async fn upgrade(st: Arc<AppState>, mut stream: TrackedStream) {
         }
         if end.is_some() || head.len() > MAX_HEAD {
             let r = refuse(
-                "431 Request Header Fields Too Large",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request_too_large",
                 "the handshake request head is larger than 8 KiB",
             );
@@ -207,7 +210,7 @@ async fn upgrade(st: Arc<AppState>, mut stream: TrackedStream) {
     let checked = match req.parse(&head[..end]) {
         Ok(httparse::Status::Complete(_)) => check_request(&req, &st),
         _ => Err(refuse(
-            "400 Bad Request",
+            StatusCode::BAD_REQUEST,
             "bad_request",
             "the handshake request could not be parsed as HTTP/1.1",
         )),
@@ -230,10 +233,13 @@ async fn upgrade(st: Arc<AppState>, mut stream: TrackedStream) {
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
     ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
     tracing::debug!(code = r.code, "WebSocket handshake refused");
-    let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } }).to_string();
+    let body = ApiError::new(r.status, r.code, r.message)
+        .body()
+        .to_string();
     let response = format!(
-        "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}",
-        r.status,
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}",
+        r.status.as_str(),
+        r.status.canonical_reason().unwrap_or(""),
         body.len(),
         r.extra,
         body

@@ -253,6 +253,23 @@ impl Gateway {
             .expect("metrics body")
     }
 
+    /// Polls `/metrics` until `ready` holds for the page, up to the deadline; panics with
+    /// `what` and the last page if it never does. Returns that page.
+    pub async fn wait_metrics(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let m = self.metrics().await;
+            if ready(&m) {
+                return m;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {WAIT:?}\n{m}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Connects a client authenticated as `sub` of `tenant` and waits for `authenticated`.
     pub async fn client(&self, sub: &str, tenant: &str, role: &str) -> Client {
         let mut c = Client::connect(
