@@ -458,7 +458,13 @@ async fn metrics_follow_real_traffic() {
     )
     .await;
     assert!(a.wait_for("batch_update", WAIT).await.is_some());
-    let m = gw.metrics().await;
+    // The relay counts a delivery right after writing it, so the client can be faster.
+    let m = gw
+        .wait_metrics("the delivery counted", |m| {
+            metric(m, "gateway_delivery_lag_seconds_count", "") >= 1.0
+                && metric(m, "gateway_events_delivered_total", "") >= 1.0
+        })
+        .await;
     assert_eq!(
         metric(&m, "gateway_connections", "transport=\"websocket\""),
         1.0,
