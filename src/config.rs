@@ -111,6 +111,19 @@ pub struct ServeArgs {
     /// API keys accepted by the publish API, comma separated (each at least 16 characters).
     #[arg(long, env = "PUBLISH_API_KEYS", hide_env_values = true)]
     pub publish_api_keys: Option<String>,
+    /// API keys file: a JSON array (or YAML list) of `{ key | sha256, name, tenants, scopes }`;
+    /// re-read on SIGHUP.
+    #[arg(long, env = "GATEWAY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Tenants file: quota defaults and per-tenant overrides (JSON or YAML); re-read on SIGHUP.
+    #[arg(long, env = "GATEWAY_TENANTS_FILE")]
+    pub tenants_file: Option<PathBuf>,
+    /// How long a revocation is kept: at least the longest token lifetime.
+    #[arg(long, env = "GATEWAY_REVOCATION_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub revocation_ttl: Duration,
+    /// This gateway's name in the fleet (connection listings); default: generated.
+    #[arg(long, env = "GATEWAY_ID")]
+    pub gateway_id: Option<String>,
     /// Redis URL (redis://host:port/db). Absent: the embedded single-node bus.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
@@ -225,6 +238,12 @@ pub struct Config {
     pub verifier: Verifier,
     /// API keys of the publish API (empty: publishing over HTTP is off).
     pub publish_keys: Vec<String>,
+    /// Where keys and quotas come from (`PUBLISH_API_KEYS`, the keys and tenants files).
+    pub tenancy: crate::tenancy::Sources,
+    /// How long a revocation is kept.
+    pub revocation_ttl: Duration,
+    /// This gateway's name in the fleet.
+    pub gateway_id: String,
     /// Redis bus settings; `None` for the embedded bus.
     pub redis: Option<RedisSettings>,
     /// Publish validation rules.
@@ -291,6 +310,7 @@ impl ServeArgs {
             &mut self.jwt_audience,
             &mut self.publish_api_keys,
             &mut self.redis_url,
+            &mut self.gateway_id,
         ] {
             if opt.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *opt = None;
@@ -408,6 +428,37 @@ impl ServeArgs {
             publish_keys.push(key);
         }
 
+        for path in [&mut self.api_keys_file, &mut self.tenants_file] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *path = None;
+            }
+        }
+        let tenancy = crate::tenancy::Sources {
+            publish_keys: publish_keys.clone(),
+            keys_file: self.api_keys_file.clone(),
+            tenants_file: self.tenants_file.clone(),
+        };
+        crate::tenancy::Keyring::load(&tenancy.publish_keys, tenancy.keys_file.as_deref())
+            .map_err(|m| bad("--api-keys-file / GATEWAY_API_KEYS_FILE", m))?;
+        crate::tenancy::Quotas::load(tenancy.tenants_file.as_deref())
+            .map_err(|m| bad("--tenants-file / GATEWAY_TENANTS_FILE", m))?;
+        if self.revocation_ttl < Duration::from_secs(1) {
+            return Err(bad(
+                "--revocation-ttl / GATEWAY_REVOCATION_TTL",
+                "must be at least 1s (and at least the longest token lifetime)",
+            ));
+        }
+        let gateway_id = match self.gateway_id.take() {
+            Some(id) if crate::events::TenantId::parse(&id).is_ok() => id,
+            Some(_) => {
+                return Err(bad(
+                    "--gateway-id / GATEWAY_ID",
+                    "must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
+                ))
+            }
+            None => format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()),
+        };
+
         let redis_settings = match self.redis_url.clone() {
             None => None,
             Some(url) => Some(self.redis_settings(url)?),
@@ -510,6 +561,9 @@ impl ServeArgs {
             admin_listen: self.admin_listen,
             verifier,
             publish_keys,
+            tenancy,
+            revocation_ttl: self.revocation_ttl,
+            gateway_id,
             redis: redis_settings,
             publish: PublishRules {
                 max_payload_bytes: self.max_payload_bytes,

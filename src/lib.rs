@@ -17,7 +17,12 @@
 //! - [`relay`]: bus deliveries to local sockets (it owns the room → sockets map).
 //! - [`wire`]: the gateway's own WebSocket transport for direct WebSocket sessions (long-polling
 //!   and polling-then-upgrade sessions run on socketioxide behind the same handlers).
-//! - [`http`]: health, readiness and the publish API; `/metrics` on the admin listener.
+//! - [`http`]: health, readiness, the publish API and the control API; `/metrics` on the admin
+//!   listener.
+//! - [`tenancy`]: API keys with tenants and scopes, per-tenant quotas held across the fleet,
+//!   revoked tokens.
+//! - [`control`]: list, disconnect, revoke and force-leave a user's sockets on every gateway,
+//!   through the Redis control channel (locally on the embedded bus).
 //! - [`metrics`]: metric names and descriptions.
 //! - [`shutdown`]: signal handling; [`drain`]: closing connections in batches on shutdown.
 //! - [`client`]: a minimal Socket.IO client over WebSocket (tests and tools).
@@ -29,6 +34,7 @@ pub mod auth;
 pub mod bus;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod events;
 pub mod http;
@@ -37,6 +43,7 @@ pub mod relay;
 pub mod shutdown;
 pub mod socket;
 pub mod state;
+pub mod tenancy;
 pub mod wire;
 
 use std::sync::Arc;
@@ -87,11 +94,31 @@ pub async fn run(
         .ws_read_buffer_size(config.ws_read_buffer)
         .build_layer();
     let (relay_handle, relay_control) = relay::channel();
-    let state = AppState::new(config, bus, relay_handle);
+    let fleet = match &config.redis {
+        Some(settings) => Some(tenancy::Fleet::new(settings)?),
+        None => None,
+    };
+    let tenancy = tenancy::Tenancy::new(
+        config.tenancy.clone(),
+        config.gateway_id.as_str().into(),
+        config.revocation_ttl,
+        fleet,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let state = AppState::new(config, bus, relay_handle, tenancy);
     socket::register(&io, state.clone());
+    // Before serving: the publish rates for rtg_publish, and the stored revocations, so a
+    // restarted gateway never lets a revoked token in.
+    state.tenancy.sync_limits().await;
+    if let Err(e) = state.tenancy.load_revocations().await {
+        tracing::warn!(error = %e, "stored revocations not read yet; the control channel reads them when Redis is back");
+    }
 
     let relay = tokio::spawn(relay::run(state.clone(), rx, relay_control));
     let ticker = tokio::spawn(tick(state.clone(), shutdown.clone()));
+    let fleet_beat = tokio::spawn(beat(state.clone(), shutdown.clone()));
+    let control = tokio::spawn(control::run(state.clone(), shutdown.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(state.clone(), shutdown.clone()));
 
     let app = http::router(state.clone())
         .layer(layer)
@@ -150,11 +177,65 @@ pub async fn run(
     acceptor.abort();
     ticker.abort();
     relay.abort();
+    fleet_beat.abort();
+    reloader.abort();
+    let _ = control.await;
+    state.tenancy.leave_fleet().await;
     if let Ok(Err(e)) = admin_task.await {
         tracing::warn!(error = %e, "admin listener stopped with an error");
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Renews this gateway's lease in the fleet and its connection counts; stores the publish
+/// rates for `rtg_publish` (again at every beat, so a Redis that restarted empty gets them).
+async fn beat(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(tenancy::fleet::BEAT);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if n.is_multiple_of(10) {
+            state.tenancy.sync_limits().await;
+        }
+        n += 1;
+        state.tenancy.beat().await;
+    }
+}
+
+/// SIGHUP: re-reads the keys and tenants files; a file that does not load keeps what is in
+/// force, and the log says why. Connections are not touched.
+async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; keys are read at start only");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        match state.tenancy.reload().await {
+            Ok((keys, connections)) => {
+                tracing::info!(
+                    keys,
+                    connections,
+                    "SIGHUP: API keys and tenant quotas reloaded"
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: reload failed; the keys and quotas in force are kept")
+            }
+        }
+    }
 }
 
 /// Fires due socket deadlines and keeps the readiness gauges current.

@@ -70,6 +70,14 @@ pub const CONNECTIONS_REFUSED: &str = "gateway_connections_refused_total";
 pub const ACCEPT_ERRORS: &str = "gateway_accept_errors_total";
 /// Client protocol errors (bad frames or packets, refused handshakes, unknown events) by reason (counter).
 pub const CLIENT_PROTOCOL_ERRORS: &str = "gateway_client_protocol_errors_total";
+/// Tenant quota checks (counter), by `quota` (`connections`, `publish_rate`), `outcome`
+/// (`allowed`, `refused`) and `tenant` (`other` unless listed in the tenants file's
+/// `metricsTenants`).
+pub const TENANT_QUOTA: &str = "gateway_tenant_quota_total";
+/// Control API calls (counter), by `action` and `result` (`ok` or an error code).
+pub const CONTROL_REQUESTS: &str = "gateway_control_requests_total";
+/// API requests refused by the key check (counter), by `reason`.
+pub const API_KEY_REFUSALS: &str = "gateway_api_key_refusals_total";
 /// Connections closed by a drain (counter).
 pub const DRAINED: &str = "gateway_drained_connections_total";
 
@@ -217,4 +225,16 @@ fn describe() {
         "Client protocol errors (bad frames or packets, refused WebSocket handshakes, unknown events), by reason."
     );
     describe_gauge!(READY, "1 while this gateway accepts new clients, else 0.");
+    describe_counter!(
+        TENANT_QUOTA,
+        "Tenant quota checks, by quota, outcome and tenant (other unless listed in metricsTenants)."
+    );
+    describe_counter!(
+        CONTROL_REQUESTS,
+        "Control API calls (list, disconnect, revoke, rooms/leave), by action and result."
+    );
+    describe_counter!(
+        API_KEY_REFUSALS,
+        "API requests refused by the key check, by reason (missing, invalid, scope, tenant)."
+    );
 }

@@ -28,20 +28,28 @@ pub struct AppState {
     pub peers: Peers,
     /// Open connections of the public listener (drain, slow-consumer cuts).
     pub connections: Arc<Connections>,
-    /// Publish rate per API key (keyed by the key's position in the configuration).
-    pub publish_limiter: governor::DefaultKeyedRateLimiter<usize>,
+    /// Publish rate per API key (keyed by the key's name).
+    pub publish_limiter: governor::DefaultKeyedRateLimiter<Arc<str>>,
+    /// API keys, tenant quotas and revocations.
+    pub tenancy: crate::tenancy::Tenancy,
     /// Set when shutdown began: `/readyz` answers 503 from then on.
     draining: AtomicBool,
 }
 
 impl AppState {
     /// State for a gateway with `config` on `bus`.
-    pub fn new(config: Config, bus: Arc<dyn Bus>, relay: RelayHandle) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        bus: Arc<dyn Bus>,
+        relay: RelayHandle,
+        tenancy: crate::tenancy::Tenancy,
+    ) -> Arc<Self> {
         let connections = Arc::new(Connections::with_limit(config.max_connections));
         let publish_limiter =
             governor::RateLimiter::keyed(governor::Quota::per_second(config.publish_rate));
         Arc::new(Self {
             relay,
+            tenancy,
             connections,
             publish_limiter,
             config,

@@ -28,6 +28,9 @@ pub struct Verified {
     pub identity: Identity,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// When the token was issued (`iat`, else `nbf`), seconds since the Unix epoch; what a
+    /// revocation compares against.
+    pub issued_at: Option<u64>,
 }
 
 /// Why a token was refused. [`AuthError::code`] is what clients see in `connect_error`.
@@ -66,6 +69,9 @@ pub enum AuthError {
     /// A `refresh` token that belongs to another user or tenant.
     #[error("the new token is for another user or tenant")]
     IdentityChanged,
+    /// The user's tokens issued before a time were revoked, and this is one of them.
+    #[error("this token was revoked; sign in again to get a new one")]
+    Revoked,
 }
 
 impl AuthError {
@@ -83,6 +89,7 @@ impl AuthError {
             AuthError::WrongIssuerOrAudience => "token_wrong_issuer_or_audience",
             AuthError::NotAuthenticated => "not_authenticated",
             AuthError::IdentityChanged => "token_identity_changed",
+            AuthError::Revoked => "token_revoked",
         }
     }
 }
@@ -197,6 +204,9 @@ impl Verifier {
                 )
             })?
             .to_string();
+        let issued_at = ["iat", "nbf"]
+            .iter()
+            .find_map(|c| claims.get(*c).and_then(|v| v.as_u64()));
         Ok(Verified {
             identity: Identity {
                 user_id,
@@ -204,6 +214,7 @@ impl Verifier {
                 role,
             },
             exp,
+            issued_at,
         })
     }
 

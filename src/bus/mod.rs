@@ -110,6 +110,9 @@ pub enum BusError {
     /// The bus cannot be used with this configuration (bad URL, server too old).
     #[error("{0}")]
     Config(String),
+    /// The event's tenant is over its publish rate (fleet-wide); nothing was published.
+    #[error("the tenant is over its publish rate; retry in {} ms", .0.as_millis())]
+    TenantRateLimited(Duration),
 }
 
 /// Where the bus sends what it receives. Bounded: a gateway that falls behind slows its bus

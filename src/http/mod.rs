@@ -1,7 +1,9 @@
 //! HTTP: the public router (health, readiness, publish API; Socket.IO is layered on top of it)
 //! and the admin router (`/metrics`).
 
+pub mod control;
 pub mod error;
+pub mod keys;
 pub mod publish;
 
 use std::sync::Arc;
@@ -23,6 +25,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/publish", post(publish::publish))
         .route("/v1/publish/batch", post(publish::publish_batch))
+        .route("/v1/connections", get(control::connections))
+        .route("/v1/disconnect", post(control::disconnect))
+        .route("/v1/revoke", post(control::revoke))
+        .route("/v1/rooms/leave", post(control::leave_room))
         .with_state(state)
 }
 

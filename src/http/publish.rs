@@ -8,13 +8,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::error::ApiError;
+use super::keys;
 use crate::bus::BusError;
-use crate::events::{RoomKey, RoomName, ValidPublish};
+use crate::events::{RoomKey, RoomName, TenantId, ValidPublish};
 use crate::metrics;
 use crate::state::AppState;
+use crate::tenancy::{Caller, Scope};
 
 /// Where one event landed: a room and its offset there.
 #[derive(Debug, Serialize)]
@@ -54,61 +55,14 @@ fn counted<T>(r: Result<T, ApiError>) -> Result<T, ApiError> {
     r
 }
 
-/// Checks the API key; returns its position in the configuration (the rate limit's key).
-fn check_key(state: &AppState, headers: &HeaderMap) -> Result<usize, ApiError> {
-    if state.config.publish_keys.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "publish_disabled",
-            "the HTTP publish API is off on this gateway; set PUBLISH_API_KEYS to enable it",
-        ));
-    }
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_api_key",
-            "send Authorization: Bearer <publish API key>",
-        ));
-    };
-    let presented = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_api_key",
-                "the Authorization header must be Bearer <publish API key>",
-            )
-        })?;
-    // Compare against every key in constant time so timing reveals neither key nor position.
-    let mut ok = subtle::Choice::from(0u8);
-    let mut index = 0u64;
-    for (i, key) in state.config.publish_keys.iter().enumerate() {
-        let eq = key.as_bytes().ct_eq(presented.as_bytes());
-        ok |= eq;
-        index = u64::conditional_select(&index, &(i as u64), eq);
-    }
-    if bool::from(ok) {
-        Ok(index as usize)
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "invalid_api_key",
-            "the publish API key is not valid",
-        ))
-    }
-}
-
-/// Checks the key and reads the JSON body; returns the key's position and the body.
+/// Checks the key (scope `publish`) and reads the JSON body; returns the caller and the body.
 async fn read_json(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-) -> Result<(usize, Box<RawValue>), ApiError> {
-    let key = check_key(state, headers)?;
+) -> Result<(Caller, Box<RawValue>), ApiError> {
+    let key = keys::caller(state, headers, Scope::Publish)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -174,6 +128,10 @@ async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, A
                     ),
                 )
             }
+            BusError::TenantRateLimited(wait) => {
+                state.tenancy.publish_refused(&p.tenant);
+                tenant_limited(&p.tenant, wait)
+            }
             BusError::Rejected(m) | BusError::Config(m) => {
                 tracing::error!(error = %m, "the bus refused a validated event");
                 ApiError::new(
@@ -194,8 +152,42 @@ async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, A
     Ok(Published { id, rooms })
 }
 
+fn tenant_limited(tenant: &TenantId, wait: std::time::Duration) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "tenant_rate_limited",
+        format!(
+            "institution {tenant} is over its publish rate (events per second, across the fleet); nothing was published; retry in {} ms",
+            wait.as_millis().max(1)
+        ),
+    );
+    e.retry_after = Some(wait);
+    e
+}
+
+/// The tenants' publish rates on the embedded bus (the Redis bus takes them in `rtg_publish`).
+fn check_tenant_rates(state: &AppState, events: &[ValidPublish]) -> Result<(), ApiError> {
+    if state.tenancy.fleet.is_some() {
+        return Ok(());
+    }
+    let mut per_tenant: Vec<(&TenantId, usize)> = Vec::new();
+    for p in events {
+        match per_tenant.iter_mut().find(|(t, _)| *t == &p.tenant) {
+            Some((_, n)) => *n += p.rooms.len(),
+            None => per_tenant.push((&p.tenant, p.rooms.len())),
+        }
+    }
+    for (tenant, n) in per_tenant {
+        state
+            .tenancy
+            .take_publish(tenant, n)
+            .map_err(|wait| tenant_limited(tenant, wait))?;
+    }
+    Ok(())
+}
+
 /// Takes `events` from the key's publish budget (`GATEWAY_PUBLISH_RATE` per second).
-fn check_rate(state: &AppState, key: usize, events: usize) -> Result<(), ApiError> {
+fn check_rate(state: &AppState, key: &Caller, events: usize) -> Result<(), ApiError> {
     let limited = |retry: Option<std::time::Duration>| {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -213,7 +205,7 @@ fn check_rate(state: &AppState, key: usize, events: usize) -> Result<(), ApiErro
     };
     let n = std::num::NonZeroU32::new(u32::try_from(events).unwrap_or(u32::MAX))
         .unwrap_or(std::num::NonZeroU32::MIN);
-    match state.publish_limiter.check_key_n(&key, n) {
+    match state.publish_limiter.check_key_n(&key.name, n) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(not_until)) => {
             let now = governor::clock::Clock::now(state.publish_limiter.clock());
@@ -238,7 +230,11 @@ pub async fn publish(
         async {
             let (key, raw) = read_json(&state, &headers, body, body_limit(&state, 1)).await?;
             let valid = state.config.publish.validate(&raw)?;
-            check_rate(&state, key, 1)?;
+            keys::require_tenant(&key, &valid.tenant, "institutionId")?;
+            check_rate(&state, &key, 1)?;
+            let valid = [valid];
+            check_tenant_rates(&state, &valid)?;
+            let [valid] = valid;
             publish_valid(&state, valid).await
         }
         .await,
@@ -287,9 +283,11 @@ pub async fn publish_batch(
                     });
                     e
                 })?;
+                keys::require_tenant(&key, &p.tenant, &format!("[{i}].institutionId"))?;
                 valid.push(p);
             }
-            check_rate(&state, key, valid.len())?;
+            check_rate(&state, &key, valid.len())?;
+            check_tenant_rates(&state, &valid)?;
             let mut results = Vec::with_capacity(valid.len());
             for p in valid {
                 results.push(publish_valid(&state, p).await?);

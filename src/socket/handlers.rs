@@ -58,6 +58,13 @@ pub(super) fn dispatch(
         names::AUTHENTICATE => {
             if let Some((session, verified)) = authenticate(&st, &peer, data, &mut ack) {
                 tokio::spawn(async move {
+                    if let Err(code) = super::admit(&st, &session, &verified.identity.tenant).await
+                    {
+                        let message = "the institution holds its connection quota; try again later";
+                        reply(ack, &error_reply(code, message));
+                        super::end_session(&peer, code, message, code);
+                        return;
+                    }
                     complete_auth(&st, &peer, &session, verified, ack).await;
                 });
             }
@@ -118,7 +125,7 @@ fn authenticate(
     let session = peer.session()?;
     let verified = token_of(&data)
         .and_then(|t| t.ok_or(AuthError::Missing))
-        .and_then(|t| st.config.verifier.verify(&t));
+        .and_then(|t| super::verify_token(st, &t));
     let verified = match verified {
         Ok(v) => v,
         Err(e) => {
@@ -145,6 +152,7 @@ fn authenticate(
         }
         state.identity = Some(verified.identity.clone());
         state.exp = verified.exp;
+        state.issued_at = verified.issued_at;
         state.handshake_since = data.as_ref().and_then(|d| d.get("since")).cloned();
     }
     Some((session, verified))
@@ -226,6 +234,14 @@ fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, Roo
             (key, false)
         } else {
             policy.check_join(identity, &room, state.rooms.len())?;
+            if let Some(cap) = st.tenancy.rooms_cap(&identity.tenant) {
+                if state.rooms.len() >= cap {
+                    return Err(RoomError::new(
+                        "too_many_rooms",
+                        format!("this institution's sockets may join at most {cap} rooms; leave one first"),
+                    ));
+                }
+            }
             if !state.take_join(st.config.join_rate.get()) {
                 return Err(RoomError::new(
                     "rate_limited",
@@ -256,18 +272,10 @@ fn leave(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomName, Ro
     let (name, _) = requested_room(&data)?;
     let room = policy.parse_room(&name)?;
     policy.check_leave(&room)?;
-    let mut state = session.state();
-    let tenant = state
-        .identity
-        .as_ref()
-        .map(|i| i.tenant.clone())
-        .ok_or_else(|| RoomError::new("not_authenticated", "authenticate first"))?;
-    if let Some(pos) = state.rooms.iter().position(|r| *r == room) {
-        state.rooms.swap_remove(pos);
-        let key = RoomKey::new(tenant, room.clone());
-        st.relay.leave(&key, session.id);
-        st.membership.remove(&key);
+    if session.identity().is_none() {
+        return Err(RoomError::new("not_authenticated", "authenticate first"));
     }
+    super::force_leave(st, peer, &room);
     Ok(room)
 }
 
@@ -283,7 +291,7 @@ fn refresh(
         return Err(AuthError::NotAuthenticated);
     }
     let token = token_of(&data)?.ok_or(AuthError::Missing)?;
-    let verified = st.config.verifier.verify(&token)?;
+    let verified = super::verify_token(st, &token)?;
     let (exp, left) = {
         let mut state = session.state();
         let current = state.identity.as_ref().ok_or(AuthError::NotAuthenticated)?;
@@ -293,6 +301,9 @@ fn refresh(
             return Err(AuthError::IdentityChanged);
         }
         let tenant = current.tenant.clone();
+        if verified.exp >= state.exp {
+            state.issued_at = verified.issued_at;
+        }
         state.exp = state.exp.max(verified.exp);
         let mut left = Vec::new();
         let rooms = std::mem::take(&mut state.rooms);

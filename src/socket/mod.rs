@@ -48,7 +48,12 @@ pub mod names {
     pub const PING: &str = "ping";
     /// Server → client: answer to `ping`.
     pub const PONG: &str = "pong";
+    /// Server → client: the socket was made to leave a room (`{ room, reason }`).
+    pub const LEFT: &str = "left";
 }
+
+/// Connect refusal of a socket whose tenant holds its connection quota.
+pub const TENANT_CONNECTION_LIMIT: &str = "tenant_connection_limit";
 
 /// The refusal a client sees in `connect_error`: its message is the stable code.
 #[derive(Debug)]
@@ -98,7 +103,7 @@ pub fn register(io: &SocketIo, state: Arc<AppState>) {
     let st = state.clone();
     let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let st = st.clone();
-        async move { sio_handshake(st, &s, auth.ok()) }
+        async move { sio_handshake(st, &s, auth.ok()).await }
     };
     let st = state;
     let connected = move |s: SocketRef| {
@@ -110,7 +115,7 @@ pub fn register(io: &SocketIo, state: Arc<AppState>) {
 
 /// socketioxide's connect middleware: the handshake check, then the event handlers, installed
 /// before the client hears it is connected.
-fn sio_handshake(
+async fn sio_handshake(
     st: Arc<AppState>,
     s: &SocketRef,
     auth: Option<Value>,
@@ -120,7 +125,9 @@ fn sio_handshake(
         TransportType::Polling => "polling",
     };
     let session = Session::new(transport);
-    handshake(&st, &session, auth).map_err(ConnectRefused)?;
+    handshake(&st, &session, auth)
+        .await
+        .map_err(ConnectRefused)?;
     let id = session.id;
     s.extensions.insert(session);
     st.peers.insert(Peer::Sio(s.clone()));
@@ -135,10 +142,11 @@ fn sio_handshake(
     Ok(())
 }
 
-/// The Socket.IO connect packet of a new socket: a token in `auth` must verify; no token lets
-/// the socket in unauthenticated (it has the grace period to `authenticate`). `Err` is the code
-/// the client gets in `connect_error`.
-pub fn handshake(
+/// The Socket.IO connect packet of a new socket: a token in `auth` must verify, not be
+/// revoked, and its tenant must be under its connection quota; no token lets the socket in
+/// unauthenticated (it has the grace period to `authenticate`). `Err` is the code the client
+/// gets in `connect_error`.
+pub async fn handshake(
     st: &AppState,
     session: &Session,
     auth: Option<Value>,
@@ -148,10 +156,12 @@ pub fn handshake(
         e.code()
     };
     if let Some(token) = token_of(&auth).map_err(refuse)? {
-        let verified = st.config.verifier.verify(&token).map_err(refuse)?;
+        let verified = verify_token(st, &token).map_err(refuse)?;
+        admit(st, session, &verified.identity.tenant).await?;
         let mut state = session.state();
         state.identity = Some(verified.identity);
         state.exp = verified.exp;
+        state.issued_at = verified.issued_at;
         state.from_handshake = true;
         state.handshake_since = auth.as_ref().and_then(|a| a.get("since")).cloned();
     }
@@ -159,6 +169,59 @@ pub fn handshake(
     ::metrics::gauge!(metrics::CONNECTIONS, "transport" => transport).increment(1.0);
     ::metrics::counter!(metrics::CONNECTIONS_TOTAL, "transport" => transport).increment(1);
     Ok(())
+}
+
+/// Verifies a token and refuses a revoked one.
+pub fn verify_token(st: &AppState, token: &str) -> Result<Verified, AuthError> {
+    let verified = st.config.verifier.verify(token)?;
+    st.tenancy.check_token(&verified)?;
+    Ok(verified)
+}
+
+/// Counts the socket against its tenant's fleet-wide connection quota; `Err` is the refusal.
+pub async fn admit(
+    st: &AppState,
+    session: &Session,
+    tenant: &crate::events::TenantId,
+) -> Result<(), &'static str> {
+    match st.tenancy.admit(session.id, tenant).await {
+        crate::tenancy::Admission::Admitted => Ok(()),
+        crate::tenancy::Admission::Refused => {
+            ::metrics::counter!(metrics::AUTH_FAILURES, "reason" => TENANT_CONNECTION_LIMIT)
+                .increment(1);
+            Err(TENANT_CONNECTION_LIMIT)
+        }
+    }
+}
+
+/// Ends a session from the server side: `auth_error { code, message }`, then a Socket.IO
+/// disconnect, after which the stock client stays offline until the application reconnects.
+pub fn end_session(peer: &Peer, code: &str, message: &str, reason: &'static str) {
+    ::metrics::counter!(metrics::AUTH_FAILURES, "reason" => reason).increment(1);
+    peer.emit(
+        names::AUTH_ERROR,
+        &json!({ "code": code, "message": message }),
+    );
+    peer.disconnect();
+}
+
+/// Takes `room` (a room joined on request) out of the socket's rooms; false if it was not in it.
+pub fn force_leave(st: &AppState, peer: &Peer, room: &RoomName) -> bool {
+    let Some(session) = peer.session() else {
+        return false;
+    };
+    let mut state = session.state();
+    let Some(tenant) = state.identity.as_ref().map(|i| i.tenant.clone()) else {
+        return false;
+    };
+    let Some(pos) = state.rooms.iter().position(|r| r == room) else {
+        return false;
+    };
+    state.rooms.swap_remove(pos);
+    let key = RoomKey::new(tenant, room.clone());
+    st.relay.leave(&key, session.id);
+    st.membership.remove(&key);
+    true
 }
 
 /// Runs a client event's handler (in its own task when it waits on the bus).
@@ -189,6 +252,7 @@ pub async fn on_connect(st: Arc<AppState>, peer: Peer) {
             .map(|identity| Verified {
                 identity,
                 exp: state.exp,
+                issued_at: state.issued_at,
             });
         (verified, state.identity.is_some())
     };
@@ -283,6 +347,7 @@ pub fn on_disconnect(st: &AppState, peer: &Peer, reason: &'static str) {
         }
     }
     st.relay.gone(session.id, keys);
+    st.tenancy.release(session.id);
     ::metrics::gauge!(metrics::CONNECTIONS, "transport" => session.transport).decrement(1.0);
     ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
     tracing::debug!(peer = session.id, reason, "socket disconnected");
@@ -322,10 +387,5 @@ pub fn on_deadline(st: &AppState, id: PeerId, what: Deadline) {
             _ => return,
         }
     };
-    ::metrics::counter!(metrics::AUTH_FAILURES, "reason" => code).increment(1);
-    peer.emit(
-        names::AUTH_ERROR,
-        &json!({ "code": code, "message": message }),
-    );
-    peer.disconnect();
+    end_session(&peer, code, message, code);
 }

@@ -104,6 +104,14 @@ impl Peer {
         }
     }
 
+    /// The Engine.IO session id the client knows.
+    pub fn sid(&self) -> String {
+        match self {
+            Peer::Sio(s) => s.id.to_string(),
+            Peer::Ws(c) => c.sid().to_string(),
+        }
+    }
+
     /// `websocket` or `polling` (a metric label).
     pub fn transport(&self) -> &'static str {
         match self {
@@ -222,6 +230,11 @@ impl Peers {
     /// The peer with this id, if still connected.
     pub fn get(&self, id: PeerId) -> Option<Peer> {
         self.lock().get(&id).cloned()
+    }
+
+    /// Every connected peer (the control plane looks through them).
+    pub fn all(&self) -> Vec<Peer> {
+        self.lock().values().cloned().collect()
     }
 
     /// How many peers are connected.

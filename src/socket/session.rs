@@ -12,6 +12,8 @@ pub struct Session {
     pub id: super::peer::PeerId,
     /// `websocket` or `polling`, as connected (a metric label).
     pub transport: &'static str,
+    /// When the socket connected, ms since the epoch.
+    pub connected_at: i64,
     state: Mutex<SessionState>,
 }
 
@@ -22,6 +24,8 @@ pub struct SessionState {
     pub identity: Option<Identity>,
     /// Expiry of the current token, seconds since the Unix epoch.
     pub exp: u64,
+    /// When the current token was issued (`iat`, else `nbf`): what a revocation compares.
+    pub issued_at: Option<u64>,
     /// Rooms joined on request (the automatic rooms are not listed).
     pub rooms: Vec<RoomName>,
     /// Set once the socket is leaving, so a late join cannot add a room after cleanup.
@@ -66,6 +70,7 @@ impl Session {
         Arc::new(Self {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             transport,
+            connected_at: crate::events::envelope::now_millis(),
             state: Mutex::new(SessionState::default()),
         })
     }

@@ -97,12 +97,20 @@ struct Local {
     message: Option<(Opcode, Vec<u8>)>,
     /// An incomplete frame.
     partial: Vec<u8>,
+    /// A Socket.IO connect to answer: its check may wait on Redis (the tenant's quota), so it
+    /// runs in the session task's loop rather than while frames are being decoded.
+    pending_connect: Option<Option<serde_json::Value>>,
 }
 
 impl Conn {
     /// The session's state.
     pub fn session(&self) -> &Arc<Session> {
         &self.session
+    }
+
+    /// The Engine.IO session id.
+    pub fn sid(&self) -> &str {
+        &self.sid
     }
 
     /// The connection's id in the drain registry.
@@ -266,6 +274,7 @@ pub async fn serve(st: Arc<AppState>, stream: TrackedStream, response: String, e
         opened: now,
         message: None,
         partial: early,
+        pending_connect: None,
     };
     let open = packet::open(
         &conn.sid,
@@ -290,6 +299,9 @@ impl Conn {
         let tcp = self.stream.tcp();
         let mut backlog = false;
         loop {
+            if let Some(auth) = l.pending_connect.take() {
+                self.connect(st, l, auth).await;
+            }
             tokio::select! {
                 ready = tcp.readable() => {
                     if ready.is_err() {
@@ -479,21 +491,10 @@ impl Conn {
             Incoming::Connect { nsp, auth } => {
                 if nsp != "/" {
                     self.send(packet::connect_error(&nsp, "Invalid namespace"), 0);
-                } else if l.connected {
+                } else if l.connected || l.pending_connect.is_some() {
                     tracing::debug!(peer = self.session.id, "duplicate connect packet ignored");
                 } else {
-                    match crate::socket::handshake(st, &self.session, auth) {
-                        Ok(()) => {
-                            l.connected = true;
-                            self.send(packet::connected(&self.sid), 0);
-                            let peer = Peer::Ws(self.clone());
-                            st.peers.insert(peer.clone());
-                            tokio::spawn(crate::socket::on_connect(st.clone(), peer));
-                        }
-                        Err(code) => {
-                            self.send(packet::connect_error("/", code), 0);
-                        }
-                    }
+                    l.pending_connect = Some(auth);
                 }
             }
             Incoming::Event {
@@ -513,6 +514,27 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Answers the Socket.IO connect: `connected`, or `connect_error` with the refusal's code.
+    async fn connect(
+        self: &Arc<Self>,
+        st: &Arc<AppState>,
+        l: &mut Local,
+        auth: Option<serde_json::Value>,
+    ) {
+        match crate::socket::handshake(st, &self.session, auth).await {
+            Ok(()) => {
+                l.connected = true;
+                self.send(packet::connected(&self.sid), 0);
+                let peer = Peer::Ws(self.clone());
+                st.peers.insert(peer.clone());
+                tokio::spawn(crate::socket::on_connect(st.clone(), peer));
+            }
+            Err(code) => {
+                self.send(packet::connect_error("/", code), 0);
+            }
+        }
     }
 
     /// Ends the session: no more writes, a close frame if one is due, the TCP connection shut

@@ -6,7 +6,7 @@
 --
 -- Keys of one room share the hash tag {<tenant>/<room>}, so a room lives in one cluster slot.
 
-local VERSION = 2
+local VERSION = 3
 
 local function fail(msg)
   return redis.error_reply('ERR rtg_publish: ' .. msg)
@@ -39,6 +39,95 @@ local function ensure_epoch(stream, meta, ttl)
   return epoch
 end
 
+-- ===================================================================================
+-- Tenant quotas and control state (fleet-wide limits; kept apart from the room functions).
+--
+-- Keys derived from the room keys' prefix (the part before ":{"), so direct FCALL callers of
+-- rtg_publish keep the 2-key form and are limited too:
+--   <prefix>:quota:limits             hash  rate:<tenant> | rate:* -> events per second
+--   <prefix>:quota:rate:{<tenant>}    hash  token bucket: tokens, ts (microseconds)
+-- These keys are not declared, which a single Redis allows; a Redis Cluster deployment must
+-- keep the quota keys on the node that serves the tenant's rooms (or run without a rate).
+-- ===================================================================================
+
+local function now_micros()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- Takes one event from the tenant's bucket. `need` is how many rooms the event still goes to
+-- (this one included, at least 1): the first room of an event only passes when the bucket holds
+-- the whole event, so a multi-room event is not cut in half at the limit. Returns nil when
+-- allowed, else the milliseconds until it would be.
+local function tenant_rate_take(stream, tenant, need)
+  local prefix = string.match(stream, '^(.*):{')
+  if prefix == nil then return nil end
+  local limits = prefix .. ':quota:limits'
+  local rate = tonumber(redis.call('HGET', limits, 'rate:' .. tenant) or redis.call('HGET', limits, 'rate:*'))
+  if rate == nil or rate <= 0 then return nil end
+  need = math.max(1, math.min(need, rate))
+  local bucket = prefix .. ':quota:rate:{' .. tenant .. '}'
+  local now = now_micros()
+  local state = redis.call('HMGET', bucket, 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or rate
+  local ts = tonumber(state[2]) or now
+  tokens = math.min(rate, tokens + math.max(0, now - ts) * rate / 1000000)
+  local wait = nil
+  if tokens < need then
+    wait = math.max(1, math.ceil((need - tokens) * 1000 / rate))
+  else
+    tokens = tokens - 1
+  end
+  redis.call('HSET', bucket, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%d', now))
+  -- A full bucket is the same as none: let idle tenants' buckets go.
+  redis.call('PEXPIRE', bucket, 3000)
+  return wait
+end
+
+-- FCALL rtg_conn_admit 2 <prefix>:quota:conns:{<tenant>} <prefix>:gateways <gateway id> <limit>
+-- Counts one more connection of the tenant on this gateway if the fleet holds fewer than
+-- <limit>; connections of gateways whose lease expired no longer count. Returns 1 or 0.
+local function conn_admit(keys, args)
+  local conns, gateways = keys[1], keys[2]
+  local me, limit = args[1], tonumber(args[2])
+  if conns == nil or gateways == nil or me == nil or limit == nil then
+    return redis.error_reply('ERR rtg_conn_admit: needs 2 keys (conns, gateways) and arguments gateway id, limit')
+  end
+  local now = math.floor(now_micros() / 1000)
+  local total = 0
+  local all = redis.call('HGETALL', conns)
+  for i = 1, #all, 2 do
+    local gw, n = all[i], tonumber(all[i + 1]) or 0
+    local lease = tonumber(redis.call('HGET', gateways, gw))
+    if gw ~= me and (lease == nil or lease < now) then
+      redis.call('HDEL', conns, gw)
+    else
+      total = total + n
+    end
+  end
+  if total >= limit then return 0 end
+  redis.call('HINCRBY', conns, me, 1)
+  return 1
+end
+
+-- FCALL rtg_revoke 1 <prefix>:revoked:<tenant>:<user> <before secs> <ttl secs>
+-- Stores the later of the stored and the given revocation time; returns the stored one.
+local function revoke(keys, args)
+  local key, before, ttl = keys[1], tonumber(args[1]), tonumber(args[2])
+  if key == nil or before == nil or ttl == nil or ttl < 1 then
+    return redis.error_reply('ERR rtg_revoke: needs 1 key and arguments before, ttl')
+  end
+  local old = tonumber(redis.call('GET', key))
+  if old ~= nil and old > before then before = old end
+  redis.call('SET', key, string.format('%d', before), 'EX', ttl)
+  return before
+end
+
+redis.register_function('rtg_conn_admit', conn_admit)
+redis.register_function('rtg_revoke', revoke)
+
+-- ===================================================================================
+
 -- FCALL rtg_publish 2 <history stream key> <meta hash key> <channel> <envelope json> <max len> <ttl secs>
 -- Appends the envelope to the room's history under the next offset, creates the room's epoch if
 -- it has none (a new or lost history), publishes "<offset>|<epoch>|<envelope>" on the room's
@@ -66,6 +155,12 @@ local function publish(keys, args)
   if type(env.timestamp) ~= 'number' then return fail('envelope.timestamp must be milliseconds since the epoch') end
   if as_id(env.institutionId) ~= tenant then
     return fail('envelope.institutionId must equal the tenant of the room key (' .. tenant .. ')')
+  end
+
+  local wait_ms = tenant_rate_take(stream, tenant, tonumber(args[5]) or 1)
+  if wait_ms then
+    return fail('tenant_rate_limited retry_after_ms=' .. wait_ms .. ': tenant ' .. tenant ..
+      ' is over its publish rate (events per second, all publishers); nothing was published')
   end
 
   local epoch = ensure_epoch(stream, meta, ttl)

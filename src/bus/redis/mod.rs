@@ -28,7 +28,7 @@ use crate::events::{Event, RoomKey};
 /// Source of the Redis function library (`FUNCTION LOAD`).
 pub const FUNCTION_LIBRARY: &str = include_str!("function.lua");
 /// Version of [`FUNCTION_LIBRARY`]; `FCALL_RO rtg_version 0` returns the loaded one.
-pub const FUNCTION_VERSION: i64 = 2;
+pub const FUNCTION_VERSION: i64 = 3;
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]

@@ -153,7 +153,7 @@ impl Publisher {
         rooms: &[RoomKey],
     ) -> Result<Vec<(u64, String)>, BusError> {
         let mut pipe = redis::pipe();
-        for room in rooms {
+        for (i, room) in rooms.iter().enumerate() {
             let names = self.settings.names(room);
             pipe.cmd("FCALL")
                 .arg("rtg_publish")
@@ -163,7 +163,9 @@ impl Publisher {
                 .arg(&names.channel)
                 .arg(body)
                 .arg(self.settings.history_max_len)
-                .arg(self.settings.history_ttl.as_secs().max(1));
+                .arg(self.settings.history_ttl.as_secs().max(1))
+                // Rooms of this event still to go: the tenant quota admits it whole or not at all.
+                .arg(rooms.len() - i);
         }
         let reply: Result<Vec<(u64, String)>, redis::RedisError> = match tokio::time::timeout(
             self.settings.timeout,
@@ -181,6 +183,8 @@ impl Publisher {
                 || e.is_timeout()
             {
                 unavailable(e)
+            } else if let Some(wait) = rate_limited(&e.to_string()) {
+                BusError::TenantRateLimited(wait)
             } else {
                 BusError::Rejected(e.to_string())
             }
@@ -291,6 +295,19 @@ impl Publisher {
             .await
             .map_err(unavailable)
     }
+}
+
+/// The wait in an `rtg_publish` refusal for the tenant's publish rate, if it is one.
+fn rate_limited(message: &str) -> Option<std::time::Duration> {
+    let rest = message
+        .split("tenant_rate_limited retry_after_ms=")
+        .nth(1)?;
+    let ms: u64 = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_millis(ms))
 }
 
 fn parse_position(reply: &[redis::Value]) -> Result<Position, BusError> {

@@ -1,0 +1,314 @@
+//! The control API (keys with the `control` scope, within their tenants):
+//! `GET /v1/connections`, `POST /v1/disconnect`, `POST /v1/revoke`, `POST /v1/rooms/leave`.
+//! Every call is written to the audit log (key name, tenant, target, result) and counted.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::keys;
+use crate::bus::BusError;
+use crate::control::{self, Command};
+use crate::events::{TenantId, UserId};
+use crate::metrics;
+use crate::state::AppState;
+use crate::tenancy::{Caller, Scope};
+
+/// One control call, for the audit line and the counter.
+struct Audit<'a> {
+    action: &'static str,
+    caller: Option<&'a Caller>,
+    tenant: Option<&'a TenantId>,
+    user: Option<&'a UserId>,
+}
+
+impl Audit<'_> {
+    fn record<T>(&self, result: &Result<T, ApiError>, count: Option<usize>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.code,
+        };
+        ::metrics::counter!(metrics::CONTROL_REQUESTS, "action" => self.action, "result" => outcome)
+            .increment(1);
+        tracing::info!(
+            target: "realtime_gateway::audit",
+            action = self.action,
+            key = self.caller.map(|c| &*c.name).unwrap_or("-"),
+            tenant = self.tenant.map(|t| t.as_str()).unwrap_or("-"),
+            user = self.user.map(|u| u.as_str()).unwrap_or("-"),
+            result = outcome,
+            count,
+            "control call"
+        );
+    }
+}
+
+fn bad(code: &'static str, field: &str, message: impl Into<String>) -> ApiError {
+    let mut e = ApiError::new(StatusCode::BAD_REQUEST, code, message);
+    e.field = Some(field.to_string());
+    e
+}
+
+/// `institutionId` and `userId` of a control request (body or query).
+fn target(obj: &Map<String, Value>) -> Result<(TenantId, UserId), ApiError> {
+    let get = |field: &str| {
+        obj.get(field)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| bad("missing_field", field, format!("{field} is required")))
+    };
+    let tenant = TenantId::from_json(get("institutionId")?)
+        .map_err(|e| bad("invalid_field", "institutionId", e.0))?;
+    let user =
+        UserId::from_json(get("userId")?).map_err(|e| bad("invalid_field", "userId", e.0))?;
+    Ok((tenant, user))
+}
+
+fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+fn bus_error(e: BusError) -> ApiError {
+    tracing::warn!(error = %e, "control request failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "bus_unavailable",
+        "the control channel (Redis) is unavailable; nothing was done; retry later",
+    )
+}
+
+/// Runs one control call: key and scope, body, tenant, then `act`; audits whatever happens.
+async fn call<F, Fut>(
+    state: &AppState,
+    action: &'static str,
+    headers: &HeaderMap,
+    fields: Result<Map<String, Value>, ApiError>,
+    act: F,
+) -> Result<Json<Value>, ApiError>
+where
+    F: FnOnce(TenantId, UserId, Map<String, Value>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Value, usize), ApiError>>,
+{
+    let mut audit = Audit {
+        action,
+        caller: None,
+        tenant: None,
+        user: None,
+    };
+    let caller = match keys::caller(state, headers, Scope::Control) {
+        Ok(c) => c,
+        Err(e) => {
+            let r = Err(e);
+            audit.record(&r, None);
+            return r;
+        }
+    };
+    audit.caller = Some(&caller);
+    let parsed = fields.and_then(|obj| target(&obj).map(|(t, u)| (t, u, obj)));
+    let (tenant, user, obj) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            let r = Err(e);
+            audit.record(&r, None);
+            return r;
+        }
+    };
+    audit.tenant = Some(&tenant);
+    audit.user = Some(&user);
+    if let Err(e) = keys::require_tenant(&caller, &tenant, "institutionId") {
+        let r = Err(e);
+        audit.record(&r, None);
+        return r;
+    }
+    let result = act(tenant.clone(), user.clone(), obj).await;
+    let count = result.as_ref().ok().map(|(_, n)| *n);
+    audit.record(&result, count);
+    result.map(|(body, _)| Json(body))
+}
+
+/// `GET /v1/connections?institutionId=&userId=`: the user's sockets on every gateway.
+pub async fn connections(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let fields = Ok(query
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect());
+    let st: &AppState = &state;
+    call(
+        st,
+        "list",
+        &headers,
+        fields,
+        move |tenant, user, _| async move {
+            let (answers, _) = control::request(
+                st,
+                Command::List {
+                    tenant: tenant.to_string(),
+                    user: user.to_string(),
+                },
+            )
+            .await
+            .map_err(bus_error)?;
+            let connections: Vec<_> = answers.into_iter().flat_map(|a| a.connections).collect();
+            let n = connections.len();
+            Ok((json!({ "connections": connections }), n))
+        },
+    )
+    .await
+}
+
+/// `POST /v1/disconnect { institutionId, userId, reason? }` → `{ disconnected }`.
+pub async fn disconnect(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let st: &AppState = &state;
+    call(
+        st,
+        "disconnect",
+        &headers,
+        body_object(&body),
+        move |tenant, user, obj| async move {
+            let reason = match obj.get("reason") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.len() <= 200 => Some(s.clone()),
+                Some(_) => {
+                    return Err(bad(
+                        "invalid_field",
+                        "reason",
+                        "reason must be a string of at most 200 characters",
+                    ))
+                }
+            };
+            let (answers, _) = control::request(
+                st,
+                Command::Disconnect {
+                    tenant: tenant.to_string(),
+                    user: user.to_string(),
+                    reason,
+                },
+            )
+            .await
+            .map_err(bus_error)?;
+            let n: usize = answers.iter().map(|a| a.count).sum();
+            Ok((json!({ "disconnected": n }), n))
+        },
+    )
+    .await
+}
+
+/// `POST /v1/revoke { institutionId, userId, before? }` → `{ revoked, before, disconnected }`.
+/// The revocation is stored first (so it survives restarts and reaches gateways that start
+/// later), then every gateway applies it to the sockets it holds.
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let st: &AppState = &state;
+    call(
+        st,
+        "revoke",
+        &headers,
+        body_object(&body),
+        move |tenant, user, obj| async move {
+            let now = control::now_secs();
+            let before = match obj.get("before") {
+                None | Some(Value::Null) => now,
+                Some(v) => v.as_u64().filter(|b| *b <= now + 60).ok_or_else(|| {
+                    bad(
+                        "invalid_field",
+                        "before",
+                        "before must be seconds since the epoch, not in the future (default: now)",
+                    )
+                })?,
+            };
+            let ttl = st.tenancy.revocation_ttl;
+            let before = match &st.tenancy.fleet {
+                Some(fleet) => fleet
+                    .revoke(&tenant, &user, before, ttl)
+                    .await
+                    .map_err(bus_error)?,
+                None => before,
+            };
+            let (answers, _) = control::request(
+                st,
+                Command::Revoke {
+                    tenant: tenant.to_string(),
+                    user: user.to_string(),
+                    before,
+                    ttl: ttl.as_secs().max(1),
+                },
+            )
+            .await
+            .map_err(bus_error)?;
+            let n: usize = answers.iter().map(|a| a.count).sum();
+            Ok((
+                json!({ "revoked": true, "before": before, "disconnected": n }),
+                n,
+            ))
+        },
+    )
+    .await
+}
+
+/// `POST /v1/rooms/leave { institutionId, userId, room }` → `{ left }`.
+pub async fn leave_room(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let st: &AppState = &state;
+    call(
+        st,
+        "leave",
+        &headers,
+        body_object(&body),
+        move |tenant, user, obj| async move {
+            let name = obj.get("room").and_then(Value::as_str).ok_or_else(|| {
+                bad(
+                    "missing_field",
+                    "room",
+                    "room is required, e.g. \"batch:456\"",
+                )
+            })?;
+            let policy = &st.config.policy;
+            let room = policy
+                .parse_room(name)
+                .and_then(|r| policy.check_leave(&r).map(|()| r))
+                .map_err(|e| bad(e.code, "room", e.message))?;
+            let (answers, _) = control::request(
+                st,
+                Command::Leave {
+                    tenant: tenant.to_string(),
+                    user: user.to_string(),
+                    room: room.to_string(),
+                },
+            )
+            .await
+            .map_err(bus_error)?;
+            let n: usize = answers.iter().map(|a| a.count).sum();
+            Ok((json!({ "left": n }), n))
+        },
+    )
+    .await
+}

@@ -1,0 +1,75 @@
+//! The API key check shared by every key-protected endpoint: a key with the endpoint's scope,
+//! then (once the request names it) the tenant. Refusals never name the key, only why.
+
+use axum::http::{header, HeaderMap, StatusCode};
+
+use super::error::ApiError;
+use crate::events::TenantId;
+use crate::metrics;
+use crate::state::AppState;
+use crate::tenancy::{Caller, Denied, Scope};
+
+fn refused(reason: &'static str) {
+    ::metrics::counter!(metrics::API_KEY_REFUSALS, "reason" => reason).increment(1);
+}
+
+/// The caller behind `Authorization: Bearer <key>`, if its key has `scope`.
+pub fn caller(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    state.tenancy.authorize(bearer, scope).map_err(|d| match d {
+        Denied::Disabled => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "publish_disabled",
+            "the HTTP API is off on this gateway; set PUBLISH_API_KEYS or GATEWAY_API_KEYS_FILE to enable it",
+        ),
+        Denied::Missing => {
+            refused("missing");
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "send Authorization: Bearer <API key>",
+            )
+        }
+        Denied::Invalid => {
+            refused("invalid");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_api_key",
+                "the API key is not valid",
+            )
+        }
+        Denied::Scope(s) => {
+            refused("scope");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "scope_not_allowed",
+                format!("this API key does not have the {} scope", s.as_str()),
+            )
+        }
+        Denied::Tenant => tenant_refused(),
+    })
+}
+
+fn tenant_refused() -> ApiError {
+    refused("tenant");
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "tenant_not_allowed",
+        "this API key may not act in this institution",
+    )
+}
+
+/// Refuses a caller outside its tenants (`field` names the request field holding the tenant).
+pub fn require_tenant(caller: &Caller, tenant: &TenantId, field: &str) -> Result<(), ApiError> {
+    if caller.has_tenant(tenant) {
+        Ok(())
+    } else {
+        let mut e = tenant_refused();
+        e.field = Some(field.to_string());
+        Err(e)
+    }
+}

@@ -1,0 +1,311 @@
+//! Operating many tenants on one fleet: API keys with tenants and scopes ([`keys`]), per-tenant
+//! quotas ([`quotas`]) that hold across the fleet ([`fleet`], through Redis), and revoked tokens
+//! ([`revocations`]).
+//!
+//! The rest of the gateway calls a few hooks: [`Tenancy::authorize`] (an API key, a scope, a
+//! tenant), [`Tenancy::admit`] / [`Tenancy::release`] (a connection of a tenant),
+//! [`Tenancy::take_publish`] (the embedded bus's rate; the Redis bus enforces it in
+//! `rtg_publish`), [`Tenancy::check_token`] (revocations) and [`Tenancy::reload`] (SIGHUP).
+
+pub mod fleet;
+pub mod keys;
+pub mod quotas;
+pub mod revocations;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::auth::{AuthError, Verified};
+use crate::events::TenantId;
+use crate::metrics;
+pub use fleet::Fleet;
+pub use keys::{Caller, Keyring, Scope};
+pub use quotas::{Limits, Quotas};
+pub use revocations::Revocations;
+
+/// Where the keys and quotas come from, re-read on SIGHUP.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `PUBLISH_API_KEYS`.
+    pub publish_keys: Vec<String>,
+    /// `GATEWAY_API_KEYS_FILE`.
+    pub keys_file: Option<PathBuf>,
+    /// `GATEWAY_TENANTS_FILE`.
+    pub tenants_file: Option<PathBuf>,
+}
+
+/// Why an API request was refused by the key check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No key configured at all: the key-protected API is off.
+    Disabled,
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// A key that is not configured.
+    Invalid,
+    /// The key lacks the scope.
+    Scope(Scope),
+    /// The key may not act in the tenant.
+    Tenant,
+}
+
+/// A connection admitted for a tenant (released when the socket goes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted against the tenant's cap.
+    Admitted,
+    /// The tenant holds its cap already.
+    Refused,
+}
+
+/// A local token bucket (the embedded bus's publish rate).
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Tenancy state of one gateway.
+pub struct Tenancy {
+    /// This gateway's id in the fleet (leases, connection listings).
+    pub gateway: Arc<str>,
+    sources: Sources,
+    keyring: RwLock<Arc<Keyring>>,
+    quotas: RwLock<Arc<Quotas>>,
+    /// Revocations in force.
+    pub revocations: Revocations,
+    /// How long a revocation is kept (the longest token lifetime).
+    pub revocation_ttl: Duration,
+    /// Tenant of every admitted connection here, by peer id: the truth the heartbeat writes.
+    held: Mutex<HashMap<u64, TenantId>>,
+    /// Tenants that had connections at the last heartbeat.
+    beaten: Mutex<Vec<TenantId>>,
+    buckets: Mutex<HashMap<TenantId, Bucket>>,
+    /// The Redis side; `None` on the embedded bus (single node: local counts are the fleet's).
+    pub fleet: Option<Fleet>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Tenancy {
+    /// Loads keys and quotas from `sources`; the error names what is wrong (never a key).
+    pub fn new(
+        sources: Sources,
+        gateway: Arc<str>,
+        revocation_ttl: Duration,
+        fleet: Option<Fleet>,
+    ) -> Result<Self, String> {
+        let keyring = Keyring::load(&sources.publish_keys, sources.keys_file.as_deref())?;
+        let quotas = Quotas::load(sources.tenants_file.as_deref())?;
+        Ok(Self {
+            gateway,
+            sources,
+            keyring: RwLock::new(Arc::new(keyring)),
+            quotas: RwLock::new(Arc::new(quotas)),
+            revocations: Revocations::default(),
+            revocation_ttl,
+            held: Mutex::default(),
+            beaten: Mutex::default(),
+            buckets: Mutex::default(),
+            fleet,
+        })
+    }
+
+    /// The keys in force.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The quotas in force.
+    pub fn quotas(&self) -> Arc<Quotas> {
+        self.quotas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the keys file and the tenants file. A file that does not load leaves the keys
+    /// and quotas in force unchanged; the error says why. Connections are not touched.
+    pub async fn reload(&self) -> Result<(usize, usize), String> {
+        let keyring = Keyring::load(
+            &self.sources.publish_keys,
+            self.sources.keys_file.as_deref(),
+        )
+        .map_err(|e| format!("GATEWAY_API_KEYS_FILE: {e}"))?;
+        let quotas = Quotas::load(self.sources.tenants_file.as_deref())
+            .map_err(|e| format!("GATEWAY_TENANTS_FILE: {e}"))?;
+        let keys = keyring.len();
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
+        *self.quotas.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(quotas);
+        self.sync_limits().await;
+        Ok((keys, self.held_count()))
+    }
+
+    /// Hands the publish rates to Redis, where `rtg_publish` enforces them.
+    pub async fn sync_limits(&self) {
+        if let Some(fleet) = &self.fleet {
+            if let Err(e) = fleet.sync_limits(&self.quotas()).await {
+                tracing::warn!(error = %e, "could not store the tenants' publish rates in Redis; retrying at the next heartbeat");
+            }
+        }
+    }
+
+    fn held_count(&self) -> usize {
+        lock(&self.held).len()
+    }
+
+    /// Checks a presented API key (the `Authorization` header's bearer value) for `scope`.
+    /// The tenant is checked separately ([`Caller::has_tenant`]) once the request names it.
+    pub fn authorize(&self, bearer: Option<&str>, scope: Scope) -> Result<Caller, Denied> {
+        let keyring = self.keyring();
+        if keyring.is_empty() {
+            return Err(Denied::Disabled);
+        }
+        let presented = bearer.ok_or(Denied::Missing)?;
+        let caller = keyring.find(presented).ok_or(Denied::Invalid)?.clone();
+        if !caller.has_scope(scope) {
+            return Err(Denied::Scope(scope));
+        }
+        Ok(caller)
+    }
+
+    /// Refuses a revoked token.
+    pub fn check_token(&self, verified: &Verified) -> Result<(), AuthError> {
+        self.revocations
+            .check(&verified.identity, verified.issued_at)
+            .inspect_err(|e| {
+                ::metrics::counter!(metrics::AUTH_FAILURES, "reason" => e.code()).increment(1);
+            })
+    }
+
+    fn count_quota(&self, quota: &'static str, outcome: &'static str, tenant: &TenantId) {
+        let label = self.quotas().metric_label(tenant);
+        ::metrics::counter!(metrics::TENANT_QUOTA, "quota" => quota, "outcome" => outcome, "tenant" => label)
+            .increment(1);
+    }
+
+    /// Admits connection `peer` of `tenant` against the tenant's fleet-wide cap. Redis down:
+    /// admitted (the bus being down already makes the gateway not ready), and logged.
+    pub async fn admit(&self, peer: u64, tenant: &TenantId) -> Admission {
+        let limit = self.quotas().of(tenant).max_connections;
+        let admitted = match (limit, &self.fleet) {
+            (None, _) => true,
+            (Some(limit), None) => {
+                let held = lock(&self.held).values().filter(|t| *t == tenant).count() as u64;
+                held < limit
+            }
+            (Some(limit), Some(fleet)) => match fleet.admit(&self.gateway, tenant, limit).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    tracing::warn!(error = %e, "connection quota not checked: Redis unavailable");
+                    true
+                }
+            },
+        };
+        if admitted {
+            lock(&self.held).insert(peer, tenant.clone());
+            if limit.is_some() {
+                self.count_quota("connections", "allowed", tenant);
+            }
+            Admission::Admitted
+        } else {
+            self.count_quota("connections", "refused", tenant);
+            Admission::Refused
+        }
+    }
+
+    /// Connection `peer` is gone. Its count in Redis is corrected at the next heartbeat.
+    pub fn release(&self, peer: u64) {
+        lock(&self.held).remove(&peer);
+    }
+
+    /// Takes `events` from the tenant's publish rate on this gateway (embedded bus only: with
+    /// Redis the rate is taken inside `rtg_publish`). `Err` is the wait before it would pass.
+    pub fn take_publish(&self, tenant: &TenantId, events: usize) -> Result<(), Duration> {
+        let Some(rate) = self.quotas().of(tenant).publish_rate else {
+            return Ok(());
+        };
+        let rate = rate.max(1) as f64;
+        let need = (events as f64).clamp(1.0, rate);
+        let now = Instant::now();
+        let mut buckets = lock(&self.buckets);
+        let b = buckets.entry(tenant.clone()).or_insert(Bucket {
+            tokens: rate,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
+        b.at = now;
+        if b.tokens >= need {
+            b.tokens -= events as f64;
+            self.count_quota("publish_rate", "allowed", tenant);
+            Ok(())
+        } else {
+            self.count_quota("publish_rate", "refused", tenant);
+            Err(Duration::from_secs_f64((need - b.tokens) / rate))
+        }
+    }
+
+    /// Counts a refusal by `rtg_publish` (the Redis bus).
+    pub fn publish_refused(&self, tenant: &TenantId) {
+        self.count_quota("publish_rate", "refused", tenant);
+    }
+
+    /// The cap on rooms one socket of a user of `tenant` may join, if the tenant has one.
+    pub fn rooms_cap(&self, tenant: &TenantId) -> Option<usize> {
+        self.quotas().of(tenant).max_rooms_per_user
+    }
+
+    /// Renews this gateway's lease and re-asserts its connection counts (Redis only).
+    pub async fn beat(&self) {
+        let Some(fleet) = &self.fleet else { return };
+        let counts: Vec<(TenantId, u64)> = {
+            let mut by_tenant: HashMap<TenantId, u64> = HashMap::new();
+            for t in lock(&self.held).values() {
+                *by_tenant.entry(t.clone()).or_default() += 1;
+            }
+            by_tenant.into_iter().collect()
+        };
+        let gone: Vec<TenantId> = {
+            let mut beaten = lock(&self.beaten);
+            let gone = beaten
+                .iter()
+                .filter(|t| !counts.iter().any(|(c, _)| c == *t))
+                .cloned()
+                .collect();
+            *beaten = counts.iter().map(|(t, _)| t.clone()).collect();
+            gone
+        };
+        if let Err(e) = fleet.beat(&self.gateway, &counts, &gone).await {
+            tracing::warn!(error = %e, "gateway lease not renewed");
+        }
+    }
+
+    /// This gateway stops: its connections stop counting at once.
+    pub async fn leave_fleet(&self) {
+        let Some(fleet) = &self.fleet else { return };
+        let tenants = lock(&self.beaten).clone();
+        if let Err(e) = fleet.leave(&self.gateway, &tenants).await {
+            tracing::debug!(error = %e, "lease not released; it expires by itself");
+        }
+    }
+
+    /// Loads the revocations stored in Redis (at start, and after the control channel
+    /// reconnects, in case a revocation was published while it was down).
+    pub async fn load_revocations(&self) -> Result<usize, String> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(0);
+        };
+        let all = fleet.revocations().await.map_err(|e| e.to_string())?;
+        let n = all.len();
+        for (tenant, user, before, ttl) in all {
+            self.revocations.insert(tenant, user, before, ttl);
+        }
+        Ok(n)
+    }
+}
