@@ -286,3 +286,43 @@ async fn node_slow_consumer_recovers() {
     )
     .await;
 }
+
+/// The control API with the stock client: three gateways on one Redis; a user with sockets on
+/// all of them (WebSocket and polling) is listed, made to leave a room, disconnected and
+/// revoked within 1 s, stays offline, and a revoked token is refused everywhere.
+#[tokio::test]
+async fn node_control_across_three_gateways() {
+    const CONTROL_KEY: &str = "tenant-one-control-key-0123456789";
+    ensure_node_modules().await;
+    let redis = common::redis_server::RedisServer::start();
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        keys.path(),
+        format!(
+            r#"[{{"key":"{CONTROL_KEY}","name":"exam-office","tenants":[1],"scopes":["control"]}}]"#
+        ),
+    )
+    .unwrap();
+    let url = redis.url();
+    let path = keys.path().to_str().unwrap().to_string();
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("GATEWAY_API_KEYS_FILE", path.as_str()),
+    ];
+    let (a, b, c) = (
+        start_gateway(&env).await,
+        start_gateway(&env).await,
+        start_gateway(&env).await,
+    );
+    run_node(
+        "control.test.mjs",
+        &a,
+        &[("second", &b), ("third", &c)],
+        &[
+            ("GATEWAY2_URL", b.url()),
+            ("GATEWAY3_URL", c.url()),
+            ("CONTROL_KEY", CONTROL_KEY.to_string()),
+        ],
+    )
+    .await;
+}

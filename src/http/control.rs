@@ -21,6 +21,8 @@ use crate::tenancy::{Caller, Scope};
 /// One control call, for the audit line and the counter.
 struct Audit<'a> {
     action: &'static str,
+    /// The key's name, also when the call was refused for its scope.
+    key: Option<Arc<str>>,
     caller: Option<&'a Caller>,
     tenant: Option<&'a TenantId>,
     user: Option<&'a UserId>,
@@ -37,7 +39,11 @@ impl Audit<'_> {
         tracing::info!(
             target: "realtime_gateway::audit",
             action = self.action,
-            key = self.caller.map(|c| &*c.name).unwrap_or("-"),
+            key = self
+                .caller
+                .map(|c| &*c.name)
+                .or(self.key.as_deref())
+                .unwrap_or("-"),
             tenant = self.tenant.map(|t| t.as_str()).unwrap_or("-"),
             user = self.user.map(|u| u.as_str()).unwrap_or("-"),
             result = outcome,
@@ -106,6 +112,7 @@ where
 {
     let mut audit = Audit {
         action,
+        key: keys::key_name(state, headers),
         caller: None,
         tenant: None,
         user: None,

@@ -13,14 +13,27 @@ fn refused(reason: &'static str) {
     ::metrics::counter!(metrics::API_KEY_REFUSALS, "reason" => reason).increment(1);
 }
 
-/// The caller behind `Authorization: Bearer <key>`, if its key has `scope`.
-pub fn caller(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
-    let bearer = headers
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    state.tenancy.authorize(bearer, scope).map_err(|d| match d {
+        .map(str::trim)
+}
+
+/// The name of the key presented, if it is a valid one (for audit lines of refused calls).
+pub fn key_name(state: &AppState, headers: &HeaderMap) -> Option<std::sync::Arc<str>> {
+    let presented = bearer(headers)?;
+    state
+        .tenancy
+        .keyring()
+        .find(presented)
+        .map(|c| c.name.clone())
+}
+
+/// The caller behind `Authorization: Bearer <key>`, if its key has `scope`.
+pub fn caller(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
+    state.tenancy.authorize(bearer(headers), scope).map_err(|d| match d {
         Denied::Disabled => ApiError::new(
             StatusCode::FORBIDDEN,
             "publish_disabled",
