@@ -455,6 +455,9 @@ const AUTH_REASONS: &[&str] = &[
     "token_identity_changed",
     "not_authenticated",
     "auth_timeout",
+    "token_revoked",
+    "session_revoked",
+    "tenant_connection_limit",
 ];
 const JOIN_REASONS: &[&str] = &[
     "invalid_request",
@@ -505,6 +508,7 @@ const BUS_INVALID_REASONS: &[&str] = &[
     "bad_envelope",
     "tenant_mismatch",
     "unknown_channel",
+    "bad_control",
 ];
 const PUBLISH_RESULTS: &[&str] = &[
     "ok",
@@ -528,7 +532,29 @@ const PUBLISH_RESULTS: &[&str] = &[
     "unsupported_media_type",
     "bus_unavailable",
     "bus_rejected",
+    "scope_not_allowed",
+    "tenant_not_allowed",
+    "tenant_rate_limited",
 ];
+const CONTROL_ACTIONS: &[&str] = &["list", "disconnect", "revoke", "leave"];
+const CONTROL_RESULTS: &[&str] = &[
+    "ok",
+    "missing_api_key",
+    "invalid_api_key",
+    "publish_disabled",
+    "scope_not_allowed",
+    "tenant_not_allowed",
+    "invalid_json",
+    "invalid_body",
+    "missing_field",
+    "invalid_field",
+    "invalid_room",
+    "forbidden_room",
+    "bus_unavailable",
+];
+const API_KEY_REFUSALS: &[&str] = &["missing", "invalid", "scope", "tenant"];
+/// Tenants get their own label only when listed in the tenants file (none here).
+const QUOTA_TENANTS: &[&str] = &["other"];
 const RECOVERY_RESULTS: &[&str] = &[
     "recovered",
     "buffer_overflow",
@@ -567,6 +593,15 @@ fn allowed_labels(family: &str) -> Option<&'static [(&'static str, &'static [&'s
         "gateway_publish_requests_total" => &[("result", PUBLISH_RESULTS)],
         "gateway_recoveries_total" => &[("result", RECOVERY_RESULTS)],
         "gateway_gap_reads_total" => &[("result", GAP_READ_RESULTS)],
+        "gateway_control_requests_total" => {
+            &[("action", CONTROL_ACTIONS), ("result", CONTROL_RESULTS)]
+        }
+        "gateway_api_key_refusals_total" => &[("reason", API_KEY_REFUSALS)],
+        "gateway_tenant_quota_total" => &[
+            ("quota", &["connections", "publish_rate"]),
+            ("outcome", &["allowed", "refused"]),
+            ("tenant", QUOTA_TENANTS),
+        ],
         "gateway_delivery_lag_seconds"
         | "gateway_redis_publish_duration_seconds"
         | "gateway_redis_pool_wait_duration_seconds" => &[],

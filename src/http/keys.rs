@@ -63,7 +63,6 @@ pub fn caller(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Cal
                 format!("this API key does not have the {} scope", s.as_str()),
             )
         }
-        Denied::Tenant => tenant_refused(),
     })
 }
 

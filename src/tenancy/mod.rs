@@ -47,8 +47,6 @@ pub enum Denied {
     Invalid,
     /// The key lacks the scope.
     Scope(Scope),
-    /// The key may not act in the tenant.
-    Tenant,
 }
 
 /// A connection admitted for a tenant (released when the socket goes).
@@ -307,5 +305,61 @@ impl Tenancy {
             self.revocations.insert(tenant, user, before, ttl);
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenancy(publish_keys: &[&str]) -> Tenancy {
+        let sources = Sources {
+            publish_keys: publish_keys.iter().map(|k| k.to_string()).collect(),
+            ..Sources::default()
+        };
+        Tenancy::new(sources, "gw".into(), Duration::from_secs(60), None).unwrap()
+    }
+
+    #[test]
+    fn publish_api_keys_publish_and_read_presence_everywhere_but_never_control() {
+        let t = tenancy(&["legacy-key-0123456789"]);
+        let key = Some("legacy-key-0123456789");
+        for scope in [Scope::Publish, Scope::Presence] {
+            let c = t.authorize(key, scope).unwrap();
+            assert!(c.has_tenant(&TenantId::parse("77").unwrap()));
+            assert_eq!(&*c.name, "PUBLISH_API_KEYS[0]");
+        }
+        assert_eq!(
+            t.authorize(key, Scope::Control).unwrap_err(),
+            Denied::Scope(Scope::Control)
+        );
+        assert_eq!(
+            t.authorize(None, Scope::Publish).unwrap_err(),
+            Denied::Missing
+        );
+        assert_eq!(
+            t.authorize(Some("other-key-0123456789"), Scope::Publish)
+                .unwrap_err(),
+            Denied::Invalid
+        );
+        assert_eq!(
+            tenancy(&[]).authorize(key, Scope::Publish).unwrap_err(),
+            Denied::Disabled
+        );
+    }
+
+    #[test]
+    fn the_embedded_rate_is_a_token_bucket_per_tenant() {
+        let t = tenancy(&[]);
+        *t.quotas.write().unwrap() =
+            Arc::new(Quotas::parse(r#"{"tenants":{"1":{"publishRate":5}}}"#).unwrap());
+        let (one, two) = (TenantId::parse("1").unwrap(), TenantId::parse("2").unwrap());
+        assert!(t.take_publish(&one, 5).is_ok());
+        let wait = t.take_publish(&one, 1).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+        assert!(t.take_publish(&two, 1000).is_ok(), "tenant 2 has no rate");
     }
 }
