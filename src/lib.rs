@@ -203,6 +203,7 @@ async fn beat(state: Arc<AppState>, shutdown: CancellationToken) {
             state.tenancy.sync_limits().await;
         }
         n += 1;
+        state.tenancy.prune(|id| state.peers.get(id).is_some());
         state.tenancy.beat().await;
     }
 }

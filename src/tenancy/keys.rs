@@ -173,12 +173,37 @@ impl Keyring {
     }
 }
 
+/// A parser's message without the values it quotes (one of them could be a key).
+fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Parses a keys file: a JSON array, or the same as a YAML list.
 fn parse_file(text: &str) -> Result<Vec<Entry>, String> {
     let raw: Vec<FileEntry> = if text.trim_start().starts_with('[') {
-        serde_json::from_str(text).map_err(|e| format!("not a valid JSON array of keys: {e}"))?
+        serde_json::from_str(text)
+            .map_err(|e| format!("not a valid JSON array of keys: {}", redact(&e.to_string())))?
     } else {
-        serde_yaml::from_str(text).map_err(|e| format!("not a valid YAML list of keys: {e}"))?
+        serde_yaml::from_str(text)
+            .map_err(|e| format!("not a valid YAML list of keys: {}", redact(&e.to_string())))?
     };
     let mut names = HashSet::new();
     let mut digests = HashSet::new();
@@ -298,5 +323,11 @@ mod tests {
         let e =
             err(r#"[{"key":"plain-key-0123456789","name":"x","tenants":[],"scopes":["publish"]}]"#);
         assert!(e.contains("tenants"), "{e}");
+        let e = err(
+            r#"[{"key":12345678901234567890123,"name":"x","tenants":"*","scopes":["publish"]}]"#,
+        );
+        assert!(!e.contains("12345678901234567890123"), "{e}");
+        let e = err("- key: [\"secret-in-a-list-0123456789\"]\n  name: x\n  tenants: \"*\"\n  scopes: [publish]\n");
+        assert!(!e.contains("secret-in-a-list"), "{e}");
     }
 }

@@ -75,8 +75,9 @@ pub struct Tenancy {
     pub revocations: Revocations,
     /// How long a revocation is kept (the longest token lifetime).
     pub revocation_ttl: Duration,
-    /// Tenant of every admitted connection here, by peer id: the truth the heartbeat writes.
-    held: Mutex<HashMap<u64, TenantId>>,
+    /// Tenant of every admitted connection here (and when it was admitted), by peer id: the
+    /// truth the heartbeat writes.
+    held: Mutex<HashMap<u64, (TenantId, Instant)>>,
     /// Tenants that had connections at the last heartbeat.
     beaten: Mutex<Vec<TenantId>>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
@@ -195,7 +196,10 @@ impl Tenancy {
         let admitted = match (limit, &self.fleet) {
             (None, _) => true,
             (Some(limit), None) => {
-                let held = lock(&self.held).values().filter(|t| *t == tenant).count() as u64;
+                let held = lock(&self.held)
+                    .values()
+                    .filter(|(t, _)| t == tenant)
+                    .count() as u64;
                 held < limit
             }
             (Some(limit), Some(fleet)) => match fleet.admit(&self.gateway, tenant, limit).await {
@@ -207,7 +211,7 @@ impl Tenancy {
             },
         };
         if admitted {
-            lock(&self.held).insert(peer, tenant.clone());
+            lock(&self.held).insert(peer, (tenant.clone(), Instant::now()));
             if limit.is_some() {
                 self.count_quota("connections", "allowed", tenant);
             }
@@ -221,6 +225,16 @@ impl Tenancy {
     /// Connection `peer` is gone. Its count in Redis is corrected at the next heartbeat.
     pub fn release(&self, peer: u64) {
         lock(&self.held).remove(&peer);
+    }
+
+    /// Forgets admissions of connections that are not connected (`alive` is false) and are
+    /// older than a handshake can take: a socket that vanished between its admission and its
+    /// registration must not hold a slot for ever.
+    pub fn prune(&self, alive: impl Fn(u64) -> bool) {
+        let Some(stale) = Instant::now().checked_sub(Duration::from_secs(10)) else {
+            return;
+        };
+        lock(&self.held).retain(|id, (_, at)| *at > stale || alive(*id));
     }
 
     /// Takes `events` from the tenant's publish rate on this gateway (embedded bus only: with
@@ -264,7 +278,7 @@ impl Tenancy {
         let Some(fleet) = &self.fleet else { return };
         let counts: Vec<(TenantId, u64)> = {
             let mut by_tenant: HashMap<TenantId, u64> = HashMap::new();
-            for t in lock(&self.held).values() {
+            for (t, _) in lock(&self.held).values() {
                 *by_tenant.entry(t.clone()).or_default() += 1;
             }
             by_tenant.into_iter().collect()
