@@ -143,6 +143,7 @@ async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, A
         })?;
     ::metrics::counter!(metrics::EVENTS_PUBLISHED, "channel" => channel)
         .increment(offsets.len() as u64);
+    state.tenancy.publish_allowed(&p.tenant);
     let rooms = p
         .rooms
         .into_iter()

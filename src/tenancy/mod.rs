@@ -268,6 +268,13 @@ impl Tenancy {
         self.count_quota("publish_rate", "refused", tenant);
     }
 
+    /// Counts an event `rtg_publish` let through for a tenant with a rate (the Redis bus).
+    pub fn publish_allowed(&self, tenant: &TenantId) {
+        if self.fleet.is_some() && self.quotas().of(tenant).publish_rate.is_some() {
+            self.count_quota("publish_rate", "allowed", tenant);
+        }
+    }
+
     /// The cap on rooms one socket of a user of `tenant` may join, if the tenant has one.
     pub fn rooms_cap(&self, tenant: &TenantId) -> Option<usize> {
         self.quotas().of(tenant).max_rooms_per_user
