@@ -319,8 +319,8 @@ const CONNECTION_CAP: usize = 4;
 
 /// Tenant 1 may hold 4 connections across the fleet: 12 concurrent attempts spread over 3
 /// gateways get exactly 4 in (the count is taken atomically in Redis), the rest are refused
-/// with `tenant_connection_limit`, tenant 2 is unaffected, and a closed connection frees its
-/// slot within the lease beat.
+/// with `tenant_connection_limit`, tenant 2 is unaffected, and a closed connection gives its
+/// slot back.
 #[tokio::test]
 async fn the_connection_cap_holds_across_three_gateways() {
     let redis = RedisServer::start();
@@ -364,7 +364,7 @@ async fn the_connection_cap_holds_across_three_gateways() {
                 .expect("tenant 2 is not limited"),
         );
     }
-    // One leaves: a slot opens (within the lease beat, 1 s) on any gateway.
+    // One leaves: its slot opens (a Redis round trip after the close) on any gateway.
     admitted.pop().unwrap().close().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let again = loop {

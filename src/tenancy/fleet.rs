@@ -97,27 +97,28 @@ impl Fleet {
         Ok(admitted == 1)
     }
 
-    /// Renews gateway `me`'s lease and sets its connection counts to `counts`; tenants in
-    /// `gone` no longer have connections here. This also repairs any count a lost release left.
-    pub async fn beat(
-        &self,
-        me: &str,
-        counts: &[(TenantId, u64)],
-        gone: &[TenantId],
-    ) -> Result<(), BusError> {
+    /// Renews gateway `me`'s lease and keeps the keys of its counted connections alive. Counts
+    /// are only ever changed by admissions and releases (never overwritten, which could race
+    /// with an admission); a count missing from Redis is set from `counts`.
+    pub async fn beat(&self, me: &str, counts: &[(TenantId, u64)]) -> Result<(), BusError> {
         let lease_end = crate::events::envelope::now_millis() as u64 + LEASE.as_millis() as u64;
         let mut pipe = redis::pipe();
         pipe.hset(self.gateways_key(), me, lease_end).ignore();
         for (tenant, n) in counts {
             let key = self.conns_key(tenant);
-            pipe.hset(&key, me, *n).ignore();
+            pipe.hset_nx(&key, me, *n).ignore();
             pipe.pexpire(&key, (LEASE * 4).as_millis() as i64).ignore();
-        }
-        for tenant in gone {
-            pipe.hdel(self.conns_key(tenant), me).ignore();
         }
         let mut conn = self.redis.connection().await?;
         self.timed(pipe.query_async::<()>(&mut *conn)).await
+    }
+
+    /// Gives back one connection slot of `tenant` on gateway `me`.
+    pub async fn release(&self, me: &str, tenant: &TenantId) -> Result<(), BusError> {
+        let mut conn = self.redis.connection().await?;
+        self.timed(conn.hincr::<_, _, _, i64>(self.conns_key(tenant), me, -1))
+            .await
+            .map(|_| ())
     }
 
     /// Gateway `me` is stopping: its connections stop counting at once.

@@ -58,6 +58,14 @@ pub enum Admission {
     Refused,
 }
 
+/// An admitted connection.
+struct Held {
+    tenant: TenantId,
+    at: Instant,
+    /// Counted in Redis (the tenant had a cap and Redis answered): released there too.
+    counted: bool,
+}
+
 /// A local token bucket (the embedded bus's publish rate).
 struct Bucket {
     tokens: f64,
@@ -75,10 +83,9 @@ pub struct Tenancy {
     pub revocations: Revocations,
     /// How long a revocation is kept (the longest token lifetime).
     pub revocation_ttl: Duration,
-    /// Tenant of every admitted connection here (and when it was admitted), by peer id: the
-    /// truth the heartbeat writes.
-    held: Mutex<HashMap<u64, (TenantId, Instant)>>,
-    /// Tenants that had connections at the last heartbeat.
+    /// Every admitted connection here, by peer id.
+    held: Mutex<HashMap<u64, Held>>,
+    /// Tenants that had counted connections at the last heartbeat.
     beaten: Mutex<Vec<TenantId>>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
     /// The Redis side; `None` on the embedded bus (single node: local counts are the fleet's).
@@ -193,25 +200,30 @@ impl Tenancy {
     /// admitted (the bus being down already makes the gateway not ready), and logged.
     pub async fn admit(&self, peer: u64, tenant: &TenantId) -> Admission {
         let limit = self.quotas().of(tenant).max_connections;
-        let admitted = match (limit, &self.fleet) {
-            (None, _) => true,
+        let (admitted, counted) = match (limit, &self.fleet) {
+            (None, _) => (true, false),
             (Some(limit), None) => {
                 let held = lock(&self.held)
                     .values()
-                    .filter(|(t, _)| t == tenant)
+                    .filter(|h| h.tenant == *tenant)
                     .count() as u64;
-                held < limit
+                (held < limit, false)
             }
             (Some(limit), Some(fleet)) => match fleet.admit(&self.gateway, tenant, limit).await {
-                Ok(ok) => ok,
+                Ok(ok) => (ok, ok),
                 Err(e) => {
                     tracing::warn!(error = %e, "connection quota not checked: Redis unavailable");
-                    true
+                    (true, false)
                 }
             },
         };
         if admitted {
-            lock(&self.held).insert(peer, (tenant.clone(), Instant::now()));
+            let held = Held {
+                tenant: tenant.clone(),
+                at: Instant::now(),
+                counted,
+            };
+            lock(&self.held).insert(peer, held);
             if limit.is_some() {
                 self.count_quota("connections", "allowed", tenant);
             }
@@ -222,9 +234,24 @@ impl Tenancy {
         }
     }
 
-    /// Connection `peer` is gone. Its count in Redis is corrected at the next heartbeat.
+    /// Connection `peer` is gone: its slot is given back (in Redis, in the background).
     pub fn release(&self, peer: u64) {
-        lock(&self.held).remove(&peer);
+        let held = lock(&self.held).remove(&peer);
+        if let Some(h) = held {
+            self.uncount(h);
+        }
+    }
+
+    fn uncount(&self, h: Held) {
+        let (Some(fleet), true) = (self.fleet.clone(), h.counted) else {
+            return;
+        };
+        let gateway = self.gateway.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fleet.release(&gateway, &h.tenant).await {
+                tracing::warn!(error = %e, "connection slot not given back; the lease repairs it when this gateway stops");
+            }
+        });
     }
 
     /// Forgets admissions of connections that are not connected (`alive` is false) and are
@@ -234,7 +261,18 @@ impl Tenancy {
         let Some(stale) = Instant::now().checked_sub(Duration::from_secs(10)) else {
             return;
         };
-        lock(&self.held).retain(|id, (_, at)| *at > stale || alive(*id));
+        let gone: Vec<Held> = {
+            let mut held = lock(&self.held);
+            let ids: Vec<u64> = held
+                .iter()
+                .filter(|(id, h)| h.at <= stale && !alive(**id))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| held.remove(id)).collect()
+        };
+        for h in gone {
+            self.uncount(h);
+        }
     }
 
     /// Takes `events` from the tenant's publish rate on this gateway (embedded bus only: with
@@ -280,27 +318,19 @@ impl Tenancy {
         self.quotas().of(tenant).max_rooms_per_user
     }
 
-    /// Renews this gateway's lease and re-asserts its connection counts (Redis only).
+    /// Renews this gateway's lease and keeps its counted connections' keys alive; a count
+    /// Redis lost (a restart without persistence) is restored from this gateway's own.
     pub async fn beat(&self) {
         let Some(fleet) = &self.fleet else { return };
         let counts: Vec<(TenantId, u64)> = {
             let mut by_tenant: HashMap<TenantId, u64> = HashMap::new();
-            for (t, _) in lock(&self.held).values() {
-                *by_tenant.entry(t.clone()).or_default() += 1;
+            for h in lock(&self.held).values().filter(|h| h.counted) {
+                *by_tenant.entry(h.tenant.clone()).or_default() += 1;
             }
             by_tenant.into_iter().collect()
         };
-        let gone: Vec<TenantId> = {
-            let mut beaten = lock(&self.beaten);
-            let gone = beaten
-                .iter()
-                .filter(|t| !counts.iter().any(|(c, _)| c == *t))
-                .cloned()
-                .collect();
-            *beaten = counts.iter().map(|(t, _)| t.clone()).collect();
-            gone
-        };
-        if let Err(e) = fleet.beat(&self.gateway, &counts, &gone).await {
+        *lock(&self.beaten) = counts.iter().map(|(t, _)| t.clone()).collect();
+        if let Err(e) = fleet.beat(&self.gateway, &counts).await {
             tracing::warn!(error = %e, "gateway lease not renewed");
         }
     }
