@@ -103,7 +103,7 @@ def main():
             return json.loads(out)
 
         first = line()
-        assert first.get("connected", a.connections) >= a.connections, first
+        assert first.get("type") == "ready", first
 
         def publisher(tenant, rate, out):
             return start([os.path.join(BIN, "rtg-loadgen"), "publish", "--redis", redis, "--tenant", tenant,
@@ -129,9 +129,12 @@ def main():
             entry = {
                 "tenant2_published_ok": t2_pub["ok"],
                 "tenant2_publish_errors": t2_pub["errors"],
-                "tenant2_latency_ms": report.get("latency_ms"),
-                "tenant2_lost": report.get("lost", report.get("missing")),
-                "tenant2_received": report.get("received"),
+                "tenant2_latency_ms": {k: v for k, v in (report.get("latency_ms") or {}).items()
+                                       if k in ("count", "p50", "p90", "p99", "p999", "max")},
+                "tenant2_expected": report["deliveries"]["expected"],
+                "tenant2_received": report["deliveries"]["unique"],
+                "tenant2_lost": report["deliveries"]["lost"],
+                "tenant2_duplicated": report["deliveries"]["duplicated"],
             }
             if flood:
                 t1 = json.load(open(t1_out))
@@ -143,7 +146,7 @@ def main():
             results[phase] = entry
         clients.stdin.write("stop\n")
         clients.stdin.flush()
-        print(json.dumps({"connections": a.connections, "tenant2_rate": a.rate, "secs": a.secs,
+        print(json.dumps({"connected": first["connections"]["held"], "connections": a.connections, "tenant2_rate": a.rate, "secs": a.secs,
                           "tenant1_flood": a.flood, "tenant1_quota": a.quota, "phases": results}, indent=2))
     finally:
         for p in reversed(procs):

@@ -1,7 +1,9 @@
-//! HTTP: the public router (health, readiness, publish API; Socket.IO is layered on top of it)
-//! and the admin router (`/metrics`).
+//! HTTP: the public router (health, readiness, publish API, development tokens under `--dev`;
+//! Socket.IO is layered on top of it, CORS around both) and the admin router (`/metrics`).
 
 pub mod control;
+pub mod cors;
+pub mod dev;
 pub mod error;
 pub mod keys;
 pub mod publish;
@@ -20,7 +22,7 @@ use crate::state::AppState;
 
 /// Routes of the public listener (without Socket.IO, which `run` layers on).
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/publish", post(publish::publish))
@@ -28,8 +30,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/connections", get(control::connections))
         .route("/v1/disconnect", post(control::disconnect))
         .route("/v1/revoke", post(control::revoke))
-        .route("/v1/rooms/leave", post(control::leave_room))
-        .with_state(state)
+        .route("/v1/rooms/leave", post(control::leave_room));
+    if state.config.dev_tokens.is_some() {
+        router = router.merge(dev::router());
+    }
+    router.with_state(state)
 }
 
 /// Refuses to start Engine.IO sessions (handshakes: `/socket.io/` requests without a `sid`)
