@@ -110,8 +110,14 @@ def main():
                           "--room", "batch:1", "--rate", str(rate), "--count", str(int(rate * a.secs)),
                           "--out", out], stdout=subprocess.DEVNULL)
 
+        def t1_offset():
+            out = subprocess.run(["redis-cli", "-p", str(rport), "HGET", "rtg:{1/batch:1}:m", "offset"],
+                                 capture_output=True, text=True).stdout.strip()
+            return int(out) if out.isdigit() else 0
+
         results = {}
         for phase in ["alone", "flooded"]:
+            t1_before = t1_offset()
             clients.stdin.write("mark\n")
             clients.stdin.flush()
             line()
@@ -138,11 +144,15 @@ def main():
             }
             if flood:
                 t1 = json.load(open(t1_out))
+                # The generator counts a whole pipeline as failed when one call in it is refused;
+                # the room's offset says how many tenant-1 events really went in.
+                accepted = t1_offset() - t1_before
                 entry["tenant1_offered"] = t1["sent"]
-                entry["tenant1_accepted"] = t1["ok"]
-                entry["tenant1_refused"] = t1["errors"]
-                entry["tenant1_accepted_per_sec"] = round(t1["ok"] / max(t1["duration_secs"], 1e-9), 1)
-                entry["tenant1_refusal_sample"] = (t1.get("error_samples") or [""])[0][:160]
+                entry["tenant1_accepted"] = accepted
+                entry["tenant1_refused"] = t1["sent"] - accepted
+                entry["tenant1_accepted_per_sec"] = round(accepted / max(t1["duration_secs"], 1e-9), 1)
+                sample = (t1.get("error_samples") or [""])[0]
+                entry["tenant1_refusal_sample"] = sample[sample.find("rtg_publish"):][:110]
             results[phase] = entry
         clients.stdin.write("stop\n")
         clients.stdin.flush()
