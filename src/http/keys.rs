@@ -1,5 +1,9 @@
 //! The API key check shared by every key-protected endpoint: a key with the endpoint's scope,
 //! then (once the request names it) the tenant. Refusals never name the key, only why.
+//!
+//! An endpoint applies it in two lines, e.g. a presence read:
+//! `let caller = keys::caller(&state, &headers, Scope::Presence)?;` then, with the tenant it
+//! reads, `keys::require_tenant(&caller, &tenant, "institutionId")?;`.
 
 use axum::http::{header, HeaderMap, StatusCode};
 
