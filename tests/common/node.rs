@@ -31,17 +31,31 @@ fn installed(dir: &std::path::Path) -> bool {
             .is_file()
 }
 
-/// Makes sure `tests/node/node_modules` is installed, running `npm ci` if not. Creating the lock
-/// directory is atomic, so of all test threads and processes exactly one installs; the others
-/// wait, with a deadline, for the lock to go away.
+/// Makes sure `tests/node/node_modules` is installed, running `npm ci` if not.
 pub fn ensure_installed() {
     let dir = node_dir();
+    if installed(&dir) && !dir.join(".install-lock").exists() {
+        return;
+    }
+    with_install_lock(&dir, || {
+        if !installed(&dir) {
+            npm(&dir, &["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
+            assert!(
+                installed(&dir),
+                "npm ci in {} left no node_modules",
+                dir.display()
+            );
+        }
+    });
+}
+
+/// Runs `prepare` in `dir` while holding `dir/.install-lock`. Creating the lock directory is
+/// atomic, so of all test threads and processes exactly one prepares at a time; the others wait,
+/// with a deadline, for the lock to go away.
+pub fn with_install_lock(dir: &std::path::Path, prepare: impl FnOnce()) {
     let lock = dir.join(".install-lock");
     let give_up = std::time::Instant::now() + INSTALL_DEADLINE + std::time::Duration::from_secs(30);
     loop {
-        if !lock.exists() && installed(&dir) {
-            return;
-        }
         match std::fs::create_dir(&lock) {
             Ok(()) => {
                 struct Unlock(std::path::PathBuf);
@@ -51,33 +65,7 @@ pub fn ensure_installed() {
                     }
                 }
                 let _unlock = Unlock(lock.clone());
-                if installed(&dir) {
-                    return;
-                }
-                let mut child = Command::new("npm")
-                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                    .current_dir(&dir)
-                    .spawn()
-                    .expect("npm must be on the PATH");
-                let deadline = std::time::Instant::now() + INSTALL_DEADLINE;
-                let status = loop {
-                    if let Some(status) = child.try_wait().expect("wait for npm") {
-                        break status;
-                    }
-                    if std::time::Instant::now() > deadline {
-                        let _ = child.kill();
-                        panic!(
-                            "npm ci in {} did not finish in {INSTALL_DEADLINE:?}",
-                            dir.display()
-                        );
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                };
-                assert!(
-                    status.success() && installed(&dir),
-                    "npm ci in {} failed: {status:?}",
-                    dir.display()
-                );
+                prepare();
                 return;
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -101,6 +89,35 @@ pub fn ensure_installed() {
             Err(e) => panic!("cannot create {}: {e}", lock.display()),
         }
     }
+}
+
+/// Runs `npm <args>` in `dir` with the install deadline; panics unless it succeeds.
+pub fn npm(dir: &std::path::Path, args: &[&str]) {
+    let mut child = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("npm must be on the PATH");
+    let deadline = std::time::Instant::now() + INSTALL_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for npm") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "npm {args:?} in {} did not finish in {INSTALL_DEADLINE:?}",
+                dir.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "npm {args:?} in {} failed: {status:?}",
+        dir.display()
+    );
 }
 
 /// A running script: its process and its reported steps.
@@ -169,5 +186,62 @@ impl Drop for Script {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Reads a child's pipe to the end in the background.
+fn drain(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
+) -> tokio::task::JoinHandle<String> {
+    use tokio::io::AsyncReadExt;
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut out).await;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// What a child process did: its status (`None`: killed at the deadline) and its output.
+pub struct Outcome {
+    /// Exit status; `None`: killed at the deadline.
+    pub status: Option<std::process::ExitStatus>,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+/// Runs `cmd` in its own process group; at `deadline` kills the whole group (node's test runner
+/// runs each file in a child process of its own).
+pub async fn run(mut cmd: tokio::process::Command, deadline: std::time::Duration) -> Outcome {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let program = format!("{:?}", cmd.as_std());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e} (is it installed and on PATH?)"));
+    let pid = child.id().expect("child pid");
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = match tokio::time::timeout(deadline, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for child")),
+        Err(_) => {
+            // The group id is the child's pid: this kills exactly what this test started.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+            let _ = child.wait().await;
+            None
+        }
+    };
+    Outcome {
+        status,
+        stdout: stdout.await.unwrap_or_default(),
+        stderr: stderr.await.unwrap_or_default(),
     }
 }
