@@ -4,6 +4,7 @@ import type {
   AuthError,
   ChannelName,
   Delivered,
+  ErrorCode,
   EventsOf,
   GatewayError,
   JoinAck,
@@ -11,7 +12,7 @@ import type {
   RefreshAck,
   Resync,
   RoomPosition,
-} from "./protocol.js";
+} from "@realtime-gateway/protocol";
 import type { PositionStorage } from "./storage.js";
 
 /** Where the connection stands. `connected` means authenticated and in its rooms. */
@@ -56,7 +57,7 @@ export type Unsubscribe = () => void;
 /** A failure the gateway answered with (`code` is machine-readable). */
 export class RealtimeError extends Error implements GatewayError {
   constructor(
-    readonly code: string,
+    readonly code: ErrorCode,
     message: string,
   ) {
     super(message);
@@ -99,6 +100,8 @@ export interface RealtimeClient {
   connect(): void;
   /** Closes the connection for good (status `disconnected`); `connect()` opens it again. */
   close(): void;
+  /** Logs to the console with the client's prefix when `debug` is on; otherwise does nothing. */
+  log(...args: unknown[]): void;
 }
 
 interface Listener {
@@ -331,8 +334,10 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   });
 
   socket.on("resync", (r: Resync) => {
-    positions[r.room] = { epoch: r.epoch, offset: r.offset };
-    save();
+    if ("epoch" in r) {
+      positions[r.room] = { epoch: r.epoch, offset: r.offset };
+      save();
+    }
     resync(r.room);
   });
 
@@ -347,7 +352,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     if (!socket.active) {
       // Refused by the gateway's middleware: the stock client does not retry.
       if (isTokenError(err.message)) {
-        setStatus("unauthorized", { code: err.message, message: describe(err) });
+        setStatus("unauthorized", { code: err.message as ErrorCode, message: describe(err) });
       } else {
         retry();
       }
@@ -451,6 +456,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
       socket.disconnect();
       setStatus("disconnected");
     },
+    log,
   };
   if (options.autoConnect !== false) client.connect();
   return client;

@@ -1,4 +1,4 @@
-import type { Position } from "./protocol.js";
+import type { Position } from "@realtime-gateway/protocol";
 
 /** Where a client keeps its positions between page loads. */
 export interface PositionStorage {
