@@ -476,6 +476,7 @@ const CLIENT_PROTOCOL_REASONS: &[&str] = &[
     "request_too_large",
     "bad_request",
     "draining",
+    "origin_not_allowed",
     // frames
     "reserved_bits",
     "unknown_opcode",

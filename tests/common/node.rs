@@ -1,5 +1,7 @@
-//! Runs a Node script from `tests/node` (the official `socket.io-client`) that reports its
-//! progress as one JSON object per line on stdout.
+//! Node packages of the tests (`tests/node`: the official `socket.io-client`; `tests/browser`:
+//! Chromium through playwright-core): installs them once with `npm ci`, runs a script from
+//! `tests/node` that reports its progress as one JSON object per line on stdout, and runs
+//! `node --test` files with a deadline.
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
@@ -14,9 +16,14 @@ const INSTALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300
 
 /// `tests/node`.
 pub fn node_dir() -> std::path::PathBuf {
+    tests_dir("node")
+}
+
+/// `tests/<name>`.
+pub fn tests_dir(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
-        .join("node")
+        .join(name)
 }
 
 /// Written by npm as the last step of an install: its presence means node_modules is complete.
@@ -31,31 +38,22 @@ fn installed(dir: &std::path::Path) -> bool {
             .is_file()
 }
 
-/// Makes sure `tests/node/node_modules` is installed, running `npm ci` if not.
+/// Makes sure `tests/node/node_modules` is installed (see [`ensure_installed_in`]).
 pub fn ensure_installed() {
-    let dir = node_dir();
-    if installed(&dir) && !dir.join(".install-lock").exists() {
-        return;
-    }
-    with_install_lock(&dir, || {
-        if !installed(&dir) {
-            npm(&dir, &["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
-            assert!(
-                installed(&dir),
-                "npm ci in {} left no node_modules",
-                dir.display()
-            );
-        }
-    });
+    ensure_installed_in(&node_dir());
 }
 
-/// Runs `prepare` in `dir` while holding `dir/.install-lock`. Creating the lock directory is
-/// atomic, so of all test threads and processes exactly one prepares at a time; the others wait,
-/// with a deadline, for the lock to go away.
-pub fn with_install_lock(dir: &std::path::Path, prepare: impl FnOnce()) {
+/// Makes sure `dir/node_modules` is installed, running `npm ci` if not. Creating the lock
+/// directory is atomic, so of all test threads and processes exactly one installs; the others
+/// wait, with a deadline, for the lock to go away.
+pub fn ensure_installed_in(dir: &std::path::Path) {
+    let dir = dir.to_path_buf();
     let lock = dir.join(".install-lock");
     let give_up = std::time::Instant::now() + INSTALL_DEADLINE + std::time::Duration::from_secs(30);
     loop {
+        if !lock.exists() && installed(&dir) {
+            return;
+        }
         match std::fs::create_dir(&lock) {
             Ok(()) => {
                 struct Unlock(std::path::PathBuf);
@@ -65,7 +63,33 @@ pub fn with_install_lock(dir: &std::path::Path, prepare: impl FnOnce()) {
                     }
                 }
                 let _unlock = Unlock(lock.clone());
-                prepare();
+                if installed(&dir) {
+                    return;
+                }
+                let mut child = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&dir)
+                    .spawn()
+                    .expect("npm must be on the PATH");
+                let deadline = std::time::Instant::now() + INSTALL_DEADLINE;
+                let status = loop {
+                    if let Some(status) = child.try_wait().expect("wait for npm") {
+                        break status;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        let _ = child.kill();
+                        panic!(
+                            "npm ci in {} did not finish in {INSTALL_DEADLINE:?}",
+                            dir.display()
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                };
+                assert!(
+                    status.success() && installed(&dir),
+                    "npm ci in {} failed: {status:?}",
+                    dir.display()
+                );
                 return;
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -89,35 +113,6 @@ pub fn with_install_lock(dir: &std::path::Path, prepare: impl FnOnce()) {
             Err(e) => panic!("cannot create {}: {e}", lock.display()),
         }
     }
-}
-
-/// Runs `npm <args>` in `dir` with the install deadline; panics unless it succeeds.
-pub fn npm(dir: &std::path::Path, args: &[&str]) {
-    let mut child = Command::new("npm")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("npm must be on the PATH");
-    let deadline = std::time::Instant::now() + INSTALL_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for npm") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "npm {args:?} in {} did not finish in {INSTALL_DEADLINE:?}",
-                dir.display()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    assert!(
-        status.success(),
-        "npm {args:?} in {} failed: {status:?}",
-        dir.display()
-    );
 }
 
 /// A running script: its process and its reported steps.
@@ -189,12 +184,22 @@ impl Drop for Script {
     }
 }
 
+/// What a child process did: its status (`None`: killed at the deadline) and its output.
+pub struct Outcome {
+    /// Exit status; `None` when it was killed at the deadline.
+    pub status: Option<std::process::ExitStatus>,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
 /// Reads a child's pipe to the end in the background.
-fn drain(
+fn drain_pipe(
     pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
 ) -> tokio::task::JoinHandle<String> {
-    use tokio::io::AsyncReadExt;
     tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
         let mut out = Vec::new();
         if let Some(mut p) = pipe {
             let _ = p.read_to_end(&mut out).await;
@@ -203,19 +208,12 @@ fn drain(
     })
 }
 
-/// What a child process did: its status (`None`: killed at the deadline) and its output.
-pub struct Outcome {
-    /// Exit status; `None`: killed at the deadline.
-    pub status: Option<std::process::ExitStatus>,
-    /// Everything it wrote to stdout.
-    pub stdout: String,
-    /// Everything it wrote to stderr.
-    pub stderr: String,
-}
-
 /// Runs `cmd` in its own process group; at `deadline` kills the whole group (node's test runner
-/// runs each file in a child process of its own).
-pub async fn run(mut cmd: tokio::process::Command, deadline: std::time::Duration) -> Outcome {
+/// runs each file in a child process of its own, and a browser has processes of its own too).
+pub async fn run_with_deadline(
+    mut cmd: tokio::process::Command,
+    deadline: std::time::Duration,
+) -> Outcome {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -226,13 +224,13 @@ pub async fn run(mut cmd: tokio::process::Command, deadline: std::time::Duration
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {program}: {e} (is it installed and on PATH?)"));
     let pid = child.id().expect("child pid");
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
+    let stdout = drain_pipe(child.stdout.take());
+    let stderr = drain_pipe(child.stderr.take());
     let status = match tokio::time::timeout(deadline, child.wait()).await {
         Ok(status) => Some(status.expect("wait for child")),
         Err(_) => {
             // The group id is the child's pid: this kills exactly what this test started.
-            let _ = std::process::Command::new("kill")
+            let _ = Command::new("kill")
                 .args(["-KILL", &format!("-{pid}")])
                 .status();
             let _ = child.wait().await;

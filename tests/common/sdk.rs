@@ -2,50 +2,69 @@
 //! then its Node test files or scripts run against real gateways with a deadline.
 
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::node::{npm, run, with_install_lock};
+use super::node::{ensure_installed_in, run_with_deadline, tests_dir};
+
+/// Longest the SDK build may take.
+const BUILD_DEADLINE: Duration = Duration::from_secs(300);
 
 /// `sdk/`.
 pub fn sdk_dir() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk")
 }
 
-/// Whether `sdk/node_modules` holds a complete install.
-fn installed(dir: &std::path::Path) -> bool {
-    dir.join("node_modules/.package-lock.json").is_file()
-        && dir
-            .join("node_modules/socket.io-client/package.json")
-            .is_file()
-}
-
-/// Installs the workspace if needed (`npm ci`) and builds every package (`npm run build`), once
-/// per test process: a build is cheap next to testing stale code.
+/// Installs the workspace if needed (`npm ci`) and builds every package and the demo
+/// (`npm run build`), once per test process: a build is cheap next to testing stale code.
 pub fn ensure_built() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = sdk_dir();
-        with_install_lock(&dir, || {
-            if !installed(&dir) {
-                npm(&dir, &["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
+        ensure_installed_in(&dir);
+        let mut child = Command::new("npm")
+            .args(["run", "build", "--silent"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("npm must be on the PATH");
+        let deadline = std::time::Instant::now() + BUILD_DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for npm") {
+                break status;
             }
-            npm(&dir, &["run", "build", "--silent"]);
-        });
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("npm run build in sdk/ did not finish in {BUILD_DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "npm run build in sdk/ failed: {status:?}");
     });
 }
 
+/// Builds the SDK and installs `tests/browser` (Chromium through playwright-core).
+pub async fn prepare(browser: bool) {
+    tokio::task::spawn_blocking(move || {
+        ensure_built();
+        if browser {
+            ensure_installed_in(&tests_dir("browser"));
+        }
+    })
+    .await
+    .expect("prepare the SDK");
+}
+
 /// Runs `node <args>` in `sdk/` with `env` and a deadline; returns its stdout, or panics with its
-/// output and `logs` (the logs of the processes it talked to) unless it exits 0.
+/// output and `logs()` (the logs of the processes it talked to) unless it exits 0.
 pub async fn node(
     args: &[&str],
     env: &[(&str, String)],
     deadline: Duration,
     logs: impl FnOnce() -> String,
 ) -> String {
-    tokio::task::spawn_blocking(ensure_built)
-        .await
-        .expect("build the SDK");
+    prepare(false).await;
     let mut cmd = tokio::process::Command::new("node");
     cmd.args(args)
         .current_dir(sdk_dir())
@@ -56,7 +75,7 @@ pub async fn node(
         cmd.env(k, v);
     }
     let started = std::time::Instant::now();
-    let out = run(cmd, deadline).await;
+    let out = run_with_deadline(cmd, deadline).await;
     let verdict = match out.status {
         Some(s) if s.success() => None,
         Some(s) => Some(format!("node {args:?} failed ({s})")),
