@@ -1,9 +1,16 @@
-//! The TypeScript SDK against real gateways: the client's Node tests (`sdk/client/test`) and the
-//! size budget of the browser packages.
+//! The TypeScript SDK against real gateways: the client's Node tests (`sdk/client/test`), the
+//! demo in Debian's Chromium (`sdk/demo/e2e`), the size budget and the dispatch benchmark.
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use common::lb::Nginx;
+use common::redis_server::RedisServer;
+use common::static_site::StaticSite;
+use common::Gateway;
 
 /// Longest the client's test file may run.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(120);
@@ -29,4 +36,286 @@ async fn sdk_client() {
         || format!("--- gateway log ---\n{}", gw.log()),
     )
     .await;
+}
+
+/// Longest a browser script may run.
+const BROWSER_DEADLINE: Duration = Duration::from_secs(240);
+/// Longest a browser script may take to reach its next step.
+const STEP_DEADLINE: Duration = Duration::from_secs(90);
+
+/// A node script of `sdk/demo/e2e` that drives Chromium, reports steps (JSON lines on stdout)
+/// and reads answers on stdin. It runs in its own process group (node and the browser), killed
+/// as a whole when dropped; its stderr (the page's console) goes to a file shown on failure.
+struct Driven {
+    child: std::process::Child,
+    steps: std::sync::mpsc::Receiver<serde_json::Value>,
+    stderr: tempfile::NamedTempFile,
+    started: std::time::Instant,
+}
+
+impl Driven {
+    fn start(script: &str, env: &[(&str, String)]) -> Driven {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let stderr = tempfile::NamedTempFile::new().expect("temp file");
+        let mut child = std::process::Command::new("node")
+            .arg(script)
+            .current_dir(common::sdk::sdk_dir())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("NO_COLOR", "1")
+            .env_remove("NODE_OPTIONS")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr.reopen().expect("reopen"))
+            .process_group(0)
+            .spawn()
+            .expect("node must be on the PATH");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, steps) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                match serde_json::from_str(&line) {
+                    Ok(v) => {
+                        let _ = tx.send(v);
+                    }
+                    Err(_) => println!("[script] {line}"),
+                }
+            }
+        });
+        Driven {
+            child,
+            steps,
+            stderr,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The script's stderr so far (the page's console, node's errors).
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    /// Waits for step `name` (blocking this worker thread; the test runs on several); panics
+    /// with `logs()` and the script's stderr on a failure report, an exit or the deadline.
+    fn next(&self, name: &str, logs: &dyn Fn() -> String) -> serde_json::Value {
+        let fail = |why: String| -> ! {
+            panic!(
+                "{why} after {:?}\n--- script stderr ---\n{}\n{}",
+                self.started.elapsed(),
+                self.stderr(),
+                logs()
+            )
+        };
+        let deadline = std::time::Instant::now() + STEP_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let v = tokio::task::block_in_place(|| self.steps.recv_timeout(left))
+                .unwrap_or_else(|_| fail(format!("the browser script never reported {name}")));
+            println!("step {v}");
+            if v["step"] == "failed" {
+                fail(format!(
+                    "the browser script failed: {}",
+                    v["error"].as_str().unwrap_or_default()
+                ));
+            }
+            if v["step"] == name {
+                return v;
+            }
+            if self.started.elapsed() > BROWSER_DEADLINE {
+                fail("the browser script ran past its deadline".into());
+            }
+        }
+    }
+
+    /// Writes one JSON line to the script's stdin.
+    fn answer(&mut self, v: serde_json::Value) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{v}").expect("write to the browser script");
+    }
+
+    /// Waits for the script to exit; panics unless it succeeded.
+    fn finish(mut self, logs: &dyn Fn() -> String) {
+        let deadline = std::time::Instant::now() + STEP_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                if !status.success() {
+                    panic!(
+                        "the browser script exited with {status}\n{}\n{}",
+                        self.stderr(),
+                        logs()
+                    );
+                }
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the browser script did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Its own process group: node and the browser it started.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{}", self.child.id())])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Percent-encodes `s` for a query string value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The built demo (`sdk/demo/dist`) on a site of its own, with the application API it queries:
+/// `GET /api/batches/:id` answers `{ fetches }` and counts every fetch.
+async fn demo_site() -> (StaticSite, Arc<AtomicU64>) {
+    let fetches = Arc::new(AtomicU64::new(0));
+    let counter = fetches.clone();
+    let api = axum::Router::new().route(
+        "/api/batches/{id}",
+        axum::routing::get(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { axum::Json(serde_json::json!({ "fetches": n })) }
+        }),
+    );
+    let dist = common::sdk::sdk_dir().join("demo").join("dist");
+    let site = StaticSite::start_with(api, &[], Some(dist)).await;
+    (site, fetches)
+}
+
+/// Settings of the browser tests' gateways: on `redis`, serving development tokens, open to
+/// the demo's `origin`, keeping enough history for the whole scenario.
+fn browser_env(redis: &RedisServer, origin: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("NO_COLOR", "1".into()),
+        ("REDIS_URL", redis.url()),
+        ("GATEWAY_DEV", "true".into()),
+        ("GATEWAY_CORS_ORIGINS", origin.to_string()),
+        ("GATEWAY_HISTORY_MAX_LEN", "1000".into()),
+        ("GATEWAY_DRAIN_DELAY", "0s".into()),
+    ]
+}
+
+fn start_gateway(listen: &str, env: &[(&'static str, String)]) -> Gateway {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Gateway::start_at(listen, &env)
+}
+
+/// Index of the live gateway holding a connection (the page's: the only socket), given every
+/// gateway's admin address.
+async fn holder(admins: Vec<std::net::SocketAddr>, dead: &[usize]) -> usize {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        for (i, admin) in admins.iter().enumerate() {
+            if dead.contains(&i) {
+                continue;
+            }
+            let Ok(resp) = reqwest::get(format!("http://{admin}/metrics")).await else {
+                continue;
+            };
+            let text = resp.text().await.unwrap_or_default();
+            if common::metric(&text, "gateway_connections", "") > 0.0 {
+                return i;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no gateway holds the page's connection"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The demo in Chromium from another origin, through nginx in front of three gateways on one
+/// Redis, with the SDK's default transports: events render and the batch query refetches once
+/// per event; short tokens are refreshed without leaving `connected`; the gateway holding the
+/// page is SIGKILLed while events are published and the page lists every event once, in order,
+/// without a reload; Redis flushed and that gateway restarted, the page refetches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_demo_in_chromium() {
+    common::sdk::prepare(true).await;
+    let (site, fetches) = demo_site().await;
+    let redis = RedisServer::start();
+    let env = browser_env(&redis, &site.origin());
+    let gws: Vec<Gateway> = (0..3).map(|_| start_gateway("127.0.0.1:0", &env)).collect();
+    for gw in &gws {
+        gw.wait_readyz(200).await;
+    }
+    let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
+    // Shared with the failure report, which reads every log.
+    let gws = std::cell::RefCell::new(gws);
+    let token_url = format!(
+        "{}/dev/token?sub=10&institution=1&role=ADMIN&ttl=4s",
+        nginx.url()
+    );
+    let page = format!(
+        "{}/index.html?gateway={}&tokenUrl={}&api={}",
+        site.origin(),
+        encode(&nginx.url()),
+        encode(&token_url),
+        encode(&site.url("/api")),
+    );
+    let mut script = Driven::start(
+        "demo/e2e/cluster.mjs",
+        &[("PAGE_URL", page), ("PUBLISH_KEY", common::KEY.to_string())],
+    );
+    let logs = || {
+        let mut out: String = gws
+            .borrow()
+            .iter()
+            .enumerate()
+            .map(|(i, g)| format!("--- gateway {i} ({}) ---\n{}", g.public, g.log()))
+            .collect();
+        out.push_str(&nginx.log());
+        out
+    };
+
+    script.next("publish_url", &logs);
+    script.answer(serde_json::json!({ "publish": gws.borrow()[0].url() }));
+    script.next("events_ok", &logs);
+    println!(
+        "fetches after the events: {}",
+        fetches.load(Ordering::SeqCst)
+    );
+    script.next("token_ok", &logs);
+
+    script.next("kill_ready", &logs);
+    let admins: Vec<_> = gws.borrow().iter().map(|g| g.admin).collect();
+    let victim = holder(admins.clone(), &[]).await;
+    let survivor = (victim + 1) % 3;
+    let url = gws.borrow()[survivor].url();
+    script.answer(serde_json::json!({ "publish": url }));
+    script.next("kill_now", &logs);
+    gws.borrow_mut()[victim].kill();
+    script.next("kill_ok", &logs);
+
+    script.next("flush_ready", &logs);
+    let holding = holder(admins, &[victim]).await;
+    redis.cli(&["FLUSHALL"]);
+    let addr = gws.borrow()[holding].public.to_string();
+    gws.borrow_mut()[holding].kill();
+    let restarted = start_gateway(&addr, &env);
+    restarted.wait_readyz(200).await;
+    gws.borrow_mut()[holding] = restarted;
+    let publisher = (0..3).find(|i| *i != victim).expect("a live gateway");
+    let url = gws.borrow()[publisher].url();
+    script.answer(serde_json::json!({ "publish": url }));
+    let done = script.next("flush_ok", &logs);
+    println!("refetches after the flush: {}", done["refetched"]);
+    script.finish(&logs);
 }

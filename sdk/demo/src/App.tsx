@@ -8,15 +8,43 @@ import {
   useScriptSubmittedEvent,
 } from "@realtime-gateway/react";
 import type { Delivered } from "@realtime-gateway/protocol";
-import { apiUrl, batchId } from "./config.js";
+import type { RealtimeClient } from "@realtime-gateway/client";
+import { apiUrl, batchId, tokensFetched } from "./config.js";
 
-/** Every status the page went through, for whoever watches the page (the browser tests do). */
-const statuses: string[] = [];
-(window as unknown as { __demo: unknown }).__demo = { statuses, loadedAt: Date.now() };
+/**
+ * What the page went through, on `window.__demo` for whoever watches it (the browser tests do):
+ * every status, the joins it sent per room, the tokens it fetched, when it was loaded.
+ */
+const probe = {
+  statuses: [] as string[],
+  joins: {} as Record<string, number>,
+  loadedAt: Date.now(),
+  get tokens() {
+    return tokensFetched;
+  },
+};
+(window as unknown as { __demo: typeof probe }).__demo = probe;
+let probed: RealtimeClient | undefined;
+
+/** Records the client's statuses and joins (children's effects run before the provider connects). */
+function Probe() {
+  const { client } = useRealtime();
+  useEffect(() => {
+    if (probed === client) return;
+    probed = client;
+    probe.statuses.push(client.status);
+    client.onStatus((s) => probe.statuses.push(s));
+    client.socket.onAnyOutgoing((name: string, arg: { room?: string }) => {
+      if (name === "join" && arg.room) probe.joins[arg.room] = (probe.joins[arg.room] ?? 0) + 1;
+    });
+  }, [client]);
+  return null;
+}
 
 export function App() {
   return (
     <main style={{ fontFamily: "system-ui, sans-serif", maxWidth: 900, margin: "1rem auto" }}>
+      <Probe />
       <header style={{ display: "flex", justifyContent: "space-between", alignItems: "center" }}>
         <h1>Exam office</h1>
         <div style={{ display: "flex", gap: "1rem" }}>
@@ -42,9 +70,6 @@ const COLORS: Record<string, string> = {
 
 function ConnectionStatus() {
   const { status, client } = useRealtime();
-  useEffect(() => {
-    statuses.push(status);
-  }, [status]);
   return (
     <span data-testid="status" data-status={status} style={{ color: COLORS[status] }} title={client.error?.message}>
       ● {status}
@@ -79,7 +104,7 @@ function BatchPage() {
       </p>
       <ol data-testid="submissions">
         {submissions.map((s) => (
-          <li key={`${s.room}:${s.offset}`} data-offset={s.offset} data-id={s.id}>
+          <li key={s.id} data-offset={s.offset} data-id={s.id}>
             {s.payload.studentName} handed in {s.payload.courseCode} (#{s.offset})
           </li>
         ))}

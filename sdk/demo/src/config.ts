@@ -20,8 +20,12 @@ export const apiUrl = param("api", "/api");
 export const debug = param("debug", "1") !== "0";
 export const batchId = Number(param("batch", "456"));
 
+/** How many tokens the page fetched (shown by the probe). */
+export let tokensFetched = 0;
+
 /** Fetches a token from `tokenUrl` (`{ token, exp }`). */
 export async function getToken(): Promise<string> {
+  tokensFetched++;
   const res = await fetch(tokenUrl);
   if (!res.ok) throw new Error(`token endpoint answered ${res.status}`);
   const body = (await res.json()) as { token: string };
