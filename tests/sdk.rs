@@ -259,17 +259,8 @@ async fn sdk_demo_in_chromium() {
     let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
     // Shared with the failure report, which reads every log.
     let gws = std::cell::RefCell::new(gws);
-    let token_url = format!(
-        "{}/dev/token?sub=10&institution=1&role=ADMIN&ttl=4s",
-        nginx.url()
-    );
-    let page = format!(
-        "{}/index.html?gateway={}&tokenUrl={}&api={}",
-        site.origin(),
-        encode(&nginx.url()),
-        encode(&token_url),
-        encode(&site.url("/api")),
-    );
+    // Tokens of 4 s: refreshed every few seconds while the page is open.
+    let page = demo_page(&site, "index.html", &nginx.url(), "4s");
     let mut script = Driven::start(
         "demo/e2e/cluster.mjs",
         &[("PAGE_URL", page), ("PUBLISH_KEY", common::KEY.to_string())],
@@ -318,4 +309,48 @@ async fn sdk_demo_in_chromium() {
     let done = script.next("flush_ok", &logs);
     println!("refetches after the flush: {}", done["refetched"]);
     script.finish(&logs);
+}
+
+/// The URL of a demo page on `site` connecting to `gateway` with development tokens of `ttl`.
+fn demo_page(site: &StaticSite, page: &str, gateway: &str, ttl: &str) -> String {
+    let token_url = format!("{gateway}/dev/token?sub=10&institution=1&role=ADMIN&ttl={ttl}");
+    format!(
+        "{}/{page}?gateway={}&tokenUrl={}&api={}",
+        site.origin(),
+        encode(gateway),
+        encode(&token_url),
+        encode(&site.url("/api")),
+    )
+}
+
+/// Dispatching one event to 100 hooks in Chromium: reports the cost per event (live events from
+/// a real gateway, and a synthetic loop); asserts only that every hook got every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_dispatch_benchmark() {
+    common::sdk::prepare(true).await;
+    let (site, _) = demo_site().await;
+    let redis = RedisServer::start();
+    let env = browser_env(&redis, &site.origin());
+    let gw = start_gateway("127.0.0.1:0", &env);
+    gw.wait_readyz(200).await;
+    let script = Driven::start(
+        "demo/e2e/bench.mjs",
+        &[
+            ("PAGE_URL", demo_page(&site, "bench.html", &gw.url(), "1h")),
+            ("PUBLISH_URL", gw.url()),
+            ("PUBLISH_KEY", common::KEY.to_string()),
+        ],
+    );
+    let logs = || gw.log();
+    let result = script.next("result", &logs);
+    println!("dispatch to 100 hooks: {result}");
+    script.finish(&logs);
+}
+
+/// @realtime-gateway/client and @realtime-gateway/react together, minified and gzipped, without
+/// socket.io-client, React and TanStack Query, stay within 6 KiB (`sdk/scripts/size.mjs`).
+#[tokio::test]
+async fn sdk_size_budget() {
+    let out = common::sdk::node(&["scripts/size.mjs"], &[], CLIENT_DEADLINE, String::new).await;
+    assert!(out.contains("budget (client + react, gzipped)"), "{out}");
 }
