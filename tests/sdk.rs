@@ -354,3 +354,34 @@ async fn sdk_size_budget() {
     let out = common::sdk::node(&["scripts/size.mjs"], &[], CLIENT_DEADLINE, String::new).await;
     assert!(out.contains("budget (client + react, gzipped)"), "{out}");
 }
+
+/// The React bindings in Chromium against a real gateway: latest handlers without
+/// resubscribing, one join under StrictMode, `enabled`, nothing left after unmount, and an
+/// owned client's one connection closed on unmount (`sdk/react/test/hooks.browser.test.mjs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_react_hooks_in_chromium() {
+    common::sdk::prepare(true).await;
+    // The browser script bundles its page into this directory; a site of its own serves it.
+    let pages = tempfile::tempdir().expect("temp dir");
+    let site = StaticSite::start(&[], Some(pages.path().to_path_buf())).await;
+    let gw = common::Gateway::start(&[("NO_COLOR", "1"), ("GATEWAY_CORS_ORIGINS", &site.origin())]);
+    gw.wait_readyz(200).await;
+    common::sdk::node(
+        &[
+            "--test",
+            "--test-reporter=spec",
+            "react/test/hooks.browser.test.mjs",
+        ],
+        &[
+            ("GATEWAY_URL", gw.url()),
+            ("ADMIN_URL", format!("http://{}", gw.admin)),
+            ("TOKEN", common::token("10", "1", "ADMIN", 3600)),
+            ("PUBLISH_KEY", common::KEY.to_string()),
+            ("PAGE_DIR", pages.path().display().to_string()),
+            ("PAGE_URL", site.url("/index.html")),
+        ],
+        BROWSER_DEADLINE,
+        || format!("--- gateway log ---\n{}", gw.log()),
+    )
+    .await;
+}
