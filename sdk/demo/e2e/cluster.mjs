@@ -15,7 +15,14 @@ const BATCH_ROOM = "batch:456";
 /** Events published while a gateway is killed. */
 const DURING_KILL = 40;
 
-const browser = await launchChromium();
+/** The SDK's debug lines (the demo turns `debug` on), checked after the first phase. */
+const debugLines = [];
+const browser = await launchChromium({
+  log: (line) => {
+    if (line.includes("[realtime]")) debugLines.push(line);
+    process.stderr.write(`${line}\n`);
+  },
+});
 try {
   const page = await browser.newPage();
   const probe = () => page.evaluate(() => structuredClone({ ...window.__demo, tokens: window.__demo.tokens }));
@@ -54,6 +61,12 @@ try {
   await until("the incident feed and its toast", async () =>
     (await page.$$('[data-testid="incidents"] li')).length === 1 && (await page.$$('[role="status"]')).length === 1,
   );
+  for (const what of ["connected", "authenticated", "join", "joined", "event", "invalidate"]) {
+    assert.ok(
+      debugLines.some((l) => l.includes(`[realtime] ${what} `)),
+      `debug: true logs "${what}" (${debugLines.length} lines)`,
+    );
+  }
   step("events_ok");
 
   // 2. Short tokens are refreshed before they expire; the page stays connected.
