@@ -96,7 +96,7 @@ export interface RealtimeClient {
   rooms(): string[];
   /** Where the client stands in each room it heard of. */
   positions(): Record<string, Position>;
-  /** Opens the connection (idempotent). */
+  /** Opens the connection (idempotent); after `unauthorized`, tries again with a new token. */
   connect(): void;
   /** Closes the connection for good (status `disconnected`); `connect()` opens it again. */
   close(): void;
@@ -444,8 +444,10 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     rooms: () => [...wanted.keys()],
     positions: sinceAll,
     connect() {
-      if (!closed) return;
       closed = false;
+      // Connected or retrying already; otherwise (new, closed, or refused) open it again.
+      if (socket.active) return;
+      clearTimeout(retryTimer);
       setStatus("connecting");
       socket.connect();
     },

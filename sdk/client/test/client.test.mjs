@@ -147,15 +147,23 @@ test("refreshes its token before it expires and stays connected", async () => {
   assert.deepEqual(statuses, ["connected"], "never left connected");
 });
 
-test("a refused token makes the status unauthorized with the gateway's code", async () => {
+test("a refused token makes the status unauthorized with the gateway's code; connect() retries", async () => {
   for (const [tok, code] of [
     [token(15, 1, { secret: "another-secret-0123456789abcdef-01234" }), "token_invalid_signature"],
     [token(15, 1, { ttl: -60 }), "token_expired"],
   ]) {
-    const c = client(15, { getToken: () => tok });
+    let current = tok;
+    const c = client(15, { getToken: () => current });
     await until(code, () => c.status === "unauthorized");
     assert.equal(c.error.code, code);
     assert.ok(c.error.message.length > 0);
+    // It stays refused (no retry loop with the same token) until the application acts.
+    await quiet();
+    assert.equal(c.status, "unauthorized");
+    current = token(15);
+    c.connect();
+    await until("connected with a new token", () => c.status === "connected");
+    assert.equal(c.error, undefined);
   }
 });
 

@@ -5,8 +5,7 @@
 //   synthetic: 2,000 envelopes handed to the same listener in a loop (mean per event).
 // Reports numbers; asserts only that every hook got every event.
 import assert from "node:assert/strict";
-import { launchChromium } from "../../../tests/browser/lib/chromium.mjs";
-import { env, publish, step, submission, until } from "./lib.mjs";
+import { drive, env, publish, step, submission, until } from "./lib.mjs";
 
 const PAGE_URL = env("PAGE_URL");
 const PUBLISH_URL = env("PUBLISH_URL");
@@ -14,8 +13,7 @@ const HOOKS = 100;
 const LIVE = 200;
 const SYNTHETIC = 2000;
 
-const browser = await launchChromium({ log: () => {} });
-try {
+await drive({ log: () => {} }, async (browser) => {
   const page = await browser.newPage();
   await page.goto(PAGE_URL);
   await until("connected", () => page.evaluate(() => window.__client?.status === "connected"));
@@ -41,10 +39,4 @@ try {
     synthetic_events: SYNTHETIC,
     synthetic_mean_ms: r(synthetic.perEventMs),
   });
-} catch (e) {
-  step("failed", { error: String(e?.stack ?? e) });
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  process.exit();
-}
+});

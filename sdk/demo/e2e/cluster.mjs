@@ -7,8 +7,7 @@
 //      reconnects by itself and lists every event exactly once, in order, without a reload;
 //   4. Redis is flushed and that gateway restarted: the page refetches (resync) and goes on.
 import assert from "node:assert/strict";
-import { launchChromium } from "../../../tests/browser/lib/chromium.mjs";
-import { answer, env, publish, quiet, step, submission, until } from "./lib.mjs";
+import { answer, drive, env, publish, quiet, step, submission, until } from "./lib.mjs";
 
 const PAGE_URL = env("PAGE_URL");
 const BATCH_ROOM = "batch:456";
@@ -17,13 +16,11 @@ const DURING_KILL = 40;
 
 /** The SDK's debug lines (the demo turns `debug` on), checked after the first phase. */
 const debugLines = [];
-const browser = await launchChromium({
-  log: (line) => {
-    if (line.includes("[realtime]")) debugLines.push(line);
-    process.stderr.write(`${line}\n`);
-  },
-});
-try {
+const log = (line) => {
+  if (line.includes("[realtime]")) debugLines.push(line);
+  process.stderr.write(`${line}\n`);
+};
+await drive({ log }, async (browser) => {
   const page = await browser.newPage();
   const probe = () => page.evaluate(() => structuredClone({ ...window.__demo, tokens: window.__demo.tokens }));
   const fetches = async () => Number(await page.getByTestId("batch-fetches").textContent());
@@ -108,10 +105,4 @@ try {
   assert.equal((await listed()).at(-1).offset, 1, "the room's new history starts again");
   assert.equal((await probe()).loadedAt, loadedAt, "the page was not reloaded");
   step("flush_ok", { refetched: (await fetches()) - fetchesBefore });
-} catch (e) {
-  step("failed", { error: String(e?.stack ?? e) });
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  process.exit();
-}
+});

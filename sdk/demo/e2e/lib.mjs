@@ -2,6 +2,7 @@
 // Rust test on stdout (one JSON object per line), its answers read from stdin, publishing over
 // HTTP, and waits with deadlines.
 import { createInterface } from "node:readline";
+import { launchChromium } from "../../../tests/browser/lib/chromium.mjs";
 
 export function env(name) {
   const v = process.env[name];
@@ -61,3 +62,20 @@ export const submission = (n, batchId = 456) => ({
   courseName: "Intro",
   submittedAt: "2026-11-28T10:00:00Z",
 });
+
+/**
+ * Runs `body(browser)` with Debian's Chromium (`options` as for launchChromium): a failure is
+ * reported as the step `failed`; the browser is closed and the process exits either way.
+ */
+export async function drive(options, body) {
+  const browser = await launchChromium(options);
+  try {
+    await body(browser);
+  } catch (e) {
+    step("failed", { error: String(e?.stack ?? e) });
+    process.exitCode = 1;
+  } finally {
+    await browser.close();
+    process.exit();
+  }
+}
