@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::Args;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use crate::auth::origins::parse_allowed_origins;
 use crate::auth::{AllowedOrigins, ClaimNames, DevTokens, RoomPolicy, Verifier};
 use crate::bus::redis::RedisSettings;
 use crate::events::PublishRules;
@@ -164,7 +163,7 @@ pub struct ServeArgs {
     pub dev: bool,
     /// Browser origins allowed to poll cross-origin and to open WebSockets, comma separated,
     /// each exactly `scheme://host[:port]` (`*`: any). Default: none (`*` under --dev).
-    #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_parser = parse_allowed_origins)]
+    #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_parser = AllowedOrigins::parse)]
     pub cors_origins: Option<AllowedOrigins>,
     /// Refuse to publish channels, events or payloads that are not in the catalog.
     #[arg(long, env = "GATEWAY_STRICT_CATALOG", default_value_t = true, action = clap::ArgAction::Set)]

@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`config`]: settings (flags and environment variables), validated once into a [`Config`].
-//! - [`auth`]: JWT verification into an [`auth::Identity`], and the room policy.
+//! - [`auth`]: JWT verification into an [`auth::Identity`], the room policy, the browser
+//!   origins allowed, and development tokens.
 //! - [`events`]: ids and room names, the catalog of channels and events, envelopes and
 //!   publish validation.
 //! - [`bus`]: the [`bus::Bus`] trait (publish with per-room offsets, subscribe) and its

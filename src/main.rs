@@ -204,9 +204,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::warn!("DEVELOPMENT MODE: generated PUBLISH_API_KEYS={key}");
     }
     if config.dev_tokens.is_some() {
+        let mut at = config.listen;
+        if at.ip().is_unspecified() {
+            at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         tracing::warn!(
-            "DEVELOPMENT MODE: tokens for anyone at GET http://{}/dev/token?sub=10&institution=1&role=ADMIN",
-            config.listen
+            "DEVELOPMENT MODE: tokens for anyone at GET http://{at}/dev/token?sub=10&institution=1&role=ADMIN"
         );
     }
     tracing::info!(cors_origins = %config.cors_origins, "browser origins allowed");

@@ -1,7 +1,8 @@
 //! Browser tier: Debian's Chromium (driven by playwright-core from `tests/browser`) runs the
 //! stock socket.io-client browser bundle on a page served from another origin than the
 //! gateways: three gateways on a private Redis, one reached directly, all of them through
-//! nginx (deploy/nginx). See `tests/browser/cross-origin.test.mjs` for the cases.
+//! nginx (deploy/nginx) and through HAProxy (deploy/haproxy, cookie affinity). See
+//! `tests/browser/cross-origin.test.mjs` for the cases.
 //!
 //! The page's site is bound before the gateways start, so its origin goes into their
 //! GATEWAY_CORS_ORIGINS; a second site on another port is the origin that is not allowed.
@@ -11,7 +12,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::lb::Nginx;
+use common::lb::{Haproxy, Nginx};
 use common::node::{ensure_installed_in, run_with_deadline, tests_dir};
 use common::redis_server::RedisServer;
 use common::static_site::StaticSite;
@@ -73,7 +74,12 @@ async fn stock_client_in_chromium_from_another_origin() {
         ready_gateway(&env).await,
         ready_gateway(&env).await,
     ];
-    let nginx = Nginx::start(&gws.iter().map(|g| g.public).collect::<Vec<_>>());
+    let upstreams = gws.iter().map(|g| g.public).collect::<Vec<_>>();
+    let nginx = Nginx::start(&upstreams);
+    let haproxy = Haproxy::start(&upstreams);
+
+    // A development gateway (no list: every origin) for the page's /dev/token fetch.
+    let dev = ready_gateway(&[("GATEWAY_DEV", "true")]).await;
 
     let token = common::token("10", "1", "ADMIN", 3600);
     let admin_urls = gws
@@ -87,7 +93,10 @@ async fn stock_client_in_chromium_from_another_origin() {
         .env("PAGE_URL", page.url("/client.html"))
         .env("OTHER_PAGE_URL", other.url("/client.html"))
         .env("DIRECT_URL", gws[0].url())
-        .env("LB_URL", nginx.url())
+        .env("DEV_URL", dev.url())
+        .env("NGINX_URL", nginx.url())
+        .env("HAPROXY_URL", haproxy.url())
+        .env("HAPROXY_LOG", haproxy.request_log_path())
         .env("PUBLISH_URL", gws[2].url())
         .env("ADMIN_URLS", admin_urls)
         .env("NGINX_ACCESS_LOG", nginx.access_log_path())
@@ -112,11 +121,12 @@ async fn stock_client_in_chromium_from_another_origin() {
             .map(|(i, g)| format!("--- gateway {i} ({}) log ---\n{}", g.public, g.log()))
             .collect();
         panic!(
-            "{verdict} after {:?}\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n{logs}\n{}",
+            "{verdict} after {:?}\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n{logs}\n{}\n{}",
             started.elapsed(),
             out.stdout,
             out.stderr,
-            nginx.log()
+            nginx.log(),
+            haproxy.log()
         );
     }
     println!(

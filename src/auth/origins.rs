@@ -153,11 +153,6 @@ fn check_origin(e: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// clap value parser for `--cors-origins`.
-pub fn parse_allowed_origins(s: &str) -> Result<AllowedOrigins, String> {
-    AllowedOrigins::parse(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

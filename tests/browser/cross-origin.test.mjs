@@ -21,10 +21,28 @@ const PUBLISH_KEY = env("PUBLISH_KEY");
 // Events are published on a gateway the clients are not necessarily on: Redis carries them.
 const PUBLISH_URL = env("PUBLISH_URL");
 const ADMIN_URLS = env("ADMIN_URLS").split(",");
-const NGINX_ACCESS_LOG = env("NGINX_ACCESS_LOG");
+// Which gateway served each request of a session, from the balancer's log.
+const upstreamsFrom = (path, pick) => async (sid) =>
+  (await readFile(path, "utf8"))
+    .split("\n")
+    .filter((l) => l.includes(`sid=${sid}`))
+    .map((l) => l.split(" ").find(pick));
 const TARGETS = [
-  { name: "direct", url: env("DIRECT_URL"), lb: false },
-  { name: "nginx", url: env("LB_URL"), lb: true },
+  { name: "direct", url: env("DIRECT_URL") },
+  {
+    // nginx: affinity by the client address.
+    name: "nginx",
+    url: env("NGINX_URL"),
+    upstreamsOf: upstreamsFrom(env("NGINX_ACCESS_LOG"), (w) => w.startsWith("upstream=")),
+  },
+  {
+    // HAProxy: affinity by its cookie, which a page on another origin sends only with
+    // withCredentials: true (and which needs Access-Control-Allow-Credentials: true).
+    name: "HAProxy with withCredentials: true",
+    url: env("HAPROXY_URL"),
+    withCredentials: true,
+    upstreamsOf: upstreamsFrom(env("HAPROXY_LOG"), (w) => /^[\w-]+\/gw\d+$/.test(w)),
+  },
 ];
 const MODES = [
   { name: "default transports (polling, then upgrade)", transports: undefined, first: "polling", last: "websocket" },
@@ -52,15 +70,6 @@ async function openPage(url) {
   return page;
 }
 
-/** `upstream=` of every nginx access-log line of Engine.IO session `sid`. */
-async function upstreamsOf(sid) {
-  const log = await readFile(NGINX_ACCESS_LOG, "utf8");
-  return log
-    .split("\n")
-    .filter((l) => l.includes(`sid=${sid}`))
-    .map((l) => l.split(" ").find((w) => w.startsWith("upstream="))?.slice("upstream=".length));
-}
-
 for (const target of TARGETS) {
   for (const mode of MODES) {
     test(`${target.name}, ${mode.name}: connect, authenticate, join, receive`, async () => {
@@ -68,7 +77,7 @@ for (const target of TARGETS) {
       try {
         const opened = await page.evaluate(
           (o) => window.rtg.connect(o),
-          { url: target.url, token: TOKEN, transports: mode.transports },
+          { url: target.url, token: TOKEN, transports: mode.transports, withCredentials: target.withCredentials },
         );
         assert.equal(opened.firstTransport, mode.first);
         assert.equal(opened.me.userId, "10");
@@ -92,13 +101,13 @@ for (const target of TARGETS) {
         assert.equal(events[0].payload.batchId, batch);
         assert.equal(await page.evaluate(() => window.rtg.transport()), mode.last);
 
-        if (target.lb && mode.first === "polling") {
+        if (target.upstreamsOf && mode.first === "polling") {
           // Affinity: every request of the session went to one gateway.
           await page.evaluate(() => window.rtg.close());
           const used = await until(
-            "the session's requests in nginx' access log",
+            "the session's requests in the balancer's log",
             async () => {
-              const u = await upstreamsOf(opened.sid);
+              const u = await target.upstreamsOf(opened.sid);
               return u.length >= 2 ? u : null;
             },
           );
@@ -111,16 +120,19 @@ for (const target of TARGETS) {
   }
 }
 
-test("withCredentials: true polls cross-origin (origin echoed, credentials allowed)", async () => {
+test("under --dev, a page on another origin fetches a development token and connects with it", async () => {
   const page = await openPage(PAGE_URL);
   try {
-    const opened = await page.evaluate(
-      (o) => window.rtg.connect(o),
-      { url: TARGETS[0].url, token: TOKEN, transports: ["polling"], withCredentials: true },
-    );
-    assert.equal(opened.firstTransport, "polling");
-    const ack = await page.evaluate(() => window.rtg.join("batch:1"));
-    assert.equal(ack.ok, true, JSON.stringify(ack));
+    const opened = await page.evaluate(async (url) => {
+      const res = await fetch(`${url}/dev/token?sub=77&institution=3&role=ADMIN&ttl=10m`);
+      const { token, exp } = await res.json();
+      const opened = await window.rtg.connect({ url, token });
+      return { ...opened, exp };
+    }, env("DEV_URL"));
+    assert.equal(opened.me.userId, "77");
+    assert.equal(opened.me.institutionId, "3");
+    assert.equal(opened.me.role, "ADMIN");
+    assert.ok(Math.abs(opened.exp - (Date.now() / 1000 + 600)) < 5, `exp ${opened.exp}`);
   } finally {
     await page.close();
   }
@@ -182,7 +194,10 @@ test("the publish API is closed to pages, even of an allowed origin", async () =
 
 for (const target of TARGETS) {
   test(`${target.name}: a client without Origin (node's socket.io-client) is unaffected by the list`, async () => {
-    const socket = io(target.url, { auth: { token: TOKEN }, reconnection: false, timeout: WAIT_MS });
+    // withCredentials: node's client then keeps HAProxy's affinity cookie in a cookie jar.
+    const socket = io(target.url, {
+      auth: { token: TOKEN }, reconnection: false, timeout: WAIT_MS, withCredentials: !!target.withCredentials,
+    });
     try {
       const events = [];
       socket.on("batch_update", (e) => events.push(e));

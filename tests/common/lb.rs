@@ -401,6 +401,12 @@ impl Haproxy {
         fs::read_to_string(self.dir.path().join("haproxy.cfg")).unwrap_or_default()
     }
 
+    /// Where HAProxy writes one line per request (`option httplog`: `gateways/gwN` and the
+    /// request line), for a test process of its own to read.
+    pub fn request_log_path(&self) -> PathBuf {
+        self.dir.path().join("stdout.log")
+    }
+
     /// Its output so far: alerts and warnings, then one log line per request.
     pub fn log(&self) -> String {
         ["stderr.log", "stdout.log"]
