@@ -1,6 +1,7 @@
-//! HTTP: the public router (health, readiness, publish API; Socket.IO is layered on top of it)
+//! HTTP: the public router (health, readiness, publish API, catalog; Socket.IO is layered on top of it)
 //! and the admin router (`/metrics`).
 
+pub mod catalog;
 pub mod error;
 pub mod publish;
 
@@ -23,6 +24,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/publish", post(publish::publish))
         .route("/v1/publish/batch", post(publish::publish_batch))
+        .route("/v1/catalog", get(catalog::catalog))
         .with_state(state)
 }
 
