@@ -2,10 +2,14 @@
 //! progress as one JSON object per line on stdout.
 
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
 
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
 
 use super::WAIT;
 
@@ -19,27 +23,33 @@ pub fn node_dir() -> std::path::PathBuf {
         .join("node")
 }
 
-/// Written by npm as the last step of an install: its presence means node_modules is complete.
-fn installed(dir: &std::path::Path) -> bool {
+/// Written by npm as the last step of an install: its presence (and that of `marker`, a
+/// package the directory depends on) means node_modules is complete.
+fn installed(dir: &std::path::Path, marker: &str) -> bool {
     dir.join("node_modules")
         .join(".package-lock.json")
         .is_file()
         && dir
             .join("node_modules")
-            .join("socket.io-client")
+            .join(marker)
             .join("package.json")
             .is_file()
 }
 
-/// Makes sure `tests/node/node_modules` is installed, running `npm ci` if not. Creating the lock
-/// directory is atomic, so of all test threads and processes exactly one installs; the others
-/// wait, with a deadline, for the lock to go away.
+/// Makes sure `tests/node/node_modules` is installed (see [`ensure_npm_installed`]).
 pub fn ensure_installed() {
-    let dir = node_dir();
+    ensure_npm_installed(&node_dir(), "socket.io-client");
+}
+
+/// Makes sure `dir/node_modules` is installed, running `npm ci` in `dir` if not. Creating the
+/// lock directory is atomic, so of all test threads and processes exactly one installs; the
+/// others wait, with a deadline, for the lock to go away.
+pub fn ensure_npm_installed(dir: &std::path::Path, marker: &str) {
+    let dir = dir.to_path_buf();
     let lock = dir.join(".install-lock");
     let give_up = std::time::Instant::now() + INSTALL_DEADLINE + std::time::Duration::from_secs(30);
     loop {
-        if !lock.exists() && installed(&dir) {
+        if !lock.exists() && installed(&dir, marker) {
             return;
         }
         match std::fs::create_dir(&lock) {
@@ -51,7 +61,7 @@ pub fn ensure_installed() {
                     }
                 }
                 let _unlock = Unlock(lock.clone());
-                if installed(&dir) {
+                if installed(&dir, marker) {
                     return;
                 }
                 let mut child = Command::new("npm")
@@ -74,7 +84,7 @@ pub fn ensure_installed() {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 };
                 assert!(
-                    status.success() && installed(&dir),
+                    status.success() && installed(&dir, marker),
                     "npm ci in {} failed: {status:?}",
                     dir.display()
                 );
@@ -169,5 +179,59 @@ impl Drop for Script {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Reads a child's pipe to the end in the background.
+fn drain(pipe: Option<impl AsyncRead + Unpin + Send + 'static>) -> JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut out).await;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// What a child process did: its status (`None`: killed at the deadline) and its output.
+pub struct Outcome {
+    /// Exit status; `None` when it was killed at the deadline.
+    pub status: Option<ExitStatus>,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+/// Runs `cmd` in its own process group; at `deadline` kills the whole group (node's test runner
+/// runs each file in a child process of its own).
+pub async fn run(mut cmd: tokio::process::Command, deadline: Duration) -> Outcome {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let program = format!("{:?}", cmd.as_std());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e} (is it installed and on PATH?)"));
+    let pid = child.id().expect("child pid");
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = match timeout(deadline, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for child")),
+        Err(_) => {
+            // The group id is the child's pid: this kills exactly what this test started.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+            let _ = child.wait().await;
+            None
+        }
+    };
+    Outcome {
+        status,
+        stdout: stdout.await.unwrap_or_default(),
+        stderr: stderr.await.unwrap_or_default(),
     }
 }
