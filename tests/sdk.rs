@@ -1,5 +1,10 @@
-//! The TypeScript SDK against real gateways: the client's Node tests (`sdk/client/test`), the
-//! demo in Debian's Chromium (`sdk/demo/e2e`), the size budget and the dispatch benchmark.
+//! The TypeScript SDK (`sdk/`, one npm workspace) against real processes. The workspace is
+//! installed (one `npm ci` at a time across test threads and processes) and built once per test
+//! process; then each test runs a package's tests with a deadline: `@realtime-gateway/protocol`
+//! (generator, freshness, types under tsc), `@realtime-gateway/publisher` against gateways on a
+//! real `redis-server`, the client's Node tests (`sdk/client/test`), the React hooks and the demo
+//! in Debian's Chromium (`sdk/react/test`, `sdk/demo/e2e`), the size budget and the dispatch
+//! benchmark.
 
 mod common;
 
@@ -383,5 +388,59 @@ async fn sdk_react_hooks_in_chromium() {
         BROWSER_DEADLINE,
         || format!("--- gateway log ---\n{}", gw.log()),
     )
+    .await;
+}
+
+/// Longest an npm test script may run.
+const NPM_DEADLINE: Duration = Duration::from_secs(240);
+
+/// The generated types match catalog/elms.json, the generator refuses bad catalogs with a
+/// pointer, and the types compile (with the expected type errors where they must be).
+#[tokio::test]
+async fn protocol_package() {
+    common::sdk::npm(&["run", "check:generated"], &[], NPM_DEADLINE, String::new).await;
+    common::sdk::npm(&["run", "test:protocol"], &[], NPM_DEADLINE, String::new).await;
+}
+
+/// The publisher in both modes against real gateways and a real Redis, delivering to the stock
+/// client; typed errors; bounded retries of `rate_limited` and `bus_unavailable`; tsc refuses a
+/// wrong payload field.
+#[tokio::test]
+async fn publisher_package() {
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let gw = Gateway::start(&[("NO_COLOR", "1"), ("REDIS_URL", &redis_url)]);
+    let limited = Gateway::start(&[("NO_COLOR", "1"), ("GATEWAY_PUBLISH_RATE", "1")]);
+    // A Redis URL where nothing listens: the gateway runs, and every publish is bus_unavailable.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dead_url = format!("redis://127.0.0.1:{dead_port}");
+    let down = Gateway::start(&[
+        ("NO_COLOR", "1"),
+        ("REDIS_URL", &dead_url),
+        ("GATEWAY_REDIS_TIMEOUT", "300ms"),
+    ]);
+    gw.wait_readyz(200).await;
+    limited.wait_readyz(200).await;
+    down.wait_readyz(503).await;
+    let env = [
+        ("GATEWAY_URL", gw.url()),
+        ("LIMITED_URL", limited.url()),
+        ("DOWN_URL", down.url()),
+        ("REDIS_URL", redis_url.clone()),
+        ("PUBLISH_KEY", common::KEY.to_owned()),
+        ("JWT_SECRET", common::SECRET.to_owned()),
+    ];
+    common::sdk::npm(&["run", "test:publisher"], &env, NPM_DEADLINE, || {
+        format!(
+            "--- gateway log ---\n{}\n--- rate-limited gateway log ---\n{}\n--- gateway without Redis log ---\n{}\n--- redis log ---\n{}",
+            gw.log(),
+            limited.log(),
+            down.log(),
+            redis.log()
+        )
+    })
     .await;
 }

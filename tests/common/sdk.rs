@@ -64,8 +64,28 @@ pub async fn node(
     deadline: Duration,
     logs: impl FnOnce() -> String,
 ) -> String {
+    run_in_sdk("node", args, env, deadline, logs).await
+}
+
+/// Runs `npm <args>` in `sdk/` (e.g. `run test:publisher`) like [`node`].
+pub async fn npm(
+    args: &[&str],
+    env: &[(&str, String)],
+    deadline: Duration,
+    logs: impl FnOnce() -> String,
+) -> String {
+    run_in_sdk("npm", args, env, deadline, logs).await
+}
+
+async fn run_in_sdk(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    deadline: Duration,
+    logs: impl FnOnce() -> String,
+) -> String {
     prepare(false).await;
-    let mut cmd = tokio::process::Command::new("node");
+    let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .current_dir(sdk_dir())
         .env("NO_COLOR", "1")
@@ -78,8 +98,8 @@ pub async fn node(
     let out = run_with_deadline(cmd, deadline).await;
     let verdict = match out.status {
         Some(s) if s.success() => None,
-        Some(s) => Some(format!("node {args:?} failed ({s})")),
-        None => Some(format!("node {args:?} was killed after {deadline:?}")),
+        Some(s) => Some(format!("{program} {args:?} failed ({s})")),
+        None => Some(format!("{program} {args:?} was killed after {deadline:?}")),
     };
     if let Some(verdict) = verdict {
         panic!(
@@ -91,7 +111,7 @@ pub async fn node(
         );
     }
     println!(
-        "node {args:?}: ok in {:?}\n{}",
+        "{program} {args:?}: ok in {:?}\n{}",
         started.elapsed(),
         out.stdout
     );

@@ -25,6 +25,8 @@ const RESERVED_TYPE_NAMES = new Set([
   "Position", "RoomPosition", "JoinRequest", "JoinAck", "JoinOk", "LeaveAck", "RefreshAck",
   "Authenticated", "AuthError", "Resync", "GatewayError", "TokenErrorCode", "JoinErrorCode",
   "PublishErrorCode", "ErrorCode", "RecoveryReason", "ErrorReply", "Pong", "catalog",
+  "PayloadOfEvent", "HandshakeErrorCode", "AuthenticateAck", "LeaveRequest", "RefreshRequest",
+  "PublishRequest", "PublishResult",
 ]);
 
 /** Same rule as the gateway's: 1-64 of a-z, 0-9, `_`, starting with a letter. */

@@ -12,6 +12,11 @@ export type PayloadOf<C extends ChannelName, E extends EventsOf<C>> = E extends 
   ? CatalogMap[C][E]
   : never;
 
+/** The payload of event `E`, whatever its channel (event names are unique across channels). */
+export type PayloadOfEvent<E extends EventName> = {
+  [C in ChannelName]: E extends keyof CatalogMap[C] ? CatalogMap[C][E] : never;
+}[ChannelName];
+
 /** The channel event `E` belongs to. */
 export type ChannelOf<E extends EventName> = {
   [C in ChannelName]: E extends EventsOf<C> ? C : never;
