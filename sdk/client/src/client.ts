@@ -201,9 +201,10 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     });
   };
 
+  /** A copy of every position (what `auth.since` carries, and `positions()` returns). */
   const sinceAll = () => {
     const out: Record<string, Position> = {};
-    for (const room in positions) out[room] = positions[room]!;
+    for (const room in positions) out[room] = { ...positions[room]! };
     return out;
   };
 
