@@ -362,7 +362,8 @@ async fn sdk_size_budget() {
 
 /// The React bindings in Chromium against a real gateway: latest handlers without
 /// resubscribing, one join under StrictMode, `enabled`, nothing left after unmount, and an
-/// owned client's one connection closed on unmount (`sdk/react/test/hooks.browser.test.mjs`).
+/// owned client's one connection closed on unmount, positions kept across a reload
+/// (`sdk/react/test/hooks.browser.test.mjs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_react_hooks_in_chromium() {
     common::sdk::prepare(true).await;

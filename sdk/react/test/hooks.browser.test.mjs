@@ -1,7 +1,8 @@
 // The React bindings in Debian's Chromium against a real gateway (tests/sdk.rs starts it):
 // handlers are always the latest without resubscribing, StrictMode's double mount joins once,
 // `enabled` joins and leaves, unmounting leaves nothing behind, and a provider that owns its
-// client opens one connection under StrictMode and closes it on unmount.
+// client opens one connection under StrictMode and closes it on unmount; positions kept in
+// sessionStorage survive a reload.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { writeFile } from "node:fs/promises";
@@ -140,4 +141,23 @@ test("a provider that owns its client connects once under StrictMode and closes 
   assert.equal(mounted.total, start.total + 1, "StrictMode did not open a second connection");
   await page.evaluate(() => window.t.unmountOwned());
   await until("the connection closed", async () => (await connections()).open === start.open);
+});
+
+test("positions kept in sessionStorage survive a page reload", async () => {
+  const room = "batch:79";
+  const ack = await page.evaluate(([u, t, r]) => window.t.storedJoin(u, t, r), [GATEWAY_URL, TOKEN, room]);
+  assert.equal(ack.recovered, undefined, "a first join has no position to recover from");
+  await publish(room, 1);
+  await publish(room, 2);
+  await until("two events", async () => (await page.evaluate(() => window.t.stored())).length === 2);
+  await page.reload();
+  await page.waitForFunction(() => window.t !== undefined);
+  // Published while the reloaded page is not in the room.
+  await publish(room, 3);
+  await publish(room, 4);
+  const again = await page.evaluate(([u, t, r]) => window.t.storedJoin(u, t, r), [GATEWAY_URL, TOKEN, room]);
+  assert.equal(again.recovered, true, "the saved position was sent and recovered");
+  await until("the missed events", async () => (await page.evaluate(() => window.t.stored())).length === 2);
+  await quiet();
+  assert.deepEqual(await page.evaluate(() => window.t.stored()), [3, 4], "only what the page missed");
 });

@@ -3,7 +3,7 @@
 import { StrictMode, useState } from "react";
 import { createRoot, type Root } from "react-dom/client";
 import { flushSync } from "react-dom";
-import { createRealtimeClient, type RealtimeClient } from "@realtime-gateway/client";
+import { createRealtimeClient, sessionPositions, type Joined, type RealtimeClient } from "@realtime-gateway/client";
 import { RealtimeProvider, useBatchCreatedEvent, useRealtime, useRoom } from "@realtime-gateway/react";
 
 /** Counts what the hooks do with the client: live subscriptions, calls, joins and leaves sent. */
@@ -105,10 +105,21 @@ const t = {
   },
 };
 let owned: { unmount: () => void } | undefined;
+
+/** Events of `room` seen by the client that keeps its positions in sessionStorage. */
+const stored: number[] = [];
+/** A client keeping positions in sessionStorage joins `room`; resolves with the join's answer. */
+async function storedJoin(url: string, token: string, room: string): Promise<Joined> {
+  const c = createRealtimeClient({ url, getToken: () => token, storage: sessionPositions() });
+  c.on("batch_update", (e) => stored.push(e.offset), { room });
+  return c.join(room);
+}
 Object.assign(window, {
   t: {
     ...t,
     mountOwned: (url: string, token: string) => void (owned = t.owned(url, token)),
     unmountOwned: () => owned?.unmount(),
+    storedJoin,
+    stored: () => stored,
   },
 });
