@@ -233,6 +233,16 @@ async fn node_slow_consumer_recovers() {
     .await;
 }
 
+/// A gateway with its own catalog (tests/catalogs/exams.json): the new channel's event reaches
+/// the stock client on the room its `defaultRoom` template names; built-in channels are unknown;
+/// `GET /v1/catalog` serves the file with an ETag.
+#[tokio::test]
+async fn node_custom_catalog() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/catalogs/exams.json");
+    let file = file.to_str().expect("UTF-8 path");
+    node_test("catalog.test.mjs", &[("GATEWAY_CATALOG", file)], &[]).await;
+}
+
 /// The control API with the stock client: three gateways on one Redis; a user with sockets on
 /// all of them (WebSocket and polling) is listed, made to leave a room, disconnected and
 /// revoked within 1 s, stays offline, and a revoked token is refused everywhere.

@@ -1,6 +1,8 @@
-//! HTTP: the public router (health, readiness, publish API, development tokens under `--dev`;
-//! Socket.IO is layered on top of it, CORS around both) and the admin router (`/metrics`).
+//! HTTP: the public router (health, readiness, publish API, control API, catalog, development
+//! tokens under `--dev`; Socket.IO is layered on top of it, CORS around both) and the admin
+//! router (`/metrics`).
 
+pub mod catalog;
 pub mod control;
 pub mod cors;
 pub mod dev;
@@ -27,6 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/publish", post(publish::publish))
         .route("/v1/publish/batch", post(publish::publish_batch))
+        .route("/v1/catalog", get(catalog::catalog))
         .route("/v1/connections", get(control::connections))
         .route("/v1/disconnect", post(control::disconnect))
         .route("/v1/revoke", post(control::revoke))
