@@ -73,6 +73,9 @@ impl AppState {
 
     /// Ready for new clients: the bus is usable and the gateway is not draining.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst) && self.bus.is_ready() && !self.connections.is_full()
+        !self.draining.load(Ordering::SeqCst)
+            && self.bus.is_ready()
+            && self.tenancy.control_ready()
+            && !self.connections.is_full()
     }
 }

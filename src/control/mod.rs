@@ -251,10 +251,13 @@ pub async fn run(st: Arc<AppState>, shutdown: CancellationToken) {
                 .subscribe(&channel)
                 .await
                 .map_err(|e| e.to_string())?;
-            match st.tenancy.load_revocations().await {
-                Ok(n) => tracing::info!(revocations = n, "control channel ready"),
-                Err(e) => tracing::warn!(error = %e, "stored revocations not read"),
-            }
+            let n = st
+                .tenancy
+                .load_revocations()
+                .await
+                .map_err(|e| format!("stored revocations not read: {e}"))?;
+            st.tenancy.set_control_ready(true);
+            tracing::info!(revocations = n, "control channel ready");
             let mut stream = pubsub.into_on_message();
             while let Some(msg) = stream.next().await {
                 let request: Request = match serde_json::from_slice(msg.get_payload_bytes()) {
@@ -277,6 +280,11 @@ pub async fn run(st: Arc<AppState>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = session => {
+                if st.tenancy.control_ready() {
+                    // It was up: retry quickly, as after the first failure.
+                    backoff = Duration::from_millis(100);
+                }
+                st.tenancy.set_control_ready(false);
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "control channel lost; reconnecting");
                 }

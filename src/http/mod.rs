@@ -94,10 +94,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>)
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let control = state.tenancy.control_ready();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "bus": if bus { "up" } else { "down" },
-        "draining": !ready && bus,
+        "control": if control { "up" } else { "down" },
+        "draining": !ready && bus && control,
     });
     (status, Json(body))
 }

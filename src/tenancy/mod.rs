@@ -90,6 +90,8 @@ pub struct Tenancy {
     buckets: Mutex<HashMap<TenantId, Bucket>>,
     /// The Redis side; `None` on the embedded bus (single node: local counts are the fleet's).
     pub fleet: Option<Fleet>,
+    /// The control channel is followed (always true on the embedded bus).
+    control_up: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -116,8 +118,21 @@ impl Tenancy {
             held: Mutex::default(),
             beaten: Mutex::default(),
             buckets: Mutex::default(),
+            control_up: std::sync::atomic::AtomicBool::new(fleet.is_none()),
             fleet,
         })
+    }
+
+    /// Whether this gateway follows the control channel: a gateway that would miss a
+    /// disconnect or a revocation takes no new clients (`/readyz` is 503).
+    pub fn control_ready(&self) -> bool {
+        self.control_up.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The control channel was subscribed (and stored revocations read) or lost.
+    pub fn set_control_ready(&self, up: bool) {
+        self.control_up
+            .store(up, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The keys in force.
