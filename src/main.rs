@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{encode, EncodingKey, Header};
-use realtime_gateway::config::{parse_duration, LogFormat, ServeArgs};
+use realtime_gateway::config::{parse_duration, DevSecrets, LogFormat, ServeArgs};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -198,7 +198,6 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     if let Some(secret) = &dev.jwt_secret {
         tracing::warn!("DEVELOPMENT MODE: generated JWT_SECRET={secret} (tokens die with this process; never use --dev in production)");
-        eprintln!("\n  mint a token:  JWT_SECRET={secret} realtime-gateway token --sub 10 --institution 1 --role ADMIN\n");
     }
     if let Some(key) = &dev.publish_key {
         tracing::warn!("DEVELOPMENT MODE: generated PUBLISH_API_KEYS={key}");
@@ -222,6 +221,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        if let Ok(addr) = public.local_addr() {
+            dev_banner(&dev, addr);
+        }
         let shutdown = CancellationToken::new();
         realtime_gateway::shutdown::on_signals(shutdown.clone());
         match realtime_gateway::run(config, public, admin, shutdown).await {
@@ -232,6 +234,27 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// Prints, for `--dev`, commands that work as printed: `cargo run -q --` when started by
+/// `cargo run` (the binary is not on the PATH of a fresh checkout), else this binary's own path.
+fn dev_banner(dev: &DevSecrets, addr: std::net::SocketAddr) {
+    let (Some(secret), Some(key)) = (&dev.jwt_secret, &dev.publish_key) else {
+        return;
+    };
+    let me = if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
+        "cargo run -q --".to_string()
+    } else {
+        std::env::args()
+            .next()
+            .unwrap_or_else(|| "realtime-gateway".into())
+    };
+    let payload = r#"{"notificationId":1,"userId":10,"title":"Hello","message":"It works","kind":"info","createdAt":"2026-01-01T00:00:00Z","institutionId":1}"#;
+    eprintln!(
+        "\n  mint a token:  JWT_SECRET={secret} {me} token --sub 10 --institution 1 --role ADMIN\
+         \n  publish:       {me} publish --url http://{addr} --key {key} \\\
+         \n                   --channel notification --event new_notification --institution 1 --payload '{payload}'\n"
+    );
 }
 
 fn token(args: TokenArgs) -> ExitCode {
