@@ -10,7 +10,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::WAIT;
@@ -152,6 +152,22 @@ fn success(what: &str, out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Everything the gateway printed, for failure messages.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    fn push(&self, line: &str) {
+        let mut text = self.0.lock().unwrap();
+        text.push_str(line);
+        text.push('\n');
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
+
 /// What the `--dev` gateway printed that the test needs.
 #[derive(Default)]
 struct Started {
@@ -163,7 +179,7 @@ struct Started {
 }
 
 /// Reads the gateway's stderr until it has listened and printed its banner.
-fn started(lines: &mpsc::Receiver<String>, log: &mut String, gateway: &mut Group) -> Started {
+fn started(lines: &mpsc::Receiver<String>, log: &Log, gateway: &mut Group) -> Started {
     let deadline = Instant::now() + BUILD;
     let mut s = Started::default();
     let mut continued: Option<String> = None;
@@ -174,19 +190,21 @@ fn started(lines: &mpsc::Receiver<String>, log: &mut String, gateway: &mut Group
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 assert!(
                     Instant::now() < deadline,
-                    "the README's run command did not start a gateway in {BUILD:?}:\n{log}"
+                    "the README's run command did not start a gateway in {BUILD:?}:\n{}",
+                    log.text()
                 );
                 if let Some(status) = gateway.0.try_wait().expect("try_wait") {
-                    panic!("the README's run command exited ({status}):\n{log}");
+                    panic!(
+                        "the README's run command exited ({status}):\n{}",
+                        log.text()
+                    );
                 }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                panic!("the README's run command ended its output:\n{log}")
+                panic!("the README's run command ended its output:\n{}", log.text())
             }
         };
-        log.push_str(&line);
-        log.push('\n');
         let word = |prefix: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(prefix).map(String::from))
@@ -218,7 +236,7 @@ fn started(lines: &mpsc::Receiver<String>, log: &mut String, gateway: &mut Group
     s
 }
 
-async fn wait_ready(url: &str, log: &str) {
+async fn wait_ready(url: &str, log: &Log) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let status = reqwest::get(format!("{url}/readyz"))
@@ -229,21 +247,22 @@ async fn wait_ready(url: &str, log: &str) {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "/readyz never answered 200 (last: {status:?}):\n{log}"
+            "/readyz never answered 200 (last: {status:?}):\n{}",
+            log.text()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn authenticated(url: &str, token: &str) -> Client {
-    let mut client = Client::connect(url, Some(json!({ "token": token })))
+async fn authenticated(url: &str, token: &str, log: &Log) -> Client {
+    let connect = Client::connect(url, Some(json!({ "token": token })));
+    let mut client = tokio::time::timeout(WAIT, connect)
         .await
-        .expect("a token minted as the README says is accepted");
-    let me = client
-        .wait_for("authenticated", WAIT)
-        .await
-        .expect("authenticated");
-    assert_eq!(me["userId"], json!("10"), "{me}");
+        .unwrap_or_else(|_| panic!("no Socket.IO connect answer:\n{}", log.text()))
+        .unwrap_or_else(|e| panic!("a token minted as the README says is refused: {e}"));
+    let me = client.wait_for("authenticated", WAIT).await;
+    let me = me.unwrap_or_else(|| panic!("no authenticated event:\n{}", log.text()));
+    assert_eq!(me["userId"].to_string().trim_matches('"'), "10", "{me}");
     client
 }
 
@@ -277,16 +296,17 @@ async fn the_readme_commands_work_from_a_fresh_clone() {
     let mut gateway = Group(cmd.spawn().expect("run the README's command"));
     let stderr = gateway.0.stderr.take().expect("stderr");
     let (tx, lines) = mpsc::channel();
+    let log = Log::default();
+    let sink = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            sink.push(&line);
+            let _ = tx.send(line);
         }
     });
-    let mut log = String::new();
-    let s = started(&lines, &mut log, &mut gateway);
+    let s = started(&lines, &log, &mut gateway);
     let public = s.public.expect("listening address");
+    eprintln!("the README's gateway listens on {public}");
     let url = format!("http://{public}");
     wait_ready(&url, &log).await;
     let secret = s.secret.expect("the --dev JWT secret");
@@ -299,7 +319,8 @@ async fn the_readme_commands_work_from_a_fresh_clone() {
             .output()
             .expect("run the token command"),
     );
-    let mut client = authenticated(&url, &token).await;
+    eprintln!("the quick start's token command printed a token");
+    let mut client = authenticated(&url, &token, &log).await;
     let ack = client
         .request("join", &json!("batch:456"), WAIT)
         .await
@@ -327,7 +348,7 @@ async fn the_readme_commands_work_from_a_fresh_clone() {
             .output()
             .expect("run the banner's token command"),
     );
-    let mut client = authenticated(&url, &token).await;
+    let mut client = authenticated(&url, &token, &log).await;
     let banner_publish = s.banner_publish.expect("the banner's publish command");
     success(
         &banner_publish,
