@@ -586,3 +586,29 @@ async fn a_leave_that_overtakes_its_own_join_leaves_the_socket_out() {
     }
     assert!(got.is_empty(), "events of rooms the socket left: {got:?}");
 }
+
+/// From the moment a client hears it is connected (its handshake carried a token), every event
+/// published to its automatic rooms reaches it, even in a room this gateway did not serve
+/// until then (its Redis subscription is made before the connect is answered). Each round
+/// uses a new tenant, so each connect opens a room the gateway is not subscribed to.
+#[tokio::test]
+async fn a_client_gets_every_event_published_after_it_hears_connect() {
+    let redis = RedisServer::start();
+    let gws = ready_gateways(&redis, 2, &[]).await;
+    for tenant in 100..120 {
+        let token = common::token("10", &tenant.to_string(), "STUDENT", 600);
+        let mut c = Client::connect(&gws[0].url(), Some(json!({ "token": token })))
+            .await
+            .expect("connect");
+        let room = format!("institution:{tenant}");
+        let (status, body) = gws[1].publish(&batch_created(tenant, &[&room], 1)).await;
+        assert_eq!(status, 200, "{body}");
+        let event = c.wait_for("batch_update", WAIT).await;
+        assert!(
+            event.as_ref().is_some_and(|e| e["id"] == body["id"]),
+            "tenant {tenant}: the event published right after connect never came ({event:?}):\n{}",
+            gws[0].log()
+        );
+        c.close().await;
+    }
+}

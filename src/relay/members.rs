@@ -99,12 +99,7 @@ pub(super) fn wants(peer: &Peer, key: &RoomKey) -> bool {
         return false;
     };
     let state = session.state();
-    let Some(id) = state.identity.as_ref().filter(|_| !state.closed) else {
-        return false;
-    };
-    let room = key.room();
-    id.tenant == *key.tenant()
-        && (*room == crate::events::RoomName::institution(&id.tenant)
-            || *room == crate::events::RoomName::user(&id.user_id)
-            || state.rooms.contains(room))
+    state
+        .auth()
+        .is_some_and(|a| a.identity.tenant == *key.tenant() && a.is_in(key.room()))
 }

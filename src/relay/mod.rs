@@ -49,11 +49,6 @@ enum Control {
         peer: Peer,
         done: oneshot::Sender<Option<Position>>,
     },
-    Register {
-        key: RoomKey,
-        peer: Peer,
-        done: oneshot::Sender<()>,
-    },
     Finish {
         key: RoomKey,
         id: PeerId,
@@ -105,10 +100,9 @@ pub fn channel() -> (RelayHandle, RelayControl) {
 }
 
 impl RelayHandle {
-    /// Enters `key` at once if the relay already knows where the room stands (it has local
-    /// members, so its subscription is live and every later event will come through here): the
-    /// peer is in the room and the position is returned. Otherwise the peer is registered as
-    /// entering (like [`RelayHandle::register`]) and `None` is returned.
+    /// Starts holding `key`'s live events for `peer` and returns where the room stands if the
+    /// relay knows it (the room has local members, so its subscription is live and every later
+    /// event comes through here). [`RelayHandle::finish`] makes the peer a member.
     pub async fn enter(&self, key: &RoomKey, peer: Peer) -> Option<Position> {
         let (done, wait) = oneshot::channel();
         let msg = Control::Enter {
@@ -120,19 +114,6 @@ impl RelayHandle {
             return None;
         }
         wait.await.ok().flatten()
-    }
-
-    /// Starts buffering `key`'s live events for `peer`; returns once the relay has done so.
-    pub async fn register(&self, key: &RoomKey, peer: Peer) {
-        let (done, wait) = oneshot::channel();
-        let msg = Control::Register {
-            key: key.clone(),
-            peer,
-            done,
-        };
-        if self.control.send(msg).is_ok() {
-            let _ = wait.await;
-        }
     }
 
     /// Sends `replay` (events after `after`), then buffered live events after them, then adds
@@ -284,38 +265,12 @@ impl Relay {
         match ctl {
             Control::Enter { key, peer, done } => {
                 let head = self.rooms.get(&key).and_then(|m| m.head.clone());
-                match head {
-                    Some(head) if wants(&peer, &key) => {
-                        let id = peer.id();
-                        if let Some(members) = self.rooms.get_mut(&key) {
-                            members.insert(peer);
-                        }
-                        // Events up to the head may still be on their way from the bus.
-                        self.entered.entry(key.clone()).or_default().push(Entered {
-                            id,
-                            upto: head.offset,
-                            at: Instant::now(),
-                        });
-                        tracing::debug!(peer = id, room = %key, offset = head.offset, "room entered at the relay's head");
-                        let _ = done.send(Some(head));
-                    }
-                    _ => {
-                        self.pending.entry(key).or_default().push(Pending {
-                            peer,
-                            buffer: Vec::new(),
-                            overflowed: false,
-                        });
-                        let _ = done.send(None);
-                    }
-                }
-            }
-            Control::Register { key, peer, done } => {
                 self.pending.entry(key).or_default().push(Pending {
                     peer,
                     buffer: Vec::new(),
                     overflowed: false,
                 });
-                let _ = done.send(());
+                let _ = done.send(head);
             }
             Control::Finish {
                 key,

@@ -7,7 +7,8 @@ use socketioxide::extract::{AckSender, SocketRef, TryData};
 
 use super::peer::{Ack, Peer};
 use super::{
-    auth_failed, complete_auth, error_reply, names, reply, rooms, schedule_expiry, token_of,
+    auth_failed, claim, complete_auth, error_reply, names, prepare_auto, reply, rooms,
+    schedule_expiry, token_of,
 };
 use crate::auth::{AuthError, RoomError};
 use crate::events::envelope::now_millis;
@@ -56,9 +57,11 @@ pub(super) fn dispatch(
         // its requests (a `leave` right after a `join` finds the room joined); only the part
         // that waits on the bus runs in a task of its own.
         names::AUTHENTICATE => {
-            if let Some((session, verified)) = authenticate(&st, &peer, data, &mut ack) {
+            if let Some((session, keys)) = authenticate(&st, &peer, &data, &mut ack) {
                 tokio::spawn(async move {
-                    complete_auth(&st, &peer, &session, verified, ack).await;
+                    let since = data.as_ref().and_then(|d| d.get("since"));
+                    let entries = prepare_auto(&st, &peer, keys, since).await;
+                    complete_auth(&st, &peer, &session, entries, ack).await;
                 });
             }
         }
@@ -112,11 +115,11 @@ pub(super) fn dispatch(
 fn authenticate(
     st: &AppState,
     peer: &Peer,
-    data: Option<Value>,
+    data: &Option<Value>,
     ack: &mut Option<Ack>,
-) -> Option<(Arc<super::session::Session>, crate::auth::Verified)> {
+) -> Option<(Arc<super::session::Session>, Vec<RoomKey>)> {
     let session = peer.session()?;
-    let verified = token_of(&data)
+    let verified = token_of(data)
         .and_then(|t| t.ok_or(AuthError::Missing))
         .and_then(|t| st.config.verifier.verify(&t));
     let verified = match verified {
@@ -131,23 +134,17 @@ fn authenticate(
             return None;
         }
     };
-    // Claim the identity under the lock: two racing authenticate events cannot both win.
-    {
-        let mut state = session.state();
-        if state.identity.is_some() {
-            drop(state);
+    match claim(st, &session, verified) {
+        Some(keys) => Some((session, keys)),
+        None => {
             let body = error_reply(
                 "already_authenticated",
                 "this socket is already authenticated; use refresh to extend it",
             );
             reply(ack.take(), &body);
-            return None;
+            None
         }
-        state.identity = Some(verified.identity.clone());
-        state.exp = verified.exp;
-        state.handshake_since = data.as_ref().and_then(|d| d.get("since")).cloned();
     }
-    Some((session, verified))
 }
 
 /// Why a join or leave request could not even be read.
@@ -216,16 +213,14 @@ fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, Roo
         .transpose()?;
     let (key, fresh) = {
         let mut state = session.state();
-        let identity = state.identity.as_ref().ok_or_else(|| {
+        let auth = state.auth().ok_or_else(|| {
             RoomError::new("not_authenticated", "authenticate before joining rooms")
         })?;
-        let own_auto = room == RoomName::institution(&identity.tenant)
-            || room == RoomName::user(&identity.user_id);
-        let key = RoomKey::new(identity.tenant.clone(), room.clone());
-        if own_auto || state.rooms.contains(&room) {
+        let key = auth.key(room.clone());
+        if auth.is_in(&room) {
             (key, false)
         } else {
-            policy.check_join(identity, &room, state.rooms.len())?;
+            policy.check_join(&auth.identity, &room, auth.rooms.len())?;
             if !state.take_join(st.config.join_rate.get()) {
                 return Err(RoomError::new(
                     "rate_limited",
@@ -236,7 +231,9 @@ fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, Roo
                 ));
             }
             st.membership.add(&key);
-            state.rooms.push(room.clone());
+            if let Some(auth) = state.auth_mut() {
+                auth.rooms.push(room.clone());
+            }
             (key, true)
         }
     };
@@ -257,14 +254,12 @@ fn leave(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomName, Ro
     let room = policy.parse_room(&name)?;
     policy.check_leave(&room)?;
     let mut state = session.state();
-    let tenant = state
-        .identity
-        .as_ref()
-        .map(|i| i.tenant.clone())
+    let auth = state
+        .auth_mut()
         .ok_or_else(|| RoomError::new("not_authenticated", "authenticate first"))?;
-    if let Some(pos) = state.rooms.iter().position(|r| *r == room) {
-        state.rooms.swap_remove(pos);
-        let key = RoomKey::new(tenant, room.clone());
+    if let Some(pos) = auth.rooms.iter().position(|r| *r == room) {
+        auth.rooms.swap_remove(pos);
+        let key = auth.key(room.clone());
         st.relay.leave(&key, session.id);
         st.membership.remove(&key);
     }
@@ -286,33 +281,27 @@ fn refresh(
     let verified = st.config.verifier.verify(&token)?;
     let (exp, left) = {
         let mut state = session.state();
-        let current = state.identity.as_ref().ok_or(AuthError::NotAuthenticated)?;
-        if current.user_id != verified.identity.user_id
-            || current.tenant != verified.identity.tenant
+        let auth = state.auth_mut().ok_or(AuthError::NotAuthenticated)?;
+        if auth.identity.user_id != verified.identity.user_id
+            || auth.identity.tenant != verified.identity.tenant
         {
             return Err(AuthError::IdentityChanged);
         }
-        let tenant = current.tenant.clone();
-        state.exp = state.exp.max(verified.exp);
+        auth.exp = auth.exp.max(verified.exp);
         let mut left = Vec::new();
-        let rooms = std::mem::take(&mut state.rooms);
-        for room in rooms {
-            if st
-                .config
-                .policy
-                .check_join(&verified.identity, &room, 0)
-                .is_ok()
-            {
-                state.rooms.push(room);
+        let policy = &st.config.policy;
+        for room in std::mem::take(&mut auth.rooms) {
+            if policy.check_join(&verified.identity, &room, 0).is_ok() {
+                auth.rooms.push(room);
             } else {
-                let key = RoomKey::new(tenant.clone(), room.clone());
+                let key = auth.key(room.clone());
                 st.relay.leave(&key, session.id);
                 st.membership.remove(&key);
                 left.push(room);
             }
         }
-        state.identity = Some(verified.identity);
-        (state.exp, left)
+        auth.identity = verified.identity;
+        (auth.exp, left)
     };
     schedule_expiry(st, session.id, exp);
     Ok((exp, left))

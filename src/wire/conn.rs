@@ -60,6 +60,20 @@ struct Out {
     closed: bool,
     /// Close once the queue is written (a server-side disconnect).
     closing: bool,
+    /// Where the Socket.IO namespace connect stands.
+    ns: Ns,
+}
+
+/// The Socket.IO namespace connect of a session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Ns {
+    /// No connect packet yet (or the last one was refused).
+    #[default]
+    None,
+    /// The handshake runs (it enters the automatic rooms before answering).
+    Connecting,
+    /// The client was told it is connected.
+    Connected,
 }
 
 /// Why a session ended: the disconnect reason label, and the close frame to send if any.
@@ -88,7 +102,6 @@ impl Stop {
 
 /// State of the session task that nobody else touches.
 struct Local {
-    connected: bool,
     waiting_pong: bool,
     ping_sent: Instant,
     next_timer: Instant,
@@ -259,7 +272,6 @@ pub async fn serve(st: Arc<AppState>, stream: TrackedStream, response: String, e
     let interval = st.config.ping_interval;
     let now = Instant::now();
     let mut local = Local {
-        connected: false,
         waiting_pong: false,
         ping_sent: now,
         next_timer: now + interval.min(st.config.connect_timeout),
@@ -282,7 +294,7 @@ pub async fn serve(st: Arc<AppState>, stream: TrackedStream, response: String, e
         Err(stop) => stop,
         Ok(()) => conn.run(&st, &mut local).await,
     };
-    conn.finish(&st, &local, stop).await;
+    conn.finish(&st, stop).await;
 }
 
 impl Conn {
@@ -331,7 +343,7 @@ impl Conn {
 
     fn on_timer(&self, st: &AppState, l: &mut Local) -> Option<Stop> {
         let now = Instant::now();
-        if !l.connected && now.duration_since(l.opened) >= st.config.connect_timeout {
+        if self.ns() == Ns::None && now.duration_since(l.opened) >= st.config.connect_timeout {
             return Some(Stop::protocol("connect_timeout", 1008, "connect_timeout"));
         }
         if l.waiting_pong {
@@ -479,21 +491,10 @@ impl Conn {
             Incoming::Connect { nsp, auth } => {
                 if nsp != "/" {
                     self.send(packet::connect_error(&nsp, "Invalid namespace"), 0);
-                } else if l.connected {
+                } else if !self.start_connect() {
                     tracing::debug!(peer = self.session.id, "duplicate connect packet ignored");
                 } else {
-                    match crate::socket::handshake(st, &self.session, auth) {
-                        Ok(()) => {
-                            l.connected = true;
-                            self.send(packet::connected(&self.sid), 0);
-                            let peer = Peer::Ws(self.clone());
-                            st.peers.insert(peer.clone());
-                            tokio::spawn(crate::socket::on_connect(st.clone(), peer));
-                        }
-                        Err(code) => {
-                            self.send(packet::connect_error("/", code), 0);
-                        }
-                    }
+                    tokio::spawn(self.clone().connect(st.clone(), auth));
                 }
             }
             Incoming::Event {
@@ -502,7 +503,7 @@ impl Conn {
                 name,
                 data,
             } => {
-                if nsp != "/" || !l.connected {
+                if nsp != "/" || self.ns() != Ns::Connected {
                     ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "event_before_connect")
                         .increment(1);
                     tracing::debug!(peer = self.session.id, event = %name, "event before the namespace connect dropped");
@@ -517,7 +518,7 @@ impl Conn {
 
     /// Ends the session: no more writes, a close frame if one is due, the TCP connection shut
     /// down, and the socket's rooms and timers released.
-    async fn finish(self: &Arc<Self>, st: &AppState, l: &Local, stop: Stop) {
+    async fn finish(self: &Arc<Self>, st: &AppState, stop: Stop) {
         if let Some((code, why)) = stop.close {
             let frame = frame::encode_close(code, why);
             // Queued behind whatever is still unwritten; `flush` ignores the closing flags.
@@ -532,17 +533,62 @@ impl Conn {
                 }
             }
         }
-        {
+        let connected = {
             let mut out = self.lock();
             out.closed = true;
             out.queue = VecDeque::new();
             out.events = 0;
-        }
+            out.ns == Ns::Connected
+        };
         st.connections.close(self.conn_id());
-        if l.connected {
+        if connected {
             st.peers.remove(self.session.id);
             crate::socket::on_disconnect(st, &Peer::Ws(self.clone()), stop.reason);
         }
+    }
+
+    fn ns(&self) -> Ns {
+        self.lock().ns
+    }
+
+    /// Marks a connect as begun; false if one already is (or is done).
+    fn start_connect(&self) -> bool {
+        let mut out = self.lock();
+        let first = out.ns == Ns::None;
+        if first {
+            out.ns = Ns::Connecting;
+        }
+        first
+    }
+
+    /// The handshake of a connect packet, in a task of its own since it waits on the bus: the
+    /// client hears it is connected once its automatic rooms hold its events.
+    async fn connect(self: Arc<Self>, st: Arc<AppState>, auth: Option<serde_json::Value>) {
+        let peer = Peer::Ws(self.clone());
+        let entries = match crate::socket::handshake(&st, &peer, auth).await {
+            Ok(entries) => entries,
+            Err(code) => {
+                self.lock().ns = Ns::None;
+                self.send(packet::connect_error("/", code), 0);
+                return;
+            }
+        };
+        // Whoever sees the other's mark cleans up: a session that ended meanwhile did not
+        // release what the handshake took.
+        let open = {
+            let mut out = self.lock();
+            if !out.closed {
+                out.ns = Ns::Connected;
+            }
+            !out.closed
+        };
+        if !open {
+            crate::socket::on_disconnect(&st, &peer, "transport_close");
+            return;
+        }
+        self.send(packet::connected(&self.sid), 0);
+        st.peers.insert(peer.clone());
+        crate::socket::on_connect(st, peer, entries).await;
     }
 }
 
