@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{encode, EncodingKey, Header};
-use realtime_gateway::config::{parse_duration, DevSecrets, LogFormat, ServeArgs};
+use realtime_gateway::{parse_duration, DevSecrets, LogFormat, ServeArgs};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -225,7 +225,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             dev_banner(&dev, addr);
         }
         let shutdown = CancellationToken::new();
-        realtime_gateway::shutdown::on_signals(shutdown.clone());
+        realtime_gateway::on_signals(shutdown.clone());
         match realtime_gateway::run(config, public, admin, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -29,11 +29,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::client::{Client, ClientError};
 use common::prometheus::{promtool, Prometheus};
 use common::redis_server::RedisServer;
 use common::{batch_created, metric, sign, token, Gateway, KEY, SECRET, WAIT};
 use futures_util::{SinkExt, StreamExt};
-use realtime_gateway::client::{Client, ClientError};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -579,7 +579,9 @@ fn allowed_labels(family: &str) -> Option<&'static [(&'static str, &'static [&'s
         | "gateway_redis_subscriptions"
         | "gateway_bus_duplicates_total"
         | "gateway_resyncs_total"
-        | "gateway_drained_connections_total" => &[],
+        | "gateway_drained_connections_total"
+        | "gateway_connections_refused_total"
+        | "gateway_accept_errors_total" => &[],
         f if f.starts_with("process_") => &[],
         _ => return None,
     })

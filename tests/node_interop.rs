@@ -77,7 +77,7 @@ async fn run(mut cmd: Command, deadline: Duration) -> Outcome {
         Err(_) => {
             // The group id is the child's pid: this kills exactly what this test started.
             let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
+                .args(["-s", "KILL", "--", &format!("-{pid}")])
                 .status();
             let _ = child.wait().await;
             None

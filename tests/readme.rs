@@ -13,8 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::client::Client;
 use common::WAIT;
-use realtime_gateway::client::Client;
 use serde_json::json;
 
 /// Compiling this crate in the clone on a loaded two-core machine takes minutes.

@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::client::Client;
 use common::redis_server::RedisServer;
 use common::{batch_created, metric, Gateway, KEY, QUIET, WAIT};
-use realtime_gateway::client::Client;
 use serde_json::{json, Value};
 
 fn gateway(redis: &RedisServer, extra: &[(&str, &str)]) -> Gateway {
@@ -171,7 +171,7 @@ async fn the_function_refuses_bad_envelopes_with_a_clear_error() {
     let version = redis.cli(&["FCALL_RO", "rtg_version", "0"]);
     assert_eq!(
         version.trim(),
-        realtime_gateway::bus::redis::FUNCTION_VERSION.to_string()
+        realtime_gateway::FUNCTION_VERSION.to_string()
     );
 }
 

@@ -18,11 +18,14 @@ use crate::state::AppState;
 
 /// Routes of the public listener (without Socket.IO, which `run` layers on).
 pub fn router(state: Arc<AppState>) -> Router {
+    let publish = Router::new()
+        .route("/v1/publish", post(publish::publish))
+        .route("/v1/publish/batch", post(publish::publish_batch))
+        .route_layer(axum::middleware::from_fn(publish::count_results));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/publish", post(publish::publish))
-        .route("/v1/publish/batch", post(publish::publish_batch))
+        .merge(publish)
         .with_state(state)
 }
 
@@ -41,13 +44,8 @@ pub async fn refuse_new_sessions_while_draining(
             .unwrap_or("")
             .split('&')
             .any(|kv| kv.starts_with("sid="));
-    if handshake && state.is_draining() {
-        return error::ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this gateway is shutting down; connect to another one",
-        )
-        .into_response();
+    if let Some(refusal) = state.session_refusal().filter(|_| handshake) {
+        return error::ApiError::new(refusal.status, refusal.code, refusal.message).into_response();
     }
     next.run(req).await
 }

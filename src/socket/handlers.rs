@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use socketioxide::extract::{AckSender, SocketRef, TryData};
 
-use super::peer::{Ack, Peer};
 use super::{
     auth_failed, claim, complete_auth, error_reply, names, prepare_auto, reply, rooms,
     schedule_expiry, token_of,
@@ -14,33 +12,9 @@ use crate::auth::{AuthError, RoomError};
 use crate::events::envelope::now_millis;
 use crate::events::{RoomKey, RoomName};
 use crate::metrics;
+use crate::peer::session::Session;
+use crate::peer::{Ack, Peer};
 use crate::state::AppState;
-
-/// Installs the event handlers on a socketioxide socket; each hands over to [`dispatch`].
-pub(super) fn install(st: Arc<AppState>, s: &SocketRef) {
-    for name in [
-        names::AUTHENTICATE,
-        names::JOIN,
-        names::LEAVE,
-        names::REFRESH,
-        names::PING,
-    ] {
-        let st = st.clone();
-        s.on(
-            name,
-            move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
-                dispatch(
-                    st.clone(),
-                    Peer::Sio(s),
-                    name.to_owned(),
-                    d.ok(),
-                    Some(Ack::Sio(ack)),
-                );
-                std::future::ready(())
-            },
-        );
-    }
-}
 
 /// Runs the handler of a client event. Events that wait on the bus run in their own task; the
 /// others are answered at once. An unknown event is answered (when it asks for an ack) with
@@ -71,9 +45,9 @@ pub(super) fn dispatch(
                 error_reply(e.code, &e.message)
             };
             match join(&st, &peer, data) {
-                Ok(step) => {
+                Ok((key, since)) => {
                     tokio::spawn(async move {
-                        let mut body = json!(step.run(&st, &peer).await);
+                        let mut body = json!(rooms::enter(&st, &peer, &key, since).await);
                         body["ok"] = json!(true);
                         reply(ack, &body);
                     });
@@ -117,8 +91,8 @@ fn authenticate(
     peer: &Peer,
     data: &Option<Value>,
     ack: &mut Option<Ack>,
-) -> Option<(Arc<super::session::Session>, Vec<RoomKey>)> {
-    let session = peer.session()?;
+) -> Option<(Arc<Session>, Vec<RoomKey>)> {
+    let session = peer.session().clone();
     let verified = token_of(data)
         .and_then(|t| t.ok_or(AuthError::Missing))
         .and_then(|t| st.config.verifier.verify(&t));
@@ -166,38 +140,14 @@ fn requested_room(data: &Option<Value>) -> Result<(String, Option<&Value>), Room
     }
 }
 
-/// What is left of a join once the session took it: entering the room, or only reporting where
-/// a room the socket is already in stands.
-struct JoinStep {
-    key: RoomKey,
-    room: RoomName,
-    fresh: bool,
-    since: Option<rooms::Since>,
-}
-
-impl JoinStep {
-    async fn run(self, st: &AppState, peer: &Peer) -> rooms::RoomEntry {
-        if self.fresh {
-            return rooms::enter(st, peer, &self.key, self.since).await;
-        }
-        // Already in the room: report where it stands; live delivery already reaches the socket.
-        let now = st.bus.position(&self.key).await.ok();
-        rooms::RoomEntry {
-            room: self.room,
-            epoch: now.as_ref().map(|p| p.epoch.clone()),
-            offset: now.map(|p| p.offset),
-            recovered: None,
-            reason: None,
-            replayed: None,
-        }
-    }
-}
-
-/// Checks a join against the policy and the rate, and records the room in the session.
-fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, RoomError> {
-    let session = peer
-        .session()
-        .ok_or_else(|| bad_request("socket is closing"))?;
+/// Checks a join against the policy and the rate, and records the room in the session (a room
+/// it is in already passes as it is). Returns the room and the position to enter it from.
+fn join(
+    st: &AppState,
+    peer: &Peer,
+    data: Option<Value>,
+) -> Result<(RoomKey, Option<rooms::Since>), RoomError> {
+    let session = peer.session();
     let policy = &st.config.policy;
     let (name, since) = requested_room(&data)?;
     let room = policy.parse_room(&name)?;
@@ -211,15 +161,13 @@ fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, Roo
             })
         })
         .transpose()?;
-    let (key, fresh) = {
+    let key = {
         let mut state = session.state();
         let auth = state.auth().ok_or_else(|| {
             RoomError::new("not_authenticated", "authenticate before joining rooms")
         })?;
         let key = auth.key(room.clone());
-        if auth.is_in(&room) {
-            (key, false)
-        } else {
+        if !auth.is_in(&room) {
             policy.check_join(&auth.identity, &room, auth.rooms.len())?;
             if !state.take_join(st.config.join_rate.get()) {
                 return Err(RoomError::new(
@@ -230,25 +178,18 @@ fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, Roo
                     ),
                 ));
             }
-            st.membership.add(&key);
+            st.relay.add(&key);
             if let Some(auth) = state.auth_mut() {
-                auth.rooms.push(room.clone());
+                auth.rooms.push(room);
             }
-            (key, true)
         }
+        key
     };
-    Ok(JoinStep {
-        key,
-        room,
-        fresh,
-        since: since.map(Ok),
-    })
+    Ok((key, since.map(Ok)))
 }
 
 fn leave(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomName, RoomError> {
-    let session = peer
-        .session()
-        .ok_or_else(|| bad_request("socket is closing"))?;
+    let session = peer.session();
     let policy = &st.config.policy;
     let (name, _) = requested_room(&data)?;
     let room = policy.parse_room(&name)?;
@@ -261,7 +202,6 @@ fn leave(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomName, Ro
         auth.rooms.swap_remove(pos);
         let key = auth.key(room.clone());
         st.relay.leave(&key, session.id);
-        st.membership.remove(&key);
     }
     Ok(room)
 }
@@ -273,7 +213,7 @@ fn refresh(
     peer: &Peer,
     data: Option<Value>,
 ) -> Result<(u64, Vec<RoomName>), AuthError> {
-    let session = peer.session().ok_or(AuthError::NotAuthenticated)?;
+    let session = peer.session();
     if session.identity().is_none() {
         return Err(AuthError::NotAuthenticated);
     }
@@ -296,7 +236,6 @@ fn refresh(
             } else {
                 let key = auth.key(room.clone());
                 st.relay.leave(&key, session.id);
-                st.membership.remove(&key);
                 left.push(room);
             }
         }

@@ -5,30 +5,27 @@
 //! Event handlers are installed in the middleware, before the client is told it is connected,
 //! so an event the client emits right after `connect` is never missed.
 
-pub mod deadlines;
 mod handlers;
-pub mod membership;
-pub mod peer;
 pub mod rooms;
-pub mod session;
+mod sio;
+mod ws;
+
+pub use sio::register;
+pub use ws::Transport;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use socketioxide::extract::{SocketRef, TryData};
-use socketioxide::handler::ConnectHandler;
-use socketioxide::socket::DisconnectReason;
-use socketioxide::{SocketIo, TransportType};
 
 use crate::auth::{AuthError, Verified};
 use crate::events::envelope::now_millis;
 use crate::events::RoomKey;
 use crate::metrics;
+use crate::peer::deadlines::Deadline;
+use crate::peer::session::{Auth, Phase, Session};
+use crate::peer::{Ack, Peer, PeerId};
 use crate::state::AppState;
-use deadlines::Deadline;
-use peer::{Ack, Peer, PeerId};
-use session::{Auth, Phase, Session};
 
 /// Event names of the client protocol, spelled once.
 pub mod names {
@@ -92,62 +89,6 @@ fn until(exp: u64) -> Duration {
     Duration::from_millis((exp_ms - now_millis()).max(0) as u64)
 }
 
-/// Registers the gateway's handlers on socketioxide's `/` namespace (long-polling sessions and
-/// those that upgrade from it).
-pub fn register(io: &SocketIo, state: Arc<AppState>) {
-    let st = state.clone();
-    let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
-        let st = st.clone();
-        async move { sio_handshake(st, s, auth.ok()).await }
-    };
-    let st = state;
-    let connected = move |s: SocketRef| {
-        let st = st.clone();
-        let entries = s
-            .extensions
-            .remove::<HandshakeEntries>()
-            .map(|e| std::mem::take(&mut *e.0.lock().unwrap_or_else(|e| e.into_inner())))
-            .unwrap_or_default();
-        async move { on_connect(st, Peer::Sio(s), entries).await }
-    };
-    io.ns("/", connected.with(middleware));
-}
-
-/// Automatic rooms a handshake prepared, carried from socketioxide's middleware to its connect
-/// handler (extensions hold `Clone` values only, hence the shared cell).
-#[derive(Clone)]
-struct HandshakeEntries(Arc<std::sync::Mutex<Vec<rooms::Prepared>>>);
-
-/// socketioxide's connect middleware: the handshake, then the event handlers, installed
-/// before the client hears it is connected.
-async fn sio_handshake(
-    st: Arc<AppState>,
-    s: SocketRef,
-    auth: Option<Value>,
-) -> Result<(), ConnectRefused> {
-    let transport = match s.transport_type() {
-        TransportType::Websocket => "websocket",
-        TransportType::Polling => "polling",
-    };
-    let session = Session::new(transport);
-    let id = session.id;
-    s.extensions.insert(session);
-    let peer = Peer::Sio(s.clone());
-    let entries = handshake(&st, &peer, auth).await.map_err(ConnectRefused)?;
-    s.extensions
-        .insert(HandshakeEntries(Arc::new(std::sync::Mutex::new(entries))));
-    st.peers.insert(peer);
-    {
-        let st = st.clone();
-        s.on_disconnect(move |s: SocketRef, reason: DisconnectReason| async move {
-            st.peers.remove(id);
-            on_disconnect(&st, &Peer::Sio(s), disconnect_label(reason))
-        });
-    }
-    handlers::install(st, &s);
-    Ok(())
-}
-
 /// The Socket.IO connect packet of a new socket, before the client hears it is connected: a
 /// token in `auth` must verify, and the socket is then in its automatic rooms (recovering from
 /// `auth.since` when given), so every event published after the client sees `connect` reaches
@@ -159,7 +100,7 @@ pub async fn handshake(
     peer: &Peer,
     auth: Option<Value>,
 ) -> Result<Vec<rooms::Prepared>, &'static str> {
-    let session = peer.session().ok_or("closed")?;
+    let session = peer.session();
     let refuse = |e: AuthError| {
         auth_failed(&e);
         e.code()
@@ -175,7 +116,7 @@ pub async fn handshake(
         return Ok(Vec::new());
     };
     let since = auth.as_ref().and_then(|a| a.get("since"));
-    let keys = claim(st, &session, verified).ok_or("closed")?;
+    let keys = claim(st, session, verified).ok_or("closed")?;
     Ok(prepare_auto(st, peer, keys, since).await)
 }
 
@@ -194,7 +135,7 @@ fn claim(st: &AppState, session: &Session, verified: Verified) -> Option<Vec<Roo
     };
     let keys = auth.keys();
     for key in &keys {
-        st.membership.add(key);
+        st.relay.add(key);
     }
     state.phase = Phase::Authenticated(auth);
     Some(keys)
@@ -231,11 +172,9 @@ pub fn dispatch(
 /// After the client was told it is connected: completes a handshake identity (sending what its
 /// rooms owe it and `authenticated`), or starts the grace period for `authenticate`.
 pub async fn on_connect(st: Arc<AppState>, peer: Peer, entries: Vec<rooms::Prepared>) {
-    let Some(session) = peer.session() else {
-        return;
-    };
+    let session = peer.session();
     if !entries.is_empty() {
-        return complete_auth(&st, &peer, &session, entries, None).await;
+        return complete_auth(&st, &peer, session, entries, None).await;
     }
     if matches!(session.state().phase, Phase::AwaitingAuth) {
         st.deadlines.schedule(
@@ -283,42 +222,22 @@ fn schedule_expiry(st: &AppState, id: PeerId, exp: u64) {
 
 /// A connected socket is gone: leave its rooms (relay and bus subscriptions) and count it.
 pub fn on_disconnect(st: &AppState, peer: &Peer, reason: &'static str) {
-    let Some(session) = peer.session() else {
-        return;
-    };
+    let session = peer.session();
     let keys = match std::mem::replace(&mut session.state().phase, Phase::Closed) {
         Phase::Authenticated(auth) => auth.keys(),
         _ => Vec::new(),
     };
-    for key in &keys {
-        st.membership.remove(key);
-    }
     st.relay.gone(session.id, keys);
     ::metrics::gauge!(metrics::CONNECTIONS, "transport" => session.transport).decrement(1.0);
     ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
     tracing::debug!(peer = session.id, reason, "socket disconnected");
 }
 
-fn disconnect_label(reason: DisconnectReason) -> &'static str {
-    match reason {
-        DisconnectReason::TransportClose => "transport_close",
-        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
-        DisconnectReason::PacketParsingError => "bad_packet",
-        DisconnectReason::TransportError => "transport_error",
-        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
-        DisconnectReason::ClientNSDisconnect => "client_disconnect",
-        DisconnectReason::ServerNSDisconnect => "server_disconnect",
-        DisconnectReason::ClosingServer => "server_closing",
-    }
-}
-
 /// Handles a due deadline: disconnects a socket that did not authenticate in time, or whose
 /// token expired without a refresh. Stale deadlines (socket gone, token refreshed) do nothing.
 pub fn on_deadline(st: &AppState, id: PeerId, what: Deadline) {
     let Some(peer) = st.peers.get(id) else { return };
-    let Some(session) = peer.session() else {
-        return;
-    };
+    let session = peer.session();
     let (code, message) = {
         let state = session.state();
         match (what, &state.phase) {

@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::peer::Peer;
 use crate::bus::{BusError, Lost, Position, Recovery};
 use crate::events::{RoomKey, RoomName};
 use crate::metrics;
+use crate::peer::Peer;
+use crate::relay::Entering;
 use crate::state::AppState;
 
 /// How long entering a room waits for the bus to confirm the room's subscription. Past it the
@@ -68,13 +69,18 @@ pub struct Prepared {
 
 /// Where the room stood when the entry was prepared.
 enum Read {
+    /// The socket is in the room already (or entering it): only where the room stands is read.
+    Already,
     /// The relay knew it (the room has local members): no bus read.
     Head(Position),
     /// Read from the bus after its subscription was confirmed.
     Bus(Result<Recovery, BusError>),
 }
 
-/// Enters `key` for `peer` (already counted in the membership): [`prepare`], then [`finish`].
+/// Enters `key` for `peer` (counted in the room by [`crate::relay::RelayHandle::add`]):
+/// [`prepare`], then [`finish`]. Every way into a room comes here: with or without a position,
+/// at authentication or on `join`, and a repeat join (which only reports where the room
+/// stands).
 pub async fn enter(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Since>) -> RoomEntry {
     let prepared = prepare(st, peer, key, since).await;
     finish(st, peer, prepared).await
@@ -84,12 +90,12 @@ pub async fn enter(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Sinc
 /// held for `peer` or covered by the position read, so nothing published later can miss it.
 /// The handshake runs this before the client hears it is connected.
 pub async fn prepare(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Since>) -> Prepared {
-    let head = st.relay.enter(key, peer.clone()).await;
-    let read = match (head, &since) {
+    let read = match (st.relay.enter(key, peer.clone()).await, &since) {
+        (Entering::Already, _) => Read::Already,
         // A room with local members: its subscription is live and the relay knows where it
         // stands, no read needed.
-        (Some(head), None) => Read::Head(head),
-        _ => {
+        (Entering::Held(Some(head)), None) => Read::Head(head),
+        (Entering::Held(_), _) => {
             if !st.bus.wait_subscribed(key, SUBSCRIBE_WAIT).await {
                 tracing::warn!(room = %key, "bus subscription not confirmed in time; entering anyway");
             }
@@ -128,7 +134,15 @@ pub async fn finish(st: &AppState, peer: &Peer, p: Prepared) -> RoomEntry {
         replayed: None,
     };
     let read = match read {
+        Read::Already => {
+            // Live delivery already reaches the socket: report where the room stands.
+            let now = st.bus.position(key).await.ok();
+            entry.epoch = now.as_ref().map(|p| p.epoch.clone());
+            entry.offset = now.map(|p| p.offset);
+            return entry;
+        }
         Read::Head(now) => {
+            tracing::debug!(peer = id, room = %key, offset = now.offset, "room entered at the relay's head");
             st.relay
                 .finish(key, id, Some(now.epoch.clone()), now.offset, Vec::new())
                 .await;

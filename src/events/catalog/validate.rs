@@ -370,7 +370,8 @@ impl PayloadError {
 }
 
 /// The required fields (wire names) of an event's payload, in schema order.
-pub fn required_fields(event: EventType) -> &'static [&'static str] {
+#[cfg(test)]
+fn required_fields(event: EventType) -> &'static [&'static str] {
     schema(event).required
 }
 

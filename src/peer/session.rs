@@ -8,8 +8,8 @@ use crate::events::{RoomKey, RoomName};
 /// What the gateway knows about one socket.
 #[derive(Debug)]
 pub struct Session {
-    /// Gateway-wide id of the peer (see [`super::peer::PeerId`]).
-    pub id: super::peer::PeerId,
+    /// Gateway-wide id of the peer (see [`super::PeerId`]).
+    pub id: super::PeerId,
     /// `websocket` or `polling`, as connected (a metric label).
     pub transport: &'static str,
     state: Mutex<SessionState>,
