@@ -11,7 +11,8 @@
 //! - [`socket`]: the Socket.IO handlers (handshake auth, `authenticate`, `join`, `leave`,
 //!   `refresh`, `ping`), written once for both transports: `socket/ws.rs` hands them the packets
 //!   of the gateway's own transport, `socket/sio.rs` holds all of the socketioxide glue.
-//!   [`http`]: health, readiness and the publish API; `/metrics` on the admin listener.
+//!   [`http`]: health, readiness, the publish API, the catalog, CORS for browsers and
+//!   development tokens; `/metrics` on the admin listener.
 //! - [`state`]: what the handlers share ([`state::AppState`]); [`config`]: settings (flags and
 //!   environment variables), validated once into a [`Config`].
 //! - [`relay`]: room membership, its one owner: the room counts that drive the bus
@@ -23,7 +24,8 @@
 //!   through [`wire::Handler`]; [`drain`]: the accepted connections, closed in batches on
 //!   shutdown; [`bus`]: the [`bus::Bus`] trait (publish with per-room offsets, subscribe) and
 //!   its embedded and Redis implementations.
-//! - [`auth`]: JWT verification into an [`auth::Identity`], and the room policy;
+//! - [`auth`]: JWT verification into an [`auth::Identity`], the room policy, the browser
+//!   origins allowed, and development tokens;
 //!   [`metrics`]: metric names and descriptions.
 //! - [`events`]: ids and room names, the catalog of channels and events, envelopes and
 //!   publish validation.
@@ -53,9 +55,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 // The public face: what the binary, the tests and embedders use.
+pub use auth::{ClaimNames, DevTokens};
 pub use bus::redis::{Publisher, RedisSettings, FUNCTION_VERSION};
 pub use bus::BusError;
 pub use config::{parse_duration, Config, DevSecrets, LogFormat, ServeArgs};
+pub use events::catalog::Catalog;
 pub use events::envelope::now_millis;
 pub use events::{Event, PublishRules, RoomKey, RoomName, TenantId, ValidPublish};
 pub use shutdown::on_signals;
@@ -72,6 +76,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = metrics::install();
+    metrics::allow_channel_labels(&config.publish.catalog);
     let (tx, rx) = tokio::sync::mpsc::channel(DELIVERY_QUEUE);
     let bus: Arc<dyn bus::Bus> = match &config.redis {
         None => Arc::new(bus::memory::MemoryBus::new(
@@ -116,6 +121,11 @@ pub async fn run(
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::refuse_new_sessions_while_draining,
+        ))
+        // Outermost, so every answer on a browser path (a draining refusal too) carries CORS.
+        .layer(axum::middleware::from_fn_with_state(
+            http::cors::BrowserAccess::new(&state.config.cors_origins),
+            http::cors::browser_access,
         ))
         .into_make_service_with_connect_info::<drain::ConnId>();
     tracing::info!(

@@ -1,10 +1,12 @@
-//! `realtime-gateway`: serve (default), mint a development token, or publish an event.
+//! `realtime-gateway`: serve (default), mint a development token, publish an event, or print
+//! and check event catalogs.
 
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use jsonwebtoken::{encode, EncodingKey, Header};
-use realtime_gateway::{parse_duration, DevSecrets, LogFormat, ServeArgs};
+use realtime_gateway::{
+    parse_duration, Catalog, ClaimNames, DevSecrets, DevTokens, LogFormat, ServeArgs,
+};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +32,19 @@ enum Command {
     Token(TokenArgs),
     /// Publish one event through a gateway's HTTP API and print the result.
     Publish(PublishArgs),
+    /// Print the effective event catalog (JSON), or check a catalog file with --check.
+    Catalog(CatalogArgs),
+}
+
+#[derive(Args)]
+struct CatalogArgs {
+    /// Check this catalog file: exit 0 when a gateway can use it, else 2 with the problem on
+    /// one line (file and JSON pointer).
+    #[arg(long, value_name = "FILE")]
+    check: Option<std::path::PathBuf>,
+    /// The catalog to print, as the gateway's --catalog; without it, the built-in one.
+    #[arg(long, env = "GATEWAY_CATALOG")]
+    catalog: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -141,6 +156,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Token(args)) => token(args),
         Some(Command::Publish(args)) => runtime().block_on(publish(args)),
+        Some(Command::Catalog(args)) => catalog(args),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
@@ -202,6 +218,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(key) = &dev.publish_key {
         tracing::warn!("DEVELOPMENT MODE: generated PUBLISH_API_KEYS={key}");
     }
+    if config.dev_tokens.is_some() {
+        let mut at = config.listen;
+        if at.ip().is_unspecified() {
+            at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        tracing::warn!(
+            "DEVELOPMENT MODE: tokens for anyone at GET http://{at}/dev/token?sub=10&institution=1&role=ADMIN"
+        );
+    }
+    tracing::info!(cors_origins = %config.cors_origins, "browser origins allowed");
     runtime().block_on(async move {
         let bind = |addr: std::net::SocketAddr, setting: &'static str| async move {
             listen(addr)
@@ -257,29 +283,50 @@ fn dev_banner(dev: &DevSecrets, addr: std::net::SocketAddr) {
     );
 }
 
-fn token(args: TokenArgs) -> ExitCode {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let id = |s: &str| {
-        s.parse::<i64>()
-            .map(Value::from)
-            .unwrap_or_else(|_| Value::from(s))
+fn catalog(args: CatalogArgs) -> ExitCode {
+    let loaded = match (&args.check, &args.catalog) {
+        (Some(path), _) => Catalog::from_file(path).map(std::sync::Arc::new),
+        (None, Some(path)) if !path.as_os_str().is_empty() => {
+            Catalog::from_file(path).map(std::sync::Arc::new)
+        }
+        (None, _) => Ok(Catalog::elms()),
     };
-    let mut claims = serde_json::Map::new();
-    claims.insert(args.claim_user, id(&args.sub));
-    claims.insert(args.claim_tenant, id(&args.institution));
-    claims.insert(args.claim_role, json!(args.role));
-    claims.insert("iat".into(), json!(now));
-    claims.insert("exp".into(), json!(now + args.ttl.as_secs()));
-    match encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(args.secret.as_bytes()),
+    match loaded {
+        Ok(c) if args.check.is_some() => {
+            let events: usize = c.channels().iter().map(|ch| ch.events().len()).sum();
+            println!(
+                "catalog {} version {} ok: {} channels, {events} events",
+                c.name(),
+                c.version(),
+                c.channels().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(c) => {
+            println!("{}", c.json());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: invalid catalog {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let claims = ClaimNames {
+        user: args.claim_user,
+        tenant: args.claim_tenant,
+        role: args.claim_role,
+    };
+    match DevTokens::new(&args.secret, claims).mint(
+        &args.sub,
+        &args.institution,
+        &args.role,
+        args.ttl,
     ) {
         Ok(t) => {
-            println!("{t}");
+            println!("{}", t.token);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,6 +1,9 @@
-//! HTTP: the public router (health, readiness, publish API; Socket.IO is layered on top of it)
-//! and the admin router (`/metrics`).
+//! HTTP: the public router (health, readiness, publish API, catalog, development tokens under
+//! `--dev`; Socket.IO is layered on top of it, CORS around both) and the admin router (`/metrics`).
 
+pub mod catalog;
+pub mod cors;
+pub mod dev;
 pub mod error;
 pub mod publish;
 
@@ -22,11 +25,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/publish", post(publish::publish))
         .route("/v1/publish/batch", post(publish::publish_batch))
         .route_layer(axum::middleware::from_fn(publish::count_results));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .merge(publish)
-        .with_state(state)
+        .route("/v1/catalog", get(catalog::catalog))
+        .merge(publish);
+    if state.config.dev_tokens.is_some() {
+        router = router.merge(dev::router());
+    }
+    router.with_state(state)
 }
 
 /// Refuses to start Engine.IO sessions (handshakes: `/socket.io/` requests without a `sid`)

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::{dispatch, handshake, on_connect, on_disconnect};
 use crate::peer::session::Session;
 use crate::peer::{Ack, Peer, WsAck};
 use crate::state::AppState;
-use crate::wire::{self, Conn, Refusal, Settings};
+use crate::wire::{self, refuse, Conn, Refusal, Settings};
 
 /// The handlers as the [`wire::Handler`] of the gateway's WebSocket transport.
 pub struct Transport {
@@ -39,7 +40,14 @@ impl wire::Handler for Transport {
         &self.settings
     }
 
-    fn admit(&self) -> Result<(), Refusal> {
+    fn admit(&self, origin: Option<&[u8]>) -> Result<(), Refusal> {
+        if !self.st.config.cors_origins.admits_websocket(origin) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                crate::auth::origins::REFUSED_CODE,
+                crate::auth::origins::REFUSED_MESSAGE,
+            ));
+        }
         self.st.session_refusal().map_or(Ok(()), Err)
     }
 

@@ -35,8 +35,9 @@ pub trait Handler: Send + Sync + 'static {
     type User: Send + Sync + 'static;
     /// The transport's settings.
     fn settings(&self) -> &Settings;
-    /// Whether a new session may start now; `Err` refuses the upgrade (e.g. while draining).
-    fn admit(&self) -> Result<(), Refusal>;
+    /// Whether a new session from a page of `origin` (the `Origin` header, absent for
+    /// non-browser clients) may start now; `Err` refuses the upgrade (e.g. while draining).
+    fn admit(&self, origin: Option<&[u8]>) -> Result<(), Refusal>;
     /// The layer's data for a new session.
     fn new_user(&self) -> Self::User;
     /// A Socket.IO connect packet for `/`. The handler answers it, when it is done, with
@@ -238,7 +239,12 @@ fn check_request(req: &httparse::Request<'_, '_>, h: &impl Handler) -> Result<St
             "the Sec-WebSocket-Key header is missing",
         ));
     };
-    h.admit()?;
+    let origin = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("origin"))
+        .map(|h| h.value);
+    h.admit(origin)?;
     Ok(key.trim().to_owned())
 }
 
