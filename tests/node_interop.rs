@@ -11,7 +11,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::node::run;
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -88,7 +87,7 @@ async fn run_node(
         cmd.env(k, v);
     }
     let started = Instant::now();
-    let out = run(cmd, NODE_DEADLINE).await;
+    let out = common::node::run_with_deadline(cmd, NODE_DEADLINE).await;
     let verdict = match out.status {
         Some(s) if s.success() => None,
         Some(s) => Some(format!("node --test {file} failed ({s})")),

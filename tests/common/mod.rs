@@ -8,6 +8,8 @@ pub mod prometheus;
 pub mod publish;
 pub mod redis_server;
 pub mod resilient;
+pub mod sdk;
+pub mod static_site;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,15 +1,13 @@
-//! Runs a Node script from `tests/node` (the official `socket.io-client`) that reports its
-//! progress as one JSON object per line on stdout.
+//! Node packages of the tests (`tests/node`: the official `socket.io-client`; `tests/browser`:
+//! Chromium through playwright-core): installs them once with `npm ci`, runs a script from
+//! `tests/node` that reports its progress as one JSON object per line on stdout, and runs
+//! `node --test` files with a deadline.
 
 use std::io::BufRead;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::task::JoinHandle;
-use tokio::time::timeout;
 
 use super::WAIT;
 
@@ -18,9 +16,14 @@ const INSTALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300
 
 /// `tests/node`.
 pub fn node_dir() -> std::path::PathBuf {
+    tests_dir("node")
+}
+
+/// `tests/<name>`.
+pub fn tests_dir(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
-        .join("node")
+        .join(name)
 }
 
 /// Written by npm as the last step of an install: its presence (and that of `marker`, a
@@ -36,14 +39,20 @@ fn installed(dir: &std::path::Path, marker: &str) -> bool {
             .is_file()
 }
 
-/// Makes sure `tests/node/node_modules` is installed (see [`ensure_npm_installed`]).
+/// Makes sure `tests/node/node_modules` is installed (see [`ensure_installed_in`]).
 pub fn ensure_installed() {
-    ensure_npm_installed(&node_dir(), "socket.io-client");
+    ensure_installed_in(&node_dir());
 }
 
-/// Makes sure `dir/node_modules` is installed, running `npm ci` in `dir` if not. Creating the
-/// lock directory is atomic, so of all test threads and processes exactly one installs; the
-/// others wait, with a deadline, for the lock to go away.
+/// Makes sure `dir/node_modules` is installed, running `npm ci` if not. Creating the lock
+/// directory is atomic, so of all test threads and processes exactly one installs; the others
+/// wait, with a deadline, for the lock to go away.
+pub fn ensure_installed_in(dir: &std::path::Path) {
+    ensure_npm_installed(dir, "socket.io-client");
+}
+
+/// Makes sure `dir/node_modules` is installed with `marker` among its packages (see
+/// [`ensure_installed_in`]).
 pub fn ensure_npm_installed(dir: &std::path::Path, marker: &str) {
     let dir = dir.to_path_buf();
     let lock = dir.join(".install-lock");
@@ -182,9 +191,22 @@ impl Drop for Script {
     }
 }
 
+/// What a child process did: its status (`None`: killed at the deadline) and its output.
+pub struct Outcome {
+    /// Exit status; `None` when it was killed at the deadline.
+    pub status: Option<std::process::ExitStatus>,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
 /// Reads a child's pipe to the end in the background.
-fn drain(pipe: Option<impl AsyncRead + Unpin + Send + 'static>) -> JoinHandle<String> {
+fn drain_pipe(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
+) -> tokio::task::JoinHandle<String> {
     tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
         let mut out = Vec::new();
         if let Some(mut p) = pipe {
             let _ = p.read_to_end(&mut out).await;
@@ -193,19 +215,12 @@ fn drain(pipe: Option<impl AsyncRead + Unpin + Send + 'static>) -> JoinHandle<St
     })
 }
 
-/// What a child process did: its status (`None`: killed at the deadline) and its output.
-pub struct Outcome {
-    /// Exit status; `None` when it was killed at the deadline.
-    pub status: Option<ExitStatus>,
-    /// Everything it wrote to stdout.
-    pub stdout: String,
-    /// Everything it wrote to stderr.
-    pub stderr: String,
-}
-
 /// Runs `cmd` in its own process group; at `deadline` kills the whole group (node's test runner
-/// runs each file in a child process of its own).
-pub async fn run(mut cmd: tokio::process::Command, deadline: Duration) -> Outcome {
+/// runs each file in a child process of its own, and a browser has processes of its own too).
+pub async fn run_with_deadline(
+    mut cmd: tokio::process::Command,
+    deadline: std::time::Duration,
+) -> Outcome {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -216,13 +231,13 @@ pub async fn run(mut cmd: tokio::process::Command, deadline: Duration) -> Outcom
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {program}: {e} (is it installed and on PATH?)"));
     let pid = child.id().expect("child pid");
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let status = match timeout(deadline, child.wait()).await {
+    let stdout = drain_pipe(child.stdout.take());
+    let stderr = drain_pipe(child.stderr.take());
+    let status = match tokio::time::timeout(deadline, child.wait()).await {
         Ok(status) => Some(status.expect("wait for child")),
         Err(_) => {
             // The group id is the child's pid: this kills exactly what this test started.
-            let _ = std::process::Command::new("kill")
+            let _ = Command::new("kill")
                 .args(["-KILL", &format!("-{pid}")])
                 .status();
             let _ = child.wait().await;
