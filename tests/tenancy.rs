@@ -9,9 +9,9 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
+use common::client::{Client, ClientError};
 use common::redis_server::RedisServer;
 use common::{batch_created, now, sign, token, Gateway, SECRET, WAIT};
-use realtime_gateway::client::{Client, ClientError};
 use serde_json::{json, Value};
 
 const T1_PUBLISH: &str = "tenant-one-publisher-0123456789";
@@ -523,7 +523,7 @@ async fn a_revocation_survives_a_gateway_restart() {
     let err = live.wait_for("auth_error", WAIT).await.expect("auth_error");
     assert_eq!(err["code"], "session_revoked");
     assert!(live
-        .wait_for(realtime_gateway::client::DISCONNECTED, WAIT)
+        .wait_for(common::client::DISCONNECTED, WAIT)
         .await
         .is_some());
 

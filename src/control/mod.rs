@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::BusError;
 use crate::events::envelope::now_millis;
-use crate::events::{RoomName, TenantId, UserId};
+use crate::events::{TenantId, UserId};
 use crate::metrics;
-use crate::socket::peer::Peer;
+use crate::peer::Peer;
 use crate::socket::{self, names};
 use crate::state::AppState;
 
@@ -108,7 +108,7 @@ fn sockets_of(st: &AppState, tenant: &TenantId, user: &UserId) -> Vec<Peer> {
         .into_iter()
         .filter(|p| {
             p.session()
-                .and_then(|s| s.identity())
+                .identity()
                 .is_some_and(|i| i.tenant == *tenant && i.user_id == *user)
         })
         .collect()
@@ -131,21 +131,17 @@ pub fn apply(st: &AppState, command: &Command) -> Answer {
     match command {
         Command::List { .. } => {
             for p in &peers {
-                let Some(session) = p.session() else { continue };
+                let session = p.session();
                 let state = session.state();
-                let Some(id) = &state.identity else { continue };
-                let mut rooms = vec![
-                    RoomName::institution(&id.tenant).to_string(),
-                    RoomName::user(&id.user_id).to_string(),
-                ];
-                rooms.extend(state.rooms.iter().map(|r| r.to_string()));
+                let Some(auth) = state.auth() else { continue };
+                let rooms = auth.keys().iter().map(|k| k.room().to_string()).collect();
                 answer.connections.push(Connection {
                     gateway: st.tenancy.gateway.to_string(),
                     socket_id: p.sid(),
                     transport: p.transport().to_string(),
                     rooms,
                     connected_at: session.connected_at,
-                    expires_at: state.exp.saturating_mul(1000),
+                    expires_at: auth.exp.saturating_mul(1000),
                 });
             }
             answer.count = answer.connections.len();
@@ -167,7 +163,7 @@ pub fn apply(st: &AppState, command: &Command) -> Answer {
                 Duration::from_secs(*ttl),
             );
             for p in &peers {
-                let issued = p.session().map(|s| s.state().issued_at);
+                let issued = p.session().state().auth().map(|a| a.issued_at);
                 // No iat/nbf: nothing shows the token is newer than the revocation.
                 if issued.is_some_and(|at| at.is_none_or(|at| at < *before)) {
                     socket::end_session(

@@ -22,7 +22,7 @@ use crate::events::TenantId;
 use crate::metrics;
 pub use fleet::Fleet;
 pub use keys::{Caller, Keyring, Scope};
-pub use quotas::{Limits, Quotas};
+pub use quotas::Quotas;
 pub use revocations::Revocations;
 
 /// Where the keys and quotas come from, re-read on SIGHUP.
