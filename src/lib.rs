@@ -77,24 +77,36 @@ pub async fn run(
             .await?,
         ),
     };
-    let (layer, io) = SocketIo::builder()
-        .ping_interval(config.ping_interval)
-        .ping_timeout(config.ping_timeout)
-        .max_payload(config.max_client_packet_bytes)
-        .ws_max_message_size(config.max_client_packet_bytes as usize)
-        // A long-polling socket's queue must also take a whole replay at once.
-        .max_buffer_size(config.socket_buffer.max(config.max_replay as usize + 64))
-        .ws_read_buffer_size(config.ws_read_buffer)
+    // One socketioxide instance per parser (its parser is per instance): JSON under
+    // `/socket.io/`, MessagePack under an internal path the HTTP server moves `parser=msgpack`
+    // requests to.
+    let sio = |config: &Config| {
+        SocketIo::builder()
+            .ping_interval(config.ping_interval)
+            .ping_timeout(config.ping_timeout)
+            .max_payload(config.max_client_packet_bytes)
+            .ws_max_message_size(config.max_client_packet_bytes as usize)
+            // A long-polling socket's queue must also take a whole replay at once.
+            .max_buffer_size(config.socket_buffer.max(config.max_replay as usize + 64))
+            .ws_read_buffer_size(config.ws_read_buffer)
+    };
+    let (layer, io) = sio(&config).build_layer();
+    let (msgpack_layer, msgpack_io) = sio(&config)
+        .with_parser(socketioxide::ParserConfig::msgpack())
+        .req_path(wire::MSGPACK_PATH)
         .build_layer();
     let (relay_handle, relay_control) = relay::channel();
     let state = AppState::new(config, bus, relay_handle);
     socket::register(&io, state.clone());
+    socket::register(&msgpack_io, state.clone());
 
     let relay = tokio::spawn(relay::run(state.clone(), rx, relay_control));
     let ticker = tokio::spawn(tick(state.clone(), shutdown.clone()));
 
     let app = http::router(state.clone())
         .layer(layer)
+        .layer(msgpack_layer)
+        .layer(axum::middleware::from_fn(http::route_msgpack_sessions))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::refuse_new_sessions_while_draining,
@@ -142,6 +154,7 @@ pub async fn run(
             ::metrics::counter!(metrics::DRAINED).increment(closed as u64);
             tracing::info!(closed, "drain done");
             io.close().await;
+            msgpack_io.close().await;
         }
     };
     axum::serve(public, app)

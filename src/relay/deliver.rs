@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::json;
 
 use super::{Finished, Pending, RESYNC};
@@ -35,22 +36,27 @@ pub(super) fn deliver(
     skips: &[Vec<PeerId>],
 ) {
     // The common case: nobody to skip, so every member gets the same bytes and no member's id
-    // is looked at (each look is a cache miss per delivery).
+    // is looked at (each look is a cache miss per delivery). The bytes come in up to four
+    // shapes (JSON or MessagePack, plain or compressed), each made once for the whole room.
     let together = skips.iter().all(Vec::is_empty);
-    let all = together.then(|| match events {
-        [one] => one.frame().clone(),
-        _ => {
-            let mut all = bytes::BytesMut::new();
-            for ev in events {
-                all.extend_from_slice(ev.frame());
-            }
-            all.freeze()
-        }
-    });
+    let mut shared: [Option<Bytes>; 4] = Default::default();
     let mut sent = 0u64;
     for peer in members {
-        let result = match (&all, peer) {
-            (Some(all), Peer::Ws(conn)) => conn.send(all.clone(), events.len()),
+        let result = match (together, peer) {
+            (true, Peer::Ws(conn)) => {
+                let codec = conn.codec();
+                let all = shared[codec.variant()].get_or_insert_with(|| match events {
+                    [one] => one.frame_for(codec).clone(),
+                    _ => {
+                        let mut all = bytes::BytesMut::new();
+                        for ev in events {
+                            all.extend_from_slice(ev.frame_for(codec));
+                        }
+                        all.freeze()
+                    }
+                });
+                conn.send(all.clone(), events.len())
+            }
             _ => {
                 let id = peer.id();
                 let mut result = Sent::Ok;

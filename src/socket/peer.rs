@@ -5,16 +5,20 @@
 //! and upgrade, run on socketioxide. The handlers, the relay and the timers see only a [`Peer`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::{SendError, SocketError};
 
 use super::session::Session;
 use crate::metrics;
+use crate::wire::codec::Codec;
 use crate::wire::conn::Conn;
+use crate::wire::{deflate, msgpack, packet};
 
 /// Gateway-wide id of a connected client.
 pub type PeerId = u64;
@@ -48,14 +52,23 @@ pub enum Sent {
 }
 
 /// One event encoded once for every peer: its name and JSON (for socketioxide sockets) and the
-/// complete WebSocket frame (for the gateway's own transport).
+/// complete WebSocket frames (for the gateway's own transport) in each shape a session may
+/// have agreed to: JSON text or MessagePack, each plain or compressed. Every shape is built on
+/// first use, once, and the same bytes go to every socket that takes it.
 pub struct Outgoing {
     /// Event name.
     pub name: Arc<str>,
     /// The argument as JSON.
     pub json: Box<RawValue>,
-    /// `42["name",json]` framed, built on first use.
-    frame: std::sync::OnceLock<bytes::Bytes>,
+    /// `42["name",json]` framed.
+    frame: OnceLock<Bytes>,
+    /// The MessagePack packet framed.
+    msgpack: OnceLock<Bytes>,
+    /// The two frames compressed (`None`: below the threshold or no smaller; sent plain). The
+    /// threshold is the gateway's, the same for every session.
+    deflated: [OnceLock<Option<Bytes>>; 2],
+    /// The argument parsed, for socketioxide's MessagePack sessions.
+    value: OnceLock<Value>,
 }
 
 impl Outgoing {
@@ -64,15 +77,62 @@ impl Outgoing {
         Self {
             name,
             json,
-            frame: std::sync::OnceLock::new(),
+            frame: OnceLock::new(),
+            msgpack: OnceLock::new(),
+            deflated: Default::default(),
+            value: OnceLock::new(),
         }
     }
 
-    /// The WebSocket frame of this event.
-    pub fn frame(&self) -> &bytes::Bytes {
+    /// The JSON text WebSocket frame of this event.
+    pub fn frame(&self) -> &Bytes {
         self.frame
-            .get_or_init(|| crate::wire::packet::event_raw(&self.name, self.json.get()))
+            .get_or_init(|| packet::event_raw(&self.name, self.json.get()))
     }
+
+    /// The argument as a value (parsed once).
+    pub fn value(&self) -> &Value {
+        self.value
+            .get_or_init(|| serde_json::from_str(self.json.get()).unwrap_or(Value::Null))
+    }
+
+    /// The MessagePack WebSocket frame of this event.
+    pub fn msgpack_frame(&self) -> &Bytes {
+        self.msgpack
+            .get_or_init(|| match msgpack::event(&self.name, self.value()) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode")
+                        .increment(1);
+                    tracing::error!(event = %self.name, error = %e, "event could not be encoded as MessagePack");
+                    Bytes::new()
+                }
+            })
+    }
+
+    /// The frame of this event for a session with `codec`.
+    pub fn frame_for(&self, codec: Codec) -> &Bytes {
+        let plain = if codec.msgpack {
+            self.msgpack_frame()
+        } else {
+            self.frame()
+        };
+        match codec.deflate_min {
+            Some(min) => self.deflated[usize::from(codec.msgpack)]
+                .get_or_init(|| deflate::compress_frame(plain, min.get() as usize))
+                .as_ref()
+                .unwrap_or(plain),
+            None => plain,
+        }
+    }
+}
+
+/// Whether a socketioxide socket belongs to the MessagePack parser's instance.
+fn sio_msgpack(s: &SocketRef) -> bool {
+    s.req_parts()
+        .uri
+        .path()
+        .starts_with(crate::wire::MSGPACK_PATH)
 }
 
 fn sio_result(r: Result<(), SendError>) -> Sent {
@@ -120,7 +180,7 @@ impl Peer {
     pub fn send_replay(&self, ev: &Outgoing) -> Sent {
         match self {
             Peer::Sio(_) => self.send(ev),
-            Peer::Ws(c) => c.send_replay(ev.frame().clone()),
+            Peer::Ws(c) => c.send_replay(ev.frame_for(c.codec()).clone()),
         }
     }
 
@@ -135,8 +195,11 @@ impl Peer {
     /// Sends a relayed event.
     pub fn send(&self, ev: &Outgoing) -> Sent {
         match self {
+            // socketioxide encodes for each socket; a MessagePack socket takes the parsed value
+            // (a raw JSON value means nothing to its parser).
+            Peer::Sio(s) if sio_msgpack(s) => sio_result(s.emit(&*ev.name, ev.value())),
             Peer::Sio(s) => sio_result(s.emit(&*ev.name, &ev.json)),
-            Peer::Ws(c) => c.send(ev.frame().clone(), 1),
+            Peer::Ws(c) => c.send(ev.frame_for(c.codec()).clone(), 1),
         }
     }
 
@@ -144,7 +207,7 @@ impl Peer {
     pub fn emit(&self, event: &str, data: &impl Serialize) {
         let sent = match self {
             Peer::Sio(s) => sio_result(s.emit(event, data)),
-            Peer::Ws(c) => match crate::wire::packet::event(event, data) {
+            Peer::Ws(c) => match c.codec().event(event, data) {
                 Ok(frame) => c.send(frame, 0),
                 Err(e) => {
                     tracing::error!(event, error = %e, "event could not be encoded");
@@ -184,7 +247,7 @@ impl Ack {
                     tracing::debug!(error = %e, "ack not sent");
                 }
             }
-            Ack::Ws(c, id) => match crate::wire::packet::ack(id, body) {
+            Ack::Ws(c, id) => match c.codec().ack(id, body) {
                 Ok(frame) => {
                     if c.send(frame, 0) != Sent::Ok {
                         ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "closed")
