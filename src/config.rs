@@ -537,9 +537,7 @@ impl ServeArgs {
             auth_grace: self.auth_grace,
             connect_timeout: self.connect_timeout,
             max_client_packet_bytes: self.max_client_packet_bytes,
-            ws_compression_min_bytes: self
-                .ws_compression
-                .then_some(self.ws_compression_min_bytes),
+            ws_compression_min_bytes: self.ws_compression.then_some(self.ws_compression_min_bytes),
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             history_max_len: self.history_max_len,

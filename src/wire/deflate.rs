@@ -268,7 +268,10 @@ mod tests {
         // The shared compressor is reset between messages: the same input, the same bytes.
         assert_eq!(compress_frame(&plain, 256).unwrap(), z);
         // Below the threshold, or not smaller: sent plain.
-        assert_eq!(compress_frame(&encode(Opcode::Text, b"42[\"x\"]"), 256), None);
+        assert_eq!(
+            compress_frame(&encode(Opcode::Text, b"42[\"x\"]"), 256),
+            None
+        );
         let mut x = 1u64;
         let noise: Vec<u8> = (0..600)
             .map(|_| {
@@ -317,7 +320,10 @@ mod tests {
     #[test]
     fn names_a_corrupt_stream() {
         // Block type 3 does not exist.
-        assert_eq!(inflate_all(&[&[0xff, 0xff, 0xff]], 100), Err(InflateError::Corrupt));
+        assert_eq!(
+            inflate_all(&[&[0xff, 0xff, 0xff]], 100),
+            Err(InflateError::Corrupt)
+        );
         // A stored block whose length check does not match.
         assert_eq!(
             inflate_all(&[&[0x00, 0x05, 0x00, 0x00, 0x00]], 100),

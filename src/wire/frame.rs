@@ -318,7 +318,10 @@ mod tests {
         ));
         let mut rsv = client_frame(true, 1, b"hi");
         rsv[0] |= 0x40;
-        assert!(matches!(decode(&rsv, 100, false), Err(FrameError::Protocol(_))));
+        assert!(matches!(
+            decode(&rsv, 100, false),
+            Err(FrameError::Protocol(_))
+        ));
         assert!(matches!(
             decode(&client_frame(true, 3, b""), 100, false),
             Err(FrameError::Protocol(_))
@@ -374,7 +377,10 @@ mod tests {
         for plain in [encode(Opcode::Text, b"2"), big.clone(), huge.clone()] {
             let (first, payload) = server_frame_parts(&plain).unwrap();
             assert_eq!(first, plain[0]);
-            assert_eq!(encode(Opcode::from_u8(first & 0x0f).unwrap(), payload), plain);
+            assert_eq!(
+                encode(Opcode::from_u8(first & 0x0f).unwrap(), payload),
+                plain
+            );
         }
         assert_eq!(server_frame_parts(&big[..big.len() - 1]), None);
         let z = encode_compressed(0x81, b"abc");

@@ -160,7 +160,10 @@ mod tests {
         };
         // The packet ends with the argument: a positive fixint, a uint 64, an int 8, a float 64.
         assert_eq!(tail(json!(5), 1), [5]);
-        assert_eq!(tail(json!(u64::MAX), 9), [0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            tail(json!(u64::MAX), 9),
+            [0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        );
         assert_eq!(tail(json!(-100), 2), [0xd0, 0x9c]);
         assert_eq!(tail(json!(1.5), 9)[0], 0xcb);
     }
