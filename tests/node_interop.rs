@@ -286,3 +286,16 @@ async fn node_slow_consumer_recovers() {
     )
     .await;
 }
+
+/// permessage-deflate with Node's `ws` (with and without the extension) and the stock client in
+/// one room: compressed frames where negotiated, plain ones elsewhere, every event intact.
+#[tokio::test]
+async fn node_compression() {
+    const MIN_BYTES: &str = "256";
+    node_test(
+        "compression.test.mjs",
+        &[("GATEWAY_WS_COMPRESSION_MIN_BYTES", MIN_BYTES)],
+        &[("COMPRESSION_MIN_BYTES", MIN_BYTES.to_string())],
+    )
+    .await;
+}
