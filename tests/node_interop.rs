@@ -299,3 +299,10 @@ async fn node_compression() {
     )
     .await;
 }
+
+/// The MessagePack parser beside JSON over both transports: same events, order and offsets,
+/// live and after a reconnect with recovery; requests and acks.
+#[tokio::test]
+async fn node_msgpack() {
+    node_test("msgpack.test.mjs", &[], &[]).await;
+}

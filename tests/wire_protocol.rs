@@ -315,6 +315,14 @@ async fn handshake_refusals_say_what_to_fix() {
             431,
             "request_too_large",
         ),
+        (
+            upgrade_request(
+                "/socket.io/?EIO=4&transport=websocket&parser=cbor",
+                "Sec-WebSocket-Version: 13\r\n",
+            ),
+            400,
+            "unsupported_parser",
+        ),
     ];
     for (request, status, code) in cases {
         let (got, head, tcp, rest) = http_exchange(&gw, &request).await;

@@ -87,8 +87,10 @@ pub async fn route_msgpack_sessions(
             }
         }
         Err(message) => {
+            ::metrics::counter!(crate::metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "unsupported_parser")
+                .increment(1);
             return error::ApiError::new(StatusCode::BAD_REQUEST, "unsupported_parser", message)
-                .into_response()
+                .into_response();
         }
     }
     next.run(req).await
