@@ -679,4 +679,4 @@ pub struct NotificationRead {
     pub institution_id: Id,
 }
 
-pub use validate::{required_fields, validate_payload, PayloadError};
+pub use validate::{example, required_fields, validate_payload, PayloadError};

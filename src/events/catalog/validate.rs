@@ -436,6 +436,65 @@ fn strip_position(err: &serde_json::Error) -> String {
     }
 }
 
+/// A realistic valid payload of `event` (JSON text): the tests check each against its schema;
+/// the benchmark measures the wire size of each.
+pub fn example(event: EventType) -> &'static str {
+    use EventType as E;
+    match event {
+        E::ScriptSubmitted => {
+            r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","studentName":"Adaeze Okafor","courseCode":"CSC 201","courseName":"Data Structures","submittedAt":"2025-06-12T11:02:45Z","institutionId":3}"#
+        }
+        E::ScriptVerified => {
+            r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","verifiedBy":55,"verifiedByName":"Mr. Bello","verifiedAt":"2025-06-12T11:05:10Z","remarks":"Cover page signed","institutionId":3}"#
+        }
+        E::ScriptCollected => {
+            r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","collectedBy":"staff_9","collectedByName":"Mrs. Eze","collectedAt":"2025-06-12T12:00:00+01:00","institutionId":3}"#
+        }
+        E::ScriptGraded => {
+            r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","courseCode":"CSC 201","gradedBy":61,"gradedByName":"Dr. Musa","score":67.5,"maxScore":100,"grade":"B","comment":null,"gradedAt":"2025-06-20T15:30:00Z","institutionId":3}"#
+        }
+        E::BatchSealed => {
+            r#"{"batchId":77,"batchNumber":"B-2025-014","examId":9,"scriptCount":48,"sealedBy":55,"sealedByName":"Mr. Bello","sealedAt":"2025-06-12T12:10:00Z","sealNumber":"SL-88213","institutionId":3}"#
+        }
+        E::BatchAssigned => {
+            r#"{"batchId":77,"batchNumber":"B-2025-014","examId":9,"assignedTo":61,"assignedToName":"Dr. Musa","assignedBy":12,"assignedByName":"Exams Officer","assignedAt":"2025-06-13T08:00:00Z","dueAt":"2025-06-27","institutionId":3}"#
+        }
+        E::BatchCreated => {
+            r#"{"batchId":77,"batchNumber":"B-2025-014","examId":9,"examName":"First Semester Examinations","courseCode":"CSC 201","totalSlots":50,"createdBy":12,"createdByName":"Exams Officer","institutionId":3}"#
+        }
+        E::BatchStatusChanged => {
+            r#"{"batchId":77,"batchNumber":"B-2025-014","previousStatus":"sealed","status":"in_marking","changedBy":61,"changedByName":"Dr. Musa","changedAt":"2025-06-14T09:00:00Z","institutionId":3}"#
+        }
+        E::BatchStatsUpdated => {
+            r#"{"batchId":77,"totalSlots":50,"submittedCount":48,"verifiedCount":48,"collectedCount":48,"gradedCount":12,"updatedAt":"2025-06-20T15:30:01Z","institutionId":3}"#
+        }
+        E::TimetablePublished => {
+            r#"{"timetableId":"tt_2025_s1","examId":9,"examName":"First Semester Examinations","term":"2024/2025 First Semester","entryCount":132,"publishedBy":12,"publishedByName":"Exams Officer","publishedAt":"2025-05-02T10:00:00Z","institutionId":3}"#
+        }
+        E::TimetableUpdated => {
+            r#"{"timetableId":"tt_2025_s1","examId":9,"version":4,"changeSummary":"CSC 201 moved to 14 June, 09:00","courseCode":"CSC 201","updatedBy":12,"updatedByName":"Exams Officer","updatedAt":"2025-05-20T16:45:00Z","institutionId":3}"#
+        }
+        E::BatchesCreated => {
+            r#"{"timetableId":"tt_2025_s1","examId":9,"examName":"First Semester Examinations","batchCount":264,"totalSlots":13200,"createdBy":12,"createdByName":"Exams Officer","createdAt":"2025-05-21T07:30:00Z","institutionId":3}"#
+        }
+        E::IncidentReported => {
+            r#"{"incidentId":501,"examId":9,"category":"malpractice","severity":"high","description":"Phone found under answer booklet","courseCode":"CSC 201","venue":"Hall B","studentId":"U2021/CSC/118","reportedBy":55,"reportedByName":"Mr. Bello","reportedAt":"2025-06-12T10:15:00Z","institutionId":3}"#
+        }
+        E::IncidentUpdated => {
+            r#"{"incidentId":501,"status":"under_investigation","severity":"high","updatedBy":12,"updatedByName":"Exams Officer","updatedAt":"2025-06-13T09:00:00Z","note":"Panel convened","institutionId":3}"#
+        }
+        E::IncidentResolved => {
+            r#"{"incidentId":501,"resolution":"Script cancelled; student referred to disciplinary committee","resolvedBy":12,"resolvedByName":"Exams Officer","resolvedAt":"2025-06-30T14:00:00Z","institutionId":3}"#
+        }
+        E::NewNotification => {
+            r#"{"notificationId":"ntf_01J0A","userId":61,"title":"Batch assigned","message":"Batch B-2025-014 (CSC 201) is ready for marking.","kind":"batch_assigned","link":"/marking/batches/77","createdAt":"2025-06-13T08:00:01Z","institutionId":3}"#
+        }
+        E::NotificationRead => {
+            r#"{"notificationId":"ntf_01J0A","userId":61,"readAt":"2025-06-13T08:12:30Z","institutionId":3}"#
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,62 +512,8 @@ mod tests {
         validate(event, json).expect_err("payload should be rejected")
     }
 
-    /// A realistic valid payload for each event type.
     fn sample(event: EventType) -> &'static str {
-        use EventType as E;
-        match event {
-            E::ScriptSubmitted => {
-                r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","studentName":"Adaeze Okafor","courseCode":"CSC 201","courseName":"Data Structures","submittedAt":"2025-06-12T11:02:45Z","institutionId":3}"#
-            }
-            E::ScriptVerified => {
-                r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","verifiedBy":55,"verifiedByName":"Mr. Bello","verifiedAt":"2025-06-12T11:05:10Z","remarks":"Cover page signed","institutionId":3}"#
-            }
-            E::ScriptCollected => {
-                r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","collectedBy":"staff_9","collectedByName":"Mrs. Eze","collectedAt":"2025-06-12T12:00:00+01:00","institutionId":3}"#
-            }
-            E::ScriptGraded => {
-                r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","courseCode":"CSC 201","gradedBy":61,"gradedByName":"Dr. Musa","score":67.5,"maxScore":100,"grade":"B","comment":null,"gradedAt":"2025-06-20T15:30:00Z","institutionId":3}"#
-            }
-            E::BatchSealed => {
-                r#"{"batchId":77,"batchNumber":"B-2025-014","examId":9,"scriptCount":48,"sealedBy":55,"sealedByName":"Mr. Bello","sealedAt":"2025-06-12T12:10:00Z","sealNumber":"SL-88213","institutionId":3}"#
-            }
-            E::BatchAssigned => {
-                r#"{"batchId":77,"batchNumber":"B-2025-014","examId":9,"assignedTo":61,"assignedToName":"Dr. Musa","assignedBy":12,"assignedByName":"Exams Officer","assignedAt":"2025-06-13T08:00:00Z","dueAt":"2025-06-27","institutionId":3}"#
-            }
-            E::BatchCreated => {
-                r#"{"batchId":77,"batchNumber":"B-2025-014","examId":9,"examName":"First Semester Examinations","courseCode":"CSC 201","totalSlots":50,"createdBy":12,"createdByName":"Exams Officer","institutionId":3}"#
-            }
-            E::BatchStatusChanged => {
-                r#"{"batchId":77,"batchNumber":"B-2025-014","previousStatus":"sealed","status":"in_marking","changedBy":61,"changedByName":"Dr. Musa","changedAt":"2025-06-14T09:00:00Z","institutionId":3}"#
-            }
-            E::BatchStatsUpdated => {
-                r#"{"batchId":77,"totalSlots":50,"submittedCount":48,"verifiedCount":48,"collectedCount":48,"gradedCount":12,"updatedAt":"2025-06-20T15:30:01Z","institutionId":3}"#
-            }
-            E::TimetablePublished => {
-                r#"{"timetableId":"tt_2025_s1","examId":9,"examName":"First Semester Examinations","term":"2024/2025 First Semester","entryCount":132,"publishedBy":12,"publishedByName":"Exams Officer","publishedAt":"2025-05-02T10:00:00Z","institutionId":3}"#
-            }
-            E::TimetableUpdated => {
-                r#"{"timetableId":"tt_2025_s1","examId":9,"version":4,"changeSummary":"CSC 201 moved to 14 June, 09:00","courseCode":"CSC 201","updatedBy":12,"updatedByName":"Exams Officer","updatedAt":"2025-05-20T16:45:00Z","institutionId":3}"#
-            }
-            E::BatchesCreated => {
-                r#"{"timetableId":"tt_2025_s1","examId":9,"examName":"First Semester Examinations","batchCount":264,"totalSlots":13200,"createdBy":12,"createdByName":"Exams Officer","createdAt":"2025-05-21T07:30:00Z","institutionId":3}"#
-            }
-            E::IncidentReported => {
-                r#"{"incidentId":501,"examId":9,"category":"malpractice","severity":"high","description":"Phone found under answer booklet","courseCode":"CSC 201","venue":"Hall B","studentId":"U2021/CSC/118","reportedBy":55,"reportedByName":"Mr. Bello","reportedAt":"2025-06-12T10:15:00Z","institutionId":3}"#
-            }
-            E::IncidentUpdated => {
-                r#"{"incidentId":501,"status":"under_investigation","severity":"high","updatedBy":12,"updatedByName":"Exams Officer","updatedAt":"2025-06-13T09:00:00Z","note":"Panel convened","institutionId":3}"#
-            }
-            E::IncidentResolved => {
-                r#"{"incidentId":501,"resolution":"Script cancelled; student referred to disciplinary committee","resolvedBy":12,"resolvedByName":"Exams Officer","resolvedAt":"2025-06-30T14:00:00Z","institutionId":3}"#
-            }
-            E::NewNotification => {
-                r#"{"notificationId":"ntf_01J0A","userId":61,"title":"Batch assigned","message":"Batch B-2025-014 (CSC 201) is ready for marking.","kind":"batch_assigned","link":"/marking/batches/77","createdAt":"2025-06-13T08:00:01Z","institutionId":3}"#
-            }
-            E::NotificationRead => {
-                r#"{"notificationId":"ntf_01J0A","userId":61,"readAt":"2025-06-13T08:12:30Z","institutionId":3}"#
-            }
-        }
+        example(event)
     }
 
     fn sample_map(event: EventType) -> serde_json::Map<String, Value> {
