@@ -16,7 +16,8 @@
 //!   `refresh`, `ping`), per-socket sessions, room membership counts and timers.
 //! - [`relay`]: bus deliveries to local sockets (it owns the room → sockets map).
 //! - [`wire`]: the gateway's own WebSocket transport for direct WebSocket sessions (long-polling
-//!   and polling-then-upgrade sessions run on socketioxide behind the same handlers).
+//!   and polling-then-upgrade sessions run on socketioxide behind the same handlers), with
+//!   permessage-deflate and the MessagePack parser.
 //! - [`http`]: health, readiness and the publish API; `/metrics` on the admin listener.
 //! - [`metrics`]: metric names and descriptions.
 //! - [`shutdown`]: signal handling; [`drain`]: closing connections in batches on shutdown.

@@ -177,10 +177,12 @@ impl Peer {
 
     /// Sends a replayed event (history, or live events held while the socket entered a room):
     /// never refused for a full queue, since a replay is bounded by `GATEWAY_MAX_REPLAY`.
+    /// Replays are encoded for one socket, so they go uncompressed: compressing them would be
+    /// work per socket, at the worst time (a reconnect storm).
     pub fn send_replay(&self, ev: &Outgoing) -> Sent {
         match self {
             Peer::Sio(_) => self.send(ev),
-            Peer::Ws(c) => c.send_replay(ev.frame_for(c.codec()).clone()),
+            Peer::Ws(c) => c.send_replay(ev.frame_for(c.codec().uncompressed()).clone()),
         }
     }
 

@@ -38,6 +38,14 @@ impl Codec {
         }
     }
 
+    /// The same parser, without compression.
+    pub fn uncompressed(self) -> Self {
+        Self {
+            deflate_min: None,
+            ..self
+        }
+    }
+
     /// Which of the four shapes of a shared event frame this session takes (for caches).
     pub fn variant(self) -> usize {
         usize::from(self.msgpack) * 2 + usize::from(self.deflate_min.is_some())
