@@ -84,8 +84,7 @@ pub fn parse(bytes: &[u8]) -> Result<Incoming, PacketError> {
     }
 }
 
-/// Socket.IO connect answer for `/`.
-// Maps of strings cannot fail to encode: these three never fall back to the empty frame.
+// Maps of strings cannot fail to encode: the next three never fall back to the empty frame.
 
 /// Socket.IO connect answer for `/`.
 pub fn connected(sid: &str) -> Bytes {
