@@ -119,11 +119,15 @@ pub enum InflateError {
 }
 
 /// Inflates one compressed client message, frame by frame, never holding more than `cap`
-/// bytes of output: a deflate bomb is stopped at the cap, not after it expanded.
+/// bytes of output: a deflate bomb is stopped at the cap, not after it expanded. The compressed
+/// bytes of a message are capped too (a little above `cap`, as for one frame), so a message
+/// cannot be kept open forever with fragments that inflate to nothing.
 pub struct Inflater {
     d: Decompress,
     out: Vec<u8>,
     cap: usize,
+    /// Compressed bytes still allowed.
+    input_left: usize,
     ended: bool,
 }
 
@@ -134,12 +138,17 @@ impl Inflater {
             d: Decompress::new(false),
             out: Vec::new(),
             cap,
+            input_left: frame::compressed_limit(cap),
             ended: false,
         }
     }
 
     /// Inflates the compressed bytes of one frame of the message.
     pub fn push(&mut self, data: &[u8]) -> Result<(), InflateError> {
+        self.input_left = self
+            .input_left
+            .checked_sub(data.len())
+            .ok_or(InflateError::TooBig)?;
         self.run(data, FlushDecompress::None)
     }
 
@@ -311,6 +320,13 @@ mod tests {
         }
         assert_eq!(result, Err(InflateError::TooBig));
         assert!(i.out.capacity() <= 16 * 1024, "{}", i.out.capacity());
+        // Fragments that inflate to nothing cannot keep a message open forever.
+        let mut i = Inflater::new(1024);
+        let empty_block = [0x00, 0x00, 0x00, 0xff, 0xff];
+        let pushed = (0..1000)
+            .take_while(|_| i.push(&empty_block).is_ok())
+            .count();
+        assert!((200..300).contains(&pushed), "{pushed}");
         // Exactly at the cap is fine; one byte more is not.
         let z = client_compress(&[b'b'; 1000]);
         assert_eq!(inflate_all(&[&z], 1000).unwrap().len(), 1000);
