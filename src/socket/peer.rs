@@ -93,7 +93,16 @@ impl Outgoing {
     /// The argument as a value (parsed once).
     pub fn value(&self) -> &Value {
         self.value
-            .get_or_init(|| serde_json::from_str(self.json.get()).unwrap_or(Value::Null))
+            .get_or_init(|| match serde_json::from_str(self.json.get()) {
+                Ok(v) => v,
+                Err(e) => {
+                    // Valid JSON by construction; only a nesting past serde_json's limit fails.
+                    ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode")
+                        .increment(1);
+                    tracing::error!(event = %self.name, error = %e, "event could not be read back for MessagePack");
+                    Value::Null
+                }
+            })
     }
 
     /// The MessagePack WebSocket frame of this event.
