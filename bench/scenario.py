@@ -816,10 +816,15 @@ def scenario_compression(run: Run, target: str, opts) -> dict:
         steps = [run_step(run, target, redis_url, servers, gens, opts, rate, n, rooms=["batch:1"])
                  for rate in opts.sizes["compression_rates"]]
         finals = stop(gens)
+        received = sum(s["deliveries"]["received"] for s in steps)
+        # The generators share the cores: inflating is their cost, and it shows in the latency.
+        gen_cpu = sum(f.get("self", {}).get("cpu_s", 0) for f in finals)
         modes[mode] = {
             "connections": conns,
             "idle_bytes_per_connection": round((procs["rss_after_kb"] - procs["rss_before_kb"]) * 1024 / held) if held else None,
             "steps": steps,
+            "generator_cpu_s": round(gen_cpu, 3),
+            "generator_cpu_us_per_delivery": round(gen_cpu * 1e6 / received, 2) if received else None,
             "errors": run_errors(ready, finals),
         }
         run.stop()

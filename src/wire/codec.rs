@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{deflate, msgpack, packet};
+use super::{msgpack, packet};
 
 /// A session's encoding. Small and `Copy`: it sits in every connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,14 +51,6 @@ impl Codec {
         usize::from(self.msgpack) * 2 + usize::from(self.deflate_min.is_some())
     }
 
-    /// `plain` compressed when the session negotiated it and it is big enough to gain.
-    pub fn compress(self, plain: Bytes) -> Bytes {
-        match self.deflate_min {
-            Some(min) => deflate::compress_frame(&plain, min.get() as usize).unwrap_or(plain),
-            None => plain,
-        }
-    }
-
     /// Socket.IO connect answer for `/`.
     pub fn connected(self, sid: &str) -> Bytes {
         if self.msgpack {
@@ -86,23 +78,25 @@ impl Codec {
         }
     }
 
+    // The gateway's own packets (acks, `authenticated`, `pong`, ...) are built for one session
+    // and go plain: compressing them would be work per socket (and per connect in a reconnect
+    // storm) for a few dozen bytes. Only relayed events, shared by every socket, are compressed.
+
     /// An event built by the gateway for this one session.
     pub fn event(self, name: &str, data: &impl Serialize) -> Result<Bytes, EncodeError> {
-        let plain = if self.msgpack {
+        Ok(if self.msgpack {
             msgpack::event(name, data)?
         } else {
             packet::event(name, data)?
-        };
-        Ok(self.compress(plain))
+        })
     }
 
     /// An ack for this session.
     pub fn ack(self, id: u64, data: &impl Serialize) -> Result<Bytes, EncodeError> {
-        let plain = if self.msgpack {
+        Ok(if self.msgpack {
             msgpack::ack(id, data)?
         } else {
             packet::ack(id, data)?
-        };
-        Ok(self.compress(plain))
+        })
     }
 }
