@@ -618,3 +618,20 @@ impl Conn {
 fn frame_error(e: FrameError) -> Stop {
     Stop::protocol("bad_packet", e.close_code(), e.reason())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_compression_adds_to_a_connection_takes_no_room() {
+        // The message being read, kept in every session's task: the compressed variant is
+        // boxed, so the slot is as big as a plain buffer's.
+        assert_eq!(
+            std::mem::size_of::<Option<(Opcode, Body)>>(),
+            std::mem::size_of::<Option<(Opcode, Vec<u8>)>>()
+        );
+        // The codec and the two limits fit where the two `usize` limits were.
+        assert!(std::mem::size_of::<Codec>() + 2 * std::mem::size_of::<u32>() <= 16);
+    }
+}
