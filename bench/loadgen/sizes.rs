@@ -3,13 +3,18 @@
 //! permessage-deflate). The frames are built by the gateway's own encode-once path
 //! (`Outgoing::frame_for`), so they are byte for byte what it writes; the tests prove the live
 //! gateway sends exactly those frames. Counted: the whole WebSocket frame (header + payload).
+//!
+//! Payloads: a realistic example of each event type (`examples.json`), checked against the
+//! built-in catalog first, so an example that drifts from its schema (or an event without one)
+//! stops the run.
 
 use std::sync::Arc;
 
 use clap::Args;
-use serde_json::{json, value::RawValue};
+use serde_json::json;
 
-use realtime_gateway::events::catalog::{example, EventType};
+use anyhow::Context;
+use realtime_gateway::events::catalog::{parse_payload, Catalog};
 use realtime_gateway::events::{Event, RoomName};
 use realtime_gateway::socket::peer::Outgoing;
 use realtime_gateway::wire::codec::Codec;
@@ -34,20 +39,35 @@ pub fn run(args: SizesArgs) -> anyhow::Result<()> {
         ("msgpack", Codec::new(true, None)),
         ("msgpack_deflate", Codec::new(true, Some(args.min_bytes))),
     ];
+    let examples: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(include_str!("examples.json"))?;
+    let catalog = Catalog::elms();
     let mut rows = Vec::new();
     let mut totals = [0usize; 4];
-    for ty in EventType::ALL {
+    let events = catalog
+        .channels()
+        .iter()
+        .flat_map(|c| c.events().iter().map(move |e| (c, e)));
+    for (channel, spec) in events {
+        let example = examples
+            .get(spec.name())
+            .with_context(|| format!("no example of {} in examples.json", spec.name()))?;
+        let payload = serde_json::value::to_raw_value(example)?;
+        let parsed =
+            parse_payload(&payload).map_err(|e| anyhow::anyhow!("{}: {e}", spec.name()))?;
+        spec.validate(&parsed)
+            .map_err(|e| anyhow::anyhow!("the example of {} is not valid: {e}", spec.name()))?;
         let event = Event {
             id: Arc::from(ulid::Ulid::new().to_string()),
-            channel: Arc::from(ty.channel().as_str()),
-            event: Arc::from(ty.as_str()),
+            channel: Arc::from(channel.name()),
+            event: Arc::from(spec.name()),
             tenant: Arc::from("3"),
-            payload: RawValue::from_string(example(ty).to_owned())?,
+            payload,
             timestamp: 1_764_300_000_123,
         };
         let raw = serde_json::value::to_raw_value(&event.client_envelope(&room, args.offset))?;
         let out = Outgoing::new(event.channel.clone(), raw);
-        let mut row = json!({ "event": ty.as_str(), "channel": ty.channel().as_str() });
+        let mut row = json!({ "event": spec.name(), "channel": channel.name() });
         for (i, (name, codec)) in shapes.iter().enumerate() {
             let n = out.frame_for(*codec).len();
             totals[i] += n;
@@ -55,7 +75,7 @@ pub fn run(args: SizesArgs) -> anyhow::Result<()> {
         }
         rows.push(row);
     }
-    let count = EventType::ALL.len() as f64;
+    let count = rows.len().max(1) as f64;
     let mean = |i: usize| (totals[i] as f64 / count * 10.0).round() / 10.0;
     let report = json!({
         "type": "sizes",
