@@ -14,10 +14,7 @@ use clap::Args;
 use serde_json::json;
 
 use anyhow::Context;
-use realtime_gateway::events::catalog::{parse_payload, Catalog};
-use realtime_gateway::events::{Event, RoomName};
-use realtime_gateway::socket::peer::Outgoing;
-use realtime_gateway::wire::codec::Codec;
+use realtime_gateway::{parse_payload, Catalog, Codec, Event, Outgoing, RoomName};
 
 /// Arguments of `sizes`.
 #[derive(Args, Debug, Clone)]

@@ -87,7 +87,7 @@ impl Codec {
         Ok(if self.msgpack {
             msgpack::event(name, data)?
         } else {
-            packet::event(name, data)?
+            packet::event_raw(name, &serde_json::to_string(data)?)
         })
     }
 
