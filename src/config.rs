@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use crate::auth::{ClaimNames, RoomPolicy, Verifier};
 use crate::bus::redis::RedisSettings;
 use crate::events::PublishRules;
+use crate::presence::config::{PresenceArgs, PresenceConfig};
 
 /// A setting that cannot be used: which one, and why.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +213,9 @@ pub struct ServeArgs {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `realtime_gateway=debug`.
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,
+    /// Presence and lifecycle stream settings.
+    #[command(flatten)]
+    pub presence: PresenceArgs,
 }
 
 /// Validated settings the gateway runs with.
@@ -263,6 +267,8 @@ pub struct Config {
     pub drain_period: Duration,
     /// Engine.IO ping timeout.
     pub ping_timeout: Duration,
+    /// Presence and lifecycle stream.
+    pub presence: PresenceConfig,
 }
 
 /// Secrets generated for `--dev`, to be shown to the developer.
@@ -505,7 +511,9 @@ impl ServeArgs {
             ));
         }
 
+        let presence = self.presence.clone().into_config(redis_settings.is_some())?;
         let config = Config {
+            presence,
             listen: self.listen,
             admin_listen: self.admin_listen,
             verifier,

@@ -32,7 +32,9 @@ pub mod config;
 pub mod drain;
 pub mod events;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
+pub mod presence;
 pub mod relay;
 pub mod shutdown;
 pub mod socket;
@@ -92,6 +94,9 @@ pub async fn run(
 
     let relay = tokio::spawn(relay::run(state.clone(), rx, relay_control));
     let ticker = tokio::spawn(tick(state.clone(), shutdown.clone()));
+    // Presence and lifecycle outlive the drain: the sockets it closes still leave their rooms.
+    let fleet_stop = CancellationToken::new();
+    let fleet_tasks = start_fleet(&state, &fleet_stop).await;
 
     let app = http::router(state.clone())
         .layer(layer)
@@ -149,12 +154,52 @@ pub async fn run(
         .await?;
     acceptor.abort();
     ticker.abort();
+    fleet_stop.cancel();
+    stop_fleet(&state, fleet_tasks).await;
     relay.abort();
     if let Ok(Err(e)) = admin_task.await {
         tracing::warn!(error = %e, "admin listener stopped with an error");
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Starts presence's writer and, on Redis, the lease and the lifecycle writer.
+async fn start_fleet(state: &Arc<AppState>, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    metrics::init_presence();
+    let mut tasks = vec![tokio::spawn(
+        state
+            .presence
+            .clone()
+            .run(state.fleet.clone(), stop.clone()),
+    )];
+    if let Some(fleet) = &state.fleet {
+        if let Err(e) = fleet.load().await {
+            tracing::warn!(error = %e, "fleet functions not loaded yet; loading them on first use");
+        }
+        tasks.push(tokio::spawn(fleet.clone().run(stop.clone())));
+        tasks.push(tokio::spawn(
+            state.lifecycle.clone().run(fleet.clone(), stop.clone()),
+        ));
+    }
+    tasks
+}
+
+/// Waits (bounded) for presence and lifecycle to write what the last disconnects changed, then
+/// gives the lease back.
+async fn stop_fleet(state: &AppState, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    let flush = futures_util::future::join_all(tasks);
+    let limit = state
+        .config
+        .redis
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(1), |r| r.timeout * 2);
+    if tokio::time::timeout(limit, flush).await.is_err() {
+        tracing::warn!("presence and lifecycle writes did not finish before exit");
+    }
+    if let Some(fleet) = &state.fleet {
+        fleet.retire().await;
+    }
 }
 
 /// Fires due socket deadlines and keeps the readiness gauges current.

@@ -73,6 +73,27 @@ pub const CLIENT_PROTOCOL_ERRORS: &str = "gateway_client_protocol_errors_total";
 /// Connections closed by a drain (counter).
 pub const DRAINED: &str = "gateway_drained_connections_total";
 
+/// (Room, user) pairs with a socket on this gateway in rooms with presence (gauge).
+pub const PRESENCE_MEMBERS: &str = "gateway_presence_members";
+/// Rooms with presence that have a socket on this gateway (gauge).
+pub const PRESENCE_ROOMS: &str = "gateway_presence_rooms";
+/// Batches of presence writes (counter), by `result` (`ok`, `lapsed`, `error`).
+pub const PRESENCE_WRITES: &str = "gateway_presence_writes_total";
+/// Time to answer a presence question from the store (histogram, seconds).
+pub const PRESENCE_READ_DURATION: &str = "gateway_presence_read_duration_seconds";
+/// Refused or failed presence requests (counter), by `reason` (the error code).
+pub const PRESENCE_REFUSED: &str = "gateway_presence_refused_total";
+/// Members of lost gateways this gateway removed (counter).
+pub const PRESENCE_REAPED: &str = "gateway_presence_reaped_members_total";
+/// Renewals of this gateway's lease (counter), by `result` (`ok`, `lapsed`, `error`).
+pub const LEASE_RENEWALS: &str = "gateway_presence_lease_renewals_total";
+/// Gateways whose lease expired, reaped by this gateway (counter): a gateway vanished.
+pub const LEASE_EXPIRIES: &str = "gateway_presence_lease_expiries_total";
+/// Lifecycle stream entries written (counter), `gateway_lost` ones included.
+pub const LIFECYCLE_ENTRIES: &str = "gateway_lifecycle_entries_total";
+/// Lifecycle entries dropped (counter), by `reason` (`queue_full`, `bus_unavailable`).
+pub const LIFECYCLE_DROPPED: &str = "gateway_lifecycle_dropped_total";
+
 /// Label value for a channel: its name if it is in the catalog, else `other`.
 pub fn channel_label(channel: &str) -> &'static str {
     Channel::parse(channel)
@@ -217,4 +238,55 @@ fn describe() {
         "Client protocol errors (bad frames or packets, refused WebSocket handshakes, unknown events), by reason."
     );
     describe_gauge!(READY, "1 while this gateway accepts new clients, else 0.");
+    describe_gauge!(
+        PRESENCE_MEMBERS,
+        "Room and user pairs with a socket on this gateway, in rooms with presence."
+    );
+    describe_gauge!(
+        PRESENCE_ROOMS,
+        "Rooms with presence that have a socket on this gateway."
+    );
+    describe_counter!(
+        PRESENCE_WRITES,
+        "Batches of presence writes, by result (ok, lapsed, error)."
+    );
+    describe_histogram!(
+        PRESENCE_READ_DURATION,
+        Unit::Seconds,
+        "Time to read a room's presence from the store."
+    );
+    describe_counter!(
+        PRESENCE_REFUSED,
+        "Refused or failed presence requests (socket and HTTP), by reason code."
+    );
+    describe_counter!(
+        PRESENCE_REAPED,
+        "Members of lost gateways (lease expired) removed by this gateway."
+    );
+    describe_counter!(
+        LEASE_RENEWALS,
+        "Renewals of this gateway's presence lease, by result (ok, lapsed, error)."
+    );
+    describe_counter!(
+        LEASE_EXPIRIES,
+        "Gateways whose lease expired (they vanished without a goodbye), reaped by this gateway."
+    );
+    describe_counter!(
+        LIFECYCLE_ENTRIES,
+        "Lifecycle stream entries written, gateway_lost disconnects included."
+    );
+    describe_counter!(
+        LIFECYCLE_DROPPED,
+        "Lifecycle entries dropped, by reason (queue_full, bus_unavailable)."
+    );
+}
+
+/// Makes the presence and lease counters visible at 0 from the start, so dashboards and alerts
+/// see the series before the first event.
+pub fn init_presence() {
+    ::metrics::counter!(LEASE_EXPIRIES).increment(0);
+    ::metrics::counter!(PRESENCE_REAPED).increment(0);
+    ::metrics::counter!(LIFECYCLE_ENTRIES).increment(0);
+    ::metrics::gauge!(PRESENCE_MEMBERS).increment(0.0);
+    ::metrics::gauge!(PRESENCE_ROOMS).increment(0.0);
 }

@@ -7,6 +7,10 @@ use std::sync::Arc;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::drain::Connections;
+use crate::lifecycle::Lifecycle;
+use crate::presence::lease::Fleet;
+use crate::presence::store::{MemoryStore, Store};
+use crate::presence::Presence;
 use crate::relay::RelayHandle;
 use crate::socket::deadlines::Deadlines;
 use crate::socket::membership::Membership;
@@ -28,6 +32,12 @@ pub struct AppState {
     pub peers: Peers,
     /// Open connections of the public listener (drain, slow-consumer cuts).
     pub connections: Arc<Connections>,
+    /// Presence of the rooms whose kinds have it.
+    pub presence: Arc<Presence>,
+    /// The lifecycle stream (a no-op unless enabled).
+    pub lifecycle: Arc<Lifecycle>,
+    /// This gateway's lease and incarnation in Redis (`None` on the embedded bus).
+    pub fleet: Option<Arc<Fleet>>,
     /// Publish rate per API key (keyed by the key's position in the configuration).
     pub publish_limiter: governor::DefaultKeyedRateLimiter<usize>,
     /// Set when shutdown began: `/readyz` answers 503 from then on.
@@ -40,12 +50,26 @@ impl AppState {
         let connections = Arc::new(Connections::with_limit(config.max_connections));
         let publish_limiter =
             governor::RateLimiter::keyed(governor::Quota::per_second(config.publish_rate));
+        let fleet = config.redis.as_ref().and_then(|redis| {
+            Fleet::new(redis, config.presence.clone())
+                .inspect_err(|e| tracing::error!(error = %e, "presence cannot use Redis"))
+                .ok()
+        });
+        let store = match &fleet {
+            Some(f) => Store::Redis(f.clone()),
+            None => Store::Memory(MemoryStore::new(bus.clone())),
+        };
+        let presence = Arc::new(Presence::new(config.presence.clone(), store));
+        let lifecycle = Arc::new(Lifecycle::new(config.presence.lifecycle && fleet.is_some()));
         Arc::new(Self {
             relay,
             connections,
             publish_limiter,
+            membership: Membership::new(bus.clone(), presence.clone(), lifecycle.clone()),
+            presence,
+            lifecycle,
+            fleet,
             config,
-            membership: Membership::new(bus.clone()),
             bus,
             deadlines: Deadlines::default(),
             peers: Peers::default(),

@@ -1,7 +1,8 @@
-//! HTTP: the public router (health, readiness, publish API; Socket.IO is layered on top of it)
+//! HTTP: the public router (health, readiness, publish API, presence; Socket.IO is layered on top of it)
 //! and the admin router (`/metrics`).
 
 pub mod error;
+pub mod presence;
 pub mod publish;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/publish", post(publish::publish))
         .route("/v1/publish/batch", post(publish::publish_batch))
+        .route("/v1/presence", get(presence::presence))
         .with_state(state)
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 
+use super::membership::Exit;
 use super::peer::{Ack, Peer};
 use super::{
     auth_failed, complete_auth, error_reply, names, reply, rooms, schedule_expiry, token_of,
@@ -23,6 +24,7 @@ pub(super) fn install(st: Arc<AppState>, s: &SocketRef) {
         names::LEAVE,
         names::REFRESH,
         names::PING,
+        names::PRESENCE,
     ] {
         let st = st.clone();
         s.on(
@@ -92,6 +94,14 @@ pub(super) fn dispatch(
             };
             reply(ack, &body);
         }
+        names::PRESENCE => match super::presence::room(&st, &peer, data) {
+            Ok(key) => {
+                tokio::spawn(async move {
+                    reply(ack, &super::presence::answer(&st, &key).await);
+                });
+            }
+            Err(e) => reply(ack, &error_reply(e.code, &e.message)),
+        },
         names::PING => {
             let body = json!({ "timestamp": now_millis() });
             reply(ack, &body);
@@ -101,7 +111,7 @@ pub(super) fn dispatch(
             ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "unknown_event")
                 .increment(1);
             tracing::debug!(peer = peer.id(), event = %name, "unknown event");
-            let message = "events are authenticate, join, leave, refresh and ping";
+            let message = "events are authenticate, join, leave, refresh, presence and ping";
             reply(ack, &error_reply("unknown_event", message));
         }
     }
@@ -156,7 +166,7 @@ fn bad_request(message: &str) -> RoomError {
 }
 
 /// The room and optional `since` of a join request: `"batch:1"` or `{ room, since? }`.
-fn requested_room(data: &Option<Value>) -> Result<(String, Option<&Value>), RoomError> {
+pub(super) fn requested_room(data: &Option<Value>) -> Result<(String, Option<&Value>), RoomError> {
     match data {
         Some(Value::String(s)) => Ok((s.clone(), None)),
         Some(Value::Object(o)) => match o.get("room") {
@@ -235,7 +245,9 @@ fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, Roo
                     ),
                 ));
             }
-            st.membership.add(&key);
+            if let Some(id) = state.identity.as_ref() {
+                st.membership.add(&key, session.socket(id));
+            }
             state.rooms.push(room.clone());
             (key, true)
         }
@@ -257,16 +269,16 @@ fn leave(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomName, Ro
     let room = policy.parse_room(&name)?;
     policy.check_leave(&room)?;
     let mut state = session.state();
-    let tenant = state
+    let identity = state
         .identity
-        .as_ref()
-        .map(|i| i.tenant.clone())
+        .clone()
         .ok_or_else(|| RoomError::new("not_authenticated", "authenticate first"))?;
     if let Some(pos) = state.rooms.iter().position(|r| *r == room) {
         state.rooms.swap_remove(pos);
-        let key = RoomKey::new(tenant, room.clone());
+        let key = RoomKey::new(identity.tenant.clone(), room.clone());
         st.relay.leave(&key, session.id);
-        st.membership.remove(&key);
+        st.membership
+            .remove(&key, session.socket(&identity), Exit::Left);
     }
     Ok(room)
 }
@@ -292,7 +304,7 @@ fn refresh(
         {
             return Err(AuthError::IdentityChanged);
         }
-        let tenant = current.tenant.clone();
+        let current = current.clone();
         state.exp = state.exp.max(verified.exp);
         let mut left = Vec::new();
         let rooms = std::mem::take(&mut state.rooms);
@@ -305,9 +317,10 @@ fn refresh(
             {
                 state.rooms.push(room);
             } else {
-                let key = RoomKey::new(tenant.clone(), room.clone());
+                let key = RoomKey::new(current.tenant.clone(), room.clone());
                 st.relay.leave(&key, session.id);
-                st.membership.remove(&key);
+                st.membership
+                    .remove(&key, session.socket(&current), Exit::Left);
                 left.push(room);
             }
         }

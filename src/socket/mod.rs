@@ -9,6 +9,7 @@ pub mod deadlines;
 mod handlers;
 pub mod membership;
 pub mod peer;
+mod presence;
 pub mod rooms;
 pub mod session;
 
@@ -27,6 +28,7 @@ use crate::events::{RoomKey, RoomName};
 use crate::metrics;
 use crate::state::AppState;
 use deadlines::Deadline;
+use membership::Exit;
 use peer::{Ack, Peer, PeerId};
 use session::Session;
 
@@ -46,6 +48,8 @@ pub mod names {
     pub const REFRESH: &str = "refresh";
     /// Client → server: liveness check.
     pub const PING: &str = "ping";
+    /// Client → server: who is in a room.
+    pub const PRESENCE: &str = "presence";
     /// Server → client: answer to `ping`.
     pub const PONG: &str = "pong";
 }
@@ -226,8 +230,10 @@ async fn complete_auth(
             return;
         }
         state.auto_entered = true;
+        let who = session.socket(id);
+        st.lifecycle.authenticated(who);
         for key in &keys {
-            st.membership.add(key);
+            st.membership.add(key, who);
         }
         state.handshake_since.take()
     };
@@ -265,21 +271,33 @@ pub fn on_disconnect(st: &AppState, peer: &Peer, reason: &'static str) {
     let Some(session) = peer.session() else {
         return;
     };
-    let (identity, rooms) = {
+    let (identity, rooms, auto_entered) = {
         let mut state = session.state();
         state.closed = true;
-        (state.identity.take(), std::mem::take(&mut state.rooms))
+        (
+            state.identity.take(),
+            std::mem::take(&mut state.rooms),
+            state.auto_entered,
+        )
     };
     let mut keys = Vec::new();
     if let Some(id) = identity {
+        let who = session.socket(&id);
+        // The automatic rooms only if they were entered: an `authenticate` can claim the
+        // identity and lose the race against the disconnect before entering them.
         let auto = [
             RoomName::institution(&id.tenant),
             RoomName::user(&id.user_id),
-        ];
-        for room in auto.into_iter().chain(rooms) {
+        ]
+        .into_iter()
+        .filter(|_| auto_entered);
+        for room in auto.chain(rooms) {
             let key = RoomKey::new(id.tenant.clone(), room);
-            st.membership.remove(&key);
+            st.membership.remove(&key, who, Exit::Disconnected);
             keys.push(key);
+        }
+        if auto_entered {
+            st.lifecycle.disconnected(who, reason);
         }
     }
     st.relay.gone(session.id, keys);

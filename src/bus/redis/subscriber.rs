@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Publisher, RedisSettings};
 use crate::bus::{BusError, BusMessage, Delivery, DeliverySender, Position, Recovery};
 use crate::events::catalog::Channel;
-use crate::events::envelope::RESERVED_EVENT_NAMES;
+use crate::events::envelope::{GATEWAY_CHANNELS, RESERVED_EVENT_NAMES};
 use crate::events::{Event, RoomKey};
 use crate::metrics;
 
@@ -114,7 +114,9 @@ pub fn parse_message(
     }
     let channel_ok = !event.channel.is_empty()
         && !RESERVED_EVENT_NAMES.contains(&&*event.channel)
-        && (!strict_catalog || Channel::parse(&event.channel).is_some());
+        && (!strict_catalog
+            || Channel::parse(&event.channel).is_some()
+            || GATEWAY_CHANNELS.contains(&&*event.channel));
     if !channel_ok {
         return Err(Invalid::UnknownChannel);
     }

@@ -1,0 +1,78 @@
+//! The `presence` request: `"exam:7"` or `{ room }` → `{ ok: true, room, count, members?,
+//! truncated? }`. Only a member of the room may ask, and the room policy applies.
+
+use serde_json::{json, Value};
+
+use super::handlers::requested_room;
+use super::peer::Peer;
+use crate::auth::RoomError;
+use crate::events::ids::{INSTITUTION_KIND, USER_KIND};
+use crate::events::{RoomKey, RoomName};
+use crate::metrics;
+use crate::state::AppState;
+
+/// Checks a presence request: a valid room of a kind with presence that the socket is in.
+pub(super) fn room(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomKey, RoomError> {
+    let refused = |e: RoomError| {
+        ::metrics::counter!(metrics::PRESENCE_REFUSED, "reason" => e.code).increment(1);
+        e
+    };
+    check(st, peer, data).map_err(refused)
+}
+
+fn check(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomKey, RoomError> {
+    let session = peer
+        .session()
+        .ok_or_else(|| RoomError::new("invalid_request", "socket is closing"))?;
+    let policy = &st.config.policy;
+    let (name, _) = requested_room(&data)?;
+    let room = policy.parse_room(&name)?;
+    let state = session.state();
+    let identity = state
+        .identity
+        .as_ref()
+        .filter(|_| state.auto_entered)
+        .ok_or_else(|| RoomError::new("not_authenticated", "authenticate before asking for presence"))?;
+    let kind = room.kind();
+    if !matches!(kind, INSTITUTION_KIND | USER_KIND) && !policy.kinds.contains(kind) {
+        return Err(RoomError::new(
+            "room_kind_not_allowed",
+            format!("there are no rooms of kind {kind} on this gateway"),
+        ));
+    }
+    let presence = st.presence.config();
+    if !presence.tracks(&room) {
+        let mut kinds: Vec<&str> = presence.kinds.iter().map(String::as_str).collect();
+        kinds.sort_unstable();
+        return Err(RoomError::new(
+            "presence_not_enabled",
+            format!(
+                "rooms of kind {kind} have no presence; kinds with presence: {}",
+                if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") }
+            ),
+        ));
+    }
+    let member = room == RoomName::institution(&identity.tenant) || state.rooms.contains(&room);
+    if !member {
+        return Err(RoomError::new(
+            "forbidden_room",
+            format!("only members of {room} may see its presence; join it first"),
+        ));
+    }
+    Ok(RoomKey::new(identity.tenant.clone(), room))
+}
+
+/// The answer to a checked request.
+pub(super) async fn answer(st: &AppState, key: &RoomKey) -> Value {
+    match st.presence.read(key).await {
+        Ok(answer) => {
+            let mut body = json!(answer);
+            body["ok"] = json!(true);
+            body
+        }
+        Err(e) => {
+            ::metrics::counter!(metrics::PRESENCE_REFUSED, "reason" => e.code()).increment(1);
+            super::error_reply(e.code(), &e.to_string())
+        }
+    }
+}
