@@ -511,7 +511,10 @@ impl ServeArgs {
             ));
         }
 
-        let presence = self.presence.clone().into_config(redis_settings.is_some())?;
+        let presence = self
+            .presence
+            .clone()
+            .into_config(redis_settings.is_some())?;
         let config = Config {
             presence,
             listen: self.listen,

@@ -165,7 +165,10 @@ pub async fn run(
 }
 
 /// Starts presence's writer and, on Redis, the lease and the lifecycle writer.
-async fn start_fleet(state: &Arc<AppState>, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+async fn start_fleet(
+    state: &Arc<AppState>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
     metrics::init_presence();
     let mut tasks = vec![tokio::spawn(
         state

@@ -102,7 +102,14 @@ impl Lifecycle {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, s: Socket<'_>, kind: &'static str, op: Op, room: Option<&RoomKey>, reason: Option<&'static str>) {
+    fn push(
+        &self,
+        s: Socket<'_>,
+        kind: &'static str,
+        op: Op,
+        room: Option<&RoomKey>,
+        reason: Option<&'static str>,
+    ) {
         let Some(queue) = &self.queue else { return };
         let entry = Entry {
             tenant: s.identity.tenant.clone(),
@@ -117,7 +124,11 @@ impl Lifecycle {
         };
         if queue.try_send(entry).is_err() {
             dropped("queue_full", 1);
-            tracing::warn!(socket = s.id, kind, "lifecycle entry dropped: the queue is full (Redis slow or down)");
+            tracing::warn!(
+                socket = s.id,
+                kind,
+                "lifecycle entry dropped: the queue is full (Redis slow or down)"
+            );
         }
     }
 
@@ -128,7 +139,11 @@ impl Lifecycle {
         }
         self.live().insert(
             s.id,
-            (s.identity.tenant.clone(), s.identity.user_id.clone(), s.transport),
+            (
+                s.identity.tenant.clone(),
+                s.identity.user_id.clone(),
+                s.transport,
+            ),
         );
         self.push(s, "connect", Op::Open, None, None);
         self.push(s, "authenticate", Op::None, None, None);
@@ -273,7 +288,10 @@ async fn write(fleet: &Fleet, indexed: &mut HashSet<TenantId>, batch: Vec<Entry>
         Ok(ids) => {
             indexed.extend(fresh.iter().filter_map(|t| TenantId::parse(t).ok()));
             // An `open` refused for a lapsed lease is written again under the new incarnation.
-            let lapsed = ids.iter().filter(|v| matches!(v, redis::Value::Int(0))).count();
+            let lapsed = ids
+                .iter()
+                .filter(|v| matches!(v, redis::Value::Int(0)))
+                .count();
             ::metrics::counter!(metrics::LIFECYCLE_ENTRIES).increment((ids.len() - lapsed) as u64);
             if lapsed > 0 {
                 fleet.lapsed();

@@ -286,3 +286,40 @@ async fn node_slow_consumer_recovers() {
     )
     .await;
 }
+
+/// Most members a presence answer lists on the presence tests' gateways (small, so the
+/// truncation test stays small).
+const PRESENCE_MAX_MEMBERS: &str = "3";
+
+/// presence.test.mjs against one gateway on the bus `redis` says.
+async fn presence_one_gateway(redis: Option<&common::redis_server::RedisServer>) {
+    let url = redis.map(|r| r.url());
+    let mut env = vec![
+        ("GATEWAY_PRESENCE_KINDS", "exam,batch,incident,institution"),
+        ("GATEWAY_PRESENCE_EVENTS", "exam"),
+        ("GATEWAY_PRESENCE_MAX_MEMBERS", PRESENCE_MAX_MEMBERS),
+    ];
+    if let Some(url) = &url {
+        env.extend([("REDIS_URL", url.as_str()), ("GATEWAY_LIFECYCLE", "on")]);
+    }
+    node_test(
+        "presence.test.mjs",
+        &env,
+        &[("MAX_MEMBERS", PRESENCE_MAX_MEMBERS.to_string())],
+    )
+    .await;
+}
+
+/// Presence on the embedded bus: per-user members, truncation, counts-only institution rooms,
+/// events that recover, bad input, tenant isolation (socket and HTTP).
+#[tokio::test]
+async fn node_presence_embedded_bus() {
+    presence_one_gateway(None).await;
+}
+
+/// The same presence scenarios on a private Redis server.
+#[tokio::test]
+async fn node_presence_redis_bus() {
+    let redis = common::redis_server::RedisServer::start();
+    presence_one_gateway(Some(&redis)).await;
+}

@@ -21,7 +21,10 @@ fn refused(mut e: ApiError, field: Option<&str>) -> ApiError {
 }
 
 fn bad(code: &'static str, field: &str, message: impl Into<String>) -> ApiError {
-    refused(ApiError::new(StatusCode::BAD_REQUEST, code, message), Some(field))
+    refused(
+        ApiError::new(StatusCode::BAD_REQUEST, code, message),
+        Some(field),
+    )
 }
 
 impl From<PresenceError> for ApiError {
@@ -41,17 +44,27 @@ pub async fn presence(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Answer>, ApiError> {
     super::publish::check_key(&state, &headers).map_err(|e| refused(e, None))?;
-    let tenant = query
-        .get("institutionId")
-        .ok_or_else(|| bad("invalid_request", "institutionId", "give ?institutionId=<tenant>&room=<kind:id>"))?;
+    let tenant = query.get("institutionId").ok_or_else(|| {
+        bad(
+            "invalid_request",
+            "institutionId",
+            "give ?institutionId=<tenant>&room=<kind:id>",
+        )
+    })?;
     let tenant = TenantId::parse(tenant).map_err(|e| bad("invalid_field", "institutionId", e.0))?;
-    let room = query
-        .get("room")
-        .ok_or_else(|| bad("invalid_request", "room", "give ?institutionId=<tenant>&room=<kind:id>"))?;
+    let room = query.get("room").ok_or_else(|| {
+        bad(
+            "invalid_request",
+            "room",
+            "give ?institutionId=<tenant>&room=<kind:id>",
+        )
+    })?;
     let room = state
         .config
         .policy
         .parse_room(room)
         .map_err(|e| bad(e.code, "room", e.message))?;
-    Ok(Json(state.presence.read(&RoomKey::new(tenant, room)).await?))
+    Ok(Json(
+        state.presence.read(&RoomKey::new(tenant, room)).await?,
+    ))
 }

@@ -14,7 +14,11 @@ use crate::events::RoomName;
 pub struct PresenceArgs {
     /// Room kinds whose members are tracked, comma separated (`institution`: counts only;
     /// empty: presence off).
-    #[arg(long, env = "GATEWAY_PRESENCE_KINDS", default_value = "exam,batch,incident")]
+    #[arg(
+        long,
+        env = "GATEWAY_PRESENCE_KINDS",
+        default_value = "exam,batch,incident"
+    )]
     pub presence_kinds: String,
     /// Room kinds whose members get `presence_join` / `presence_leave` events, comma separated
     /// (each must be in GATEWAY_PRESENCE_KINDS).
@@ -130,7 +134,10 @@ fn default_name() -> String {
 impl PresenceArgs {
     /// Validates the settings; `redis` says whether the gateway runs on Redis.
     pub fn into_config(self, redis: bool) -> Result<PresenceConfig, ConfigError> {
-        let kinds_set = kinds("--presence-kinds / GATEWAY_PRESENCE_KINDS", &self.presence_kinds)?;
+        let kinds_set = kinds(
+            "--presence-kinds / GATEWAY_PRESENCE_KINDS",
+            &self.presence_kinds,
+        )?;
         let events = kinds(
             "--presence-events / GATEWAY_PRESENCE_EVENTS",
             &self.presence_events,

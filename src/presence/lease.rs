@@ -171,12 +171,10 @@ impl Fleet {
     ) -> Result<T, BusError> {
         let mut conn = self.publisher.connection().await?;
         for attempt in 0..2 {
-            let reply = tokio::time::timeout(
-                self.settings.timeout,
-                run().query_async::<T>(&mut *conn),
-            )
-            .await
-            .map_err(|_| unavailable("Redis did not answer in time"))?;
+            let reply =
+                tokio::time::timeout(self.settings.timeout, run().query_async::<T>(&mut *conn))
+                    .await
+                    .map_err(|_| unavailable("Redis did not answer in time"))?;
             match reply {
                 Ok(v) => return Ok(v),
                 Err(e) if attempt == 0 && e.to_string().contains("Function not found") => {
@@ -209,12 +207,9 @@ impl Fleet {
                 .arg(if first { 1 } else { 0 });
             p
         };
-        let (deadline,): (i64,) = self
-            .query(|| renew(&inc, first))
-            .await
-            .inspect_err(|_| {
-                ::metrics::counter!(metrics::LEASE_RENEWALS, "result" => "error").increment(1)
-            })?;
+        let (deadline,): (i64,) = self.query(|| renew(&inc, first)).await.inspect_err(|_| {
+            ::metrics::counter!(metrics::LEASE_RENEWALS, "result" => "error").increment(1)
+        })?;
         if deadline >= 0 {
             ::metrics::counter!(metrics::LEASE_RENEWALS, "result" => "ok").increment(1);
             self.set(inc, deadline);
@@ -316,7 +311,11 @@ impl Fleet {
             .await?
         };
         let lost: u64 = lost.iter().sum();
-        let forget = if force { "rtg_lease_release" } else { "rtg_lease_forget" };
+        let forget = if force {
+            "rtg_lease_release"
+        } else {
+            "rtg_lease_forget"
+        };
         let (forgot,): (i64,) = self
             .query(|| {
                 let mut p = redis::pipe();
@@ -388,7 +387,9 @@ impl Fleet {
         let own = self.incarnation().id;
         match self.reap(&own, true).await {
             Ok(_) => tracing::info!(gateway = %own, "presence lease released"),
-            Err(e) => tracing::warn!(error = %e, "could not release the presence lease; others reap it when it expires"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the presence lease; others reap it when it expires")
+            }
         }
     }
 

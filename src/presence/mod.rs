@@ -302,8 +302,7 @@ impl Presence {
                     }
                 }
                 Err(e) => {
-                    ::metrics::counter!(metrics::PRESENCE_WRITES, "result" => "error")
-                        .increment(1);
+                    ::metrics::counter!(metrics::PRESENCE_WRITES, "result" => "error").increment(1);
                     tracing::warn!(error = %e, pairs = batch.len(), "presence not written; trying again");
                     self.mark(batch);
                     if shutdown.is_cancelled() {

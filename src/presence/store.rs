@@ -116,7 +116,11 @@ async fn apply_redis(fleet: &Fleet, writes: &[Write]) -> Result<Vec<Outcome>, Bu
             last.insert(w.key.as_str(), *gateway_empty);
         }
     }
-    let empty: Vec<&str> = last.into_iter().filter(|(_, e)| *e).map(|(r, _)| r).collect();
+    let empty: Vec<&str> = last
+        .into_iter()
+        .filter(|(_, e)| *e)
+        .map(|(r, _)| r)
+        .collect();
     if !empty.is_empty() {
         fleet
             .query::<()>(|| {
@@ -227,7 +231,9 @@ impl MemoryStore {
                         .map_err(|e| BusError::Rejected(e.to_string()))?,
                     timestamp: now_millis(),
                 };
-                self.bus.publish(Arc::new(event), vec![w.key.clone()]).await?;
+                self.bus
+                    .publish(Arc::new(event), vec![w.key.clone()])
+                    .await?;
             }
         }
         Ok(out)

@@ -32,7 +32,12 @@ fn check(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomKey, Roo
         .identity
         .as_ref()
         .filter(|_| state.auto_entered)
-        .ok_or_else(|| RoomError::new("not_authenticated", "authenticate before asking for presence"))?;
+        .ok_or_else(|| {
+            RoomError::new(
+                "not_authenticated",
+                "authenticate before asking for presence",
+            )
+        })?;
     let kind = room.kind();
     if !matches!(kind, INSTITUTION_KIND | USER_KIND) && !policy.kinds.contains(kind) {
         return Err(RoomError::new(
@@ -48,7 +53,11 @@ fn check(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomKey, Roo
             "presence_not_enabled",
             format!(
                 "rooms of kind {kind} have no presence; kinds with presence: {}",
-                if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") }
+                if kinds.is_empty() {
+                    "none".to_string()
+                } else {
+                    kinds.join(", ")
+                }
             ),
         ));
     }

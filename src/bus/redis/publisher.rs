@@ -312,7 +312,11 @@ pub async fn ensure_library(
                 .map_err(|e| {
                     BusError::Config(format!("cannot load the Redis function library: {e}"))
                 })?;
-            tracing::info!(library = version_fn, version, "loaded a Redis function library");
+            tracing::info!(
+                library = version_fn,
+                version,
+                "loaded a Redis function library"
+            );
             Ok(())
         }
     }
