@@ -104,6 +104,8 @@ local function presence_set(keys, args)
   local after = total - old + n
   local change = 0
   if after > 0 then
+    -- A gateway that drops to 0 connections knows no role: keep the one stored.
+    if n == 0 and stored_role then role = stored_role end
     redis.call('HSET', pu, user, after .. '|' .. role)
     if total == 0 then change = 1 end
   else
