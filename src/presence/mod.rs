@@ -109,6 +109,8 @@ struct Table {
     rooms: HashMap<RoomKey, HashMap<UserId, (u32, String)>>,
     members: usize,
     dirty: HashSet<(RoomKey, UserId)>,
+    /// Counts changes; the writer reports how far it has written (see `Presence::flushed`).
+    seq: u64,
 }
 
 /// Presence of one gateway: the hooks the socket side calls, the reads, the writer.
@@ -117,7 +119,13 @@ pub struct Presence {
     table: Mutex<Table>,
     wake: Notify,
     store: Store,
+    /// The change count up to which everything is written: a read waits (briefly) for this
+    /// gateway's own changes, so a socket that just joined finds itself in the answer.
+    flushed: tokio::sync::watch::Sender<u64>,
 }
+
+/// Longest a read waits for this gateway's pending writes before answering anyway.
+const READ_OWN_WRITES: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Presence {
     /// Presence over `store` with `config`.
@@ -127,6 +135,7 @@ impl Presence {
             table: Mutex::new(Table::default()),
             wake: Notify::new(),
             store,
+            flushed: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -178,6 +187,7 @@ impl Presence {
             t.rooms.remove(key);
         }
         t.members = t.members + after - before;
+        t.seq += 1;
         t.dirty.insert((key.clone(), who.user_id.clone()));
         ::metrics::gauge!(metrics::PRESENCE_MEMBERS).set(t.members as f64);
         ::metrics::gauge!(metrics::PRESENCE_ROOMS).set(t.rooms.len() as f64);
@@ -199,6 +209,9 @@ impl Presence {
             return Err(PresenceError::NotEnabled(room.kind().to_string(), kinds));
         }
         let start = Instant::now();
+        let want = self.lock().seq;
+        let mut flushed = self.flushed.subscribe();
+        let _ = tokio::time::timeout(READ_OWN_WRITES, flushed.wait_for(|&f| f >= want)).await;
         let listed = self.config.lists_members(room);
         let max = if listed { self.config.max_members } else { 0 };
         let answer = self.store.read(key, max).await;
@@ -225,8 +238,9 @@ impl Presence {
         self.wake.notify_one();
     }
 
-    /// Takes up to [`MAX_BATCH`] changed pairs with what this gateway holds of each now.
-    fn take_batch(&self) -> Vec<Write> {
+    /// Takes up to [`MAX_BATCH`] changed pairs with what this gateway holds of each now, and
+    /// the change count that writing them completes (`None` if more are left).
+    fn take_batch(&self) -> (Vec<Write>, Option<u64>) {
         let mut t = self.lock();
         let pairs: Vec<(RoomKey, UserId)> = t.dirty.iter().take(MAX_BATCH).cloned().collect();
         let mut writes = Vec::with_capacity(pairs.len());
@@ -246,7 +260,8 @@ impl Presence {
                 connections,
             });
         }
-        writes
+        let complete = t.dirty.is_empty().then_some(t.seq);
+        (writes, complete)
     }
 
     fn mark(&self, writes: impl IntoIterator<Item = Write>) {
@@ -263,8 +278,12 @@ impl Presence {
             .map(|f| f.retry_delay())
             .unwrap_or(std::time::Duration::from_millis(100));
         loop {
-            let batch = self.take_batch();
+            let (batch, completes) = self.take_batch();
             if batch.is_empty() {
+                if let Some(seq) = completes {
+                    self.flushed
+                        .send_if_modified(|f| std::mem::replace(f, seq) != seq);
+                }
                 if shutdown.is_cancelled() {
                     return;
                 }
@@ -291,6 +310,9 @@ impl Presence {
                     }
                     let n = lapsed.len();
                     ::metrics::counter!(metrics::PRESENCE_WRITES, "result" => "ok").increment(1);
+                    if let (0, Some(seq)) = (n, completes) {
+                        self.flushed.send_replace(seq);
+                    }
                     if n > 0 {
                         ::metrics::counter!(metrics::PRESENCE_WRITES, "result" => "lapsed")
                             .increment(1);
