@@ -287,6 +287,9 @@ pub fn init_presence() {
     ::metrics::counter!(LEASE_EXPIRIES).increment(0);
     ::metrics::counter!(PRESENCE_REAPED).increment(0);
     ::metrics::counter!(LIFECYCLE_ENTRIES).increment(0);
+    for reason in ["queue_full", "bus_unavailable"] {
+        ::metrics::counter!(LIFECYCLE_DROPPED, "reason" => reason).increment(0);
+    }
     ::metrics::gauge!(PRESENCE_MEMBERS).increment(0.0);
     ::metrics::gauge!(PRESENCE_ROOMS).increment(0.0);
 }

@@ -172,11 +172,14 @@ async fn read_redis(fleet: &Fleet, key: &RoomKey, max: usize) -> Result<Answer, 
     Ok(Answer::listed(key, list))
 }
 
+/// Members of each room on a single node: user → (connections, role).
+type Rooms = HashMap<RoomKey, BTreeMap<UserId, (u32, String)>>;
+
 /// Presence of a single node: the same writes, kept in process, with events published through
 /// the embedded bus.
 pub struct MemoryStore {
     /// A std mutex: held for map updates only, never across an await.
-    rooms: Mutex<HashMap<RoomKey, BTreeMap<UserId, (u32, String)>>>,
+    rooms: Mutex<Rooms>,
     bus: Arc<dyn Bus>,
 }
 
@@ -189,7 +192,7 @@ impl MemoryStore {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, BTreeMap<UserId, (u32, String)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
