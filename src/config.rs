@@ -673,6 +673,44 @@ mod tests {
     }
 
     #[test]
+    fn presence_settings_name_the_setting() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let (config, _) = parse(&["--jwt-secret", secret]).unwrap();
+        assert!(config.presence.kinds.contains("exam") && !config.presence.lifecycle);
+        for (args, setting) in [
+            (&["--presence-kinds", "user"][..], "GATEWAY_PRESENCE_KINDS"),
+            (
+                &["--presence-events", "course"][..],
+                "GATEWAY_PRESENCE_EVENTS",
+            ),
+            (
+                &["--presence-max-members", "0"][..],
+                "GATEWAY_PRESENCE_MAX_MEMBERS",
+            ),
+            (&["--presence-lease", "100ms"][..], "GATEWAY_PRESENCE_LEASE"),
+            (&["--lifecycle", "on"][..], "GATEWAY_LIFECYCLE"),
+            (&["--gateway-name", "a b"][..], "GATEWAY_NAME"),
+        ] {
+            let mut argv = vec!["--jwt-secret", secret];
+            argv.extend_from_slice(args);
+            let e = parse(&argv).unwrap_err();
+            assert!(e.to_string().contains(setting), "{args:?}: {e}");
+        }
+        let (config, _) = parse(&[
+            "--jwt-secret",
+            secret,
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--lifecycle",
+            "on",
+            "--presence-events",
+            "exam",
+        ])
+        .unwrap();
+        assert!(config.presence.lifecycle && config.presence.events.contains("exam"));
+    }
+
+    #[test]
     fn dev_mode_generates_secrets() {
         let (config, dev) = parse(&["--dev"]).unwrap();
         assert!(dev.jwt_secret.is_some());

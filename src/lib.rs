@@ -13,8 +13,13 @@
 //! - [`bus`]: the [`bus::Bus`] trait (publish with per-room offsets, subscribe) and its
 //!   embedded implementation.
 //! - [`socket`]: the Socket.IO handlers (handshake auth, `authenticate`, `join`, `leave`,
-//!   `refresh`, `ping`), per-socket sessions, room membership counts and timers.
+//!   `refresh`, `presence`, `ping`), per-socket sessions, room membership counts (which report
+//!   every entry and exit to presence and the lifecycle stream) and timers.
 //! - [`relay`]: bus deliveries to local sockets (it owns the room → sockets map).
+//! - [`presence`]: who is in a room, per user, across the fleet: the gateway's table, the Redis
+//!   and in-process stores, and the leases that remove a dead gateway's members.
+//! - [`lifecycle`]: the per-tenant lifecycle stream (connect, authenticate, join, leave,
+//!   disconnect, and `gateway_lost` for a dead gateway's connections).
 //! - [`wire`]: the gateway's own WebSocket transport for direct WebSocket sessions (long-polling
 //!   and polling-then-upgrade sessions run on socketioxide behind the same handlers).
 //! - [`http`]: health, readiness and the publish API; `/metrics` on the admin listener.

@@ -33,7 +33,7 @@ pub struct PresenceArgs {
     pub presence_lease: Duration,
     /// Write connect, authenticate, join, leave and disconnect entries to the per-tenant
     /// stream `<prefix>:{<tenant>}:lifecycle` (`on` or `off`; needs REDIS_URL).
-    #[arg(long, env = "GATEWAY_LIFECYCLE", default_value = "off", value_parser = on_off)]
+    #[arg(long, env = "GATEWAY_LIFECYCLE", default_value = "off", value_parser = on_off, action = clap::ArgAction::Set)]
     pub lifecycle: bool,
     /// Approximate cap on the entries of each tenant's lifecycle stream.
     #[arg(long, env = "GATEWAY_LIFECYCLE_MAX_LEN", default_value_t = 100_000)]
