@@ -182,8 +182,13 @@ async fn start_fleet(
             .run(state.fleet.clone(), stop.clone()),
     )];
     if let Some(fleet) = &state.fleet {
-        if let Err(e) = fleet.load().await {
-            tracing::warn!(error = %e, "fleet functions not loaded yet; loading them on first use");
+        // Take the lease before the first socket connects, so its first writes carry it.
+        let leased = match fleet.load().await {
+            Ok(()) => fleet.renew().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = leased {
+            tracing::warn!(error = %e, "no presence lease yet (Redis unreachable); taking it as soon as Redis answers");
         }
         tasks.push(tokio::spawn(fleet.clone().run(stop.clone())));
         tasks.push(tokio::spawn(

@@ -200,7 +200,12 @@ impl Lifecycle {
                     return;
                 }
             }
-            write(&fleet, &mut indexed, std::mem::take(&mut batch)).await;
+            let lapsed = write(&fleet, &mut indexed, std::mem::take(&mut batch)).await;
+            if !lapsed.is_empty() {
+                // Written again once the lease is renewed (the writer waits for that).
+                tokio::time::sleep(fleet.retry_delay()).await;
+                batch = lapsed;
+            }
         }
     }
 
@@ -229,10 +234,10 @@ fn is_automatic(key: &RoomKey) -> bool {
 }
 
 /// Writes one batch in order; tenants new to this incarnation are indexed first, so a reaper
-/// finds their connections.
-async fn write(fleet: &Fleet, indexed: &mut HashSet<TenantId>, batch: Vec<Entry>) {
+/// finds their connections. Returns the `open` entries refused for a lapsed lease.
+async fn write(fleet: &Fleet, indexed: &mut HashSet<TenantId>, batch: Vec<Entry>) -> Vec<Entry> {
     if batch.is_empty() {
-        return;
+        return Vec::new();
     }
     let inc = fleet.incarnation();
     let keys = fleet.keys();
@@ -287,19 +292,24 @@ async fn write(fleet: &Fleet, indexed: &mut HashSet<TenantId>, batch: Vec<Entry>
     match result {
         Ok(ids) => {
             indexed.extend(fresh.iter().filter_map(|t| TenantId::parse(t).ok()));
-            // An `open` refused for a lapsed lease is written again under the new incarnation.
-            let lapsed = ids
+            // An `open` refused for a lapsed lease wrote nothing: it is written again.
+            let lapsed: Vec<Entry> = batch
                 .iter()
-                .filter(|v| matches!(v, redis::Value::Int(0)))
-                .count();
-            ::metrics::counter!(metrics::LIFECYCLE_ENTRIES).increment((ids.len() - lapsed) as u64);
-            if lapsed > 0 {
+                .zip(&ids)
+                .filter(|(_, id)| matches!(id, redis::Value::Int(0)))
+                .map(|(e, _)| e.clone())
+                .collect();
+            ::metrics::counter!(metrics::LIFECYCLE_ENTRIES)
+                .increment((ids.len() - lapsed.len()) as u64);
+            if !lapsed.is_empty() {
                 fleet.lapsed();
             }
+            lapsed
         }
         Err(e) => {
             dropped("bus_unavailable", batch.len());
             tracing::warn!(error = %e, entries = batch.len(), "lifecycle entries dropped: Redis is unavailable");
+            Vec::new()
         }
     }
 }
