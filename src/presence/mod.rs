@@ -195,19 +195,25 @@ impl Presence {
         self.wake.notify_one();
     }
 
+    /// Whether rooms like `room` have presence here (`presence_not_enabled` if not).
+    pub fn tracked(&self, room: &RoomName) -> Result<(), PresenceError> {
+        if self.config.tracks(room) {
+            return Ok(());
+        }
+        let mut kinds: Vec<&str> = self.config.kinds.iter().map(String::as_str).collect();
+        kinds.sort_unstable();
+        let kinds = if kinds.is_empty() {
+            "none".to_string()
+        } else {
+            kinds.join(", ")
+        };
+        Err(PresenceError::NotEnabled(room.kind().to_string(), kinds))
+    }
+
     /// The members of `key`, across the fleet. The caller checked that the asker may see them.
     pub async fn read(&self, key: &RoomKey) -> Result<Answer, PresenceError> {
         let room = key.room();
-        if !self.config.tracks(room) {
-            let mut kinds: Vec<&str> = self.config.kinds.iter().map(String::as_str).collect();
-            kinds.sort_unstable();
-            let kinds = if kinds.is_empty() {
-                "none".to_string()
-            } else {
-                kinds.join(", ")
-            };
-            return Err(PresenceError::NotEnabled(room.kind().to_string(), kinds));
-        }
+        self.tracked(room)?;
         let start = Instant::now();
         let want = self.lock().seq;
         let mut flushed = self.flushed.subscribe();

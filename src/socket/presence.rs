@@ -45,22 +45,9 @@ fn check(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomKey, Roo
             format!("there are no rooms of kind {kind} on this gateway"),
         ));
     }
-    let presence = st.presence.config();
-    if !presence.tracks(&room) {
-        let mut kinds: Vec<&str> = presence.kinds.iter().map(String::as_str).collect();
-        kinds.sort_unstable();
-        return Err(RoomError::new(
-            "presence_not_enabled",
-            format!(
-                "rooms of kind {kind} have no presence; kinds with presence: {}",
-                if kinds.is_empty() {
-                    "none".to_string()
-                } else {
-                    kinds.join(", ")
-                }
-            ),
-        ));
-    }
+    st.presence
+        .tracked(&room)
+        .map_err(|e| RoomError::new(e.code(), e.to_string()))?;
     let member = room == RoomName::institution(&identity.tenant) || state.rooms.contains(&room);
     if !member {
         return Err(RoomError::new(
