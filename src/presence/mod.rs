@@ -284,6 +284,13 @@ impl Presence {
             .map(|f| f.retry_delay())
             .unwrap_or(std::time::Duration::from_millis(100));
         loop {
+            // A new incarnation holds nothing yet: assert every pair, however busy the writer.
+            if let Some(g) = generations.as_mut() {
+                if g.has_changed().unwrap_or(false) {
+                    g.borrow_and_update();
+                    self.mark_all();
+                }
+            }
             let (batch, completes) = self.take_batch();
             if batch.is_empty() {
                 if let Some(seq) = completes {
@@ -315,11 +322,13 @@ impl Presence {
                         }
                     }
                     let n = lapsed.len();
-                    ::metrics::counter!(metrics::PRESENCE_WRITES, "result" => "ok").increment(1);
-                    if let (0, Some(seq)) = (n, completes) {
-                        self.flushed.send_replace(seq);
-                    }
-                    if n > 0 {
+                    if n == 0 {
+                        ::metrics::counter!(metrics::PRESENCE_WRITES, "result" => "ok")
+                            .increment(1);
+                        if let Some(seq) = completes {
+                            self.flushed.send_replace(seq);
+                        }
+                    } else {
                         ::metrics::counter!(metrics::PRESENCE_WRITES, "result" => "lapsed")
                             .increment(1);
                         self.mark(lapsed);
