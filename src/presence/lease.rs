@@ -188,7 +188,7 @@ impl Fleet {
     }
 
     /// Renews the lease (or takes it for the first time); on a lapsed lease takes a new
-    /// incarnation. Returns whether the gateway holds a valid lease now.
+    /// incarnation (and tells presence and lifecycle to assert everything again).
     pub async fn renew(&self) -> Result<(), BusError> {
         let lease_ms = self.config.lease.as_millis().max(1) as u64;
         let (inc, first) = {
