@@ -8,6 +8,7 @@ pub mod prometheus;
 pub mod publish;
 pub mod redis_server;
 pub mod resilient;
+pub mod static_site;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
