@@ -270,8 +270,9 @@ async fn node_presence_redis_bus() {
     presence_one_gateway(Some(&redis)).await;
 }
 
-/// Lease of the fleet test's gateways: short, so a lost gateway is noticed in seconds.
-const FLEET_LEASE_MS: u64 = 1500;
+/// Lease of the fleet test's gateways: short, so a lost gateway is noticed in seconds, yet
+/// long enough that a loaded machine never makes a live gateway miss its renewals.
+const FLEET_LEASE_MS: u64 = 3000;
 
 /// Three gateways on one Redis with the stock client: the same exact presence everywhere,
 /// joins and leaves within 1 s and once per user; then the third gateway is SIGKILLed: its

@@ -21,7 +21,7 @@ use realtime_gateway::presence::Presence;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-const LEASE: Duration = Duration::from_millis(1500);
+const LEASE: Duration = Duration::from_millis(2500);
 
 fn settings(redis: &RedisServer) -> RedisSettings {
     RedisSettings {
