@@ -1,7 +1,8 @@
-//! HTTP: the public router (health, readiness, publish API, presence, development tokens under
-//! `--dev`; Socket.IO is layered on top of it, CORS around both) and the admin router
-//! (`/metrics`).
+//! HTTP: the public router (health, readiness, publish API, presence, catalog, development
+//! tokens under `--dev`; Socket.IO is layered on top of it, CORS around both) and the admin
+//! router (`/metrics`).
 
+pub mod catalog;
 pub mod cors;
 pub mod dev;
 pub mod error;
@@ -27,7 +28,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/publish", post(publish::publish))
         .route("/v1/publish/batch", post(publish::publish_batch))
-        .route("/v1/presence", get(presence::presence));
+        .route("/v1/presence", get(presence::presence))
+        .route("/v1/catalog", get(catalog::catalog));
     if state.config.dev_tokens.is_some() {
         router = router.merge(dev::router());
     }

@@ -8,6 +8,7 @@ pub mod prometheus;
 pub mod publish;
 pub mod redis_server;
 pub mod resilient;
+pub mod sdk;
 pub mod static_site;
 
 use std::io::{BufRead, BufReader};
@@ -40,6 +41,7 @@ const INHERITED: &[&str] = &[
     "GATEWAY_LISTEN",
     "GATEWAY_ADMIN_LISTEN",
     "GATEWAY_STRICT_CATALOG",
+    "GATEWAY_CATALOG",
     "GATEWAY_AUTH_GRACE",
     "GATEWAY_LOG",
     "GATEWAY_LOG_FORMAT",
