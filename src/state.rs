@@ -8,13 +8,13 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::drain::Connections;
 use crate::lifecycle::Lifecycle;
+use crate::peer::deadlines::Deadlines;
+use crate::peer::Peers;
 use crate::presence::lease::Fleet;
 use crate::presence::store::{MemoryStore, Store};
 use crate::presence::Presence;
-use crate::relay::RelayHandle;
-use crate::socket::deadlines::Deadlines;
-use crate::socket::membership::Membership;
-use crate::socket::peer::Peers;
+use crate::relay::{self, RelayControl, RelayHandle};
+use crate::wire::{refuse, Refusal};
 
 /// Everything a gateway's handlers need.
 pub struct AppState {
@@ -22,11 +22,10 @@ pub struct AppState {
     pub config: Config,
     /// The event bus.
     pub bus: Arc<dyn Bus>,
-    /// Rooms served here and their member counts.
-    pub membership: Membership,
     /// Auth grace and token expiry timers.
     pub deadlines: Deadlines,
-    /// The relay task, for room entries with replay.
+    /// Room membership: the relay task (members, entries with replay) and the room counts
+    /// that drive the bus subscriptions.
     pub relay: RelayHandle,
     /// Connected sockets by id (timers find them here).
     pub peers: Peers,
@@ -45,8 +44,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for a gateway with `config` on `bus`.
-    pub fn new(config: Config, bus: Arc<dyn Bus>, relay: RelayHandle) -> Arc<Self> {
+    /// State for a gateway with `config` on `bus`, and the receiving end of its relay (for
+    /// [`crate::relay::run`]).
+    pub fn new(config: Config, bus: Arc<dyn Bus>) -> (Arc<Self>, RelayControl) {
         let connections = Arc::new(Connections::with_limit(config.max_connections));
         let publish_limiter =
             governor::RateLimiter::keyed(governor::Quota::per_second(config.publish_rate));
@@ -61,11 +61,11 @@ impl AppState {
         };
         let presence = Arc::new(Presence::new(config.presence.clone(), store));
         let lifecycle = Arc::new(Lifecycle::new(config.presence.lifecycle && fleet.is_some()));
-        Arc::new(Self {
+        let (relay, control) = relay::channel(bus.clone(), presence.clone(), lifecycle.clone());
+        let state = Arc::new(Self {
             relay,
             connections,
             publish_limiter,
-            membership: Membership::new(bus.clone(), presence.clone(), lifecycle.clone()),
             presence,
             lifecycle,
             fleet,
@@ -74,7 +74,8 @@ impl AppState {
             deadlines: Deadlines::default(),
             peers: Peers::default(),
             draining: AtomicBool::new(false),
-        })
+        });
+        (state, control)
     }
 
     /// Marks the gateway as draining (no longer ready).
@@ -85,6 +86,18 @@ impl AppState {
     /// Whether shutdown began.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Why a new Socket.IO session is refused now, if it is: `draining` (503), which a load
+    /// balancer retries on another gateway. The one answer of both transports.
+    pub fn session_refusal(&self) -> Option<Refusal> {
+        self.is_draining().then(|| {
+            refuse(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this gateway is shutting down; connect to another one",
+            )
+        })
     }
 
     /// Ready for new clients: the bus is usable and the gateway is not draining.

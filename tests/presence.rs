@@ -10,14 +10,10 @@ use std::time::Duration;
 
 use common::redis_server::RedisServer;
 use common::{Gateway, WAIT};
-use realtime_gateway::auth::Identity;
-use realtime_gateway::bus::redis::RedisSettings;
-use realtime_gateway::events::{RoomKey, RoomName, TenantId, UserId};
-use realtime_gateway::lifecycle::{Lifecycle, Socket};
-use realtime_gateway::presence::config::PresenceConfig;
-use realtime_gateway::presence::lease::Fleet;
-use realtime_gateway::presence::store::Store;
-use realtime_gateway::presence::Presence;
+use realtime_gateway::{
+    Fleet, Identity, Lifecycle, Presence, PresenceConfig, RedisSettings, RoomKey, RoomName, Socket,
+    Store, TenantId, UserId,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

@@ -23,13 +23,16 @@ use crate::state::AppState;
 
 /// Routes of the public listener (without Socket.IO, which `run` layers on).
 pub fn router(state: Arc<AppState>) -> Router {
+    let publish = Router::new()
+        .route("/v1/publish", post(publish::publish))
+        .route("/v1/publish/batch", post(publish::publish_batch))
+        .route_layer(axum::middleware::from_fn(publish::count_results));
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/publish", post(publish::publish))
-        .route("/v1/publish/batch", post(publish::publish_batch))
         .route("/v1/presence", get(presence::presence))
-        .route("/v1/catalog", get(catalog::catalog));
+        .route("/v1/catalog", get(catalog::catalog))
+        .merge(publish);
     if state.config.dev_tokens.is_some() {
         router = router.merge(dev::router());
     }
@@ -51,13 +54,8 @@ pub async fn refuse_new_sessions_while_draining(
             .unwrap_or("")
             .split('&')
             .any(|kv| kv.starts_with("sid="));
-    if handshake && state.is_draining() {
-        return error::ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this gateway is shutting down; connect to another one",
-        )
-        .into_response();
+    if let Some(refusal) = state.session_refusal().filter(|_| handshake) {
+        return error::ApiError::new(refusal.status, refusal.code, refusal.message).into_response();
     }
     next.run(req).await
 }

@@ -9,10 +9,10 @@
 //! reaches zero; each gateway's share lives under its lease ([`lease`]), so a gateway that dies
 //! has its members removed, with their leaves, by whoever notices first.
 //!
-//! - `config.rs`: settings; `store.rs`: the Redis and in-process stores; `lease.rs`: leases,
+//! - `config.rs`: the validated settings (their flags are parsed with the gateway's other settings); `store.rs`: the Redis and in-process stores; `lease.rs`: leases,
 //!   incarnations and the reaping of lost gateways; `fleet.lua`: the Redis functions.
 
-pub mod config;
+mod config;
 pub mod lease;
 pub mod store;
 
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Identity;
 use crate::events::{RoomKey, RoomName, UserId};
 use crate::metrics;
-use config::PresenceConfig;
+pub use config::PresenceConfig;
 use lease::Fleet;
 use store::{Outcome, Store, Write};
 
@@ -137,11 +137,6 @@ impl Presence {
             store,
             flushed: tokio::sync::watch::channel(0).0,
         }
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &PresenceConfig {
-        &self.config
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {

@@ -4,11 +4,11 @@
 use serde_json::{json, Value};
 
 use super::handlers::requested_room;
-use super::peer::Peer;
 use crate::auth::RoomError;
 use crate::events::ids::{INSTITUTION_KIND, USER_KIND};
 use crate::events::{RoomKey, RoomName};
 use crate::metrics;
+use crate::peer::Peer;
 use crate::state::AppState;
 
 /// Checks a presence request: a valid room of a kind with presence that the socket is in.
@@ -21,23 +21,19 @@ pub(super) fn room(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<Ro
 }
 
 fn check(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomKey, RoomError> {
-    let session = peer
-        .session()
-        .ok_or_else(|| RoomError::new("invalid_request", "socket is closing"))?;
+    let session = peer.session();
     let policy = &st.config.policy;
     let (name, _) = requested_room(&data)?;
     let room = policy.parse_room(&name)?;
     let state = session.state();
-    let identity = state
-        .identity
-        .as_ref()
-        .filter(|_| state.auto_entered)
-        .ok_or_else(|| {
-            RoomError::new(
-                "not_authenticated",
-                "authenticate before asking for presence",
-            )
-        })?;
+    // Authenticated means counted in the automatic rooms (the session's state machine).
+    let auth = state.auth().ok_or_else(|| {
+        RoomError::new(
+            "not_authenticated",
+            "authenticate before asking for presence",
+        )
+    })?;
+    let identity = &auth.identity;
     let kind = room.kind();
     if !matches!(kind, INSTITUTION_KIND | USER_KIND) && !policy.kinds.contains(kind) {
         return Err(RoomError::new(
@@ -48,7 +44,7 @@ fn check(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomKey, Roo
     st.presence
         .tracked(&room)
         .map_err(|e| RoomError::new(e.code(), e.to_string()))?;
-    let member = room == RoomName::institution(&identity.tenant) || state.rooms.contains(&room);
+    let member = room == RoomName::institution(&identity.tenant) || auth.rooms.contains(&room);
     if !member {
         return Err(RoomError::new(
             "forbidden_room",

@@ -176,11 +176,6 @@ pub fn event_raw(name: &str, json: &str) -> Bytes {
     frame::encode_text_parts(&[b"42[", name.as_bytes(), b",", json.as_bytes(), b"]"])
 }
 
-/// Socket.IO event `name` with one argument.
-pub fn event(name: &str, data: &impl Serialize) -> Result<Bytes, serde_json::Error> {
-    Ok(event_raw(name, &serde_json::to_string(data)?))
-}
-
 /// Socket.IO ack `id` with one argument.
 pub fn ack(id: u64, data: &impl Serialize) -> Result<Bytes, serde_json::Error> {
     let json = serde_json::to_string(data)?;
@@ -276,7 +271,7 @@ mod tests {
             r#"44/x,{"message":"Invalid namespace"}"#
         );
         assert_eq!(
-            text(&event("pong", &json!({"t": 1})).unwrap()),
+            text(&event_raw("pong", r#"{"t":1}"#)),
             r#"42["pong",{"t":1}]"#
         );
         assert_eq!(
