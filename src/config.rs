@@ -231,9 +231,16 @@ pub struct ServeArgs {
     /// Most events in one `POST /v1/publish/batch`.
     #[arg(long, env = "GATEWAY_MAX_BATCH", default_value_t = 100, value_parser = positive::<usize>)]
     pub max_batch: usize,
-    /// Largest packet a client may send, in bytes.
+    /// Largest packet a client may send, in bytes (after decompression).
     #[arg(long, env = "GATEWAY_MAX_CLIENT_PACKET_BYTES", default_value_t = 16384, value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_client_packet_bytes: u64,
+    /// Offer permessage-deflate on WebSocket sessions: negotiated when the client offers it,
+    /// without context takeover, so each event is compressed once for every socket.
+    #[arg(long, env = "GATEWAY_WS_COMPRESSION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ws_compression: bool,
+    /// Messages shorter than this many bytes go out uncompressed (compressing them gains little).
+    #[arg(long, env = "GATEWAY_WS_COMPRESSION_MIN_BYTES", default_value_t = 256, value_parser = clap::value_parser!(u32))]
+    pub ws_compression_min_bytes: u32,
     /// Engine.IO ping interval.
     #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "25s", value_parser = nonzero_duration)]
     pub ping_interval: Duration,
@@ -277,8 +284,11 @@ pub struct Config {
     pub auth_grace: Duration,
     /// Time a new WebSocket session has to send its Socket.IO connect packet.
     pub connect_timeout: Duration,
-    /// Largest client packet.
+    /// Largest client packet (after decompression).
     pub max_client_packet_bytes: u64,
+    /// Smallest message compressed on WebSocket sessions that negotiated permessage-deflate;
+    /// `None`: compression is off.
+    pub ws_compression_min_bytes: Option<u32>,
     /// Engine.IO ping interval.
     pub ping_interval: Duration,
     /// Most events kept per room (embedded bus; the Redis bus has its own copy).
@@ -524,6 +534,7 @@ impl ServeArgs {
             auth_grace: self.auth_grace,
             connect_timeout: self.connect_timeout,
             max_client_packet_bytes: self.max_client_packet_bytes,
+            ws_compression_min_bytes: self.ws_compression.then_some(self.ws_compression_min_bytes),
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             history_max_len: self.history_max_len,

@@ -20,8 +20,8 @@
 //!   replays into live delivery.
 //! - [`peer`]: what both transports share: a connected client ([`peer::Peer`]) and its
 //!   session (a state machine), acks, events encoded once, the timers.
-//! - [`wire`]: the gateway's own WebSocket transport, a leaf that hands decoded packets up
-//!   through [`wire::Handler`]; [`drain`]: the accepted connections, closed in batches on
+//! - [`wire`]: the gateway's own WebSocket transport (with permessage-deflate and the
+//!   MessagePack parser), a leaf that hands decoded packets up through [`wire::Handler`]; [`drain`]: the accepted connections, closed in batches on
 //!   shutdown; [`bus`]: the [`bus::Bus`] trait (publish with per-room offsets, subscribe) and
 //!   its embedded and Redis implementations.
 //! - [`presence`]: who is in a room, per user, across the fleet: the gateway's table, the Redis
@@ -67,7 +67,7 @@ pub use auth::{ClaimNames, DevTokens, Identity};
 pub use bus::redis::{Publisher, RedisSettings, FUNCTION_VERSION};
 pub use bus::BusError;
 pub use config::{parse_duration, Config, DevSecrets, LogFormat, ServeArgs};
-pub use events::catalog::Catalog;
+pub use events::catalog::{parse_payload, Catalog};
 pub use events::envelope::now_millis;
 pub use events::{Event, PublishRules, RoomKey, RoomName, TenantId, UserId, ValidPublish};
 // Presence and the lifecycle stream of one gateway, for embedders that run them beside their
@@ -77,7 +77,10 @@ pub use presence::lease::Fleet;
 pub use presence::store::Store;
 pub use presence::{Presence, PresenceConfig};
 pub use shutdown::on_signals;
+// An event encoded once in every shape a WebSocket session may take (the bench's wire sizes).
+pub use peer::Outgoing;
 use state::AppState;
+pub use wire::codec::Codec;
 
 /// How many bus deliveries may wait for the relay before the bus reader is slowed down.
 const DELIVERY_QUEUE: usize = 4096;
@@ -109,17 +112,27 @@ pub async fn run(
             .await?,
         ),
     };
-    let (layer, io) = SocketIo::builder()
-        .ping_interval(config.ping_interval)
-        .ping_timeout(config.ping_timeout)
-        .max_payload(config.max_client_packet_bytes)
-        .ws_max_message_size(config.max_client_packet_bytes as usize)
-        // A long-polling socket's queue must also take a whole replay at once.
-        .max_buffer_size(config.socket_buffer.max(config.max_replay as usize + 64))
-        .ws_read_buffer_size(config.ws_read_buffer)
+    // One socketioxide instance per parser (its parser is per instance): JSON under
+    // `/socket.io/`, MessagePack under an internal path the HTTP server moves `parser=msgpack`
+    // requests to.
+    let sio = |config: &Config| {
+        SocketIo::builder()
+            .ping_interval(config.ping_interval)
+            .ping_timeout(config.ping_timeout)
+            .max_payload(config.max_client_packet_bytes)
+            .ws_max_message_size(config.max_client_packet_bytes as usize)
+            // A long-polling socket's queue must also take a whole replay at once.
+            .max_buffer_size(config.socket_buffer.max(config.max_replay as usize + 64))
+            .ws_read_buffer_size(config.ws_read_buffer)
+    };
+    let (layer, io) = sio(&config).build_layer();
+    let (msgpack_layer, msgpack_io) = sio(&config)
+        .with_parser(socketioxide::ParserConfig::msgpack())
+        .req_path(wire::MSGPACK_PATH)
         .build_layer();
     let (state, relay_control) = AppState::new(config, bus);
     socket::register(&io, state.clone());
+    socket::register(&msgpack_io, state.clone());
 
     // Background tasks run until the public server is done (the drain included), then `run`
     // waits for every one of them to finish.
@@ -134,6 +147,8 @@ pub async fn run(
 
     let app = http::router(state.clone())
         .layer(layer)
+        .layer(msgpack_layer)
+        .layer(axum::middleware::from_fn(http::route_msgpack_sessions))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::refuse_new_sessions_while_draining,
@@ -198,6 +213,7 @@ pub async fn run(
             ::metrics::counter!(metrics::DRAINED).increment(closed as u64);
             tracing::info!(closed, "drain done");
             io.close().await;
+            msgpack_io.close().await;
         }
     };
     axum::serve(public, app)

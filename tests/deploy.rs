@@ -476,6 +476,7 @@ const CLIENT_PROTOCOL_REASONS: &[&str] = &[
     "request_too_large",
     "bad_request",
     "draining",
+    "unsupported_parser",
     "origin_not_allowed",
     // frames
     "reserved_bits",
@@ -487,6 +488,8 @@ const CLIENT_PROTOCOL_REASONS: &[&str] = &[
     "interleaved_message",
     "binary_message",
     "invalid_utf8",
+    "rsv1_not_on_first_frame",
+    "invalid_deflate_data",
     // packets
     "empty",
     "unknown_engine_packet",
@@ -496,6 +499,7 @@ const CLIENT_PROTOCOL_REASONS: &[&str] = &[
     "event_without_name",
     "binary_not_supported",
     "unknown_socketio_packet",
+    "bad_msgpack",
     "unknown_event",
     "event_before_connect",
     "connect_timeout",

@@ -60,6 +60,50 @@ pub async fn refuse_new_sessions_while_draining(
     next.run(req).await
 }
 
+/// Moves Engine.IO requests of the MessagePack parser (`parser=msgpack` in the query, which
+/// socket.io-client sends on every request of a session) to the socketioxide instance that
+/// speaks it; an unknown parser is refused with 400 `unsupported_parser`.
+pub async fn route_msgpack_sessions(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let uri = req.uri();
+    let Some(rest) = uri.path().strip_prefix("/socket.io") else {
+        return next.run(req).await;
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return next.run(req).await;
+    }
+    match crate::wire::wants_msgpack(uri.query().unwrap_or("")) {
+        Ok(false) => {}
+        Ok(true) => {
+            let moved = format!(
+                "{}{rest}?{}",
+                crate::wire::MSGPACK_PATH,
+                uri.query().unwrap_or("")
+            );
+            match moved.parse() {
+                Ok(moved) => *req.uri_mut() = moved,
+                Err(_) => {
+                    return error::ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "the request target could not be read",
+                    )
+                    .into_response()
+                }
+            }
+        }
+        Err(message) => {
+            ::metrics::counter!(crate::metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "unsupported_parser")
+                .increment(1);
+            return error::ApiError::new(StatusCode::BAD_REQUEST, "unsupported_parser", message)
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 /// Routes of the admin listener. Process figures (resident memory, CPU, open descriptors) are
 /// read from the OS at each scrape and exported beside the gateway's own metrics.
 pub fn admin_router(metrics: PrometheusHandle) -> Router {

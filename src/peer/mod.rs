@@ -11,15 +11,17 @@ pub mod deadlines;
 pub mod session;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::metrics;
-use crate::wire::Conn;
+use crate::wire::codec::Codec;
 pub use crate::wire::Sent;
+use crate::wire::{deflate, msgpack, packet, Conn};
 use session::Session;
 
 /// Gateway-wide id of a connected client.
@@ -35,10 +37,11 @@ pub trait Link: Send + Sync + 'static {
     fn is_open(&self) -> bool;
     /// Sends a relayed event, refused ([`Sent::Full`]) when the client's queue is full.
     fn send(&self, ev: &Outgoing) -> Sent;
-    /// Sends several relayed events of one room at once; `frames` holds their WebSocket frames
-    /// back to back, for a transport that writes them in one go.
-    fn send_all(&self, frames: &Bytes, events: &[Outgoing]) -> Sent {
-        let _ = frames;
+    /// Sends several relayed events of one room at once, to every member of the room in turn;
+    /// `shared` keeps their frames back to back in each shape built so far, for a transport
+    /// that writes them in one go.
+    fn send_all(&self, shared: &mut SharedFrames, events: &[Outgoing]) -> Sent {
+        let _ = shared;
         for ev in events {
             let sent = self.send(ev);
             if sent != Sent::Ok {
@@ -136,14 +139,23 @@ impl Ack {
 }
 
 /// One event encoded once for every peer: its name and JSON (for socketioxide sockets) and the
-/// complete WebSocket frame (for the gateway's own transport).
+/// complete WebSocket frames (for the gateway's own transport) in each shape a session may
+/// have agreed to: JSON text or MessagePack, each plain or compressed. Every shape is built on
+/// first use, once, and the same bytes go to every socket that takes it.
 pub struct Outgoing {
     /// Event name.
     pub name: Arc<str>,
     /// The argument as JSON.
     pub json: Box<RawValue>,
-    /// `42["name",json]` framed, built on first use.
-    frame: std::sync::OnceLock<Bytes>,
+    /// `42["name",json]` framed.
+    frame: OnceLock<Bytes>,
+    /// The MessagePack packet framed.
+    msgpack: OnceLock<Bytes>,
+    /// The two frames compressed (`None`: below the threshold or no smaller; sent plain). The
+    /// threshold is the gateway's, the same for every session.
+    deflated: [OnceLock<Option<Bytes>>; 2],
+    /// The argument parsed, for MessagePack sessions.
+    value: OnceLock<Value>,
 }
 
 impl Outgoing {
@@ -152,14 +164,83 @@ impl Outgoing {
         Self {
             name,
             json,
-            frame: std::sync::OnceLock::new(),
+            frame: OnceLock::new(),
+            msgpack: OnceLock::new(),
+            deflated: Default::default(),
+            value: OnceLock::new(),
         }
     }
 
-    /// The WebSocket frame of this event.
+    /// The JSON text WebSocket frame of this event.
     pub fn frame(&self) -> &Bytes {
         self.frame
-            .get_or_init(|| crate::wire::packet::event_raw(&self.name, self.json.get()))
+            .get_or_init(|| packet::event_raw(&self.name, self.json.get()))
+    }
+
+    /// The argument as a value (parsed once).
+    pub fn value(&self) -> &Value {
+        self.value
+            .get_or_init(|| match serde_json::from_str(self.json.get()) {
+                Ok(v) => v,
+                Err(e) => {
+                    // Valid JSON by construction; only a nesting past serde_json's limit fails.
+                    ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode")
+                        .increment(1);
+                    tracing::error!(event = %self.name, error = %e, "event could not be read back for MessagePack");
+                    Value::Null
+                }
+            })
+    }
+
+    /// The MessagePack WebSocket frame of this event.
+    pub fn msgpack_frame(&self) -> &Bytes {
+        self.msgpack
+            .get_or_init(|| match msgpack::event(&self.name, self.value()) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode")
+                        .increment(1);
+                    tracing::error!(event = %self.name, error = %e, "event could not be encoded as MessagePack");
+                    Bytes::new()
+                }
+            })
+    }
+
+    /// The frame of this event for a session with `codec`.
+    pub fn frame_for(&self, codec: Codec) -> &Bytes {
+        let plain = if codec.msgpack {
+            self.msgpack_frame()
+        } else {
+            self.frame()
+        };
+        match codec.deflate_min {
+            Some(min) => self.deflated[usize::from(codec.msgpack)]
+                .get_or_init(|| deflate::compress_frame(plain, min.get() as usize))
+                .as_ref()
+                .unwrap_or(plain),
+            None => plain,
+        }
+    }
+}
+
+/// A room's events framed back to back for all its members, in up to four shapes (JSON or
+/// MessagePack, plain or compressed), each made once for the whole room on first use.
+#[derive(Default)]
+pub struct SharedFrames([Option<Bytes>; 4]);
+
+impl SharedFrames {
+    /// `events` framed for a session with `codec`.
+    pub fn get(&mut self, codec: Codec, events: &[Outgoing]) -> &Bytes {
+        self.0[codec.variant()].get_or_insert_with(|| match events {
+            [one] => one.frame_for(codec).clone(),
+            _ => {
+                let mut all = bytes::BytesMut::new();
+                for ev in events {
+                    all.extend_from_slice(ev.frame_for(codec));
+                }
+                all.freeze()
+            }
+        })
     }
 }
 
@@ -178,19 +259,34 @@ impl Link for Conn<Arc<Session>> {
     }
 
     fn send(&self, ev: &Outgoing) -> Sent {
-        Conn::send(self, ev.frame().clone(), 1)
+        Conn::send(self, ev.frame_for(self.codec()).clone(), 1)
     }
 
-    fn send_all(&self, frames: &Bytes, events: &[Outgoing]) -> Sent {
-        Conn::send(self, frames.clone(), events.len())
+    fn send_all(&self, shared: &mut SharedFrames, events: &[Outgoing]) -> Sent {
+        Conn::send(self, shared.get(self.codec(), events).clone(), events.len())
     }
 
+    /// Replays are encoded for one socket, so they go uncompressed: compressing them would be
+    /// work per socket, at the worst time (a reconnect storm).
     fn send_replay(&self, ev: &Outgoing) -> Sent {
-        Conn::send_replay(self, ev.frame().clone())
+        Conn::send_replay(self, ev.frame_for(self.codec().uncompressed()).clone())
     }
 
+    /// The gateway's own per-socket packets go plain (see [`Link::send_replay`]).
     fn emit_raw(&self, event: &str, data: &RawValue) -> Sent {
-        Conn::send(self, crate::wire::packet::event_raw(event, data.get()), 0)
+        let codec = self.codec();
+        let frame = if codec.msgpack {
+            read_back(data).and_then(|v| codec.event(event, &v))
+        } else {
+            codec.event(event, &data)
+        };
+        match frame {
+            Ok(frame) => Conn::send(self, frame, 0),
+            Err(e) => {
+                tracing::error!(event, error = %e, "event could not be encoded");
+                Sent::Closed
+            }
+        }
     }
 
     fn disconnect(&self) {
@@ -207,7 +303,13 @@ pub struct WsAck(pub Arc<Conn<Arc<Session>>>, pub u64);
 
 impl AckSink for WsAck {
     fn send(self: Box<Self>, body: &RawValue) -> Sent {
-        match crate::wire::packet::ack(self.1, &body) {
+        let codec = self.0.codec();
+        let frame = if codec.msgpack {
+            read_back(body).and_then(|v| codec.ack(self.1, &v))
+        } else {
+            codec.ack(self.1, &body)
+        };
+        match frame {
             Ok(frame) => self.0.send(frame, 0),
             Err(e) => {
                 tracing::error!(error = %e, "ack could not be encoded");
@@ -215,6 +317,12 @@ impl AckSink for WsAck {
             }
         }
     }
+}
+
+/// `raw` as a value, for a MessagePack encoder: raw JSON means nothing to it (it would be
+/// written as a string).
+pub fn read_back(raw: &RawValue) -> Result<Value, crate::wire::codec::EncodeError> {
+    Ok(serde_json::from_str(raw.get())?)
 }
 
 /// Connected peers by id, for the timers.

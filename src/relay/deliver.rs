@@ -9,7 +9,7 @@ use super::{Finished, Pending, RESYNC};
 use crate::bus::Delivery;
 use crate::events::{Event, RoomKey};
 use crate::metrics;
-use crate::peer::{Outgoing, Peer, PeerId, Sent};
+use crate::peer::{Outgoing, Peer, PeerId, Sent, SharedFrames};
 
 /// The client envelope of a live event, encoded once.
 pub(super) fn encode(d: &Delivery) -> Option<Outgoing> {
@@ -28,22 +28,14 @@ pub(super) fn encode(d: &Delivery) -> Option<Outgoing> {
 /// skipped, a WebSocket member gets all of them in one write.
 pub(super) fn deliver(key: &RoomKey, members: &[Peer], events: &[Outgoing], skips: &[Vec<PeerId>]) {
     // The common case: nobody to skip, so every member gets the same bytes and no member's id
-    // is looked at (each look is a cache miss per delivery).
+    // is looked at (each look is a cache miss per delivery). The bytes come in up to four
+    // shapes (JSON or MessagePack, plain or compressed), each made once for the whole room.
     let together = skips.iter().all(Vec::is_empty);
-    let all = together.then(|| match events {
-        [one] => one.frame().clone(),
-        _ => {
-            let mut all = bytes::BytesMut::new();
-            for ev in events {
-                all.extend_from_slice(ev.frame());
-            }
-            all.freeze()
-        }
-    });
+    let mut shared = together.then(SharedFrames::default);
     let mut sent = 0u64;
     for peer in members {
-        let result = match &all {
-            Some(all) => peer.send_all(all, events),
+        let result = match shared.as_mut() {
+            Some(shared) => peer.send_all(shared, events),
             None => {
                 let id = peer.id();
                 let mut result = Sent::Ok;

@@ -15,7 +15,7 @@ use super::{dispatch, handshake, names, on_connect, on_disconnect, rooms, Connec
 use crate::drain::{ConnId, Connections};
 use crate::metrics;
 use crate::peer::session::Session;
-use crate::peer::{Ack, AckSink, Link, Outgoing, Peer, Sent};
+use crate::peer::{read_back, Ack, AckSink, Link, Outgoing, Peer, Sent};
 use crate::state::AppState;
 
 /// Registers the gateway's handlers on socketioxide's `/` namespace (long-polling sessions and
@@ -108,7 +108,8 @@ fn install(st: Arc<AppState>, s: &SocketRef) {
             name,
             move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
                 if let Some(peer) = peer_of(&st, &s) {
-                    let ack = Some(Ack::new(ack));
+                    let msgpack = is_msgpack(&s);
+                    let ack = Some(Ack::new(SioAck { ack, msgpack }));
                     dispatch(st.clone(), peer, name.to_owned(), d.ok(), ack);
                 }
                 std::future::ready(())
@@ -121,15 +122,27 @@ fn install(st: Arc<AppState>, s: &SocketRef) {
 fn peer_of(st: &AppState, s: &SocketRef) -> Option<Peer> {
     let session = s.extensions.get::<Arc<Session>>()?;
     Some(Peer::new(Arc::new(SioLink {
+        msgpack: is_msgpack(s),
         socket: s.clone(),
         session,
         connections: st.connections.clone(),
     })))
 }
 
+/// Whether a socketioxide socket belongs to the MessagePack parser's instance.
+fn is_msgpack(s: &SocketRef) -> bool {
+    s.req_parts()
+        .uri
+        .path()
+        .starts_with(crate::wire::MSGPACK_PATH)
+}
+
 /// A socketioxide socket as a [`Link`].
 struct SioLink {
     socket: SocketRef,
+    /// The socket speaks MessagePack: it takes parsed values (socketioxide encodes for each
+    /// socket, and a raw JSON value means nothing to its MessagePack parser).
+    msgpack: bool,
     session: Arc<Session>,
     /// To cut an upgraded socket's TCP connection.
     connections: Arc<Connections>,
@@ -164,7 +177,11 @@ impl Link for SioLink {
     }
 
     fn send(&self, ev: &Outgoing) -> Sent {
-        sent(self.socket.emit(&*ev.name, &ev.json))
+        if self.msgpack {
+            sent(self.socket.emit(&*ev.name, ev.value()))
+        } else {
+            sent(self.socket.emit(&*ev.name, &ev.json))
+        }
     }
 
     fn send_replay(&self, ev: &Outgoing) -> Sent {
@@ -173,7 +190,16 @@ impl Link for SioLink {
     }
 
     fn emit_raw(&self, event: &str, data: &RawValue) -> Sent {
-        sent(self.socket.emit(event, data))
+        if !self.msgpack {
+            return sent(self.socket.emit(event, data));
+        }
+        match read_back(data) {
+            Ok(v) => sent(self.socket.emit(event, &v)),
+            Err(e) => {
+                tracing::error!(event, error = %e, "event could not be encoded");
+                Sent::Closed
+            }
+        }
     }
 
     fn disconnect(&self) {
@@ -208,8 +234,23 @@ impl Link for SioLink {
     }
 }
 
-impl AckSink for AckSender {
+/// An ack on a socketioxide socket, in its parser's terms.
+struct SioAck {
+    ack: AckSender,
+    msgpack: bool,
+}
+
+impl AckSink for SioAck {
     fn send(self: Box<Self>, body: &RawValue) -> Sent {
-        sent((*self).send(body))
+        if !self.msgpack {
+            return sent(self.ack.send(body));
+        }
+        match read_back(body) {
+            Ok(v) => sent(self.ack.send(&v)),
+            Err(e) => {
+                tracing::error!(error = %e, "ack could not be encoded");
+                Sent::Closed
+            }
+        }
     }
 }

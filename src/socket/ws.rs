@@ -28,6 +28,7 @@ impl Transport {
             max_packet: c.max_client_packet_bytes,
             socket_buffer: c.socket_buffer,
             max_replay: c.max_replay as usize,
+            compression_min: c.ws_compression_min_bytes,
         };
         Arc::new(Self { st, settings })
     }

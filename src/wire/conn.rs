@@ -16,7 +16,10 @@ use bytes::{Buf, Bytes};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::codec::Codec;
+use super::deflate::{InflateError, Inflater};
 use super::frame::{self, Frame, FrameError, Opcode};
+use super::msgpack;
 use super::packet::{self, Incoming};
 use super::{Handler, Sent};
 use crate::drain::TrackedStream;
@@ -40,11 +43,13 @@ pub struct Conn<U> {
     wake: Notify,
     user: U,
     sid: Box<str>,
-    max_queue: usize,
+    /// Parser and compression agreed at the handshake.
+    codec: Codec,
+    max_queue: u32,
     /// Most frames queued of any kind: the gateway's own packets (acks, pongs) and replays are
     /// not held to `max_queue`, but a client that sends requests and never reads the answers
     /// must not grow its queue without bound.
-    max_frames: usize,
+    max_frames: u32,
 }
 
 #[derive(Default)]
@@ -98,14 +103,59 @@ impl Stop {
     }
 }
 
+/// A message being read: plain bytes, or a compressed message inflated frame by frame. The
+/// inflater is created when a compressed message starts and dropped when it ends, so an idle
+/// connection keeps none (see [`super::deflate`]).
+enum Body {
+    Plain(Vec<u8>),
+    Deflated(Box<Inflater>),
+}
+
+impl Body {
+    fn new(compressed: bool, max: usize) -> Self {
+        if compressed {
+            Body::Deflated(Box::new(Inflater::new(max)))
+        } else {
+            Body::Plain(Vec::new())
+        }
+    }
+
+    fn push(&mut self, payload: &[u8], max: usize) -> Result<(), Stop> {
+        match self {
+            Body::Plain(buf) => {
+                if buf.len() + payload.len() > max {
+                    return Err(frame_error(FrameError::TooBig));
+                }
+                buf.extend_from_slice(payload);
+                Ok(())
+            }
+            Body::Deflated(inflater) => inflater.push(payload).map_err(inflate_error),
+        }
+    }
+
+    fn finish(self) -> Result<Vec<u8>, Stop> {
+        match self {
+            Body::Plain(buf) => Ok(buf),
+            Body::Deflated(inflater) => inflater.finish().map_err(inflate_error),
+        }
+    }
+}
+
+fn inflate_error(e: InflateError) -> Stop {
+    match e {
+        InflateError::TooBig => frame_error(FrameError::TooBig),
+        InflateError::Corrupt => Stop::protocol("bad_packet", 1007, "invalid_deflate_data"),
+    }
+}
+
 /// State of the session task that nobody else touches.
 struct Local {
     waiting_pong: bool,
     ping_sent: Instant,
     next_timer: Instant,
     opened: Instant,
-    /// A fragmented message being assembled.
-    message: Option<(Opcode, Vec<u8>)>,
+    /// A fragmented (or compressed) message being assembled.
+    message: Option<(Opcode, Body)>,
     /// An incomplete frame.
     partial: Vec<u8>,
 }
@@ -114,6 +164,11 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// What the layer above keeps for this session.
     pub fn user(&self) -> &U {
         &self.user
+    }
+
+    /// The parser and compression this session agreed to.
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     fn lock(&self) -> MutexGuard<'_, Out> {
@@ -139,10 +194,10 @@ impl<U: Send + Sync + 'static> Conn<U> {
             return Sent::Closed;
         }
         if !out.queue.is_empty() {
-            if limited && events > 0 && out.events + events > self.max_queue {
+            if limited && events > 0 && out.events + events > self.max_queue as usize {
                 return Sent::Full;
             }
-            if out.queue.len() >= self.max_frames {
+            if out.queue.len() >= self.max_frames as usize {
                 drop(out);
                 self.cut("frame_limit");
                 return Sent::Full;
@@ -170,7 +225,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// Ends the session from the server side: a Socket.IO disconnect, then a close frame once
     /// everything queued before it is written.
     pub fn disconnect(&self) {
-        self.send(packet::disconnect(), 0);
+        self.send(self.codec.disconnect(), 0);
         self.lock().closing = true;
         self.wake.notify_one();
     }
@@ -251,7 +306,13 @@ impl<U: Send + Sync + 'static> Conn<U> {
 
 /// Runs a WebSocket session: writes `response` (the 101 answering the upgrade) followed by the
 /// Engine.IO open packet; `early` holds bytes the client sent after its request, if any.
-pub async fn serve<H: Handler>(h: Arc<H>, stream: TrackedStream, response: String, early: Vec<u8>) {
+pub async fn serve<H: Handler>(
+    h: Arc<H>,
+    stream: TrackedStream,
+    response: String,
+    early: Vec<u8>,
+    codec: Codec,
+) {
     let cfg = h.settings();
     let conn = Arc::new(Conn {
         stream,
@@ -259,8 +320,10 @@ pub async fn serve<H: Handler>(h: Arc<H>, stream: TrackedStream, response: Strin
         wake: Notify::new(),
         user: h.new_user(),
         sid: super::new_sid().into_boxed_str(),
-        max_queue: cfg.socket_buffer,
-        max_frames: cfg.socket_buffer + cfg.max_replay + MAX_HELD_FRAMES,
+        codec,
+        max_queue: u32::try_from(cfg.socket_buffer).unwrap_or(u32::MAX),
+        max_frames: u32::try_from(cfg.socket_buffer + cfg.max_replay + MAX_HELD_FRAMES)
+            .unwrap_or(u32::MAX),
     });
     let interval = cfg.ping_interval;
     let now = Instant::now();
@@ -401,7 +464,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
         let max = h.settings().max_packet as usize;
         let mut at = 0;
         loop {
-            match frame::decode(&data[at..], max) {
+            match frame::decode(&data[at..], max, self.codec.deflate_min.is_some()) {
                 Ok(Some((f, used))) => {
                     at += used;
                     self.on_frame(h, l, f, max)?;
@@ -432,39 +495,45 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 })
             }
             Opcode::Continuation => {
-                let Some((opcode, mut buf)) = l.message.take() else {
+                let Some((opcode, mut body)) = l.message.take() else {
                     return Err(frame_error(FrameError::Protocol(
                         "continuation_without_message",
                     )));
                 };
-                if buf.len() + f.payload.len() > max {
-                    return Err(frame_error(FrameError::TooBig));
-                }
-                buf.extend_from_slice(&f.payload);
+                body.push(&f.payload, max)?;
                 if !f.fin {
-                    l.message = Some((opcode, buf));
+                    l.message = Some((opcode, body));
                     return Ok(());
                 }
-                (opcode, buf)
+                (opcode, body.finish()?)
             }
             opcode => {
                 if l.message.is_some() {
                     return Err(frame_error(FrameError::Protocol("interleaved_message")));
                 }
-                if !f.fin {
-                    l.message = Some((opcode, f.payload));
-                    return Ok(());
+                if f.fin && !f.rsv1 {
+                    (opcode, f.payload)
+                } else {
+                    let mut body = Body::new(f.rsv1, max);
+                    body.push(&f.payload, max)?;
+                    if !f.fin {
+                        l.message = Some((opcode, body));
+                        return Ok(());
+                    }
+                    (opcode, body.finish()?)
                 }
-                (opcode, f.payload)
             }
         };
-        if opcode == Opcode::Binary {
-            return Err(Stop::protocol("bad_packet", 1003, "binary_message"));
-        }
-        let Ok(text) = String::from_utf8(payload) else {
-            return Err(Stop::protocol("bad_packet", 1007, "invalid_utf8"));
+        let parsed = match opcode {
+            // Engine.IO over WebSocket: a binary message is a message packet's raw data.
+            Opcode::Binary if self.codec.msgpack => msgpack::parse(&payload),
+            Opcode::Binary => return Err(Stop::protocol("bad_packet", 1003, "binary_message")),
+            _ => match String::from_utf8(payload) {
+                Ok(text) => packet::parse(&text),
+                Err(_) => return Err(Stop::protocol("bad_packet", 1007, "invalid_utf8")),
+            },
         };
-        match packet::parse(&text) {
+        match parsed {
             Ok(p) => self.on_packet(h, l, p),
             Err(e) => Err(Stop::protocol("bad_packet", 1002, e.0)),
         }
@@ -491,7 +560,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
             Incoming::Disconnect => return Err(Stop::quiet("client_disconnect")),
             Incoming::Connect { nsp, auth } => {
                 if nsp != "/" {
-                    self.send(packet::connect_error(&nsp, "Invalid namespace"), 0);
+                    self.send(self.codec.connect_error(&nsp, "Invalid namespace"), 0);
                 } else if !self.start_connect() {
                     tracing::debug!(peer = self.stream.id(), "duplicate connect packet ignored");
                 } else {
@@ -571,7 +640,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
             }
             out.ns = Ns::Connected;
         }
-        self.send(packet::connected(&self.sid), 0);
+        self.send(self.codec.connected(&self.sid), 0);
         true
     }
 
@@ -579,10 +648,27 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// `connect_error` message); the client may try again.
     pub fn refuse_connect(&self, code: &str) {
         self.lock().ns = Ns::None;
-        self.send(packet::connect_error("/", code), 0);
+        self.send(self.codec.connect_error("/", code), 0);
     }
 }
 
 fn frame_error(e: FrameError) -> Stop {
     Stop::protocol("bad_packet", e.close_code(), e.reason())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_compression_adds_to_a_connection_takes_no_room() {
+        // The message being read, kept in every session's task: the compressed variant is
+        // boxed, so the slot is as big as a plain buffer's.
+        assert_eq!(
+            std::mem::size_of::<Option<(Opcode, Body)>>(),
+            std::mem::size_of::<Option<(Opcode, Vec<u8>)>>()
+        );
+        // The codec and the two limits fit where the two `usize` limits were.
+        assert!(std::mem::size_of::<Codec>() + 2 * std::mem::size_of::<u32>() <= 16);
+    }
 }

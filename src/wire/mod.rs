@@ -7,12 +7,18 @@
 //! to the HTTP server untouched. One task per session, no per-socket channel, and relayed
 //! events are encoded once and written straight to the socket (see [`conn`]).
 //!
+//! At the handshake a session may agree to permessage-deflate ([`deflate`]) and to the
+//! MessagePack parser ([`msgpack`], `parser=msgpack` in the query); [`codec::Codec`] records both.
+//!
 //! A leaf: it reads and writes Engine.IO / Socket.IO frames and hands what it decoded (a
 //! connect, an event, the end of a session) to a [`Handler`] implemented once above it, the
 //! way a command handler sits above a connection. It never calls into the handlers' modules.
 
+pub mod codec;
 pub mod conn;
+pub mod deflate;
 pub mod frame;
+pub mod msgpack;
 pub mod packet;
 
 use std::net::SocketAddr;
@@ -70,6 +76,9 @@ pub struct Settings {
     pub socket_buffer: usize,
     /// Most events a replay may hold (never refused for a full queue).
     pub max_replay: usize,
+    /// permessage-deflate, when on: messages shorter than this go uncompressed (`None`: the
+    /// extension is never agreed to).
+    pub compression_min: Option<u32>,
 }
 
 /// Outcome of handing one message to a session.
@@ -87,6 +96,20 @@ pub enum Sent {
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted for a WebSocket handshake.
 const MAX_HEAD: usize = 8192;
+
+/// Request path under which socketioxide serves the MessagePack parser's sessions (long-polling,
+/// and polling upgraded to WebSocket). Clients never use it: the HTTP server moves requests of
+/// `/socket.io/` with `parser=msgpack` there (one socketioxide instance per parser).
+pub const MSGPACK_PATH: &str = "/socket.io-msgpack";
+
+/// The handshake query's `parser`: `Ok(true)` for `msgpack`, `Ok(false)` when absent (JSON).
+pub fn wants_msgpack(query: &str) -> Result<bool, &'static str> {
+    match query.split('&').find_map(|kv| kv.strip_prefix("parser=")) {
+        None => Ok(false),
+        Some("msgpack") => Ok(true),
+        Some(_) => Err("parser must be msgpack (socket.io-msgpack-parser) or left out (JSON)"),
+    }
+}
 
 /// A connection for the HTTP server, with the client's address.
 pub type ToHttp = mpsc::Sender<(TrackedStream, SocketAddr)>;
@@ -283,19 +306,46 @@ async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
             "the handshake request could not be parsed as HTTP/1.1",
         )),
     };
-    let key = match checked {
-        Ok(key) => key,
+    let (key, codec, extensions) = match checked.and_then(|key| negotiate(&req, h.settings(), key))
+    {
+        Ok(agreed) => agreed,
         Err(r) => return answer_refusal(stream, r).await,
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     );
     let early = head[end..].to_vec();
     // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
     // here instead of staying alive (and allocated) for the whole session. The 101 goes out
     // with the Engine.IO open packet, in one write.
-    tokio::spawn(conn::serve(h, stream, response, early));
+    tokio::spawn(conn::serve(h, stream, response, early, codec));
+}
+
+/// The session's parser and compression: the `parser` query parameter, and permessage-deflate
+/// when the client offers it and `GATEWAY_WS_COMPRESSION` is on (with the response header line
+/// that accepts it, or an empty one).
+fn negotiate(
+    req: &httparse::Request<'_, '_>,
+    settings: &Settings,
+    key: String,
+) -> Result<(String, codec::Codec, &'static str), Refusal> {
+    let query = req
+        .path
+        .and_then(|p| p.split_once('?'))
+        .map_or("", |(_, q)| q);
+    let msgpack = wants_msgpack(query)
+        .map_err(|message| refuse(StatusCode::BAD_REQUEST, "unsupported_parser", message))?;
+    let offers = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok());
+    let accepted = settings
+        .compression_min
+        .and_then(|min| deflate::negotiate(offers).map(|line| (line, min)));
+    let codec = codec::Codec::new(msgpack, accepted.map(|(_, min)| min));
+    Ok((key, codec, accepted.map_or("", |(line, _)| line)))
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {

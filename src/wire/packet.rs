@@ -104,16 +104,7 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
         }),
         b'1' => Ok(Incoming::Disconnect),
         b'2' => {
-            let Some(Value::Array(mut args)) = json(rest)? else {
-                return Err(bad("event_not_array"));
-            };
-            if args.is_empty() {
-                return Err(bad("event_without_name"));
-            }
-            let Value::String(name) = args.remove(0) else {
-                return Err(bad("event_without_name"));
-            };
-            let data = (!args.is_empty()).then(|| args.swap_remove(0));
+            let (name, data) = event_args(json(rest)?)?;
             Ok(Incoming::Event {
                 nsp,
                 ack,
@@ -125,6 +116,21 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
         b'5' | b'6' => Err(bad("binary_not_supported")),
         _ => Err(bad("unknown_socketio_packet")),
     }
+}
+
+/// The event name and first argument of an event packet's data (`["name", arg, ...]`).
+pub(super) fn event_args(data: Option<Value>) -> Result<(String, Option<Value>), PacketError> {
+    let Some(Value::Array(mut args)) = data else {
+        return Err(bad("event_not_array"));
+    };
+    if args.is_empty() {
+        return Err(bad("event_without_name"));
+    }
+    let Value::String(name) = args.remove(0) else {
+        return Err(bad("event_without_name"));
+    };
+    let data = (!args.is_empty()).then(|| args.swap_remove(0));
+    Ok((name, data))
 }
 
 /// Engine.IO open packet of a WebSocket session.
