@@ -15,6 +15,8 @@ use std::path::Path;
 /// `drain` (the accepted connections) beside `wire`, `control` (commands to every gateway's
 /// sockets, answered by the handlers) beside `socket`, `tenancy` (keys, quotas and revocations,
 /// held across the fleet through Redis) beside `bus`.
+/// `drain` (the accepted connections) beside `wire`, `presence` and `lifecycle` (fleet-wide
+/// stores in Redis that the relay reports room entries and exits to) beside `bus`.
 const RANKS: &[(&str, u8)] = &[
     ("main", 0),
     ("lib", 0),
@@ -30,6 +32,8 @@ const RANKS: &[(&str, u8)] = &[
     ("bus", 5),
     ("drain", 5),
     ("tenancy", 5),
+    ("presence", 5),
+    ("lifecycle", 5),
     ("auth", 6),
     ("metrics", 6),
     ("events", 7),

@@ -1,5 +1,5 @@
-//! HTTP: the public router (health, readiness, publish API, control API, catalog, development
-//! tokens under `--dev`; Socket.IO is layered on top of it, CORS around both) and the admin
+//! HTTP: the public router (health, readiness, publish API, control API, presence, catalog,
+//! development tokens under `--dev`; Socket.IO is layered on top of it, CORS around both) and the admin
 //! router (`/metrics`).
 
 pub mod catalog;
@@ -8,6 +8,7 @@ pub mod cors;
 pub mod dev;
 pub mod error;
 pub mod keys;
+pub mod presence;
 pub mod publish;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/presence", get(presence::presence))
         .route("/v1/catalog", get(catalog::catalog))
         .route("/v1/connections", get(control::connections))
         .route("/v1/disconnect", post(control::disconnect))

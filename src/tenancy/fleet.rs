@@ -3,7 +3,7 @@
 //!
 //! | what | key |
 //! |---|---|
-//! | live gateways (field: gateway id, value: lease end in ms) | `<prefix>:gateways` |
+//! | live gateways (field: gateway id, value: lease end in ms) | `<prefix>:quota:gateways` (apart from presence's leases) |
 //! | connections of a tenant (field: gateway id, value: count) | `<prefix>:quota:conns:{<tenant>}` |
 //! | publish rates (`rate:<tenant>`, `rate:*`) | `<prefix>:quota:limits` |
 //! | a revocation (value: seconds; expires) | `<prefix>:revoked:<tenant>:<user>` |
@@ -62,7 +62,7 @@ impl Fleet {
     }
 
     fn gateways_key(&self) -> String {
-        format!("{}:gateways", self.prefix)
+        format!("{}:quota:gateways", self.prefix)
     }
 
     fn conns_key(&self, tenant: &TenantId) -> String {

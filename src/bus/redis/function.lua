@@ -84,7 +84,7 @@ local function tenant_rate_take(stream, tenant, need)
   return wait
 end
 
--- FCALL rtg_conn_admit 2 <prefix>:quota:conns:{<tenant>} <prefix>:gateways <gateway id> <limit>
+-- FCALL rtg_conn_admit 2 <prefix>:quota:conns:{<tenant>} <prefix>:quota:gateways <gateway id> <limit>
 -- Counts one more connection of the tenant on this gateway if the fleet holds fewer than
 -- <limit>; connections of gateways whose lease expired no longer count. Returns 1 or 0.
 local function conn_admit(keys, args)
