@@ -9,8 +9,10 @@
 //! | history stream (entry id `<offset>-1`, field `e` = envelope) | `rtg:{1/batch:456}:h` |
 //! | metadata hash (`offset`, `epoch`) | `rtg:{1/batch:456}:m` |
 
+mod pool;
 mod publisher;
 mod subscriber;
+pub mod topology;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,13 +30,20 @@ use crate::events::{Event, RoomKey};
 /// Source of the Redis function library (`FUNCTION LOAD`).
 pub const FUNCTION_LIBRARY: &str = include_str!("function.lua");
 /// Version of [`FUNCTION_LIBRARY`]; `FCALL_RO rtg_version 0` returns the loaded one.
-pub const FUNCTION_VERSION: i64 = 2;
+pub const FUNCTION_VERSION: i64 = 3;
+/// The optional last argument of `rtg_publish` and `rtg_read` that selects sharded pub/sub
+/// (`SPUBLISH`) and the failover fence; every publisher to a Redis Cluster passes it.
+pub const SHARD_MODE: &str = "shard";
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db` (in cluster mode, the first seed node).
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each); empty for one Redis server.
+    /// In cluster mode each room's commands go to the primary that owns its slot and events
+    /// travel by sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`).
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key and channel.
     pub prefix: String,
     /// Most events kept in a room's history.
@@ -61,6 +70,11 @@ pub struct RoomNames {
 }
 
 impl RedisSettings {
+    /// Whether the bus talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
+    }
+
     /// Names of `room`'s channel and keys.
     pub fn names(&self, room: &RoomKey) -> RoomNames {
         let channel = format!("{}:{{{}}}", self.prefix, room.as_str());
