@@ -6,6 +6,7 @@ pub mod lb;
 pub mod node;
 pub mod prometheus;
 pub mod publish;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod resilient;
 
@@ -35,6 +36,7 @@ const INHERITED: &[&str] = &[
     "JWT_ALGORITHM",
     "PUBLISH_API_KEYS",
     "REDIS_URL",
+    "REDIS_CLUSTER_NODES",
     "GATEWAY_DEV",
     "GATEWAY_LISTEN",
     "GATEWAY_ADMIN_LISTEN",

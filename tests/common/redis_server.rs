@@ -12,6 +12,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     appendonly: bool,
+    cluster: bool,
 }
 
 fn free_port() -> u16 {
@@ -30,11 +31,21 @@ impl RedisServer {
 
     /// Starts a server; with `appendonly` it persists to an append-only file in its own dir.
     pub fn start_with(appendonly: bool) -> RedisServer {
+        Self::launch(appendonly, false)
+    }
+
+    /// Starts an empty Redis Cluster node (not yet part of a cluster).
+    pub fn start_cluster_node() -> RedisServer {
+        Self::launch(false, true)
+    }
+
+    fn launch(appendonly: bool, cluster: bool) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             appendonly,
+            cluster,
         };
         server.spawn();
         server
@@ -52,6 +63,19 @@ impl RedisServer {
             ])
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
             .args(["--appendfsync", "always"])
+            .args(if self.cluster {
+                // A short node timeout so a failover completes within a test's patience.
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                ][..]
+            } else {
+                &[][..]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--logfile", &self.log_path().to_string_lossy()])
