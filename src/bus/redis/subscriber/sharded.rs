@@ -60,6 +60,8 @@ struct Shards {
     pushes: mpsc::UnboundedSender<(u64, PushInfo)>,
     /// The slot map must be read again before the next subscribe.
     stale: bool,
+    /// Nodes whose last subscribe failed (warned once until one succeeds).
+    failing: HashSet<String>,
 }
 
 /// What a node answered to one `SSUBSCRIBE`.
@@ -156,6 +158,7 @@ impl Subscriber {
             next_id: 0,
             pushes: tx,
             stale: true,
+            failing: HashSet::new(),
         };
         let seeds: Vec<String> = self
             .settings
@@ -387,9 +390,15 @@ impl Subscriber {
             rooms.sort_by_key(|(slot, _)| *slot);
             for chunk in rooms.chunks(BATCH) {
                 match self.subscribe_on(sh, &address, chunk).await {
-                    Ok(n) => changed |= n > 0,
+                    Ok(n) => {
+                        changed |= n > 0;
+                        sh.failing.remove(&address);
+                    }
                     Err(e) => {
-                        tracing::warn!(node = %address, error = %e, "sharded subscribe failed; retrying");
+                        // A dead primary fails every tick until its replica takes over: say it once.
+                        if sh.failing.insert(address.clone()) {
+                            tracing::warn!(node = %address, error = %e, "sharded subscribe failed; retrying until the slot has a reachable owner");
+                        }
                         sh.drop_node(self, &address);
                         sh.stale = true;
                         break;
@@ -512,5 +521,39 @@ impl Subscriber {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn confirmation(kind: PushKind, channel: &str) -> Value {
+        Value::Push {
+            kind,
+            data: vec![
+                Value::BulkString(channel.as_bytes().to_vec()),
+                Value::Int(1),
+            ],
+        }
+    }
+
+    #[test]
+    fn only_a_confirmation_of_the_same_channel_counts() {
+        let ch = "rtg:{1/batch:1}";
+        assert!(matches!(
+            answer(&confirmation(PushKind::SSubscribe, ch), ch),
+            Answer::Confirmed
+        ));
+        // Another channel's confirmation, or an unrequested sunsubscribe taken for a reply.
+        assert!(matches!(
+            answer(&confirmation(PushKind::SSubscribe, "rtg:{1/batch:2}"), ch),
+            Answer::Confused
+        ));
+        assert!(matches!(
+            answer(&confirmation(PushKind::SUnsubscribe, ch), ch),
+            Answer::Confused
+        ));
+        assert!(matches!(answer(&Value::Okay, ch), Answer::Confused));
     }
 }
