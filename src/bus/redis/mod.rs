@@ -11,6 +11,7 @@
 
 mod pool;
 mod publisher;
+mod reads;
 mod subscriber;
 pub mod topology;
 
@@ -99,6 +100,7 @@ impl RedisSettings {
 pub struct RedisBus {
     publisher: Publisher,
     subscriber: Arc<Subscriber>,
+    reads: reads::Coalescer,
 }
 
 impl RedisBus {
@@ -131,6 +133,7 @@ impl RedisBus {
         Ok(Self {
             publisher,
             subscriber,
+            reads: reads::Coalescer::default(),
         })
     }
 }
@@ -170,7 +173,10 @@ impl Bus for RedisBus {
         since: &'a Position,
         max: u64,
     ) -> BoxFuture<'a, Result<Recovery, BusError>> {
-        self.publisher.recover(room, since, max).boxed()
+        let (publisher, owned_room, owned_since) =
+            (self.publisher.clone(), room.clone(), since.clone());
+        let read = async move { publisher.recover(&owned_room, &owned_since, max).await };
+        self.reads.recover(room, since, max, read).boxed()
     }
 
     fn is_ready(&self) -> bool {
