@@ -259,6 +259,8 @@ def start_cluster(run: Run, primaries: int = 3) -> str:
             "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--maxclients", "10000", "--dir", d, "--logfile", d / "redis-server.log",
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            # Its own bus port: the default (port + 10000) may be taken or past 65535.
+            "--cluster-port", free_port(),
         ])
     for port in ports:
         wait_until(lambda: sh(["redis-cli", "-p", str(port), "PING"]).strip() == "PONG", 10, "cluster node")
@@ -789,6 +791,12 @@ def scenario_ingest(run: Run, target: str, opts) -> dict:
     if target != "gateway":
         raise RuntimeError("ingest measures the gateway's Redis function only (--target gateway)")
     redis_url = start_bus(run, opts)
+    # No gateway runs here to load the function library: load it on every node.
+    library = (ROOT / "src" / "bus" / "redis" / "function.lua").read_bytes()
+    for url in redis_url.split(","):
+        port = url.rsplit(":", 1)[1]
+        subprocess.run(["redis-cli", "-p", port, "-x", "FUNCTION", "LOAD", "REPLACE"], input=library,
+                       check=True, capture_output=True)
     count = opts.sizes["ingest_events"]
     procs, outs = [], []
     before = sum(proc_sample(pid)["cpu_s"] for pid in redis_pids(run))

@@ -105,7 +105,7 @@ impl Tally {
     fn error(&mut self, n: u64, e: String) {
         self.errors += n;
         if self.samples.len() < 5 {
-            self.samples.push(e);
+            self.samples.push(e.chars().take(200).collect());
         }
     }
 }

@@ -12,7 +12,9 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     appendonly: bool,
-    cluster: bool,
+    /// Cluster bus port, for a cluster node (by default Redis would take port + 10000, which
+    /// may be taken or above 65535).
+    cluster_port: Option<u16>,
 }
 
 fn free_port() -> u16 {
@@ -45,7 +47,7 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             appendonly,
-            cluster,
+            cluster_port: cluster.then(free_port),
         };
         server.spawn();
         server
@@ -63,18 +65,19 @@ impl RedisServer {
             ])
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
             .args(["--appendfsync", "always"])
-            .args(if self.cluster {
+            .args(match self.cluster_port {
                 // A short node timeout so a failover completes within a test's patience.
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                ][..]
-            } else {
-                &[][..]
+                Some(bus) => vec![
+                    "--cluster-enabled".to_string(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    "1000".into(),
+                    "--cluster-port".into(),
+                    bus.to_string(),
+                ],
+                None => Vec::new(),
             })
             .arg("--dir")
             .arg(self.dir.path())
