@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use crate::auth::{ClaimNames, RoomPolicy, Verifier};
+use crate::auth::{AllowedOrigins, ClaimNames, DevTokens, RoomPolicy, Verifier};
 use crate::bus::redis::RedisSettings;
 use crate::events::PublishRules;
 
@@ -161,9 +161,14 @@ pub struct ServeArgs {
     /// After the delay: the period over which connections are closed in batches.
     #[arg(long, env = "GATEWAY_DRAIN_PERIOD", default_value = "10s", value_parser = parse_duration)]
     pub drain_period: Duration,
-    /// Development mode: without JWT_SECRET, generate one (and a publish key) and print them.
+    /// Development mode: without JWT_SECRET, generate one (and a publish key) and print them;
+    /// serve `GET /dev/token`; allow every browser origin unless GATEWAY_CORS_ORIGINS is set.
     #[arg(long, env = "GATEWAY_DEV", default_value_t = false)]
     pub dev: bool,
+    /// Browser origins allowed to poll cross-origin and to open WebSockets, comma separated,
+    /// each exactly `scheme://host[:port]` (`*`: any). Default: none (`*` under --dev).
+    #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_parser = AllowedOrigins::parse)]
+    pub cors_origins: Option<AllowedOrigins>,
     /// Refuse to publish channels, events or payloads that are not in the catalog.
     #[arg(long, env = "GATEWAY_STRICT_CATALOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub strict_catalog: bool,
@@ -267,6 +272,10 @@ pub struct Config {
     pub drain_period: Duration,
     /// Engine.IO ping timeout.
     pub ping_timeout: Duration,
+    /// Browser origins that get CORS answers on `/socket.io/` and may open WebSockets.
+    pub cors_origins: AllowedOrigins,
+    /// `--dev` with an HS256 secret: signs the tokens of `GET /dev/token` (absent otherwise).
+    pub dev_tokens: Option<DevTokens>,
 }
 
 /// Secrets generated for `--dev`, to be shown to the developer.
@@ -326,6 +335,8 @@ impl ServeArgs {
                 return Err(bad(setting, "must name a claim"));
             }
         }
+        // The HS256 secret, if any, that `--dev` signs development tokens with.
+        let mut dev_secret = None;
         let (key, algorithm) = match (&self.jwt_secret, &self.jwt_public_key_file) {
             (Some(_), Some(_)) => {
                 return Err(bad(
@@ -347,6 +358,7 @@ impl ServeArgs {
                         format!("{alg} needs JWT_PUBLIC_KEY_FILE; JWT_SECRET is for HS256"),
                     ));
                 }
+                dev_secret = Some(secret.clone());
                 (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256)
             }
             (None, Some(path)) => {
@@ -371,6 +383,7 @@ impl ServeArgs {
             (None, None) if self.dev => {
                 let secret = random_secret();
                 dev.jwt_secret = Some(secret.clone());
+                dev_secret = Some(secret.clone());
                 (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256)
             }
             (None, None) => {
@@ -380,6 +393,9 @@ impl ServeArgs {
                 ))
             }
         };
+        let dev_tokens = dev_secret
+            .filter(|_| self.dev)
+            .map(|secret| DevTokens::new(&secret, claims.clone()));
         let verifier = Verifier::new(
             key,
             algorithm,
@@ -574,6 +590,12 @@ impl ServeArgs {
             },
             drain_delay: self.drain_delay,
             drain_period: self.drain_period,
+            cors_origins: match self.cors_origins {
+                Some(origins) => origins,
+                None if self.dev => AllowedOrigins::Any,
+                None => AllowedOrigins::default(),
+            },
+            dev_tokens,
         };
         Ok((config, dev))
     }
@@ -708,5 +730,27 @@ mod tests {
         let (config, dev) = parse(&["--dev"]).unwrap();
         assert!(dev.jwt_secret.is_some());
         assert_eq!(config.publish_keys.len(), 1);
+        assert!(config.dev_tokens.is_some());
+    }
+
+    #[test]
+    fn browser_origins_default_to_none_and_to_any_under_dev() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let (config, _) = parse(&["--jwt-secret", secret]).unwrap();
+        assert_eq!(config.cors_origins, AllowedOrigins::default());
+        assert!(config.dev_tokens.is_none());
+        let (config, _) = parse(&["--dev", "--jwt-secret", secret]).unwrap();
+        assert_eq!(config.cors_origins, AllowedOrigins::Any);
+        assert!(config.dev_tokens.is_some(), "signed with the given secret");
+        let (config, _) = parse(&["--dev", "--cors-origins", "http://localhost:5173"]).unwrap();
+        assert_eq!(
+            config.cors_origins,
+            AllowedOrigins::Listed(vec!["http://localhost:5173".into()])
+        );
+        let (config, _) = parse(&["--dev", "--cors-origins", ""]).unwrap();
+        assert!(
+            !config.cors_origins.is_open(),
+            "an explicit empty list stays empty"
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`config`]: settings (flags and environment variables), validated once into a [`Config`].
-//! - [`auth`]: JWT verification into an [`auth::Identity`], and the room policy.
+//! - [`auth`]: JWT verification into an [`auth::Identity`], the room policy, the browser
+//!   origins allowed, and development tokens.
 //! - [`events`]: ids and room names, the catalog of channels and events, envelopes and
 //!   publish validation.
 //! - [`bus`]: the [`bus::Bus`] trait (publish with per-room offsets, subscribe) and its
@@ -17,7 +18,8 @@
 //! - [`relay`]: bus deliveries to local sockets (it owns the room → sockets map).
 //! - [`wire`]: the gateway's own WebSocket transport for direct WebSocket sessions (long-polling
 //!   and polling-then-upgrade sessions run on socketioxide behind the same handlers).
-//! - [`http`]: health, readiness and the publish API; `/metrics` on the admin listener.
+//! - [`http`]: health, readiness, the publish API, CORS for browsers and development tokens;
+//!   `/metrics` on the admin listener.
 //! - [`metrics`]: metric names and descriptions.
 //! - [`shutdown`]: signal handling; [`drain`]: closing connections in batches on shutdown.
 //! - [`client`]: a minimal Socket.IO client over WebSocket (tests and tools).
@@ -98,6 +100,11 @@ pub async fn run(
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::refuse_new_sessions_while_draining,
+        ))
+        // Outermost, so every answer on a browser path (a draining refusal too) carries CORS.
+        .layer(axum::middleware::from_fn_with_state(
+            http::cors::BrowserAccess::new(&state.config.cors_origins),
+            http::cors::browser_access,
         ))
         .into_make_service_with_connect_info::<drain::ConnId>();
     tracing::info!(

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use jsonwebtoken::{encode, EncodingKey, Header};
+use realtime_gateway::auth::{ClaimNames, DevTokens};
 use realtime_gateway::config::{parse_duration, LogFormat, ServeArgs};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -203,6 +203,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(key) = &dev.publish_key {
         tracing::warn!("DEVELOPMENT MODE: generated PUBLISH_API_KEYS={key}");
     }
+    if config.dev_tokens.is_some() {
+        let mut at = config.listen;
+        if at.ip().is_unspecified() {
+            at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        tracing::warn!(
+            "DEVELOPMENT MODE: tokens for anyone at GET http://{at}/dev/token?sub=10&institution=1&role=ADMIN"
+        );
+    }
+    tracing::info!(cors_origins = %config.cors_origins, "browser origins allowed");
     runtime().block_on(async move {
         let bind = |addr: std::net::SocketAddr, setting: &'static str| async move {
             listen(addr)
@@ -235,28 +245,19 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn token(args: TokenArgs) -> ExitCode {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let id = |s: &str| {
-        s.parse::<i64>()
-            .map(Value::from)
-            .unwrap_or_else(|_| Value::from(s))
+    let claims = ClaimNames {
+        user: args.claim_user,
+        tenant: args.claim_tenant,
+        role: args.claim_role,
     };
-    let mut claims = serde_json::Map::new();
-    claims.insert(args.claim_user, id(&args.sub));
-    claims.insert(args.claim_tenant, id(&args.institution));
-    claims.insert(args.claim_role, json!(args.role));
-    claims.insert("iat".into(), json!(now));
-    claims.insert("exp".into(), json!(now + args.ttl.as_secs()));
-    match encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(args.secret.as_bytes()),
+    match DevTokens::new(&args.secret, claims).mint(
+        &args.sub,
+        &args.institution,
+        &args.role,
+        args.ttl,
     ) {
         Ok(t) => {
-            println!("{t}");
+            println!("{}", t.token);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -476,6 +476,7 @@ const CLIENT_PROTOCOL_REASONS: &[&str] = &[
     "request_too_large",
     "bad_request",
     "draining",
+    "origin_not_allowed",
     // frames
     "reserved_bits",
     "unknown_opcode",
@@ -1414,6 +1415,11 @@ async fn compose_file_wires_the_stack_with_settings_the_binary_accepts() {
     }
 
     // Settings: names, values, boot.
+    assert!(
+        env.get("GATEWAY_CORS_ORIGINS")
+            .is_some_and(|o| !o.is_empty() && o != "*"),
+        "the compose gateways name the browser origins they serve: {env:?}"
+    );
     let listen_port = port_of(&env["GATEWAY_LISTEN"]);
     let admin = &env["GATEWAY_ADMIN_LISTEN"];
     assert_eq!(listen_port, 3000);
@@ -1731,6 +1737,11 @@ async fn kubernetes_manifests_wire_the_gateway_with_settings_the_binary_accepts(
     assert!(
         secret_keys.contains("JWT_SECRET") && secret_keys.contains("PUBLISH_API_KEYS"),
         "secrets come from the Secret: {secret_keys:?}"
+    );
+    assert!(
+        env.get("GATEWAY_CORS_ORIGINS")
+            .is_some_and(|o| !o.is_empty() && o != "*"),
+        "the ConfigMap names the browser origins: {env:?}"
     );
     // The Secret's placeholders are refused, naming the setting (the comment in secret.yaml).
     let mut placeholder_env = env.clone();

@@ -9,13 +9,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
-use tokio::task::JoinHandle;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 /// Longest a node test file may run before it is killed.
 const NODE_DEADLINE: Duration = Duration::from_secs(120);
@@ -37,57 +34,6 @@ fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("node")
-}
-
-/// Reads a child's pipe to the end in the background.
-fn drain(pipe: Option<impl AsyncRead + Unpin + Send + 'static>) -> JoinHandle<String> {
-    tokio::spawn(async move {
-        let mut out = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut out).await;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    })
-}
-
-/// What a child process did: its status (`None`: killed at the deadline) and its output.
-struct Outcome {
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `cmd` in its own process group; at `deadline` kills the whole group (node's test runner
-/// runs each file in a child process of its own).
-async fn run(mut cmd: Command, deadline: Duration) -> Outcome {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let program = format!("{:?}", cmd.as_std());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program}: {e} (is it installed and on PATH?)"));
-    let pid = child.id().expect("child pid");
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let status = match timeout(deadline, child.wait()).await {
-        Ok(status) => Some(status.expect("wait for child")),
-        Err(_) => {
-            // The group id is the child's pid: this kills exactly what this test started.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
-                .status();
-            let _ = child.wait().await;
-            None
-        }
-    };
-    Outcome {
-        status,
-        stdout: stdout.await.unwrap_or_default(),
-        stderr: stderr.await.unwrap_or_default(),
-    }
 }
 
 /// Makes sure `tests/node/node_modules` is installed (see `common::node::ensure_installed`).
@@ -141,7 +87,7 @@ async fn run_node(
         cmd.env(k, v);
     }
     let started = Instant::now();
-    let out = run(cmd, NODE_DEADLINE).await;
+    let out = common::node::run_with_deadline(cmd, NODE_DEADLINE).await;
     let verdict = match out.status {
         Some(s) if s.success() => None,
         Some(s) => Some(format!("node --test {file} failed ({s})")),

@@ -1,6 +1,8 @@
-//! HTTP: the public router (health, readiness, publish API; Socket.IO is layered on top of it)
-//! and the admin router (`/metrics`).
+//! HTTP: the public router (health, readiness, publish API, development tokens under `--dev`;
+//! Socket.IO is layered on top of it, CORS around both) and the admin router (`/metrics`).
 
+pub mod cors;
+pub mod dev;
 pub mod error;
 pub mod publish;
 
@@ -18,12 +20,15 @@ use crate::state::AppState;
 
 /// Routes of the public listener (without Socket.IO, which `run` layers on).
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/publish", post(publish::publish))
-        .route("/v1/publish/batch", post(publish::publish_batch))
-        .with_state(state)
+        .route("/v1/publish/batch", post(publish::publish_batch));
+    if state.config.dev_tokens.is_some() {
+        router = router.merge(dev::router());
+    }
+    router.with_state(state)
 }
 
 /// Refuses to start Engine.IO sessions (handshakes: `/socket.io/` requests without a `sid`)

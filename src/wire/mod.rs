@@ -170,6 +170,18 @@ fn check_request(req: &httparse::Request<'_, '_>, st: &AppState) -> Result<Strin
             "the Sec-WebSocket-Key header is missing",
         ));
     };
+    let origin = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("origin"))
+        .map(|h| h.value);
+    if !st.config.cors_origins.admits_websocket(origin) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            crate::auth::origins::REFUSED_CODE,
+            crate::auth::origins::REFUSED_MESSAGE,
+        ));
+    }
     if st.is_draining() {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -328,7 +328,12 @@ impl Nginx {
 
     /// The access log so far (one line per request, with `upstream=<gateway>`).
     pub fn access_log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+        fs::read_to_string(self.access_log_path()).unwrap_or_default()
+    }
+
+    /// Where nginx writes its access log (for a test process of its own to read).
+    pub fn access_log_path(&self) -> PathBuf {
+        self.dir.path().join("access.log")
     }
 
     /// Error log, output and access log, for failure messages.
@@ -394,6 +399,12 @@ impl Haproxy {
     /// The rendered configuration.
     pub fn config(&self) -> String {
         fs::read_to_string(self.dir.path().join("haproxy.cfg")).unwrap_or_default()
+    }
+
+    /// Where HAProxy writes one line per request (`option httplog`: `gateways/gwN` and the
+    /// request line), for a test process of its own to read.
+    pub fn request_log_path(&self) -> PathBuf {
+        self.dir.path().join("stdout.log")
     }
 
     /// Its output so far: alerts and warnings, then one log line per request.

@@ -9,6 +9,7 @@ pub mod publish;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod resilient;
+pub mod static_site;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,5 +1,7 @@
-//! Runs a Node script from `tests/node` (the official `socket.io-client`) that reports its
-//! progress as one JSON object per line on stdout.
+//! Node packages of the tests (`tests/node`: the official `socket.io-client`; `tests/browser`:
+//! Chromium through playwright-core): installs them once with `npm ci`, runs a script from
+//! `tests/node` that reports its progress as one JSON object per line on stdout, and runs
+//! `node --test` files with a deadline.
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
@@ -14,9 +16,14 @@ const INSTALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300
 
 /// `tests/node`.
 pub fn node_dir() -> std::path::PathBuf {
+    tests_dir("node")
+}
+
+/// `tests/<name>`.
+pub fn tests_dir(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
-        .join("node")
+        .join(name)
 }
 
 /// Written by npm as the last step of an install: its presence means node_modules is complete.
@@ -31,11 +38,16 @@ fn installed(dir: &std::path::Path) -> bool {
             .is_file()
 }
 
-/// Makes sure `tests/node/node_modules` is installed, running `npm ci` if not. Creating the lock
+/// Makes sure `tests/node/node_modules` is installed (see [`ensure_installed_in`]).
+pub fn ensure_installed() {
+    ensure_installed_in(&node_dir());
+}
+
+/// Makes sure `dir/node_modules` is installed, running `npm ci` if not. Creating the lock
 /// directory is atomic, so of all test threads and processes exactly one installs; the others
 /// wait, with a deadline, for the lock to go away.
-pub fn ensure_installed() {
-    let dir = node_dir();
+pub fn ensure_installed_in(dir: &std::path::Path) {
+    let dir = dir.to_path_buf();
     let lock = dir.join(".install-lock");
     let give_up = std::time::Instant::now() + INSTALL_DEADLINE + std::time::Duration::from_secs(30);
     loop {
@@ -169,5 +181,65 @@ impl Drop for Script {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a child process did: its status (`None`: killed at the deadline) and its output.
+pub struct Outcome {
+    /// Exit status; `None` when it was killed at the deadline.
+    pub status: Option<std::process::ExitStatus>,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+/// Reads a child's pipe to the end in the background.
+fn drain_pipe(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut out).await;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// Runs `cmd` in its own process group; at `deadline` kills the whole group (node's test runner
+/// runs each file in a child process of its own, and a browser has processes of its own too).
+pub async fn run_with_deadline(
+    mut cmd: tokio::process::Command,
+    deadline: std::time::Duration,
+) -> Outcome {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let program = format!("{:?}", cmd.as_std());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e} (is it installed and on PATH?)"));
+    let pid = child.id().expect("child pid");
+    let stdout = drain_pipe(child.stdout.take());
+    let stderr = drain_pipe(child.stderr.take());
+    let status = match tokio::time::timeout(deadline, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for child")),
+        Err(_) => {
+            // The group id is the child's pid: this kills exactly what this test started.
+            let _ = Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+            let _ = child.wait().await;
+            None
+        }
+    };
+    Outcome {
+        status,
+        stdout: stdout.await.unwrap_or_default(),
+        stderr: stderr.await.unwrap_or_default(),
     }
 }
