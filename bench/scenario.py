@@ -293,9 +293,10 @@ def start_servers(run: Run, target: str, count: int, redis_url: str) -> list[Ser
     servers = []
     for i in range(count):
         port = free_port()
+        admin = free_port()
         if target == "gateway":
             proc = run.spawn(f"gateway-{i}", [
-                GATEWAY_BIN, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}",
+                GATEWAY_BIN, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
             ], env={
                 "JWT_SECRET": SECRET, "PUBLISH_API_KEYS": PUBLISH_KEY,
                 ("REDIS_CLUSTER_NODES" if "," in redis_url else "REDIS_URL"): redis_url,
@@ -306,6 +307,7 @@ def start_servers(run: Run, target: str, count: int, redis_url: str) -> list[Ser
                 "node", BASELINE / "server.js", "--port", port, "--redis", redis_url,
             ], env={"JWT_SECRET": SECRET, "NODE_ENV": "production"})
         servers.append(Server(f"{target}-{i}", proc, port))
+        servers[-1].admin = f"127.0.0.1:{admin}"
     for s in servers:
         wait_until(lambda: s.proc.poll() is not None or http_status(f"http://{s.addr}/readyz") == 200,
                    60, f"{s.name} ready")
@@ -737,6 +739,16 @@ def scenario_storm(run: Run, target: str, opts) -> dict:
     survivor_after = proc_sample(servers[1].pid)
     others_cpu = sum(proc_sample(pid)["cpu_s"] for pid in others) - others_before
     redis_cpu = sum(proc_sample(pid)["cpu_s"] for pid in redis_pids(run)) - redis_before
+    recoveries = {}
+    if positions:
+        try:
+            with urllib.request.urlopen(f"http://{servers[1].admin}/metrics", timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("gateway_recoveries_total{"):
+                        label, value = line.rsplit(" ", 1)
+                        recoveries[label.split('"')[1]] = float(value)
+        except OSError as e:
+            log(f"survivor metrics: {e}")
     finals = stop(gens)
     rec = [f.get("recovery", {}) for f in finals]
     recovered = sum(r.get("recovered", 0) for r in rec)
@@ -778,6 +790,7 @@ def scenario_storm(run: Run, target: str, opts) -> dict:
         # With positions: each room's answer on reconnect (3 rooms per client).
         "rooms_recovered": recovered if positions else None,
         "rooms_not_recovered": not_recovered if positions else None,
+        "survivor_recoveries_by_result": recoveries,
         "last_recovery_secs": (round((last_recovered - killed_at_us) / 1e6, 3)
                                if positions and last_recovered > killed_at_us else None),
         "survivor_rss_kb": survivor_after["rss_kb"],

@@ -77,6 +77,16 @@ impl RedisPool {
     }
 }
 
+/// A handle on a pooled connection's socket that does not hold the connection: commands from
+/// many holders are pipelined on it (both kinds multiplex).
+#[derive(Clone)]
+pub enum SharedConnection {
+    /// To one Redis server.
+    Single(redis::aio::MultiplexedConnection),
+    /// To a Redis Cluster.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
 impl PooledConnection {
     /// A handle that can run one command concurrently with others on the same connection
     /// (cluster connections multiplex; a single-server one is used as is).
@@ -84,6 +94,42 @@ impl PooledConnection {
         match self {
             Self::Single(_) => None,
             Self::Cluster(c) => Some((**c).clone()),
+        }
+    }
+
+    /// A handle on this connection's socket; the pooled connection can go back to the pool.
+    pub fn shared(&self) -> SharedConnection {
+        match self {
+            Self::Single(c) => SharedConnection::Single((**c).clone()),
+            Self::Cluster(c) => SharedConnection::Cluster((**c).clone()),
+        }
+    }
+}
+
+impl ConnectionLike for SharedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
         }
     }
 }

@@ -118,7 +118,7 @@ impl Publisher {
 
     /// After "Function not found": load the library where it is missing (on one server, or on
     /// every primary of the cluster, since the slot may now live on a new one).
-    async fn reload(&self, conn: &mut PooledConnection) -> Result<(), BusError> {
+    async fn reload(&self, conn: &mut impl ConnectionLike) -> Result<(), BusError> {
         if self.settings.is_cluster() {
             self.ensure_function_everywhere().await
         } else {
@@ -282,7 +282,9 @@ impl Publisher {
         if self.settings.is_cluster() {
             cmd.arg(SHARD_MODE);
         }
-        let mut conn = self.connection().await?;
+        // History reads come in bursts (every client of a dead gateway comes back at once), so
+        // they share the pooled sockets, pipelined, instead of queueing for one each.
+        let mut conn = self.connection().await?.shared();
         for attempt in 0..2 {
             let reply = tokio::time::timeout(
                 self.settings.timeout,
