@@ -7,7 +7,12 @@
 //! |---|---|
 //! | pub/sub channel | `rtg:{1/batch:456}` |
 //! | history stream (entry id `<offset>-1`, field `e` = envelope) | `rtg:{1/batch:456}:h` |
-//! | metadata hash (`offset`, `epoch`) | `rtg:{1/batch:456}:m` |
+//! | metadata hash (`offset`, `epoch`; `rid` in cluster mode) | `rtg:{1/batch:456}:m` |
+//!
+//! Files: `function.lua` (the library), `publisher.rs` (publishing, history reads, loading the
+//! library per node), `pool.rs` (one server or a cluster), `reads.rs` (coalesced history reads),
+//! `topology.rs` (slots and the slot map), `subscriber.rs` (pub/sub on one server) and
+//! `subscriber/sharded.rs` (sharded pub/sub on a Redis Cluster).
 
 mod pool;
 mod publisher;
