@@ -726,6 +726,40 @@ mod tests {
     }
 
     #[test]
+    fn redis_cluster_nodes_replace_the_url() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let (config, _) = parse(&[
+            "--jwt-secret",
+            secret,
+            "--redis-cluster-nodes",
+            "redis://127.0.0.1:7001, redis://127.0.0.1:7002",
+        ])
+        .unwrap();
+        let redis = config.redis.expect("redis settings");
+        assert!(redis.is_cluster());
+        assert_eq!(redis.cluster_nodes.len(), 2);
+        assert_eq!(redis.url, "redis://127.0.0.1:7001");
+        let both = parse(&[
+            "--jwt-secret",
+            secret,
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--redis-cluster-nodes",
+            "redis://127.0.0.1:7001",
+        ])
+        .unwrap_err();
+        assert!(both.to_string().contains("REDIS_CLUSTER_NODES"), "{both}");
+        let bad = parse(&[
+            "--jwt-secret",
+            secret,
+            "--redis-cluster-nodes",
+            "127.0.0.1:7001",
+        ])
+        .unwrap_err();
+        assert!(bad.to_string().contains("REDIS_CLUSTER_NODES"), "{bad}");
+    }
+
+    #[test]
     fn dev_mode_generates_secrets() {
         let (config, dev) = parse(&["--dev"]).unwrap();
         assert!(dev.jwt_secret.is_some());
