@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::auth::{AllowedOrigins, ClaimNames, DevTokens, RoomPolicy, Verifier};
 use crate::bus::redis::RedisSettings;
+use crate::events::catalog::Catalog;
 use crate::events::PublishRules;
 
 /// A setting that cannot be used: which one, and why.
@@ -169,6 +170,9 @@ pub struct ServeArgs {
     /// each exactly `scheme://host[:port]` (`*`: any). Default: none (`*` under --dev).
     #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_parser = AllowedOrigins::parse)]
     pub cors_origins: Option<AllowedOrigins>,
+    /// Event catalog (JSON) to use instead of the built-in ELMS catalog; the file is a whole catalog.
+    #[arg(long, env = "GATEWAY_CATALOG")]
+    pub catalog: Option<PathBuf>,
     /// Refuse to publish channels, events or payloads that are not in the catalog.
     #[arg(long, env = "GATEWAY_STRICT_CATALOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub strict_catalog: bool,
@@ -558,6 +562,7 @@ impl ServeArgs {
                 max_rooms: self.max_rooms_per_publish,
                 max_room_len: self.max_room_len,
                 strict_catalog: self.strict_catalog,
+                catalog: self.load_catalog()?,
             },
             max_batch: self.max_batch,
             policy: RoomPolicy {
@@ -602,6 +607,21 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// The catalog of `--catalog`, or the built-in one. A bad file stops startup with one line
+    /// naming the file and the JSON pointer of the problem.
+    pub fn load_catalog(&self) -> Result<std::sync::Arc<Catalog>, ConfigError> {
+        match self
+            .catalog
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            None => Ok(Catalog::elms()),
+            Some(path) => Catalog::from_file(path)
+                .map(std::sync::Arc::new)
+                .map_err(|e| bad("--catalog / GATEWAY_CATALOG", e.to_string())),
+        }
+    }
+
     fn redis_settings(
         &self,
         url: String,

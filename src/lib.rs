@@ -61,6 +61,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = metrics::install();
+    metrics::allow_channel_labels(&config.publish.catalog);
     let (tx, rx) = tokio::sync::mpsc::channel(DELIVERY_QUEUE);
     let bus: Arc<dyn bus::Bus> = match &config.redis {
         None => Arc::new(bus::memory::MemoryBus::new(

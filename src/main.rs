@@ -1,4 +1,5 @@
-//! `realtime-gateway`: serve (default), mint a development token, or publish an event.
+//! `realtime-gateway`: serve (default), mint a development token, publish an event, or print
+//! and check event catalogs.
 
 use std::process::ExitCode;
 
@@ -30,6 +31,19 @@ enum Command {
     Token(TokenArgs),
     /// Publish one event through a gateway's HTTP API and print the result.
     Publish(PublishArgs),
+    /// Print the effective event catalog (JSON), or check a catalog file with --check.
+    Catalog(CatalogArgs),
+}
+
+#[derive(Args)]
+struct CatalogArgs {
+    /// Check this catalog file: exit 0 when a gateway can use it, else 2 with the problem on
+    /// one line (file and JSON pointer).
+    #[arg(long, value_name = "FILE")]
+    check: Option<std::path::PathBuf>,
+    /// The catalog to print, as the gateway's --catalog; without it, the built-in one.
+    #[arg(long, env = "GATEWAY_CATALOG")]
+    catalog: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -141,6 +155,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Token(args)) => token(args),
         Some(Command::Publish(args)) => runtime().block_on(publish(args)),
+        Some(Command::Catalog(args)) => catalog(args),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
@@ -242,6 +257,37 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+fn catalog(args: CatalogArgs) -> ExitCode {
+    use realtime_gateway::events::catalog::Catalog;
+    let loaded = match (&args.check, &args.catalog) {
+        (Some(path), _) => Catalog::from_file(path).map(std::sync::Arc::new),
+        (None, Some(path)) if !path.as_os_str().is_empty() => {
+            Catalog::from_file(path).map(std::sync::Arc::new)
+        }
+        (None, _) => Ok(Catalog::elms()),
+    };
+    match loaded {
+        Ok(c) if args.check.is_some() => {
+            let events: usize = c.channels().iter().map(|ch| ch.events().len()).sum();
+            println!(
+                "catalog {} version {} ok: {} channels, {events} events",
+                c.name(),
+                c.version(),
+                c.channels().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(c) => {
+            println!("{}", c.json());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: invalid catalog {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn token(args: TokenArgs) -> ExitCode {

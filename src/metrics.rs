@@ -3,12 +3,12 @@
 //! Labels only ever take values from bounded sets (a transport, a reason code, a catalog
 //! channel or `other`), never a room, a user or a raw path.
 
-use std::sync::OnceLock;
+use std::sync::{OnceLock, PoisonError, RwLock};
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::events::catalog::Channel;
+use crate::events::catalog::Catalog;
 
 /// Open Socket.IO connections (gauge), by `transport`.
 pub const CONNECTIONS: &str = "gateway_connections";
@@ -73,10 +73,33 @@ pub const CLIENT_PROTOCOL_ERRORS: &str = "gateway_client_protocol_errors_total";
 /// Connections closed by a drain (counter).
 pub const DRAINED: &str = "gateway_drained_connections_total";
 
-/// Label value for a channel: its name if it is in the catalog, else `other`.
+/// Channel names a label may take: those of every catalog a gateway of this process serves.
+/// The recorder is process-wide, so its label set is too; it is bounded by those catalogs.
+static CHANNEL_LABELS: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
+
+/// Lets the channels of `catalog` appear as `channel` labels (called once per gateway start).
+pub fn allow_channel_labels(catalog: &Catalog) {
+    let mut names = CHANNEL_LABELS
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
+    for channel in catalog.channels() {
+        if !names.contains(&channel.name()) {
+            // Leaked once per distinct name in the process's catalogs: labels must be 'static.
+            names.push(Box::leak(channel.name().to_owned().into_boxed_str()));
+        }
+    }
+}
+
+/// Label value for a channel: its name if it is in a served catalog, else `other` (an event
+/// relayed from a gateway that runs another catalog).
 pub fn channel_label(channel: &str) -> &'static str {
-    Channel::parse(channel)
-        .map(Channel::as_str)
+    let names = CHANNEL_LABELS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
+    names
+        .iter()
+        .find(|n| **n == channel)
+        .copied()
         .unwrap_or("other")
 }
 

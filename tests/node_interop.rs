@@ -232,3 +232,13 @@ async fn node_slow_consumer_recovers() {
     )
     .await;
 }
+
+/// A gateway with its own catalog (tests/catalogs/exams.json): the new channel's event reaches
+/// the stock client on the room its `defaultRoom` template names; built-in channels are unknown;
+/// `GET /v1/catalog` serves the file with an ETag.
+#[tokio::test]
+async fn node_custom_catalog() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/catalogs/exams.json");
+    let file = file.to_str().expect("UTF-8 path");
+    node_test("catalog.test.mjs", &[("GATEWAY_CATALOG", file)], &[]).await;
+}

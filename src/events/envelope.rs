@@ -10,28 +10,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::catalog::{self, Channel, EventType};
-use super::ids::{RoomName, TenantId, UserId, INSTITUTION_KIND};
+use super::catalog::{self, Catalog, ChannelSpec, EventSpec, ParsedPayload};
+use super::ids::{RoomName, TenantId, INSTITUTION_KIND};
 
-/// Socket.IO event names a channel may never take: the client library reserves some, and the
-/// gateway's own protocol uses the others.
-pub const RESERVED_EVENT_NAMES: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-    "authenticate",
-    "authenticated",
-    "auth_error",
-    "join",
-    "leave",
-    "refresh",
-    "ping",
-    "pong",
-    "resync",
-];
+pub use super::catalog::RESERVED_EVENT_NAMES;
 
 /// Longest event id accepted, in bytes.
 pub const MAX_EVENT_ID_LEN: usize = 128;
@@ -114,6 +96,8 @@ pub struct PublishRules {
     pub max_room_len: usize,
     /// Refuse channels, events and payloads that are not in the catalog.
     pub strict_catalog: bool,
+    /// The channels, events, payload schemas and default rooms publishes are checked against.
+    pub catalog: Arc<Catalog>,
 }
 
 /// A refused publish request: a code a program can match, the field at fault and what to fix.
@@ -186,15 +170,6 @@ fn parse_field<'a, T: Deserialize<'a>>(
     })
 }
 
-fn channel_name_ok(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
-}
-
 impl PublishRules {
     /// Validates one publish request object (`{ channel, event, institutionId, payload, rooms?,
     /// id?, timestamp? }`) given as raw JSON.
@@ -233,8 +208,8 @@ impl PublishRules {
             .map_err(|e| PublishError::new("invalid_field", "institutionId", e.0))?;
         let payload = get("payload")?;
 
-        let known = self.check_channel_and_event(&channel, &event)?;
-        self.check_payload(known, payload, &tenant)?;
+        let (known_channel, known_event) = self.check_channel_and_event(&channel, &event)?;
+        let parsed = self.check_payload(known_event, payload, &tenant)?;
 
         let id: Arc<str> = match fields.get("id") {
             None => Arc::from(ulid::Ulid::new().to_string()),
@@ -266,7 +241,7 @@ impl PublishRules {
         };
 
         let rooms = match fields.get("rooms") {
-            None => vec![self.default_room(&channel, payload, &tenant)?],
+            None => vec![self.default_room(known_channel, &parsed, &tenant)?],
             Some(raw) => self.check_rooms(raw, &tenant)?,
         };
 
@@ -284,28 +259,31 @@ impl PublishRules {
         })
     }
 
+    /// The channel and event of a request, looked up in the catalog. Outside strict mode an
+    /// unknown event (or channel) passes, unchecked; a known channel still routes by its
+    /// default room.
     fn check_channel_and_event(
         &self,
         channel: &str,
         event: &str,
-    ) -> Result<Option<EventType>, PublishError> {
-        if !channel_name_ok(channel) || RESERVED_EVENT_NAMES.contains(&channel) {
+    ) -> Result<(Option<&ChannelSpec>, Option<&EventSpec>), PublishError> {
+        if !catalog::name_ok(channel) || RESERVED_EVENT_NAMES.contains(&channel) {
             return Err(PublishError::new(
                 "invalid_field",
                 "channel",
                 "channel must be 1-64 characters of a-z, 0-9 or '_', starting with a letter, and not a reserved Socket.IO event name",
             ));
         }
-        if !channel_name_ok(event) {
+        if !catalog::name_ok(event) {
             return Err(PublishError::new(
                 "invalid_field",
                 "event",
                 "event must be 1-64 characters of a-z, 0-9 or '_', starting with a letter",
             ));
         }
-        let Some(known_channel) = Channel::parse(channel) else {
+        let Some(known_channel) = self.catalog.channel(channel) else {
             if self.strict_catalog {
-                let all: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
+                let all: Vec<&str> = self.catalog.channels().iter().map(|c| c.name()).collect();
                 return Err(PublishError::new(
                     "unknown_channel",
                     "channel",
@@ -315,13 +293,13 @@ impl PublishRules {
                     ),
                 ));
             }
-            return Ok(None);
+            return Ok((None, None));
         };
-        match EventType::parse(event) {
-            _ if !self.strict_catalog => Ok(None),
-            Some(e) if e.channel() == known_channel => Ok(Some(e)),
-            _ => {
-                let all: Vec<&str> = known_channel.events().iter().map(|e| e.as_str()).collect();
+        match known_channel.event(event) {
+            _ if !self.strict_catalog => Ok((Some(known_channel), None)),
+            Some(e) => Ok((Some(known_channel), Some(e))),
+            None => {
+                let all: Vec<&str> = known_channel.events().iter().map(|e| e.name()).collect();
                 Err(PublishError::new(
                     "unknown_event",
                     "event",
@@ -334,12 +312,14 @@ impl PublishRules {
         }
     }
 
+    /// Checks the payload (size, shape, schema in strict mode, tenant) and returns it parsed,
+    /// once, for the default room.
     fn check_payload(
         &self,
-        known: Option<EventType>,
+        known: Option<&EventSpec>,
         payload: &RawValue,
         tenant: &TenantId,
-    ) -> Result<(), PublishError> {
+    ) -> Result<ParsedPayload, PublishError> {
         if payload.get().len() > self.max_payload_bytes {
             return Err(PublishError::new(
                 "payload_too_large",
@@ -351,28 +331,20 @@ impl PublishRules {
                 ),
             ));
         }
+        let not_object =
+            || PublishError::new("invalid_field", "payload", "payload must be a JSON object");
         if !payload.get().trim_start().starts_with('{') {
-            return Err(PublishError::new(
-                "invalid_field",
-                "payload",
-                "payload must be a JSON object",
-            ));
+            return Err(not_object());
         }
+        let parsed = catalog::parse_payload(payload).map_err(|_| not_object())?;
         if let Some(event) = known {
-            catalog::validate_payload(event, payload)
+            event
+                .validate(&parsed)
                 .map_err(|e| PublishError::new("invalid_payload", e.field, e.message))?;
         }
         // Whatever the mode, a payload may not claim another tenant than its envelope.
-        #[derive(Deserialize)]
-        struct TenantOnly {
-            #[serde(rename = "institutionId")]
-            institution_id: Option<serde_json::Value>,
-        }
-        let inner: TenantOnly = serde_json::from_str(payload.get()).map_err(|_| {
-            PublishError::new("invalid_field", "payload", "payload must be a JSON object")
-        })?;
-        if let Some(v) = inner.institution_id {
-            if TenantId::from_json(&v).ok().as_ref() != Some(tenant) {
+        if let Some(v) = parsed.fields().get("institutionId") {
+            if TenantId::from_json(v).ok().as_ref() != Some(tenant) {
                 return Err(PublishError::new(
                     "tenant_mismatch",
                     "payload.institutionId",
@@ -380,38 +352,24 @@ impl PublishRules {
                 ));
             }
         }
-        Ok(())
+        Ok(parsed)
     }
 
+    /// The room of an event published without rooms: its channel's `defaultRoom` template
+    /// filled in, or the tenant's room for a channel the catalog does not know.
     fn default_room(
         &self,
-        channel: &str,
-        payload: &RawValue,
+        channel: Option<&ChannelSpec>,
+        payload: &ParsedPayload,
         tenant: &TenantId,
     ) -> Result<RoomName, PublishError> {
-        if channel != Channel::Notification.as_str() {
+        let Some(channel) = channel else {
             return Ok(RoomName::institution(tenant));
-        }
-        #[derive(Deserialize)]
-        struct Recipient {
-            #[serde(rename = "userId")]
-            user_id: Option<serde_json::Value>,
-        }
-        let recipient: Recipient = serde_json::from_str(payload.get()).map_err(|_| {
-            PublishError::new("invalid_field", "payload", "payload must be a JSON object")
-        })?;
-        let user = recipient
-            .user_id
-            .as_ref()
-            .and_then(|v| UserId::from_json(v).ok())
-            .ok_or_else(|| {
-                PublishError::new(
-                    "missing_field",
-                    "payload.userId",
-                    "a notification without rooms goes to user:<payload.userId>, so payload.userId (integer or string) is required",
-                )
-            })?;
-        Ok(RoomName::user(&user))
+        };
+        channel
+            .default_room()
+            .fill(tenant, payload.fields(), self.max_room_len)
+            .map_err(|e| PublishError::new(e.code, e.field, e.message))
     }
 
     fn check_rooms(
@@ -476,6 +434,7 @@ mod tests {
             max_rooms: 4,
             max_room_len: 64,
             strict_catalog: strict,
+            catalog: Catalog::elms(),
         }
     }
 
@@ -605,6 +564,44 @@ mod tests {
         let body = r#"{"channel":"a","event":"x","institutionId":1,"payload":{},"rooms":["batch:1","batch:1","exam:2"]}"#;
         let p = publish(body, false).unwrap();
         assert_eq!(p.rooms.len(), 2);
+    }
+
+    #[test]
+    fn a_custom_catalog_routes_by_its_templates_and_knows_only_its_channels() {
+        let catalog = Catalog::from_json(
+            r#"{"name":"custom","version":1,"channels":{"exam_feed":{
+                "defaultRoom":"exam:{payload.examId}",
+                "events":{"paper_started":{"payload":{"type":"object","required":["examId","institutionId"],
+                  "properties":{"examId":{"type":["integer","string"]},"institutionId":{}}}}}}}}"#,
+            "custom.json",
+        )
+        .unwrap();
+        let rules = PublishRules {
+            catalog: Arc::new(catalog),
+            ..rules(true)
+        };
+        let ok = r#"{"channel":"exam_feed","event":"paper_started","institutionId":1,"payload":{"examId":9,"institutionId":1}}"#;
+        let p = rules.validate(&raw(ok)).unwrap();
+        assert_eq!(p.rooms[0].as_str(), "exam:9");
+        let missing = r#"{"channel":"exam_feed","event":"paper_started","institutionId":1,"payload":{"institutionId":1}}"#;
+        let e = rules.validate(&raw(missing)).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid_payload", Some("payload.examId"))
+        );
+        let stock = format!(
+            r#"{{"channel":"script_submission","event":"script_submitted","institutionId":1,"payload":{SCRIPT}}}"#
+        );
+        let e = rules.validate(&raw(&stock)).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("unknown_channel", Some("channel"))
+        );
+        assert!(
+            e.message.ends_with("known channels are exam_feed"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! HTTP: the public router (health, readiness, publish API, development tokens under `--dev`;
-//! Socket.IO is layered on top of it, CORS around both) and the admin router (`/metrics`).
+//! HTTP: the public router (health, readiness, publish API, catalog, development tokens under
+//! `--dev`; Socket.IO is layered on top of it, CORS around both) and the admin router (`/metrics`).
 
+pub mod catalog;
 pub mod cors;
 pub mod dev;
 pub mod error;
@@ -24,7 +25,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/publish", post(publish::publish))
-        .route("/v1/publish/batch", post(publish::publish_batch));
+        .route("/v1/publish/batch", post(publish::publish_batch))
+        .route("/v1/catalog", get(catalog::catalog));
     if state.config.dev_tokens.is_some() {
         router = router.merge(dev::router());
     }

@@ -9,6 +9,7 @@ pub mod publish;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod resilient;
+pub mod sdk;
 pub mod static_site;
 
 use std::io::{BufRead, BufReader};
@@ -42,6 +43,7 @@ const INHERITED: &[&str] = &[
     "GATEWAY_LISTEN",
     "GATEWAY_ADMIN_LISTEN",
     "GATEWAY_STRICT_CATALOG",
+    "GATEWAY_CATALOG",
     "GATEWAY_AUTH_GRACE",
     "GATEWAY_LOG",
     "GATEWAY_LOG_FORMAT",

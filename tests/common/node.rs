@@ -26,14 +26,15 @@ pub fn tests_dir(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-/// Written by npm as the last step of an install: its presence means node_modules is complete.
-fn installed(dir: &std::path::Path) -> bool {
+/// Written by npm as the last step of an install: its presence (and that of `marker`, a
+/// package the directory depends on) means node_modules is complete.
+fn installed(dir: &std::path::Path, marker: &str) -> bool {
     dir.join("node_modules")
         .join(".package-lock.json")
         .is_file()
         && dir
             .join("node_modules")
-            .join("socket.io-client")
+            .join(marker)
             .join("package.json")
             .is_file()
 }
@@ -47,11 +48,17 @@ pub fn ensure_installed() {
 /// directory is atomic, so of all test threads and processes exactly one installs; the others
 /// wait, with a deadline, for the lock to go away.
 pub fn ensure_installed_in(dir: &std::path::Path) {
+    ensure_npm_installed(dir, "socket.io-client");
+}
+
+/// Makes sure `dir/node_modules` is installed with `marker` among its packages (see
+/// [`ensure_installed_in`]).
+pub fn ensure_npm_installed(dir: &std::path::Path, marker: &str) {
     let dir = dir.to_path_buf();
     let lock = dir.join(".install-lock");
     let give_up = std::time::Instant::now() + INSTALL_DEADLINE + std::time::Duration::from_secs(30);
     loop {
-        if !lock.exists() && installed(&dir) {
+        if !lock.exists() && installed(&dir, marker) {
             return;
         }
         match std::fs::create_dir(&lock) {
@@ -63,7 +70,7 @@ pub fn ensure_installed_in(dir: &std::path::Path) {
                     }
                 }
                 let _unlock = Unlock(lock.clone());
-                if installed(&dir) {
+                if installed(&dir, marker) {
                     return;
                 }
                 let mut child = Command::new("npm")
@@ -86,7 +93,7 @@ pub fn ensure_installed_in(dir: &std::path::Path) {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 };
                 assert!(
-                    status.success() && installed(&dir),
+                    status.success() && installed(&dir, marker),
                     "npm ci in {} failed: {status:?}",
                     dir.display()
                 );

@@ -27,6 +27,15 @@ impl StaticSite {
     /// Serves `mapped` (URL path → file) and, for other paths, files under `root`
     /// (`/` → `index.html`). Must be called inside a Tokio runtime.
     pub async fn start(mapped: &[(&str, PathBuf)], root: Option<PathBuf>) -> StaticSite {
+        Self::start_with(axum::Router::new(), mapped, root).await
+    }
+
+    /// Like [`StaticSite::start`], with `routes` (e.g. a test API) answered before the files.
+    pub async fn start_with(
+        routes: axum::Router,
+        mapped: &[(&str, PathBuf)],
+        root: Option<PathBuf>,
+    ) -> StaticSite {
         for (url, file) in mapped {
             assert!(file.is_file(), "{url}: {} does not exist", file.display());
         }
@@ -41,7 +50,7 @@ impl StaticSite {
             .await
             .expect("bind the static site");
         let addr = listener.local_addr().expect("local addr");
-        let app = axum::Router::new().fallback(serve).with_state(files);
+        let app = routes.merge(axum::Router::new().fallback(serve).with_state(files));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

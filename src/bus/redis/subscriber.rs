@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Publisher, RedisSettings};
 use crate::bus::{BusError, BusMessage, Delivery, DeliverySender, Position, Recovery};
-use crate::events::catalog::Channel;
+use crate::events::catalog;
 use crate::events::envelope::RESERVED_EVENT_NAMES;
 use crate::events::{Event, RoomKey};
 use crate::metrics;
@@ -77,7 +77,9 @@ pub enum Invalid {
     BadEnvelope,
     /// The envelope's tenant differs from the channel's.
     TenantMismatch,
-    /// A channel outside the catalog (strict mode) or a reserved Socket.IO name.
+    /// A malformed channel name (strict mode) or a reserved Socket.IO name. Channels are not
+    /// looked up in this gateway's catalog: gateways may run different catalogs, and each one
+    /// validates only what it publishes.
     UnknownChannel,
 }
 
@@ -116,7 +118,7 @@ pub fn parse_message(
     }
     let channel_ok = !event.channel.is_empty()
         && !RESERVED_EVENT_NAMES.contains(&&*event.channel)
-        && (!strict_catalog || Channel::parse(&event.channel).is_some());
+        && (!strict_catalog || catalog::name_ok(&event.channel));
     if !channel_ok {
         return Err(Invalid::UnknownChannel);
     }
@@ -493,12 +495,15 @@ mod tests {
             parse_message(&room("2"), format!("1|e|{BODY}").as_bytes(), true).unwrap_err(),
             Invalid::TenantMismatch
         );
-        let custom = BODY.replace("\"incident\"", "\"custom\"");
+        // Another gateway's catalog may have channels this one does not know: relayed.
+        let custom = BODY.replace("\"incident\"", "\"custom_feed\"");
+        assert!(parse_message(&r, format!("1|e|{custom}").as_bytes(), true).is_ok());
+        let malformed = BODY.replace("\"incident\"", "\"Custom Feed\"");
         assert_eq!(
-            parse_message(&r, format!("1|e|{custom}").as_bytes(), true).unwrap_err(),
+            parse_message(&r, format!("1|e|{malformed}").as_bytes(), true).unwrap_err(),
             Invalid::UnknownChannel
         );
-        assert!(parse_message(&r, format!("1|e|{custom}").as_bytes(), false).is_ok());
+        assert!(parse_message(&r, format!("1|e|{malformed}").as_bytes(), false).is_ok());
         let reserved = BODY.replace("\"incident\"", "\"connect\"");
         assert_eq!(
             parse_message(&r, format!("1|e|{reserved}").as_bytes(), false).unwrap_err(),

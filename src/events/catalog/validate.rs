@@ -1,353 +1,22 @@
-//! Payload validation: the schema of each event type (required fields and their JSON kinds)
-//! and the check strict publishing runs before relaying. It only inspects the raw JSON; the
-//! bytes relayed stay the publisher's own.
+//! Payload validation: one parse of the payload, the JSON Schema check of its event, and errors
+//! that name the field (`payload.scriptId`) and say what was expected. The payload's bytes are
+//! only read; the bytes relayed stay the publisher's own.
 
+use std::fmt;
+
+use jsonschema::error::ValidationErrorKind;
+use jsonschema::paths::LocationSegment;
+use jsonschema::{ValidationError, Validator};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::Value;
-
-use super::*;
-
-// ---------------------------------------------------------------------------
-// Schemas
-// ---------------------------------------------------------------------------
-
-/// The JSON kind a field must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// An integer (fits `i64`) or a non-empty string.
-    Id,
-    /// Any string.
-    Str,
-    /// A string starting with an ISO-8601 date, `YYYY-MM-DD`.
-    Timestamp,
-    /// A non-negative integer that fits `u32`.
-    Count,
-    /// Any JSON number.
-    Number,
-}
-
-impl Kind {
-    /// What the field should be, phrased for an error message.
-    fn expected(self) -> &'static str {
-        match self {
-            Kind::Id => "an id (an integer or a non-empty string)",
-            Kind::Str => "a string",
-            Kind::Timestamp => "an ISO-8601 timestamp string",
-            Kind::Count => "a non-negative integer",
-            Kind::Number => "a number",
-        }
-    }
-
-    /// Checks a present value (a required field set to `null` fails here);
-    /// on mismatch returns the error message.
-    fn check(self, value: &Value) -> Result<(), String> {
-        let ok = match (self, value) {
-            (Kind::Id, Value::Number(n)) => n.is_i64(),
-            (Kind::Id, Value::String(s)) => !s.is_empty(),
-            (Kind::Str, Value::String(_)) => true,
-            (Kind::Timestamp, Value::String(s)) => {
-                if !looks_like_iso8601(s) {
-                    return Err(
-                        "expected an ISO-8601 timestamp such as 2025-06-12T09:30:00Z".to_owned(),
-                    );
-                }
-                true
-            }
-            (Kind::Count, Value::Number(n)) => n.as_u64().is_some_and(|v| v <= u64::from(u32::MAX)),
-            (Kind::Number, Value::Number(_)) => true,
-            _ => false,
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "expected {}, found {}",
-                self.expected(),
-                describe(value)
-            ))
-        }
-    }
-}
-
-/// A short description of a JSON value's kind, for error messages.
-fn describe(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.as_i64().is_some_and(|v| v < 0) => "a negative integer",
-        Value::Number(n) if n.is_f64() => "a fractional number",
-        Value::Number(_) => "a number",
-        Value::String(s) if s.is_empty() => "an empty string",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Whether `s` starts with a plausible ISO-8601 date (`YYYY-MM-DD`), followed
-/// by nothing or by a time part introduced with `T` (or a space).
-fn looks_like_iso8601(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() < 10 {
-        return false;
-    }
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    if !(digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10)) {
-        return false;
-    }
-    let two = |i: usize| (b[i] - b'0') * 10 + (b[i + 1] - b'0');
-    let (month, day) = (two(5), two(8));
-    (1..=12).contains(&month)
-        && (1..=31).contains(&day)
-        && (b.len() == 10 || matches!(b[10], b'T' | b't' | b' '))
-}
-
-/// The wire-level schema of one payload: required fields (names and kinds, in
-/// the same order) and optional fields.
-struct Schema {
-    required: &'static [&'static str],
-    required_kinds: &'static [Kind],
-    optional: &'static [(&'static str, Kind)],
-}
-
-/// Builds a [`Schema`] from `"wireName": Kind` lists.
-macro_rules! schema {
-    (
-        required { $($r:literal : $rk:ident),* $(,)? }
-        optional { $($o:literal : $ok:ident),* $(,)? }
-    ) => {
-        Schema {
-            required: &[$($r),*],
-            required_kinds: &[$(Kind::$rk),*],
-            optional: &[$(($o, Kind::$ok)),*],
-        }
-    };
-}
-
-/// The schema of an event's payload; mirrors the payload structs above.
-fn schema(event: EventType) -> &'static Schema {
-    use EventType as E;
-    match event {
-        E::ScriptSubmitted => &schema! {
-            required {
-                "scriptId": Id, "batchId": Id, "studentId": Id, "studentName": Str,
-                "courseCode": Str, "courseName": Str, "submittedAt": Timestamp,
-                "institutionId": Id,
-            }
-            optional {}
-        },
-        E::ScriptVerified => &schema! {
-            required {
-                "scriptId": Id, "batchId": Id, "studentId": Id, "verifiedBy": Id,
-                "verifiedByName": Str, "verifiedAt": Timestamp, "institutionId": Id,
-            }
-            optional { "remarks": Str }
-        },
-        E::ScriptCollected => &schema! {
-            required {
-                "scriptId": Id, "batchId": Id, "studentId": Id, "collectedBy": Id,
-                "collectedByName": Str, "collectedAt": Timestamp, "institutionId": Id,
-            }
-            optional { "remarks": Str }
-        },
-        E::ScriptGraded => &schema! {
-            required {
-                "scriptId": Id, "batchId": Id, "studentId": Id, "courseCode": Str,
-                "gradedBy": Id, "gradedByName": Str, "score": Number, "maxScore": Number,
-                "gradedAt": Timestamp, "institutionId": Id,
-            }
-            optional { "grade": Str, "comment": Str }
-        },
-        E::BatchSealed => &schema! {
-            required {
-                "batchId": Id, "batchNumber": Str, "examId": Id, "scriptCount": Count,
-                "sealedBy": Id, "sealedByName": Str, "sealedAt": Timestamp,
-                "institutionId": Id,
-            }
-            optional { "sealNumber": Str }
-        },
-        E::BatchAssigned => &schema! {
-            required {
-                "batchId": Id, "batchNumber": Str, "examId": Id, "assignedTo": Id,
-                "assignedToName": Str, "assignedBy": Id, "assignedByName": Str,
-                "assignedAt": Timestamp, "institutionId": Id,
-            }
-            optional { "dueAt": Timestamp }
-        },
-        E::BatchCreated => &schema! {
-            required {
-                "batchId": Id, "batchNumber": Str, "examId": Id, "examName": Str,
-                "courseCode": Str, "totalSlots": Count, "createdBy": Id,
-                "createdByName": Str, "institutionId": Id,
-            }
-            optional {}
-        },
-        E::BatchStatusChanged => &schema! {
-            required {
-                "batchId": Id, "batchNumber": Str, "previousStatus": Str, "status": Str,
-                "changedBy": Id, "changedByName": Str, "changedAt": Timestamp,
-                "institutionId": Id,
-            }
-            optional { "reason": Str }
-        },
-        E::BatchStatsUpdated => &schema! {
-            required {
-                "batchId": Id, "totalSlots": Count, "submittedCount": Count,
-                "verifiedCount": Count, "collectedCount": Count, "gradedCount": Count,
-                "updatedAt": Timestamp, "institutionId": Id,
-            }
-            optional {}
-        },
-        E::TimetablePublished => &schema! {
-            required {
-                "timetableId": Id, "examId": Id, "examName": Str, "term": Str,
-                "entryCount": Count, "publishedBy": Id, "publishedByName": Str,
-                "publishedAt": Timestamp, "institutionId": Id,
-            }
-            optional {}
-        },
-        E::TimetableUpdated => &schema! {
-            required {
-                "timetableId": Id, "examId": Id, "version": Count, "changeSummary": Str,
-                "updatedBy": Id, "updatedByName": Str, "updatedAt": Timestamp,
-                "institutionId": Id,
-            }
-            optional { "courseCode": Str }
-        },
-        E::BatchesCreated => &schema! {
-            required {
-                "timetableId": Id, "examId": Id, "examName": Str, "batchCount": Count,
-                "totalSlots": Count, "createdBy": Id, "createdByName": Str,
-                "createdAt": Timestamp, "institutionId": Id,
-            }
-            optional {}
-        },
-        E::IncidentReported => &schema! {
-            required {
-                "incidentId": Id, "examId": Id, "category": Str, "severity": Str,
-                "description": Str, "reportedBy": Id, "reportedByName": Str,
-                "reportedAt": Timestamp, "institutionId": Id,
-            }
-            optional { "courseCode": Str, "venue": Str, "studentId": Id, "scriptId": Id }
-        },
-        E::IncidentUpdated => &schema! {
-            required {
-                "incidentId": Id, "status": Str, "severity": Str, "updatedBy": Id,
-                "updatedByName": Str, "updatedAt": Timestamp, "institutionId": Id,
-            }
-            optional { "note": Str }
-        },
-        E::IncidentResolved => &schema! {
-            required {
-                "incidentId": Id, "resolution": Str, "resolvedBy": Id,
-                "resolvedByName": Str, "resolvedAt": Timestamp, "institutionId": Id,
-            }
-            optional {}
-        },
-        E::NewNotification => &schema! {
-            required {
-                "notificationId": Id, "userId": Id, "title": Str, "message": Str,
-                "kind": Str, "createdAt": Timestamp, "institutionId": Id,
-            }
-            optional { "link": Str }
-        },
-        E::NotificationRead => &schema! {
-            required {
-                "notificationId": Id, "userId": Id, "readAt": Timestamp,
-                "institutionId": Id,
-            }
-            optional {}
-        },
-    }
-}
-
-/// Runs `$body` with `$t` bound to the payload struct of `$event`.
-macro_rules! with_payload_type {
-    ($event:expr, $t:ident => $body:expr) => {{
-        use EventType as E;
-        match $event {
-            E::ScriptSubmitted => {
-                type $t = ScriptSubmitted;
-                $body
-            }
-            E::ScriptVerified => {
-                type $t = ScriptVerified;
-                $body
-            }
-            E::ScriptCollected => {
-                type $t = ScriptCollected;
-                $body
-            }
-            E::ScriptGraded => {
-                type $t = ScriptGraded;
-                $body
-            }
-            E::BatchSealed => {
-                type $t = BatchSealed;
-                $body
-            }
-            E::BatchAssigned => {
-                type $t = BatchAssigned;
-                $body
-            }
-            E::BatchCreated => {
-                type $t = BatchCreated;
-                $body
-            }
-            E::BatchStatusChanged => {
-                type $t = BatchStatusChanged;
-                $body
-            }
-            E::BatchStatsUpdated => {
-                type $t = BatchStatsUpdated;
-                $body
-            }
-            E::TimetablePublished => {
-                type $t = TimetablePublished;
-                $body
-            }
-            E::TimetableUpdated => {
-                type $t = TimetableUpdated;
-                $body
-            }
-            E::BatchesCreated => {
-                type $t = BatchesCreated;
-                $body
-            }
-            E::IncidentReported => {
-                type $t = IncidentReported;
-                $body
-            }
-            E::IncidentUpdated => {
-                type $t = IncidentUpdated;
-                $body
-            }
-            E::IncidentResolved => {
-                type $t = IncidentResolved;
-                $body
-            }
-            E::NewNotification => {
-                type $t = NewNotification;
-                $body
-            }
-            E::NotificationRead => {
-                type $t = NotificationRead;
-                $body
-            }
-        }
-    }};
-}
-
-// ---------------------------------------------------------------------------
-// Validation
-// ---------------------------------------------------------------------------
+use serde_json::{Map, Value};
 
 /// A payload that does not match its event's schema: which field and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct PayloadError {
-    /// Dotted path of the offending field, e.g. `payload.scriptId`, or just
-    /// `payload` when the problem is the payload as a whole.
+    /// Dotted path of the offending field, e.g. `payload.scriptId` or `payload.items[2].id`,
+    /// or just `payload` when the problem is the payload as a whole.
     pub field: String,
     /// What is wrong, e.g. `missing required field`.
     pub message: String,
@@ -369,60 +38,312 @@ impl PayloadError {
     }
 }
 
-/// The required fields (wire names) of an event's payload, in schema order.
-pub fn required_fields(event: EventType) -> &'static [&'static str] {
-    schema(event).required
+/// A payload parsed once for every check of a publish (schema, tenant, default room).
+#[derive(Debug, Clone)]
+pub struct ParsedPayload {
+    /// Always a `Value::Object`; kept as a `Value` so the validator reads it without a copy.
+    object: Value,
+    /// The first top-level key that appeared more than once, if any: strict validation refuses
+    /// it, since receivers would disagree on which value counts.
+    duplicate: Option<String>,
 }
 
-/// Checks that `payload` matches the schema of `event`.
-///
-/// The payload must be a JSON object; every required field must be present,
-/// non-null and of the right kind; optional fields may be absent or `null`.
-/// Unknown fields are ignored. The raw bytes are only read, never rewritten.
-pub fn validate_payload(event: EventType, payload: &RawValue) -> Result<(), PayloadError> {
-    let value: Value = serde_json::from_str(payload.get())
-        .map_err(|e| PayloadError::whole(format!("is not valid JSON: {}", strip_position(&e))))?;
-    let Value::Object(map) = &value else {
-        return Err(PayloadError::whole(format!(
+impl ParsedPayload {
+    /// The payload's fields (a repeated key keeps its last value, as JSON parsers do).
+    pub fn fields(&self) -> &Map<String, Value> {
+        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+        match &self.object {
+            Value::Object(m) => m,
+            _ => EMPTY.get_or_init(Map::new),
+        }
+    }
+}
+
+/// Parses a payload that must be a JSON object.
+pub fn parse_payload(payload: &RawValue) -> Result<ParsedPayload, PayloadError> {
+    let mut de = serde_json::Deserializer::from_str(payload.get());
+    match de.deserialize_any(ObjectVisitor) {
+        Ok(Ok(parsed)) => Ok(parsed),
+        Ok(Err(found)) => Err(PayloadError::whole(format!(
             "expected a JSON object, found {}",
-            describe(&value)
-        )));
-    };
-
-    let schema = schema(event);
-    for (&name, &kind) in schema.required.iter().zip(schema.required_kinds) {
-        match map.get(name) {
-            None => return Err(PayloadError::at(name, "missing required field")),
-            Some(v) => kind.check(v).map_err(|m| PayloadError::at(name, m))?,
-        }
+            describe(&found)
+        ))),
+        Err(e) => Err(PayloadError::whole(format!(
+            "is not valid JSON: {}",
+            strip_position(&e)
+        ))),
     }
-    for &(name, kind) in schema.optional {
-        match map.get(name) {
-            None | Some(Value::Null) => {}
-            Some(v) => kind.check(v).map_err(|m| PayloadError::at(name, m))?,
-        }
-    }
-
-    // Final guard: the typed struct must accept the same bytes (this also
-    // catches duplicate keys, which the map above silently collapses).
-    with_payload_type!(event, T => serde_json::from_str::<T>(payload.get()).map(drop))
-        .map_err(|e| serde_error(&e))
 }
 
-/// Maps a serde_json error to a [`PayloadError`] naming the field if possible.
-fn serde_error(err: &serde_json::Error) -> PayloadError {
-    let text = strip_position(err);
-    let field_in = |prefix: &str| {
-        text.strip_prefix(prefix)
-            .and_then(|rest| rest.strip_suffix('`'))
-            .map(str::to_owned)
+/// Reads a top-level object noting repeated keys; anything else comes back as `Err(value)`.
+struct ObjectVisitor;
+
+impl<'de> Visitor<'de> for ObjectVisitor {
+    type Value = Result<ParsedPayload, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Map::new();
+        let mut duplicate = None;
+        while let Some((key, value)) = access.next_entry::<String, Value>()? {
+            if let Some(_old) = fields.insert(key.clone(), value) {
+                duplicate.get_or_insert(key);
+            }
+        }
+        Ok(Ok(ParsedPayload {
+            object: Value::Object(fields),
+            duplicate,
+        }))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        while access.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(Err(Value::Array(Vec::new())))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Err(Value::Null))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Err(Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Err(Value::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Err(Value::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Err(Value::from(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Err(Value::from(v)))
+    }
+}
+
+/// A compiled payload schema and the source it was compiled from (for error messages).
+pub(super) struct PayloadSchema {
+    validator: Validator,
+    /// The payload schema with the catalog's `$defs` merged in.
+    source: Value,
+}
+
+impl fmt::Debug for PayloadSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PayloadSchema")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PayloadSchema {
+    pub(super) fn new(validator: Validator, source: Value) -> Self {
+        PayloadSchema { validator, source }
+    }
+
+    pub(super) fn required_fields(&self) -> impl Iterator<Item = &str> {
+        self.source
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+    }
+
+    /// Checks a parsed payload. The fast path is one `is_valid` walk; only a refused payload
+    /// pays for collecting errors and phrasing the first one.
+    pub(super) fn validate(&self, payload: &ParsedPayload) -> Result<(), PayloadError> {
+        if !self.validator.is_valid(&payload.object) {
+            return Err(self.explain(&payload.object));
+        }
+        match &payload.duplicate {
+            Some(key) => Err(PayloadError::at(key, "field appears more than once")),
+            None => Ok(()),
+        }
+    }
+
+    /// The error to report for a refused payload: a missing required field first (in the
+    /// schema's order), else the first error the validator finds.
+    fn explain(&self, value: &Value) -> PayloadError {
+        let errors: Vec<ValidationError> = self.validator.iter_errors(value).collect();
+        let required: Vec<&str> = self.required_fields().collect();
+        let missing = errors
+            .iter()
+            .filter_map(|e| match e.kind() {
+                ValidationErrorKind::Required { property } if e.instance_path().is_empty() => {
+                    property.as_str()
+                }
+                _ => None,
+            })
+            .min_by_key(|p| required.iter().position(|r| r == p));
+        if let Some(name) = missing {
+            return PayloadError::at(name, "missing required field");
+        }
+        match errors.first() {
+            Some(e) => self.phrase(e),
+            None => PayloadError::whole("does not match the event's schema"),
+        }
+    }
+
+    fn phrase(&self, error: &ValidationError) -> PayloadError {
+        let (path, instance) = walk(error, &self.source);
+        let field = path.unwrap_or_else(|| "payload".to_owned());
+        let found = describe(error.instance());
+        let message = match error.kind() {
+            ValidationErrorKind::Required { property } => {
+                let name = property.as_str().unwrap_or("?");
+                return PayloadError {
+                    field: format!("{field}.{name}"),
+                    message: "missing required field".to_owned(),
+                };
+            }
+            ValidationErrorKind::Type { .. } if error.instance_path().is_empty() => {
+                format!("expected a JSON object, found {found}")
+            }
+            ValidationErrorKind::Type { .. }
+            | ValidationErrorKind::AnyOf { .. }
+            | ValidationErrorKind::OneOfNotValid { .. }
+            | ValidationErrorKind::Enum { .. }
+            | ValidationErrorKind::Constant { .. } => match instance {
+                Some(s) => format!("expected {}, found {found}", expected(s, &self.source)),
+                None => error.to_string(),
+            },
+            // A constraint on a value of the right kind (pattern, minimum, length...): the
+            // schema's own title and example say it best; without them, the validator's words.
+            _ => match instance.map(|s| resolve(s, &self.source)) {
+                Some(s) if s.get("title").is_some() => {
+                    let title = expected(s, &self.source);
+                    match s
+                        .get("examples")
+                        .and_then(|x| x.get(0))
+                        .and_then(Value::as_str)
+                    {
+                        Some(example) => format!("expected {title} such as {example}"),
+                        None => format!("expected {title}, found {found}"),
+                    }
+                }
+                _ => error.to_string(),
+            },
+        };
+        PayloadError { field, message }
+    }
+}
+
+/// The dotted path of the error's instance (`payload.items[2].id`) and the schema that applies
+/// to it, found by following `properties` and `items` from the payload schema.
+fn walk<'s>(error: &ValidationError, root: &'s Value) -> (Option<String>, Option<&'s Value>) {
+    let mut path = String::from("payload");
+    let mut schema = Some(root);
+    for segment in error.instance_path().iter() {
+        match segment {
+            LocationSegment::Property(name) => {
+                path.push('.');
+                path.push_str(&name);
+                schema = schema
+                    .map(|s| resolve(s, root))
+                    .and_then(|s| s.get("properties"))
+                    .and_then(|p| p.get(name.as_ref()));
+            }
+            LocationSegment::Index(i) => {
+                path.push_str(&format!("[{i}]"));
+                schema = schema
+                    .map(|s| resolve(s, root))
+                    .and_then(|s| s.get("items"));
+            }
+        }
+    }
+    (Some(path), schema)
+}
+
+/// Follows `$ref`s into the schema's own `$defs` (the only references a catalog may hold).
+fn resolve<'s>(mut schema: &'s Value, root: &'s Value) -> &'s Value {
+    for _ in 0..16 {
+        let Some(target) = schema
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/$defs/"))
+            .and_then(|name| root.get("$defs")?.get(name))
+        else {
+            break;
+        };
+        schema = target;
+    }
+    schema
+}
+
+/// What a schema accepts, phrased for "expected ...": its `title` when it has one, else its
+/// types (`null` left out: it is only ever the "or absent" of an optional field).
+fn expected(schema: &Value, root: &Value) -> String {
+    let schema = resolve(schema, root);
+    if let Some(title) = schema.get("title").and_then(Value::as_str) {
+        return title.to_owned();
+    }
+    let alternatives = schema
+        .get("anyOf")
+        .or_else(|| schema.get("oneOf"))
+        .and_then(Value::as_array);
+    if let Some(list) = alternatives {
+        let parts: Vec<String> = list
+            .iter()
+            .filter(|s| s.get("type").and_then(Value::as_str) != Some("null"))
+            .map(|s| expected(s, root))
+            .collect();
+        return parts.join(" or ");
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array) {
+        let list: Vec<String> = options.iter().map(Value::to_string).collect();
+        return format!("one of {}", list.join(", "));
+    }
+    if let Some(c) = schema.get("const") {
+        return c.to_string();
+    }
+    let non_negative = schema.get("minimum").and_then(Value::as_f64) == Some(0.0);
+    let one = |t: &str| match t {
+        "string" => "a string",
+        "integer" if non_negative => "a non-negative integer",
+        "integer" => "an integer",
+        "number" => "a number",
+        "boolean" => "a boolean",
+        "object" => "an object",
+        "array" => "an array",
+        "null" => "null",
+        _ => "a valid value",
     };
-    if let Some(name) = field_in("missing field `") {
-        PayloadError::at(&name, "missing required field")
-    } else if let Some(name) = field_in("duplicate field `") {
-        PayloadError::at(&name, "field appears more than once")
-    } else {
-        PayloadError::whole(text)
+    match schema.get("type") {
+        Some(Value::String(t)) => one(t).to_owned(),
+        Some(Value::Array(ts)) => {
+            let parts: Vec<&str> = ts
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|t| *t != "null")
+                .map(one)
+                .collect();
+            parts.join(" or ")
+        }
+        _ => "a valid value".to_owned(),
+    }
+}
+
+/// A short description of a JSON value's kind, for error messages.
+fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.as_i64().is_some_and(|v| v < 0) => "a negative integer",
+        Value::Number(n) if n.is_f64() => "a fractional number",
+        Value::Number(_) => "a number",
+        Value::String(s) if s.is_empty() => "an empty string",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -438,6 +359,7 @@ fn strip_position(err: &serde_json::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Catalog;
     use super::*;
     use std::collections::BTreeSet;
 
@@ -445,253 +367,196 @@ mod tests {
         RawValue::from_string(json.to_owned()).expect("test JSON is valid")
     }
 
-    fn validate(event: EventType, json: &str) -> Result<(), PayloadError> {
-        validate_payload(event, &raw(json))
+    fn validate(event: &str, json: &str) -> Result<(), PayloadError> {
+        let catalog = Catalog::elms();
+        let spec = catalog
+            .channels()
+            .iter()
+            .find_map(|c| c.event(event))
+            .unwrap_or_else(|| panic!("no event {event}"));
+        spec.validate(&parse_payload(&raw(json))?)
     }
 
-    fn expect_err(event: EventType, json: &str) -> PayloadError {
+    fn expect_err(event: &str, json: &str) -> PayloadError {
         validate(event, json).expect_err("payload should be rejected")
     }
 
+    const ALL: [&str; 17] = [
+        "script_submitted",
+        "script_verified",
+        "script_collected",
+        "script_graded",
+        "batch_sealed",
+        "batch_assigned",
+        "batch_created",
+        "batch_status_changed",
+        "batch_stats_updated",
+        "timetable_published",
+        "timetable_updated",
+        "batches_created",
+        "incident_reported",
+        "incident_updated",
+        "incident_resolved",
+        "new_notification",
+        "notification_read",
+    ];
+
     /// A realistic valid payload for each event type.
-    fn sample(event: EventType) -> &'static str {
-        use EventType as E;
+    fn sample(event: &str) -> &'static str {
         match event {
-            E::ScriptSubmitted => {
+            "script_submitted" => {
                 r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","studentName":"Adaeze Okafor","courseCode":"CSC 201","courseName":"Data Structures","submittedAt":"2025-06-12T11:02:45Z","institutionId":3}"#
             }
-            E::ScriptVerified => {
+            "script_verified" => {
                 r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","verifiedBy":55,"verifiedByName":"Mr. Bello","verifiedAt":"2025-06-12T11:05:10Z","remarks":"Cover page signed","institutionId":3}"#
             }
-            E::ScriptCollected => {
+            "script_collected" => {
                 r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","collectedBy":"staff_9","collectedByName":"Mrs. Eze","collectedAt":"2025-06-12T12:00:00+01:00","institutionId":3}"#
             }
-            E::ScriptGraded => {
+            "script_graded" => {
                 r#"{"scriptId":1042,"batchId":77,"studentId":"U2021/CSC/118","courseCode":"CSC 201","gradedBy":61,"gradedByName":"Dr. Musa","score":67.5,"maxScore":100,"grade":"B","comment":null,"gradedAt":"2025-06-20T15:30:00Z","institutionId":3}"#
             }
-            E::BatchSealed => {
+            "batch_sealed" => {
                 r#"{"batchId":77,"batchNumber":"B-2025-014","examId":9,"scriptCount":48,"sealedBy":55,"sealedByName":"Mr. Bello","sealedAt":"2025-06-12T12:10:00Z","sealNumber":"SL-88213","institutionId":3}"#
             }
-            E::BatchAssigned => {
+            "batch_assigned" => {
                 r#"{"batchId":77,"batchNumber":"B-2025-014","examId":9,"assignedTo":61,"assignedToName":"Dr. Musa","assignedBy":12,"assignedByName":"Exams Officer","assignedAt":"2025-06-13T08:00:00Z","dueAt":"2025-06-27","institutionId":3}"#
             }
-            E::BatchCreated => {
+            "batch_created" => {
                 r#"{"batchId":77,"batchNumber":"B-2025-014","examId":9,"examName":"First Semester Examinations","courseCode":"CSC 201","totalSlots":50,"createdBy":12,"createdByName":"Exams Officer","institutionId":3}"#
             }
-            E::BatchStatusChanged => {
+            "batch_status_changed" => {
                 r#"{"batchId":77,"batchNumber":"B-2025-014","previousStatus":"sealed","status":"in_marking","changedBy":61,"changedByName":"Dr. Musa","changedAt":"2025-06-14T09:00:00Z","institutionId":3}"#
             }
-            E::BatchStatsUpdated => {
+            "batch_stats_updated" => {
                 r#"{"batchId":77,"totalSlots":50,"submittedCount":48,"verifiedCount":48,"collectedCount":48,"gradedCount":12,"updatedAt":"2025-06-20T15:30:01Z","institutionId":3}"#
             }
-            E::TimetablePublished => {
+            "timetable_published" => {
                 r#"{"timetableId":"tt_2025_s1","examId":9,"examName":"First Semester Examinations","term":"2024/2025 First Semester","entryCount":132,"publishedBy":12,"publishedByName":"Exams Officer","publishedAt":"2025-05-02T10:00:00Z","institutionId":3}"#
             }
-            E::TimetableUpdated => {
+            "timetable_updated" => {
                 r#"{"timetableId":"tt_2025_s1","examId":9,"version":4,"changeSummary":"CSC 201 moved to 14 June, 09:00","courseCode":"CSC 201","updatedBy":12,"updatedByName":"Exams Officer","updatedAt":"2025-05-20T16:45:00Z","institutionId":3}"#
             }
-            E::BatchesCreated => {
+            "batches_created" => {
                 r#"{"timetableId":"tt_2025_s1","examId":9,"examName":"First Semester Examinations","batchCount":264,"totalSlots":13200,"createdBy":12,"createdByName":"Exams Officer","createdAt":"2025-05-21T07:30:00Z","institutionId":3}"#
             }
-            E::IncidentReported => {
+            "incident_reported" => {
                 r#"{"incidentId":501,"examId":9,"category":"malpractice","severity":"high","description":"Phone found under answer booklet","courseCode":"CSC 201","venue":"Hall B","studentId":"U2021/CSC/118","reportedBy":55,"reportedByName":"Mr. Bello","reportedAt":"2025-06-12T10:15:00Z","institutionId":3}"#
             }
-            E::IncidentUpdated => {
+            "incident_updated" => {
                 r#"{"incidentId":501,"status":"under_investigation","severity":"high","updatedBy":12,"updatedByName":"Exams Officer","updatedAt":"2025-06-13T09:00:00Z","note":"Panel convened","institutionId":3}"#
             }
-            E::IncidentResolved => {
+            "incident_resolved" => {
                 r#"{"incidentId":501,"resolution":"Script cancelled; student referred to disciplinary committee","resolvedBy":12,"resolvedByName":"Exams Officer","resolvedAt":"2025-06-30T14:00:00Z","institutionId":3}"#
             }
-            E::NewNotification => {
+            "new_notification" => {
                 r#"{"notificationId":"ntf_01J0A","userId":61,"title":"Batch assigned","message":"Batch B-2025-014 (CSC 201) is ready for marking.","kind":"batch_assigned","link":"/marking/batches/77","createdAt":"2025-06-13T08:00:01Z","institutionId":3}"#
             }
-            E::NotificationRead => {
+            "notification_read" => {
                 r#"{"notificationId":"ntf_01J0A","userId":61,"readAt":"2025-06-13T08:12:30Z","institutionId":3}"#
             }
+            other => panic!("no sample for {other}"),
         }
     }
 
-    fn sample_map(event: EventType) -> serde_json::Map<String, Value> {
+    fn sample_map(event: &str) -> Map<String, Value> {
         match serde_json::from_str(sample(event)).expect("sample is JSON") {
             Value::Object(m) => m,
             other => panic!("sample for {event} is not an object: {other}"),
         }
     }
 
-    fn with(event: EventType, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
+    fn with(event: &str, edit: impl FnOnce(&mut Map<String, Value>)) -> String {
         let mut map = sample_map(event);
         edit(&mut map);
         Value::Object(map).to_string()
     }
 
     /// The sample for `event` with `key` set to `value`.
-    fn set(event: EventType, key: &str, value: impl Into<Value>) -> String {
+    fn set(event: &str, key: &str, value: impl Into<Value>) -> String {
         with(event, |m| {
             m.insert(key.to_owned(), value.into());
         })
     }
 
     /// The sample for `event` without `key`.
-    fn without(event: EventType, key: &str) -> String {
+    fn without(event: &str, key: &str) -> String {
         with(event, |m| {
             m.remove(key);
         })
     }
 
-    #[test]
-    fn channels_round_trip() {
-        for c in Channel::ALL {
-            assert_eq!(Channel::parse(c.as_str()), Some(c));
-            assert_eq!(c.to_string(), c.as_str());
-        }
-        assert_eq!(Channel::parse("Incident"), None);
-        assert_eq!(Channel::parse(""), None);
+    fn required(event: &str) -> Vec<String> {
+        let catalog = Catalog::elms();
+        let spec = catalog
+            .channels()
+            .iter()
+            .find_map(|c| c.event(event))
+            .expect("known event");
+        spec.required_fields().map(str::to_owned).collect()
+    }
+
+    /// The payload schema's property names of `event`.
+    fn properties(event: &str) -> BTreeSet<String> {
+        let doc: Value = serde_json::from_str(super::super::ELMS_JSON).expect("catalog JSON");
+        doc["channels"]
+            .as_object()
+            .expect("channels")
+            .values()
+            .find_map(|c| c["events"].get(event))
+            .and_then(|e| e["payload"]["properties"].as_object())
+            .expect("properties")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     #[test]
-    fn event_types_round_trip() {
-        for e in EventType::ALL {
-            assert_eq!(EventType::parse(e.as_str()), Some(e));
-            assert_eq!(e.to_string(), e.as_str());
-        }
-        let names: BTreeSet<_> = EventType::ALL.iter().map(|e| e.as_str()).collect();
-        assert_eq!(names.len(), 17);
-        assert_eq!(EventType::parse("script_deleted"), None);
-    }
-
-    #[test]
-    fn events_are_grouped_by_channel() {
-        let expected: [(&str, &[&str]); 5] = [
-            (
-                "script_submission",
-                &[
-                    "script_submitted",
-                    "script_verified",
-                    "script_collected",
-                    "script_graded",
-                ],
-            ),
-            (
-                "batch_update",
-                &[
-                    "batch_sealed",
-                    "batch_assigned",
-                    "batch_created",
-                    "batch_status_changed",
-                    "batch_stats_updated",
-                ],
-            ),
-            (
-                "exam_timetable",
-                &[
-                    "timetable_published",
-                    "timetable_updated",
-                    "batches_created",
-                ],
-            ),
-            (
-                "incident",
-                &["incident_reported", "incident_updated", "incident_resolved"],
-            ),
-            ("notification", &["new_notification", "notification_read"]),
-        ];
-        for (channel, events) in expected {
-            let channel = Channel::parse(channel).expect("known channel");
-            let listed: Vec<_> = channel.events().iter().map(|e| e.as_str()).collect();
-            assert_eq!(listed, events, "Channel::events for {channel}");
-            for name in events {
-                let event = EventType::parse(name).expect("known event");
-                assert_eq!(event.channel(), channel, "{event}.channel()");
-            }
-        }
-        // Channel::events and EventType::channel agree, and cover ALL once.
-        let mut seen = Vec::new();
-        for c in Channel::ALL {
-            for &e in c.events() {
-                assert_eq!(e.channel(), c);
-                seen.push(e);
-            }
-        }
-        assert_eq!(seen, EventType::ALL.to_vec());
-    }
-
-    #[test]
-    fn every_sample_is_valid() {
-        for e in EventType::ALL {
+    fn every_sample_is_valid_and_uses_only_catalog_fields() {
+        for e in ALL {
             assert_eq!(validate(e, sample(e)), Ok(()), "sample for {e}");
-        }
-    }
-
-    #[test]
-    fn schema_matches_structs() {
-        // A payload with every schema field set must deserialize into the
-        // struct and serialize back with exactly those field names.
-        for e in EventType::ALL {
-            let s = schema(e);
-            assert_eq!(s.required.len(), s.required_kinds.len(), "{e}");
-            assert!(s.required.contains(&"institutionId"), "{e}");
-            let full = with(e, |m| {
-                for &(name, kind) in s.optional {
-                    let v = match kind {
-                        Kind::Id => Value::from(7),
-                        Kind::Timestamp => Value::from("2025-01-01T00:00:00Z"),
-                        Kind::Str => Value::from("x"),
-                        Kind::Count | Kind::Number => Value::from(1),
-                    };
-                    m.insert(name.to_owned(), v);
-                }
-            });
-            let back: Value = with_payload_type!(e, T => {
-                let typed: T = serde_json::from_str(&full).expect("full payload");
-                serde_json::to_value(&typed).expect("serialize")
-            });
-            let keys: BTreeSet<&str> = back
-                .as_object()
-                .expect("object")
-                .keys()
-                .map(String::as_str)
-                .collect();
-            let mut names: BTreeSet<&str> = s.required.iter().copied().collect();
-            names.extend(s.optional.iter().map(|&(n, _)| n));
-            assert_eq!(keys, names, "struct fields vs schema for {e}");
+            let names = properties(e);
             for key in sample_map(e).keys() {
-                assert!(
-                    names.contains(key.as_str()),
-                    "sample for {e} has unknown key {key}"
-                );
+                assert!(names.contains(key), "sample for {e} has unknown key {key}");
             }
+            assert!(required(e).contains(&"institutionId".to_owned()), "{e}");
         }
     }
 
     #[test]
     fn each_missing_required_field_is_named() {
-        for e in EventType::ALL {
-            for &name in required_fields(e) {
-                let json = with(e, |m| {
-                    m.remove(name);
-                });
-                let err = expect_err(e, &json);
+        for e in ALL {
+            let fields = required(e);
+            assert!(fields.len() >= 4, "{e}");
+            for name in fields {
+                let err = expect_err(e, &without(e, &name));
                 assert_eq!(err.field, format!("payload.{name}"), "{e}");
                 assert_eq!(err.message, "missing required field");
-                // The struct itself also requires it.
-                let typed = with_payload_type!(e, T => serde_json::from_str::<T>(&json).map(drop));
-                assert!(typed.is_err(), "{e} struct accepts missing {name}");
             }
         }
     }
 
     #[test]
     fn missing_script_id() {
-        let json = with(EventType::ScriptSubmitted, |m| {
-            m.remove("scriptId");
-        });
-        let err = expect_err(EventType::ScriptSubmitted, &json);
+        let err = expect_err("script_submitted", &without("script_submitted", "scriptId"));
         assert_eq!(err.to_string(), "payload.scriptId: missing required field");
     }
 
     #[test]
+    fn several_missing_fields_report_the_first_in_schema_order() {
+        let json = with("script_submitted", |m| {
+            m.remove("courseName");
+            m.remove("batchId");
+        });
+        assert_eq!(
+            expect_err("script_submitted", &json).field,
+            "payload.batchId"
+        );
+    }
+
+    #[test]
     fn wrong_types_name_the_field() {
-        let e = EventType::ScriptSubmitted;
+        let e = "script_submitted";
         let err = expect_err(e, &set(e, "studentName", 5));
         assert_eq!(err.field, "payload.studentName");
         assert_eq!(err.message, "expected a string, found a number");
@@ -711,7 +576,7 @@ mod tests {
         assert_eq!(err.field, "payload.courseCode");
         assert_eq!(err.message, "expected a string, found null");
 
-        let b = EventType::BatchCreated;
+        let b = "batch_created";
         let err = expect_err(b, &set(b, "totalSlots", -3));
         assert_eq!(err.field, "payload.totalSlots");
         assert_eq!(
@@ -724,11 +589,36 @@ mod tests {
             err.message,
             "expected a non-negative integer, found a string"
         );
+        let err = expect_err(b, &set(b, "totalSlots", u64::from(u32::MAX) + 1));
+        assert_eq!(err.field, "payload.totalSlots");
+
+        let g = "script_graded";
+        let err = expect_err(g, &set(g, "score", "67"));
+        assert_eq!(
+            (err.field.as_str(), err.message.as_str()),
+            ("payload.score", "expected a number, found a string")
+        );
+    }
+
+    #[test]
+    fn every_required_field_refuses_a_wrong_type() {
+        // An array is the wrong kind for every field of the ELMS catalog.
+        for e in ALL {
+            for name in required(e) {
+                let err = expect_err(e, &set(e, &name, serde_json::json!([1])));
+                assert_eq!(err.field, format!("payload.{name}"), "{e}");
+                assert!(
+                    err.message.ends_with("found an array"),
+                    "{e}: {}",
+                    err.message
+                );
+            }
+        }
     }
 
     #[test]
     fn timestamps_must_look_like_iso8601() {
-        let e = EventType::NotificationRead;
+        let e = "notification_read";
         for bad in [
             "yesterday",
             "2025-13-01T00:00:00Z",
@@ -737,6 +627,10 @@ mod tests {
         ] {
             let err = expect_err(e, &set(e, "readAt", bad));
             assert_eq!(err.field, "payload.readAt", "{bad}");
+            assert_eq!(
+                err.message,
+                "expected an ISO-8601 timestamp string such as 2025-06-12T09:30:00Z"
+            );
         }
         let err = expect_err(e, &set(e, "readAt", 1_718_000_000));
         assert_eq!(
@@ -754,31 +648,38 @@ mod tests {
 
     #[test]
     fn optional_fields_may_be_absent_or_null_but_not_mistyped() {
-        let e = EventType::ScriptVerified;
+        let e = "script_verified";
         assert_eq!(validate(e, &without(e, "remarks")), Ok(()));
         assert_eq!(validate(e, &set(e, "remarks", Value::Null)), Ok(()));
         let err = expect_err(e, &set(e, "remarks", 3));
         assert_eq!(err.field, "payload.remarks");
+        assert_eq!(err.message, "expected a string, found a number");
 
-        let i = EventType::IncidentReported;
+        let i = "incident_reported";
         let err = expect_err(i, &set(i, "studentId", ""));
         assert_eq!(err.field, "payload.studentId");
         assert_eq!(
             err.message,
             "expected an id (an integer or a non-empty string), found an empty string"
         );
+        assert_eq!(validate(i, &set(i, "studentId", Value::Null)), Ok(()));
+        let a = "batch_assigned";
+        assert_eq!(validate(a, &set(a, "dueAt", Value::Null)), Ok(()));
+        assert_eq!(
+            expect_err(a, &set(a, "dueAt", "soon")).field,
+            "payload.dueAt"
+        );
     }
 
     #[test]
     fn non_object_payloads_are_rejected_as_a_whole() {
-        let e = EventType::BatchCreated;
         for (json, found) in [
             ("[1,2]", "an array"),
             ("null", "null"),
             ("\"batch\"", "a string"),
             ("42", "a number"),
         ] {
-            let err = expect_err(e, json);
+            let err = expect_err("batch_created", json);
             assert_eq!(err.field, "payload");
             assert_eq!(
                 err.message,
@@ -789,7 +690,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_accepted() {
-        let e = EventType::ScriptSubmitted;
+        let e = "script_submitted";
         let json = with(e, |m| {
             m.insert("examHall".into(), "Hall B".into());
             m.insert(
@@ -803,14 +704,14 @@ mod tests {
     #[test]
     fn duplicate_keys_are_rejected() {
         let json = r#"{"notificationId":1,"userId":61,"userId":62,"readAt":"2025-06-13T08:12:30Z","institutionId":3}"#;
-        let err = expect_err(EventType::NotificationRead, json);
+        let err = expect_err("notification_read", json);
         assert_eq!(err.field, "payload.userId");
         assert_eq!(err.message, "field appears more than once");
     }
 
     #[test]
     fn numeric_and_string_ids_are_both_accepted() {
-        let e = EventType::NewNotification;
+        let e = "new_notification";
         for id in [Value::from(61), Value::from("usr_01HZX"), Value::from(-1)] {
             let json = with(e, |m| {
                 m.insert("userId".into(), id.clone());
@@ -825,28 +726,36 @@ mod tests {
     }
 
     #[test]
-    fn id_value_serde_and_display() {
-        let n: Id = serde_json::from_str("42").expect("int id");
-        let s: Id = serde_json::from_str("\"stu_7\"").expect("string id");
-        assert_eq!(n, IdValue::Int(42));
-        assert_eq!(s, IdValue::Str("stu_7".into()));
-        assert_eq!(n.to_string(), "42");
-        assert_eq!(s.to_string(), "stu_7");
-        assert_eq!(serde_json::to_string(&n).expect("ser"), "42");
-        assert_eq!(serde_json::to_string(&s).expect("ser"), "\"stu_7\"");
-        let typed: NewNotification =
-            serde_json::from_str(sample(EventType::NewNotification)).expect("typed");
-        assert_eq!(format!("user:{}", typed.user_id), "user:61");
-    }
-
-    #[test]
     fn validation_leaves_the_raw_bytes_alone() {
         let json = "{ \"notificationId\" : 1 ,\"userId\":61,\"readAt\":\"2025-06-13T08:12:30Z\",\"institutionId\":3, \"x\": 1.000 }";
         let payload = raw(json);
-        assert_eq!(
-            validate_payload(EventType::NotificationRead, &payload),
-            Ok(())
-        );
+        assert_eq!(validate("notification_read", payload.get()), Ok(()));
         assert_eq!(payload.get(), json);
+    }
+
+    #[test]
+    fn nested_paths_are_dotted() {
+        let catalog = Catalog::from_json(
+            r#"{"name":"t","version":1,"channels":{"feed":{"events":{"tick":{"payload":{
+                "type":"object","required":["items"],
+                "properties":{"items":{"type":"array","items":{"type":"object","required":["id"],
+                  "properties":{"id":{"type":"integer"}}}}}}}}}}}"#,
+            "test",
+        )
+        .expect("catalog");
+        let tick = catalog
+            .channel("feed")
+            .and_then(|c| c.event("tick"))
+            .expect("tick");
+        let check = |json: &str| tick.validate(&parse_payload(&raw(json)).expect("object"));
+        let err = check(r#"{"items":[{"id":1},{"id":"x"}]}"#).unwrap_err();
+        assert_eq!(err.field, "payload.items[1].id");
+        assert_eq!(err.message, "expected an integer, found a string");
+        let err = check(r#"{"items":[{"id":1},{}]}"#).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.message.as_str()),
+            ("payload.items[1].id", "missing required field")
+        );
+        assert_eq!(check(r#"{"items":[]}"#), Ok(()));
     }
 }
