@@ -410,15 +410,38 @@ impl Subscriber {
 
     /// Relays one event unless its offset was relayed already.
     async fn deliver(&self, room: RoomKey, epoch: Arc<str>, offset: u64, event: Arc<Event>) {
-        {
+        let restarted = {
             let mut last = lock(&self.last);
-            if let Some((last_epoch, last_offset)) = last.get(&room) {
-                if *last_epoch == epoch && offset <= *last_offset {
-                    ::metrics::counter!(metrics::BUS_DUPLICATES).increment(1);
-                    return;
+            let restarted = match last.get(&room) {
+                Some((last_epoch, last_offset)) if *last_epoch == epoch => {
+                    if offset <= *last_offset {
+                        ::metrics::counter!(metrics::BUS_DUPLICATES).increment(1);
+                        return;
+                    }
+                    false
                 }
-            }
+                Some(_) => true,
+                None => false,
+            };
             last.insert(room.clone(), (epoch.clone(), offset));
+            restarted
+        };
+        if restarted {
+            // A new epoch arrived live without a gap read saying so (the read failed during a
+            // failover): the history restarted, so the room's clients must refetch before
+            // they take offsets of the new epoch.
+            tracing::warn!(%room, "room's history restarted (new epoch); asking clients to resync");
+            let now = Position {
+                epoch: epoch.clone(),
+                offset: offset - 1,
+            };
+            let _ = self
+                .deliveries
+                .send(BusMessage::Resync {
+                    key: room.clone(),
+                    now,
+                })
+                .await;
         }
         let delivery = Delivery {
             key: room,
