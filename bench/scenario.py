@@ -58,6 +58,8 @@ FULL = {
     "scale_rate": 1.0,
     "step_secs": 10.0,
     "ingest_events": 200_000,
+    "compression_connections": 10_000,
+    "compression_rates": [1, 3],
 }
 QUICK = {
     "idle_sizes": [2_000],
@@ -72,6 +74,8 @@ QUICK = {
     "scale_rate": 2.0,
     "step_secs": 4.0,
     "ingest_events": 30_000,
+    "compression_connections": 2_000,
+    "compression_rates": [5],
 }
 
 
@@ -904,6 +908,60 @@ def scenario_floor(run: Run, target: str, opts) -> dict:
     return {**shapes[0], "shapes": shapes}
 
 
+def scenario_compression(run: Run, target: str, opts) -> dict:
+    """permessage-deflate: bytes per delivery of every catalog event in each encoding
+    (`rtg-loadgen sizes`), then the same fan-out twice on a fresh gateway, clients without and
+    with the extension: idle memory per connection, server CPU per delivery and p99 per rate."""
+    out = subprocess.run([str(LOADGEN_BIN), "sizes"], capture_output=True, text=True, timeout=60,
+                         check=True)
+    sizes = json.loads(out.stdout.strip().splitlines()[-1])
+    n = opts.sizes["compression_connections"]
+    modes = {}
+    for mode in ("plain", "deflate"):
+        redis_url = start_redis(run)
+        servers = start_servers(run, target, 1, redis_url)
+        time.sleep(1.0)
+        before = [proc_sample(s.pid) for s in servers]
+        extra = ["--join", "batch:1"] + (["--deflate"] if mode == "deflate" else [])
+        gens = start_clients(run, servers, n, opts, extra, label=f"{mode}-")
+        ready = wait_ready(gens, n, opts)
+        time.sleep(opts.settle)
+        after = [proc_sample(s.pid) for s in servers]
+        conns = merge_connections(ready)
+        procs = procs_delta(servers, before, after)
+        held = conns["held"]
+        log(f"compression {mode}: {held}/{n} connected")
+        steps = [run_step(run, target, redis_url, servers, gens, opts, rate, n, rooms=["batch:1"])
+                 for rate in opts.sizes["compression_rates"]]
+        finals = stop(gens)
+        received = sum(s["deliveries"]["received"] for s in steps)
+        # The generators share the cores: inflating is their cost, and it shows in the latency.
+        gen_cpu = sum(f.get("self", {}).get("cpu_s", 0) for f in finals)
+        modes[mode] = {
+            "connections": conns,
+            "idle_bytes_per_connection": round((procs["rss_after_kb"] - procs["rss_before_kb"]) * 1024 / held) if held else None,
+            "steps": steps,
+            "generator_cpu_s": round(gen_cpu, 3),
+            "generator_cpu_us_per_delivery": round(gen_cpu * 1e6 / received, 2) if received else None,
+            "errors": run_errors(ready, finals),
+        }
+        run.stop()
+    ratios = []
+    for p, d in zip(modes["plain"]["steps"], modes["deflate"]["steps"]):
+        cp, cd = p["server_cpu_us_per_delivery"], d["server_cpu_us_per_delivery"]
+        ratios.append({
+            "rate": p["rate"],
+            "offered_per_sec": p["offered_per_sec"],
+            "cpu_us_per_delivery": {"plain": cp, "deflate": cd},
+            "cpu_ratio": round(cd / cp, 3) if cp and cd else None,
+            "p99_ms": {"plain": p["latency_ms"]["p99"], "deflate": d["latency_ms"]["p99"]},
+            "lost": {"plain": p["deliveries"]["lost"], "deflate": d["deliveries"]["lost"]},
+        })
+        log(f"compression at {p['offered_per_sec']:.0f}/s: CPU {cp} -> {cd} us/delivery "
+            f"({ratios[-1]['cpu_ratio']}x), p99 {p['latency_ms']['p99']} -> {d['latency_ms']['p99']} ms")
+    return {"sizes": sizes, **modes, "compare": ratios}
+
+
 SCENARIOS = {
     "floor": scenario_floor,
     "idle": scenario_idle,
@@ -912,6 +970,7 @@ SCENARIOS = {
     "storm": scenario_storm,
     "scale": scenario_scale,
     "ingest": scenario_ingest,
+    "compression": scenario_compression,
 }
 
 
@@ -1050,9 +1109,10 @@ def main() -> int:
     if opts.sizes:
         sizes["idle_sizes"] = opts.sizes
     if opts.connections:
-        for k in ("fanout_connections", "rooms_connections", "storm_connections", "scale_connections"):
+        for k in ("fanout_connections", "rooms_connections", "storm_connections", "scale_connections",
+                  "compression_connections"):
             sizes[k] = opts.connections
-    if opts.rates and opts.scenario in ("fanout", "rooms"):
+    if opts.rates and opts.scenario in ("fanout", "rooms", "compression"):
         sizes[f"{opts.scenario}_rates"] = opts.rates
     if opts.events:
         sizes["ingest_events"] = opts.events
@@ -1073,7 +1133,8 @@ def main() -> int:
     try:
         prepare(targets, opts)
         for name in names:
-            runs = [(t, m) for t in (["machine"] if name == "floor" else targets)
+            only = {"floor": ["machine"], "compression": ["gateway"]}
+            runs = [(t, m) for t in only.get(name, targets)
                     for m in (modes if name in ("ingest", "fanout", "storm") else ["single"])]
             for target, mode in runs:
                 opts.redis_mode = mode

@@ -49,6 +49,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A duration longer than 0 (see [`parse_duration`]).
+fn nonzero_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).and_then(|d| match d.is_zero() {
+        true => Err("must be longer than 0".into()),
+        false => Ok(d),
+    })
+}
+
+/// A whole number of at least 1.
+fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.trim().parse::<T>() {
+        Ok(v) if v >= T::from(1) => Ok(v),
+        _ => Err(format!("'{s}' is not a whole number of at least 1")),
+    }
+}
+
+/// A room name length limit: 16 to 1024.
+fn room_len(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if (16..=1024).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not between 16 and 1024")),
+    }
+}
+
 /// The soft limit on open files of this process.
 fn open_file_limit() -> usize {
     let mut lim = libc::rlimit {
@@ -129,7 +153,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
     /// Most events kept in a room's history.
-    #[arg(long, env = "GATEWAY_HISTORY_MAX_LEN", default_value_t = 1000)]
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_LEN", default_value_t = 1000, value_parser = positive::<u64>)]
     pub history_max_len: u64,
     /// How long a room's history lives after its last event.
     #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "6h", value_parser = parse_duration)]
@@ -138,14 +162,14 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_UNSUBSCRIBE_DELAY", default_value = "2s", value_parser = parse_duration)]
     pub unsubscribe_delay: Duration,
     /// Most events one recovery may replay; a bigger gap answers `recovered: false`.
-    #[arg(long, env = "GATEWAY_MAX_REPLAY", default_value_t = 1000)]
+    #[arg(long, env = "GATEWAY_MAX_REPLAY", default_value_t = 1000, value_parser = positive::<u64>)]
     pub max_replay: u64,
     /// Joins a socket may make per second (bursts of as many).
-    #[arg(long, env = "GATEWAY_JOIN_RATE", default_value_t = 20)]
-    pub join_rate: u32,
+    #[arg(long, env = "GATEWAY_JOIN_RATE", default_value = "20")]
+    pub join_rate: std::num::NonZeroU32,
     /// Events one publish API key may publish per second (bursts of as many).
-    #[arg(long, env = "GATEWAY_PUBLISH_RATE", default_value_t = 2000)]
-    pub publish_rate: u32,
+    #[arg(long, env = "GATEWAY_PUBLISH_RATE", default_value = "2000")]
+    pub publish_rate: std::num::NonZeroU32,
     /// Most client connections held at once (0: the open-file limit less 256). Past it new
     /// connections are closed at once and /readyz answers 503.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 0)]
@@ -177,10 +201,10 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_STRICT_CATALOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub strict_catalog: bool,
     /// How long a socket that connected without a token has to emit `authenticate`.
-    #[arg(long, env = "GATEWAY_AUTH_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_AUTH_GRACE", default_value = "10s", value_parser = nonzero_duration)]
     pub auth_grace: Duration,
     /// How long a new WebSocket session has to send its Socket.IO connect packet.
-    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "45s", value_parser = nonzero_duration)]
     pub connect_timeout: Duration,
     /// Room kinds a socket may join on request, comma separated.
     #[arg(
@@ -193,28 +217,35 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_ROOM_ROLES", default_value = "")]
     pub room_roles: String,
     /// Most rooms a socket may join on request.
-    #[arg(long, env = "GATEWAY_MAX_ROOMS_PER_SOCKET", default_value_t = 50)]
+    #[arg(long, env = "GATEWAY_MAX_ROOMS_PER_SOCKET", default_value_t = 50, value_parser = positive::<usize>)]
     pub max_rooms_per_socket: usize,
     /// Longest room name, in bytes.
-    #[arg(long, env = "GATEWAY_MAX_ROOM_LEN", default_value_t = 128)]
+    #[arg(long, env = "GATEWAY_MAX_ROOM_LEN", default_value_t = 128, value_parser = room_len)]
     pub max_room_len: usize,
     /// Largest event payload accepted by the publish paths, in bytes.
-    #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 65536)]
+    #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 65536, value_parser = positive::<usize>)]
     pub max_payload_bytes: usize,
     /// Most rooms one published event may be addressed to.
-    #[arg(long, env = "GATEWAY_MAX_ROOMS_PER_PUBLISH", default_value_t = 32)]
+    #[arg(long, env = "GATEWAY_MAX_ROOMS_PER_PUBLISH", default_value_t = 32, value_parser = positive::<usize>)]
     pub max_rooms_per_publish: usize,
     /// Most events in one `POST /v1/publish/batch`.
-    #[arg(long, env = "GATEWAY_MAX_BATCH", default_value_t = 100)]
+    #[arg(long, env = "GATEWAY_MAX_BATCH", default_value_t = 100, value_parser = positive::<usize>)]
     pub max_batch: usize,
-    /// Largest packet a client may send, in bytes.
-    #[arg(long, env = "GATEWAY_MAX_CLIENT_PACKET_BYTES", default_value_t = 16384)]
+    /// Largest packet a client may send, in bytes (after decompression).
+    #[arg(long, env = "GATEWAY_MAX_CLIENT_PACKET_BYTES", default_value_t = 16384, value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_client_packet_bytes: u64,
+    /// Offer permessage-deflate on WebSocket sessions: negotiated when the client offers it,
+    /// without context takeover, so each event is compressed once for every socket.
+    #[arg(long, env = "GATEWAY_WS_COMPRESSION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ws_compression: bool,
+    /// Messages shorter than this many bytes go out uncompressed (compressing them gains little).
+    #[arg(long, env = "GATEWAY_WS_COMPRESSION_MIN_BYTES", default_value_t = 256, value_parser = clap::value_parser!(u32))]
+    pub ws_compression_min_bytes: u32,
     /// Engine.IO ping interval.
-    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "25s", value_parser = nonzero_duration)]
     pub ping_interval: Duration,
     /// Engine.IO ping timeout.
-    #[arg(long, env = "GATEWAY_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_PING_TIMEOUT", default_value = "20s", value_parser = nonzero_duration)]
     pub ping_timeout: Duration,
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "human")]
@@ -250,8 +281,11 @@ pub struct Config {
     pub auth_grace: Duration,
     /// Time a new WebSocket session has to send its Socket.IO connect packet.
     pub connect_timeout: Duration,
-    /// Largest client packet.
+    /// Largest client packet (after decompression).
     pub max_client_packet_bytes: u64,
+    /// Smallest message compressed on WebSocket sessions that negotiated permessage-deflate;
+    /// `None`: compression is off.
+    pub ws_compression_min_bytes: Option<u32>,
     /// Engine.IO ping interval.
     pub ping_interval: Duration,
     /// Most events kept per room (embedded bus; the Redis bus has its own copy).
@@ -479,44 +513,6 @@ impl ServeArgs {
         }
         let roles_per_kind = RoomPolicy::parse_roles_per_kind(&self.room_roles)
             .map_err(|m| bad("--room-roles / GATEWAY_ROOM_ROLES", m))?;
-        let positive = |setting: &'static str, v: usize| {
-            if v == 0 {
-                Err(bad(setting, "must be at least 1"))
-            } else {
-                Ok(v)
-            }
-        };
-        positive(
-            "--max-rooms-per-socket / GATEWAY_MAX_ROOMS_PER_SOCKET",
-            self.max_rooms_per_socket,
-        )?;
-        positive(
-            "--max-payload-bytes / GATEWAY_MAX_PAYLOAD_BYTES",
-            self.max_payload_bytes,
-        )?;
-        positive(
-            "--max-rooms-per-publish / GATEWAY_MAX_ROOMS_PER_PUBLISH",
-            self.max_rooms_per_publish,
-        )?;
-        positive("--max-batch / GATEWAY_MAX_BATCH", self.max_batch)?;
-        if !(16..=1024).contains(&self.max_room_len) {
-            return Err(bad(
-                "--max-room-len / GATEWAY_MAX_ROOM_LEN",
-                "must be between 16 and 1024",
-            ));
-        }
-        if self.max_client_packet_bytes < 1024 {
-            return Err(bad(
-                "--max-client-packet-bytes / GATEWAY_MAX_CLIENT_PACKET_BYTES",
-                "must be at least 1024 so a token fits",
-            ));
-        }
-        if self.max_replay == 0 {
-            return Err(bad(
-                "--max-replay / GATEWAY_MAX_REPLAY",
-                "must be at least 1",
-            ));
-        }
         if self.socket_buffer == 0 || self.socket_buffer as u64 + 64 > self.max_replay {
             return Err(bad(
                 "--socket-buffer / GATEWAY_SOCKET_BUFFER",
@@ -524,30 +520,6 @@ impl ServeArgs {
                     "must be 1 to GATEWAY_MAX_REPLAY - 64 = {}: a socket cut as a slow consumer misses up to this many queued events and must be able to recover them from history (raise GATEWAY_MAX_REPLAY to queue more)",
                     self.max_replay.saturating_sub(64)
                 ),
-            ));
-        }
-        if self.history_max_len == 0 {
-            return Err(bad(
-                "--history-max-len / GATEWAY_HISTORY_MAX_LEN",
-                "must be at least 1",
-            ));
-        }
-        if self.auth_grace.is_zero() {
-            return Err(bad(
-                "--auth-grace / GATEWAY_AUTH_GRACE",
-                "must be longer than 0",
-            ));
-        }
-        if self.connect_timeout.is_zero() {
-            return Err(bad(
-                "--connect-timeout / GATEWAY_CONNECT_TIMEOUT",
-                "must be longer than 0",
-            ));
-        }
-        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
-            return Err(bad(
-                "--ping-interval / GATEWAY_PING_INTERVAL",
-                "ping interval and timeout must be longer than 0",
             ));
         }
 
@@ -574,6 +546,7 @@ impl ServeArgs {
             auth_grace: self.auth_grace,
             connect_timeout: self.connect_timeout,
             max_client_packet_bytes: self.max_client_packet_bytes,
+            ws_compression_min_bytes: self.ws_compression.then_some(self.ws_compression_min_bytes),
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             history_max_len: self.history_max_len,
@@ -581,14 +554,8 @@ impl ServeArgs {
             max_replay: self.max_replay,
             socket_buffer: self.socket_buffer,
             ws_read_buffer: self.ws_read_buffer,
-            join_rate: std::num::NonZeroU32::new(self.join_rate)
-                .ok_or_else(|| bad("--join-rate / GATEWAY_JOIN_RATE", "must be at least 1"))?,
-            publish_rate: std::num::NonZeroU32::new(self.publish_rate).ok_or_else(|| {
-                bad(
-                    "--publish-rate / GATEWAY_PUBLISH_RATE",
-                    "must be at least 1",
-                )
-            })?,
+            join_rate: self.join_rate,
+            publish_rate: self.publish_rate,
             max_connections: match self.max_connections {
                 0 => open_file_limit().saturating_sub(256).max(16),
                 n => n,
@@ -777,6 +744,22 @@ mod tests {
         ])
         .unwrap_err();
         assert!(bad.to_string().contains("REDIS_CLUSTER_NODES"), "{bad}");
+    }
+
+    #[test]
+    fn bad_numbers_and_durations_are_refused_by_the_parser_naming_their_flag() {
+        for (flag, value) in [
+            ("--max-replay", "0"),
+            ("--max-batch", "none"),
+            ("--max-room-len", "8"),
+            ("--max-client-packet-bytes", "100"),
+            ("--join-rate", "0"),
+            ("--auth-grace", "0s"),
+            ("--ping-timeout", "0"),
+        ] {
+            let e = T::try_parse_from(["t", flag, value]).err().expect(flag);
+            assert!(e.to_string().contains(flag), "{flag}: {e}");
+        }
     }
 
     #[test]

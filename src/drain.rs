@@ -65,11 +65,6 @@ impl Connections {
         self.lock().len()
     }
 
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Shuts down one connection (both directions); false if it is already gone.
     pub fn close(&self, id: ConnId) -> bool {
         let mut open = self.lock();
@@ -201,6 +196,15 @@ impl TrackedStream {
     /// The TCP stream itself.
     pub fn tcp(&self) -> &TcpStream {
         &self.inner
+    }
+
+    /// Shuts the connection down (both directions) and deregisters it, now, even while others
+    /// still hold the stream (a cut, or the end of a session others may still write to).
+    pub fn close(&self) {
+        self.connections.lock().remove(&self.id);
+        if let Err(e) = socket2::SockRef::from(&self.inner).shutdown(std::net::Shutdown::Both) {
+            tracing::debug!(error = %e, "shutdown of a connection that is gone already");
+        }
     }
 }
 

@@ -6,40 +6,47 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: settings (flags and environment variables), validated once into a [`Config`].
+//! Top to bottom; a module only uses modules below it (`tests/layering.rs` checks it).
+//!
+//! - [`socket`]: the Socket.IO handlers (handshake auth, `authenticate`, `join`, `leave`,
+//!   `refresh`, `ping`), written once for both transports: `socket/ws.rs` hands them the packets
+//!   of the gateway's own transport, `socket/sio.rs` holds all of the socketioxide glue.
+//!   [`http`]: health, readiness, the publish API, the catalog, CORS for browsers and
+//!   development tokens; `/metrics` on the admin listener.
+//! - [`state`]: what the handlers share ([`state::AppState`]); [`config`]: settings (flags and
+//!   environment variables), validated once into a [`Config`].
+//! - [`relay`]: room membership, its one owner: the room counts that drive the bus
+//!   subscriptions, and the task that relays bus deliveries to the members and splices
+//!   replays into live delivery.
+//! - [`peer`]: what both transports share: a connected client ([`peer::Peer`]) and its
+//!   session (a state machine), acks, events encoded once, the timers.
+//! - [`wire`]: the gateway's own WebSocket transport (with permessage-deflate and the
+//!   MessagePack parser), a leaf that hands decoded packets up through [`wire::Handler`]; [`drain`]: the accepted connections, closed in batches on
+//!   shutdown; [`bus`]: the [`bus::Bus`] trait (publish with per-room offsets, subscribe) and
+//!   its embedded and Redis implementations.
 //! - [`auth`]: JWT verification into an [`auth::Identity`], the room policy, the browser
-//!   origins allowed, and development tokens.
+//!   origins allowed, and development tokens;
+//!   [`metrics`]: metric names and descriptions.
 //! - [`events`]: ids and room names, the catalog of channels and events, envelopes and
 //!   publish validation.
-//! - [`bus`]: the [`bus::Bus`] trait (publish with per-room offsets, subscribe) and its
-//!   embedded implementation.
-//! - [`socket`]: the Socket.IO handlers (handshake auth, `authenticate`, `join`, `leave`,
-//!   `refresh`, `ping`), per-socket sessions, room membership counts and timers.
-//! - [`relay`]: bus deliveries to local sockets (it owns the room → sockets map).
-//! - [`wire`]: the gateway's own WebSocket transport for direct WebSocket sessions (long-polling
-//!   and polling-then-upgrade sessions run on socketioxide behind the same handlers).
-//! - [`http`]: health, readiness, the publish API, CORS for browsers and development tokens;
-//!   `/metrics` on the admin listener.
-//! - [`metrics`]: metric names and descriptions.
-//! - [`shutdown`]: signal handling; [`drain`]: closing connections in batches on shutdown.
-//! - [`client`]: a minimal Socket.IO client over WebSocket (tests and tools).
+//! - [`shutdown`]: signal handling.
 //!
 //! [`run`] takes already bound listeners and a cancellation token, so tests and embedders bind
 //! port 0 and stop the gateway when they choose.
 
-pub mod auth;
-pub mod bus;
-pub mod client;
-pub mod config;
-pub mod drain;
-pub mod events;
-pub mod http;
-pub mod metrics;
-pub mod relay;
-pub mod shutdown;
-pub mod socket;
-pub mod state;
-pub mod wire;
+mod auth;
+mod bus;
+mod config;
+mod drain;
+mod events;
+mod http;
+mod metrics;
+mod peer;
+mod relay;
+mod shutdown;
+mod socket;
+mod state;
+mod wire;
 
 use std::sync::Arc;
 
@@ -47,8 +54,19 @@ use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+// The public face: what the binary, the tests and embedders use.
+pub use auth::{ClaimNames, DevTokens};
+pub use bus::redis::{Publisher, RedisSettings, FUNCTION_VERSION};
+pub use bus::BusError;
+pub use config::{parse_duration, Config, DevSecrets, LogFormat, ServeArgs};
+pub use events::catalog::{parse_payload, Catalog};
+pub use events::envelope::now_millis;
+pub use events::{Event, PublishRules, RoomKey, RoomName, TenantId, ValidPublish};
+pub use shutdown::on_signals;
+// An event encoded once in every shape a WebSocket session may take (the bench's wire sizes).
+pub use peer::Outgoing;
 use state::AppState;
+pub use wire::codec::Codec;
 
 /// How many bus deliveries may wait for the relay before the bus reader is slowed down.
 const DELIVERY_QUEUE: usize = 4096;
@@ -80,24 +98,41 @@ pub async fn run(
             .await?,
         ),
     };
-    let (layer, io) = SocketIo::builder()
-        .ping_interval(config.ping_interval)
-        .ping_timeout(config.ping_timeout)
-        .max_payload(config.max_client_packet_bytes)
-        .ws_max_message_size(config.max_client_packet_bytes as usize)
-        // A long-polling socket's queue must also take a whole replay at once.
-        .max_buffer_size(config.socket_buffer.max(config.max_replay as usize + 64))
-        .ws_read_buffer_size(config.ws_read_buffer)
+    // One socketioxide instance per parser (its parser is per instance): JSON under
+    // `/socket.io/`, MessagePack under an internal path the HTTP server moves `parser=msgpack`
+    // requests to.
+    let sio = |config: &Config| {
+        SocketIo::builder()
+            .ping_interval(config.ping_interval)
+            .ping_timeout(config.ping_timeout)
+            .max_payload(config.max_client_packet_bytes)
+            .ws_max_message_size(config.max_client_packet_bytes as usize)
+            // A long-polling socket's queue must also take a whole replay at once.
+            .max_buffer_size(config.socket_buffer.max(config.max_replay as usize + 64))
+            .ws_read_buffer_size(config.ws_read_buffer)
+    };
+    let (layer, io) = sio(&config).build_layer();
+    let (msgpack_layer, msgpack_io) = sio(&config)
+        .with_parser(socketioxide::ParserConfig::msgpack())
+        .req_path(wire::MSGPACK_PATH)
         .build_layer();
-    let (relay_handle, relay_control) = relay::channel();
+    let (relay_handle, relay_control) = relay::channel(bus.clone());
     let state = AppState::new(config, bus, relay_handle);
     socket::register(&io, state.clone());
+    socket::register(&msgpack_io, state.clone());
 
-    let relay = tokio::spawn(relay::run(state.clone(), rx, relay_control));
-    let ticker = tokio::spawn(tick(state.clone(), shutdown.clone()));
+    // Background tasks run until the public server is done (the drain included), then `run`
+    // waits for every one of them to finish.
+    let tasks = tokio_util::task::TaskTracker::new();
+    let served = CancellationToken::new();
+    tasks.spawn(relay::run(rx, relay_control, served.clone()));
+    tasks.spawn(fire_deadlines(state.clone(), served.clone()));
+    tasks.spawn(watch_readiness(state.clone(), served.clone()));
 
     let app = http::router(state.clone())
         .layer(layer)
+        .layer(msgpack_layer)
+        .layer(axum::middleware::from_fn(http::route_msgpack_sessions))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::refuse_new_sessions_while_draining,
@@ -115,21 +150,33 @@ pub async fn run(
     );
     let admin_server = axum::serve(admin, http::admin_router(metrics))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let admin_task = tokio::spawn(async move { admin_server.await });
+    tasks.spawn(async move {
+        if let Err(e) = admin_server.await {
+            tracing::warn!(error = %e, "admin listener stopped with an error");
+        }
+    });
 
     let connections = state.connections.clone();
     let (to_http, from_acceptor) = tokio::sync::mpsc::channel(1024);
     let local = public.local_addr()?;
-    let acceptor = {
-        let state = state.clone();
-        tokio::spawn(drain::accept_loop(
-            public,
-            connections.clone(),
-            move |stream, addr| {
-                tokio::spawn(wire::route(state.clone(), stream, addr, to_http.clone()));
-            },
-        ))
-    };
+    {
+        let transport = socket::Transport::new(state.clone());
+        let accept = drain::accept_loop(public, connections.clone(), move |stream, addr| {
+            tokio::spawn(wire::route(
+                transport.clone(),
+                stream,
+                addr,
+                to_http.clone(),
+            ));
+        });
+        let served = served.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = served.cancelled() => {}
+                _ = accept => {}
+            }
+        });
+    }
     let public = drain::TrackedListener::new(from_acceptor, local);
     let drain = {
         let state = state.clone();
@@ -150,32 +197,39 @@ pub async fn run(
             ::metrics::counter!(metrics::DRAINED).increment(closed as u64);
             tracing::info!(closed, "drain done");
             io.close().await;
+            msgpack_io.close().await;
         }
     };
     axum::serve(public, app)
         .with_graceful_shutdown(drain)
         .await?;
-    acceptor.abort();
-    ticker.abort();
-    relay.abort();
-    if let Ok(Err(e)) = admin_task.await {
-        tracing::warn!(error = %e, "admin listener stopped with an error");
-    }
+    served.cancel();
+    tasks.close();
+    tasks.wait().await;
     tracing::info!("gateway stopped");
     Ok(())
 }
 
-/// Fires due socket deadlines and keeps the readiness gauges current.
-async fn tick(state: Arc<AppState>, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(socket::deadlines::TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Fires due socket deadlines, sleeping until the next one.
+async fn fire_deadlines(state: Arc<AppState>, shutdown: CancellationToken) {
+    loop {
+        let due = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            due = state.deadlines.next_due() => due,
+        };
+        for (id, what) in due {
+            socket::on_deadline(&state, id, what);
+        }
+    }
+}
+
+/// Keeps the readiness gauges current between scrapes of `/readyz`.
+async fn watch_readiness(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
-        }
-        for (id, what) in state.deadlines.take_due(std::time::Instant::now()) {
-            socket::on_deadline(&state, id, what);
         }
         ::metrics::gauge!(metrics::READY).set(if state.is_ready() { 1.0 } else { 0.0 });
         ::metrics::gauge!(metrics::BUS_UP).set(if state.bus.is_ready() { 1.0 } else { 0.0 });

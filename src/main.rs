@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use realtime_gateway::auth::{ClaimNames, DevTokens};
-use realtime_gateway::config::{parse_duration, LogFormat, ServeArgs};
+use realtime_gateway::{
+    parse_duration, Catalog, ClaimNames, DevSecrets, DevTokens, LogFormat, ServeArgs,
+};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -213,7 +214,6 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     if let Some(secret) = &dev.jwt_secret {
         tracing::warn!("DEVELOPMENT MODE: generated JWT_SECRET={secret} (tokens die with this process; never use --dev in production)");
-        eprintln!("\n  mint a token:  JWT_SECRET={secret} realtime-gateway token --sub 10 --institution 1 --role ADMIN\n");
     }
     if let Some(key) = &dev.publish_key {
         tracing::warn!("DEVELOPMENT MODE: generated PUBLISH_API_KEYS={key}");
@@ -247,8 +247,11 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        if let Ok(addr) = public.local_addr() {
+            dev_banner(&dev, addr);
+        }
         let shutdown = CancellationToken::new();
-        realtime_gateway::shutdown::on_signals(shutdown.clone());
+        realtime_gateway::on_signals(shutdown.clone());
         match realtime_gateway::run(config, public, admin, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -259,8 +262,28 @@ fn serve(args: ServeArgs) -> ExitCode {
     })
 }
 
+/// Prints, for `--dev`, commands that work as printed: `cargo run -q --` when started by
+/// `cargo run` (the binary is not on the PATH of a fresh checkout), else this binary's own path.
+fn dev_banner(dev: &DevSecrets, addr: std::net::SocketAddr) {
+    let (Some(secret), Some(key)) = (&dev.jwt_secret, &dev.publish_key) else {
+        return;
+    };
+    let me = if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
+        "cargo run -q --".to_string()
+    } else {
+        std::env::args()
+            .next()
+            .unwrap_or_else(|| "realtime-gateway".into())
+    };
+    let payload = r#"{"notificationId":1,"userId":10,"title":"Hello","message":"It works","kind":"info","createdAt":"2026-01-01T00:00:00Z","institutionId":1}"#;
+    eprintln!(
+        "\n  mint a token:  JWT_SECRET={secret} {me} token --sub 10 --institution 1 --role ADMIN\
+         \n  publish:       {me} publish --url http://{addr} --key {key} \\\
+         \n                   --channel notification --event new_notification --institution 1 --payload '{payload}'\n"
+    );
+}
+
 fn catalog(args: CatalogArgs) -> ExitCode {
-    use realtime_gateway::events::catalog::Catalog;
     let loaded = match (&args.check, &args.catalog) {
         (Some(path), _) => Catalog::from_file(path).map(std::sync::Arc::new),
         (None, Some(path)) if !path.as_os_str().is_empty() => {

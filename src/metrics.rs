@@ -85,8 +85,17 @@ pub fn allow_channel_labels(catalog: &Catalog) {
     for channel in catalog.channels() {
         if !names.contains(&channel.name()) {
             // Leaked once per distinct name in the process's catalogs: labels must be 'static.
-            names.push(Box::leak(channel.name().to_owned().into_boxed_str()));
+            let name: &'static str = Box::leak(channel.name().to_owned().into_boxed_str());
+            names.push(name);
+            register_channel(name);
         }
+    }
+}
+
+/// Exports a channel's event counters at 0, so they exist from the first scrape.
+fn register_channel(channel: &'static str) {
+    for c in [EVENTS_RECEIVED, EVENTS_DELIVERED, EVENTS_PUBLISHED] {
+        metrics::counter!(c, "channel" => channel).absolute(0);
     }
 }
 
@@ -135,9 +144,89 @@ pub fn install() -> PrometheusHandle {
                 );
             }
             describe();
+            register_known();
             handle
         })
         .clone()
+}
+
+/// Transports, as labelled.
+const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
+
+/// Label values known in advance, per labelled metric: exported at 0 from the first scrape so
+/// dashboards show 0 rather than "No data" and `rate()` and alerts have a series to work on.
+#[rustfmt::skip]
+const KNOWN: &[(&str, &str, &str)] = &[
+    (DISCONNECTS, "reason", "transport_close transport_error client_disconnect server_disconnect \
+        server_closing heartbeat_timeout multiple_polling bad_packet"),
+    (AUTH_FAILURES, "reason", "token_missing token_malformed token_algorithm_not_allowed \
+        token_invalid_signature token_expired token_not_yet_valid token_claim_missing \
+        token_claim_invalid token_wrong_issuer_or_audience token_identity_changed \
+        not_authenticated auth_timeout"),
+    (JOIN_REFUSED, "reason", "invalid_request invalid_room invalid_since not_authenticated \
+        forbidden_room room_kind_not_allowed forbidden_role too_many_rooms"),
+    (DELIVERY_FAILURES, "reason", "buffer_full closed encode"),
+    (BUS_INVALID, "reason", "bad_frame bad_envelope tenant_mismatch unknown_channel unknown_room"),
+    (PUBLISH_REQUESTS, "result", "ok invalid_json invalid_body missing_field invalid_field \
+        unknown_field unknown_channel unknown_event invalid_payload invalid_room tenant_mismatch \
+        too_many_rooms missing_api_key invalid_api_key publish_disabled payload_too_large \
+        body_too_large batch_too_large unsupported_media_type bus_rejected \
+        bus_unavailable"),
+    (RECOVERIES, "result", "recovered epoch_changed future_offset too_old too_many invalid_since \
+        buffer_overflow bus_unavailable"),
+    (CLIENT_PROTOCOL_ERRORS, "reason", "unknown_event event_before_connect"),
+];
+
+/// Exports every counter and gauge whose label values are known in advance, at 0, and
+/// registers the histograms, so that a gateway that has seen no traffic yet shows them all.
+fn register_known() {
+    for c in [
+        EVENTS_REPLAYED,
+        RESYNCS,
+        CONNECTIONS_REFUSED,
+        ACCEPT_ERRORS,
+        DRAINED,
+        BUS_DUPLICATES,
+    ] {
+        metrics::counter!(c).absolute(0);
+    }
+    for g in [ROOMS, BUS_UP, READY] {
+        metrics::gauge!(g).set(0.0);
+    }
+    for t in TRANSPORTS {
+        metrics::gauge!(CONNECTIONS, "transport" => t).set(0.0);
+        metrics::counter!(CONNECTIONS_TOTAL, "transport" => t).absolute(0);
+        metrics::counter!(SLOW_CONSUMERS, "transport" => t).absolute(0);
+    }
+    // The catalog's channels are registered as they are allowed (`allow_channel_labels`).
+    register_channel("other");
+    for (name, label, values) in KNOWN {
+        for v in values.split_whitespace() {
+            metrics::counter!(*name, *label => v).absolute(0);
+        }
+    }
+    // Registering is what makes the exporter render a histogram; the handle is not needed.
+    let _ = metrics::histogram!(DELIVERY_LAG);
+}
+
+/// Exports the Redis bus's metrics at 0: called when the gateway runs on Redis (on the
+/// embedded bus they would only say "Redis down").
+pub fn register_redis() {
+    metrics::gauge!(REDIS_UP).set(0.0);
+    metrics::gauge!(REDIS_SUBSCRIPTIONS).set(0.0);
+    metrics::counter!(REDIS_RECONNECTS).absolute(0);
+    for result in [
+        "recovered",
+        "epoch_changed",
+        "future_offset",
+        "too_old",
+        "too_many",
+        "error",
+    ] {
+        metrics::counter!(GAP_READS, "result" => result).absolute(0);
+    }
+    let _ = metrics::histogram!(REDIS_PUBLISH_DURATION);
+    let _ = metrics::histogram!(REDIS_POOL_WAIT);
 }
 
 fn describe() {

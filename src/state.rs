@@ -7,10 +7,10 @@ use std::sync::Arc;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::drain::Connections;
+use crate::peer::deadlines::Deadlines;
+use crate::peer::Peers;
 use crate::relay::RelayHandle;
-use crate::socket::deadlines::Deadlines;
-use crate::socket::membership::Membership;
-use crate::socket::peer::Peers;
+use crate::wire::{refuse, Refusal};
 
 /// Everything a gateway's handlers need.
 pub struct AppState {
@@ -18,11 +18,10 @@ pub struct AppState {
     pub config: Config,
     /// The event bus.
     pub bus: Arc<dyn Bus>,
-    /// Rooms served here and their member counts.
-    pub membership: Membership,
     /// Auth grace and token expiry timers.
     pub deadlines: Deadlines,
-    /// The relay task, for room entries with replay.
+    /// Room membership: the relay task (members, entries with replay) and the room counts
+    /// that drive the bus subscriptions.
     pub relay: RelayHandle,
     /// Connected sockets by id (timers find them here).
     pub peers: Peers,
@@ -45,7 +44,6 @@ impl AppState {
             connections,
             publish_limiter,
             config,
-            membership: Membership::new(bus.clone()),
             bus,
             deadlines: Deadlines::default(),
             peers: Peers::default(),
@@ -61,6 +59,18 @@ impl AppState {
     /// Whether shutdown began.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Why a new Socket.IO session is refused now, if it is: `draining` (503), which a load
+    /// balancer retries on another gateway. The one answer of both transports.
+    pub fn session_refusal(&self) -> Option<Refusal> {
+        self.is_draining().then(|| {
+            refuse(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this gateway is shutting down; connect to another one",
+            )
+        })
     }
 
     /// Ready for new clients: the bus is usable and the gateway is not draining.

@@ -1,6 +1,7 @@
 //! Smoke of the benchmark harness (`bench/`): a tiny fan-out (scenario 2) through the real
-//! `rtg-loadgen` binary, so the harness cannot rot. It asserts that every event reached every
-//! client exactly once, never a speed.
+//! `rtg-loadgen` binary, with and without permessage-deflate, and the wire sizes of the catalog
+//! events, so the harness cannot rot. It asserts that every event reached every client exactly
+//! once, never a speed.
 
 mod common;
 
@@ -51,6 +52,45 @@ impl Drop for Clients {
 
 #[tokio::test]
 async fn fanout_delivers_every_event_to_every_client_once() {
+    fanout(false).await;
+}
+
+/// The same with every client offering permessage-deflate (a client whose offer is not taken up
+/// fails its handshake, so `held` proves the negotiation) and inflating what it gets.
+#[tokio::test]
+async fn fanout_with_compression_delivers_every_event_to_every_client_once() {
+    fanout(true).await;
+}
+
+#[test]
+fn sizes_of_every_catalog_event_in_every_encoding() {
+    let out = loadgen()
+        .arg("sizes")
+        .output()
+        .expect("run rtg-loadgen sizes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("sizes report");
+    let events = report["events"].as_array().expect("events");
+    assert_eq!(events.len(), 17, "{report}");
+    for e in events {
+        let n = |k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{k}: {e}"));
+        // Every catalog event's JSON frame is above the 256-byte threshold and shrinks; a
+        // msgpack frame below it goes plain.
+        assert!(n("json") > 256, "{e}");
+        assert!(n("json_deflate") < n("json"), "{e}");
+        assert!(n("msgpack") < n("json"), "{e}");
+        assert!(n("msgpack_deflate") <= n("msgpack"), "{e}");
+        if n("msgpack") > 260 {
+            assert!(n("msgpack_deflate") < n("msgpack"), "{e}");
+        }
+    }
+}
+
+async fn fanout(deflate: bool) {
     let redis = RedisServer::start();
     let gw = Gateway::start(&[("REDIS_URL", &redis.url())]);
     gw.wait_readyz(200).await;
@@ -62,6 +102,7 @@ async fn fanout_delivers_every_event_to_every_client_once() {
         .args(["-n", &CLIENTS.to_string(), "--join", "batch:1"])
         .args(["--expect-events", &EVENTS.to_string(), "--hold", "40"])
         .args(["--ramp", "1000", "--pid", &gw.pid().to_string()])
+        .args(deflate.then_some("--deflate"))
         .env("JWT_SECRET", SECRET)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,7 +1,8 @@
 //! Browser tier: Debian's Chromium (driven by playwright-core from `tests/browser`) runs the
 //! stock socket.io-client browser bundle on a page served from another origin than the
 //! gateways: three gateways on a private Redis, one reached directly, all of them through
-//! nginx (deploy/nginx) and through HAProxy (deploy/haproxy, cookie affinity). See
+//! nginx (deploy/nginx) and through HAProxy (deploy/haproxy, cookie affinity); and
+//! permessage-deflate negotiated by Chromium with compressed events arriving intact. See
 //! `tests/browser/cross-origin.test.mjs` for the cases.
 //!
 //! The page's site is bound before the gateways start, so its origin goes into their

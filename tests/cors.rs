@@ -6,8 +6,8 @@
 
 mod common;
 
+use common::client::Client;
 use common::{batch_created, metric, Gateway, WAIT};
-use realtime_gateway::client::Client;
 use reqwest::header::HeaderMap;
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -15,7 +15,7 @@ use common::publish::{incident as event, key, publisher};
 use common::redis_server::RedisServer;
 use common::resilient::Resilient;
 use common::{metric, Gateway};
-use realtime_gateway::bus::redis::Publisher;
+use realtime_gateway::Publisher;
 
 const ROOMS: [&str; 2] = ["exam:1", "institution:1"];
 const CLIENTS: u8 = 9;

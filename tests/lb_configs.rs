@@ -13,10 +13,10 @@ use common::lb;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::client::Client;
 use common::{batch_created, token, Gateway, KEY, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use lb::{Haproxy, Nginx};
-use realtime_gateway::client::Client;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -233,6 +233,26 @@ async fn node_slow_consumer_recovers() {
     .await;
 }
 
+/// permessage-deflate with Node's `ws` (with and without the extension) and the stock client in
+/// one room: compressed frames where negotiated, plain ones elsewhere, every event intact.
+#[tokio::test]
+async fn node_compression() {
+    const MIN_BYTES: &str = "256";
+    node_test(
+        "compression.test.mjs",
+        &[("GATEWAY_WS_COMPRESSION_MIN_BYTES", MIN_BYTES)],
+        &[("COMPRESSION_MIN_BYTES", MIN_BYTES.to_string())],
+    )
+    .await;
+}
+
+/// The MessagePack parser beside JSON over both transports: same events, order and offsets,
+/// live and after a reconnect with recovery; requests and acks.
+#[tokio::test]
+async fn node_msgpack() {
+    node_test("msgpack.test.mjs", &[], &[]).await;
+}
+
 /// A gateway with its own catalog (tests/catalogs/exams.json): the new channel's event reaches
 /// the stock client on the room its `defaultRoom` template names; built-in channels are unknown;
 /// `GET /v1/catalog` serves the file with an ETag.

@@ -12,7 +12,7 @@ use common::publish::{incident as event, key, publisher};
 use common::redis_server::RedisServer;
 use common::resilient::Resilient;
 use common::{metric, Gateway};
-use realtime_gateway::bus::redis::Publisher;
+use realtime_gateway::Publisher;
 
 /// Publishes `n` events round-robin over `rooms`; returns the last offset per room.
 async fn publish_many(

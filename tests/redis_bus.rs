@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::client::Client;
 use common::redis_server::RedisServer;
 use common::{batch_created, metric, Gateway, KEY, QUIET, WAIT};
-use realtime_gateway::client::Client;
 use serde_json::{json, Value};
 
 fn gateway(redis: &RedisServer, extra: &[(&str, &str)]) -> Gateway {
@@ -171,7 +171,7 @@ async fn the_function_refuses_bad_envelopes_with_a_clear_error() {
     let version = redis.cli(&["FCALL_RO", "rtg_version", "0"]);
     assert_eq!(
         version.trim(),
-        realtime_gateway::bus::redis::FUNCTION_VERSION.to_string()
+        realtime_gateway::FUNCTION_VERSION.to_string()
     );
 }
 
@@ -585,4 +585,30 @@ async fn a_leave_that_overtakes_its_own_join_leaves_the_socket_out() {
         got.push(e["room"].clone());
     }
     assert!(got.is_empty(), "events of rooms the socket left: {got:?}");
+}
+
+/// From the moment a client hears it is connected (its handshake carried a token), every event
+/// published to its automatic rooms reaches it, even in a room this gateway did not serve
+/// until then (its Redis subscription is made before the connect is answered). Each round
+/// uses a new tenant, so each connect opens a room the gateway is not subscribed to.
+#[tokio::test]
+async fn a_client_gets_every_event_published_after_it_hears_connect() {
+    let redis = RedisServer::start();
+    let gws = ready_gateways(&redis, 2, &[]).await;
+    for tenant in 100..120 {
+        let token = common::token("10", &tenant.to_string(), "STUDENT", 600);
+        let mut c = Client::connect(&gws[0].url(), Some(json!({ "token": token })))
+            .await
+            .expect("connect");
+        let room = format!("institution:{tenant}");
+        let (status, body) = gws[1].publish(&batch_created(tenant, &[&room], 1)).await;
+        assert_eq!(status, 200, "{body}");
+        let event = c.wait_for("batch_update", WAIT).await;
+        assert!(
+            event.as_ref().is_some_and(|e| e["id"] == body["id"]),
+            "tenant {tenant}: the event published right after connect never came ({event:?}):\n{}",
+            gws[0].log()
+        );
+        c.close().await;
+    }
 }

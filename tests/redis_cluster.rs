@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::client::Client;
 use common::redis_cluster::{room_slot, RedisCluster};
 use common::resilient::Resilient;
 use common::{batch_created, Gateway, QUIET, WAIT};
-use realtime_gateway::client::Client;
 use serde_json::json;
 use tokio::sync::Mutex;
 

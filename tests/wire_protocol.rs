@@ -1,6 +1,7 @@
 //! The gateway's own WebSocket transport, driven frame by frame over a real TCP connection:
 //! the upgrade and its refusals, Engine.IO and Socket.IO packets, fragmentation, control
-//! frames, the heartbeat, protocol violations, and many events arriving in one read.
+//! frames, the heartbeat, protocol violations, many events arriving in one read, and
+//! permessage-deflate (negotiation, shared compressed frames, bombs and corrupt streams).
 
 mod common;
 
@@ -13,6 +14,10 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 const WS_PATH: &str = "/socket.io/?EIO=4&transport=websocket";
+/// What Chromium offers.
+const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+/// The gateway's answer to an acceptable offer.
+const ACCEPTED: &str = "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n";
 
 /// A WebSocket client that writes and reads raw frames.
 struct RawWs {
@@ -20,11 +25,48 @@ struct RawWs {
     buf: Vec<u8>,
 }
 
-/// A frame from the server.
+/// A frame from the server (a compressed one already inflated, `rsv1` telling it was).
 #[derive(Debug)]
 struct Frame {
     opcode: u8,
+    rsv1: bool,
+    /// Bytes the frame took on the wire.
+    wire_len: usize,
     payload: Vec<u8>,
+}
+
+/// DEFLATE-compresses `data` as a permessage-deflate sender does for a whole message (sync
+/// flush, tail removed).
+fn deflate(c: &mut flate2::Compress, data: &[u8]) -> Vec<u8> {
+    let mut out = deflate_part(c, data);
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// The compressed bytes of one fragment of a longer message (the stream goes on after it).
+fn deflate_part(c: &mut flate2::Compress, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 64);
+    c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert!(out.len() < out.capacity(), "room to finish the flush");
+    out
+}
+
+/// A compressor as a client without context takeover uses for each message.
+fn compressor() -> flate2::Compress {
+    flate2::Compress::new(flate2::Compression::default(), false)
+}
+
+/// Inflates one compressed message from the server.
+fn inflate(data: &[u8]) -> Vec<u8> {
+    let mut input = data.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(1 << 20);
+    flate2::Decompress::new(false)
+        .decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .expect("the server's compressed frame inflates on its own");
+    out
 }
 
 impl Frame {
@@ -80,9 +122,14 @@ async fn body_of(mut tcp: TcpStream, mut got: Vec<u8>) -> Value {
 
 impl RawWs {
     async fn open(gw: &Gateway) -> RawWs {
+        RawWs::open_with(gw, "").await.0
+    }
+
+    /// Opens a session with `extra` request headers; returns it and the response head.
+    async fn open_with(gw: &Gateway, extra: &str) -> (RawWs, String) {
         let (status, head, tcp, rest) = http_exchange(
             gw,
-            &upgrade_request(WS_PATH, "Sec-WebSocket-Version: 13\r\n"),
+            &upgrade_request(WS_PATH, &format!("Sec-WebSocket-Version: 13\r\n{extra}")),
         )
         .await;
         assert_eq!(status, 101, "{head}");
@@ -90,7 +137,20 @@ impl RawWs {
             head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
             "RFC 6455 accept key: {head}"
         );
-        RawWs { tcp, buf: rest }
+        (RawWs { tcp, buf: rest }, head)
+    }
+
+    /// Like [`RawWs::connect`] on a session that offered permessage-deflate (and got it); the
+    /// connect packet goes compressed.
+    async fn connect_deflate(gw: &Gateway, auth: Value) -> RawWs {
+        let (mut ws, head) = RawWs::open_with(gw, OFFER).await;
+        assert!(head.contains(ACCEPTED), "{head}");
+        assert!(ws.recv_text().await.starts_with("0{"));
+        let connect = deflate(&mut compressor(), format!("40{auth}").as_bytes());
+        ws.send_frame(0xc1, &connect, true).await;
+        let connected = ws.recv_text().await;
+        assert!(connected.starts_with("40{\"sid\":"), "{connected}");
+        ws
     }
 
     /// Opens a session and connects to `/` with `auth`; returns the Engine.IO open packet.
@@ -152,9 +212,17 @@ impl RawWs {
                 };
                 assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
                 if len != usize::MAX && self.buf.len() >= at + len {
+                    let rsv1 = self.buf[0] & 0x40 != 0;
+                    let payload = &self.buf[at..at + len];
                     let frame = Frame {
                         opcode: self.buf[0] & 0x0f,
-                        payload: self.buf[at..at + len].to_vec(),
+                        rsv1,
+                        wire_len: at + len,
+                        payload: if rsv1 {
+                            inflate(payload)
+                        } else {
+                            payload.to_vec()
+                        },
                     };
                     self.buf.drain(..at + len);
                     return Some(frame);
@@ -246,6 +314,14 @@ async fn handshake_refusals_say_what_to_fix() {
             ),
             431,
             "request_too_large",
+        ),
+        (
+            upgrade_request(
+                "/socket.io/?EIO=4&transport=websocket&parser=cbor",
+                "Sec-WebSocket-Version: 13\r\n",
+            ),
+            400,
+            "unsupported_parser",
         ),
     ];
     for (request, status, code) in cases {
@@ -601,4 +677,144 @@ async fn a_session_without_a_socketio_connect_is_closed_after_the_timeout() {
     let (s, _) = gw.publish(&batch_created(1, &["institution:1"], 1)).await;
     assert_eq!(s, 200);
     assert_eq!(event_of(&connected.recv_text().await).0, "batch_update");
+}
+
+#[tokio::test]
+async fn deflate_is_negotiated_and_one_broadcast_serves_both_kinds_of_socket() {
+    let gw = Gateway::start(&[]);
+    // Offers the gateway declines: a smaller server window, an unknown parameter.
+    for offer in [
+        "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n",
+        "Sec-WebSocket-Extensions: permessage-deflate; hello=1\r\n",
+        "",
+    ] {
+        let (_, head) = RawWs::open_with(&gw, offer).await;
+        assert!(
+            !head.contains("Sec-WebSocket-Extensions"),
+            "{offer}: {head}"
+        );
+    }
+    // Two header lines: the declined offer is skipped, the next accepted.
+    let (_, head) = RawWs::open_with(
+        &gw,
+        &format!(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n{OFFER}"
+        ),
+    )
+    .await;
+    assert!(head.contains(ACCEPTED), "{head}");
+
+    let auth = json!({ "token": token("10", "1", "ADMIN", 600) });
+    let mut zipped = RawWs::connect_deflate(&gw, auth.clone()).await;
+    let mut plain = RawWs::connect(&gw, auth).await.0;
+    for ws in [&mut zipped, &mut plain] {
+        assert_eq!(event_of(&ws.recv_text().await).0, "authenticated");
+        // Small packets go plain even where compression was agreed.
+        ws.send_text("2").await;
+        let pong = ws.recv().await.unwrap();
+        assert_eq!((pong.text(), pong.rsv1), ("3", false));
+    }
+    // One event, one broadcast: compressed to one socket, plain to the other, the same text.
+    let (s, _) = gw.publish(&batch_created(1, &["institution:1"], 7)).await;
+    assert_eq!(s, 200);
+    let (a, b) = (zipped.recv().await.unwrap(), plain.recv().await.unwrap());
+    assert!(a.text().len() >= 256, "above the threshold: {}", a.text());
+    assert!(a.rsv1 && !b.rsv1, "RSV1 on the compressed socket only");
+    assert_eq!(a.text(), b.text());
+    assert_eq!(event_of(a.text()).1["payload"]["batchId"], 7);
+    assert!(
+        a.wire_len < b.wire_len * 3 / 4,
+        "compressed {} bytes, plain {}",
+        a.wire_len,
+        b.wire_len
+    );
+    // A compressed request of the client is read and answered.
+    let join = deflate(&mut compressor(), br#"427["join",{"room":"batch:9"}]"#);
+    zipped.send_frame(0xc1, &join, true).await;
+    let ack = zipped.recv_text().await;
+    assert!(ack.starts_with("437[{"), "{ack}");
+    assert!(ack.contains("\"ok\":true"), "{ack}");
+
+    // With compression off, an offer is not taken up.
+    let off = Gateway::start(&[("GATEWAY_WS_COMPRESSION", "false")]);
+    let (_, head) = RawWs::open_with(&off, OFFER).await;
+    assert!(!head.contains("Sec-WebSocket-Extensions"), "{head}");
+}
+
+#[tokio::test]
+async fn deflate_bombs_and_corrupt_streams_close_only_their_socket() {
+    let gw = Gateway::start(&[("GATEWAY_MAX_CLIENT_PACKET_BYTES", "16384")]);
+    let auth = json!({ "token": token("10", "1", "ADMIN", 600) });
+    let mut bystander = RawWs::connect_deflate(&gw, auth.clone()).await;
+    assert_eq!(event_of(&bystander.recv_text().await).0, "authenticated");
+
+    // A bomb: 16 MiB of one letter in one small frame.
+    let mut bomb = RawWs::connect_deflate(&gw, auth.clone()).await;
+    let huge = format!("42[\"ping\",\"{}\"]", "a".repeat(16 << 20));
+    let z = deflate(&mut compressor(), huge.as_bytes());
+    assert!(z.len() < 16384, "the bomb fits in one frame: {}", z.len());
+    bomb.send_frame(0xc1, &z, true).await;
+    assert_eq!(bomb.until_closed().await, Some(1009));
+
+    // Fragments that are each small, compressed and inflated, but add up past the cap.
+    let mut fragmented = RawWs::connect_deflate(&gw, auth.clone()).await;
+    let mut c = compressor();
+    fragmented
+        .send_frame(0x41, &deflate_part(&mut c, b"42[\"ping\",\""), true)
+        .await;
+    let mut closed_at = None;
+    for i in 0..8 {
+        let piece: Vec<u8> = (0..4096).map(|j| b'a' + ((i * 7 + j) % 26) as u8).collect();
+        let frame = deflate_part(&mut c, &piece);
+        // The connection may already be closed: writes after that can fail.
+        let mut out = vec![0x00u8, 0x80 | 126];
+        out.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(&frame);
+        if fragmented.tcp.write_all(&out).await.is_err() {
+            closed_at = Some(i);
+            break;
+        }
+    }
+    assert_eq!(
+        fragmented.until_closed().await,
+        Some(1009),
+        "closed at {closed_at:?}"
+    );
+
+    // Not a DEFLATE stream at all (block type 3 does not exist).
+    let mut corrupt = RawWs::connect_deflate(&gw, auth.clone()).await;
+    corrupt.send_frame(0xc1, &[0xff, 0xff, 0xff], true).await;
+    assert_eq!(corrupt.until_closed().await, Some(1007));
+
+    // RSV1 from a session that did not negotiate the extension.
+    let mut undeclared = RawWs::connect(&gw, auth.clone()).await.0;
+    undeclared
+        .send_frame(0xc1, &deflate(&mut compressor(), b"2"), true)
+        .await;
+    assert_eq!(undeclared.until_closed().await, Some(1002));
+
+    let m = gw.metrics().await;
+    for (reason, n) in [
+        ("message_too_big", 2.0),
+        ("invalid_deflate_data", 1.0),
+        ("reserved_bits", 1.0),
+    ] {
+        assert_eq!(
+            metric(
+                &m,
+                "gateway_client_protocol_errors_total",
+                &format!("reason=\"{reason}\"")
+            ),
+            n,
+            "{reason}\n{m}"
+        );
+    }
+    // The process and the well-behaved socket carry on.
+    assert_eq!(gw.get("/healthz").await.0, 200);
+    let (s, _) = gw.publish(&batch_created(1, &["institution:1"], 8)).await;
+    assert_eq!(s, 200);
+    let f = bystander.recv().await.unwrap();
+    assert!(f.rsv1);
+    assert_eq!(event_of(f.text()).1["payload"]["batchId"], 8);
 }

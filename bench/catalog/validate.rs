@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use realtime_gateway::config::ServeArgs;
+use realtime_gateway::ServeArgs;
 use serde_json::value::RawValue;
 
 #[derive(Parser)]

@@ -30,10 +30,12 @@ use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::deflate::{self, Inflating};
 use crate::hist::Histogram;
 use crate::procstat::{self, round3, Sample};
 use crate::proto::{self, now_us};
@@ -122,6 +124,9 @@ pub struct ClientsArgs {
     /// Label copied into every report.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Offer permessage-deflate (and inflate the server's compressed frames).
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 /// `next` value of a room a connection is not (yet) in.
@@ -295,7 +300,7 @@ impl Shared {
     }
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Inflating<TcpStream>>;
 
 fn ws_config(read_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -893,13 +898,27 @@ async fn open(sh: &Shared, conn: usize, target: SocketAddr) -> Result<Ws, ConnEr
         .map_err(|e| io_err(format!("connect {target}: {e}")))?;
     stream.set_nodelay(true).map_err(io_err)?;
     let url = format!("ws://{target}/socket.io/?EIO=4&transport=websocket");
-    let (ws, _) = tokio_tungstenite::client_async_with_config(
-        url,
-        stream,
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| ConnError::Protocol(format!("request: {e}")))?;
+    if sh.args.deflate {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Extensions",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(deflate::OFFER),
+        );
+    }
+    let (ws, response) = tokio_tungstenite::client_async_with_config(
+        request,
+        Inflating::new(stream, sh.args.deflate),
         Some(ws_config(sh.args.read_buffer)),
     )
     .await
     .map_err(|e| ConnError::Protocol(format!("upgrade: {e}")))?;
+    if sh.args.deflate && !response.headers().contains_key("sec-websocket-extensions") {
+        return Err(ConnError::Protocol(
+            "permessage-deflate offered but not negotiated".into(),
+        ));
+    }
     Ok(ws)
 }
 

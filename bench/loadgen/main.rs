@@ -3,16 +3,19 @@
 //! - `clients`: many authenticated Socket.IO connections that measure delivery delay and check
 //!   every room offset for loss and doubles;
 //! - `publish`: events at a fixed rate through the Redis function or the publish API;
-//! - `floor`: the CPU cost of one loopback TCP write of an event-sized frame.
+//! - `floor`: the CPU cost of one loopback TCP write of an event-sized frame;
+//! - `sizes`: bytes on the wire per delivery of each catalog event, in every encoding.
 //!
 //! Every subcommand prints JSON on stdout (one object per line).
 
 mod clients;
+mod deflate;
 mod floor;
 mod hist;
 mod procstat;
 mod proto;
 mod publish;
+mod sizes;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +37,8 @@ enum Command {
     Publish(Box<publish::PublishArgs>),
     /// Measure the CPU cost of one loopback TCP write.
     Floor(floor::FloorArgs),
+    /// Bytes on the wire per delivery of every catalog event, JSON / deflate / msgpack.
+    Sizes(sizes::SizesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::Clients(a) => clients::run(*a),
         Command::Publish(a) => publish::run(*a),
         Command::Floor(a) => floor::run(a),
+        Command::Sizes(a) => sizes::run(a),
     }
 }

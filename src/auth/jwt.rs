@@ -6,7 +6,7 @@ use base64::Engine;
 use jsonwebtoken::{decode, errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Serialize;
 
-use crate::events::{TenantId, UserId};
+use crate::events::{RoomName, TenantId, UserId};
 
 /// Who a socket is, taken from verified claims only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -19,6 +19,22 @@ pub struct Identity {
     pub tenant: TenantId,
     /// The role (claim `role` by default), as issued.
     pub role: String,
+}
+
+impl Identity {
+    /// The rooms a socket of this identity is in from authentication until it disconnects:
+    /// its tenant's room and its own user room. The one place they are named.
+    pub fn automatic_rooms(&self) -> [RoomName; 2] {
+        [
+            RoomName::institution(&self.tenant),
+            RoomName::user(&self.user_id),
+        ]
+    }
+
+    /// Whether `room` is one of the [automatic rooms](Identity::automatic_rooms).
+    pub fn is_automatic(&self, room: &RoomName) -> bool {
+        self.automatic_rooms().contains(room)
+    }
 }
 
 /// A verified token: the identity and when it stops being valid.

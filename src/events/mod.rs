@@ -5,5 +5,5 @@ pub mod catalog;
 pub mod envelope;
 pub mod ids;
 
-pub use envelope::{ClientEnvelope, Event, PublishError, PublishRules, ValidPublish};
+pub use envelope::{Event, PublishError, PublishRules, ValidPublish};
 pub use ids::{RoomKey, RoomName, TenantId, UserId};

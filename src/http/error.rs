@@ -63,10 +63,15 @@ impl ApiError {
     }
 }
 
+/// The code of an error response, kept in its extensions for the layers that count results.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.body();
         let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(retry) = self.retry_after {
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
             if let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string()) {

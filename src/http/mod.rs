@@ -21,12 +21,15 @@ use crate::state::AppState;
 
 /// Routes of the public listener (without Socket.IO, which `run` layers on).
 pub fn router(state: Arc<AppState>) -> Router {
+    let publish = Router::new()
+        .route("/v1/publish", post(publish::publish))
+        .route("/v1/publish/batch", post(publish::publish_batch))
+        .route_layer(axum::middleware::from_fn(publish::count_results));
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/publish", post(publish::publish))
-        .route("/v1/publish/batch", post(publish::publish_batch))
-        .route("/v1/catalog", get(catalog::catalog));
+        .route("/v1/catalog", get(catalog::catalog))
+        .merge(publish);
     if state.config.dev_tokens.is_some() {
         router = router.merge(dev::router());
     }
@@ -48,13 +51,52 @@ pub async fn refuse_new_sessions_while_draining(
             .unwrap_or("")
             .split('&')
             .any(|kv| kv.starts_with("sid="));
-    if handshake && state.is_draining() {
-        return error::ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this gateway is shutting down; connect to another one",
-        )
-        .into_response();
+    if let Some(refusal) = state.session_refusal().filter(|_| handshake) {
+        return error::ApiError::new(refusal.status, refusal.code, refusal.message).into_response();
+    }
+    next.run(req).await
+}
+
+/// Moves Engine.IO requests of the MessagePack parser (`parser=msgpack` in the query, which
+/// socket.io-client sends on every request of a session) to the socketioxide instance that
+/// speaks it; an unknown parser is refused with 400 `unsupported_parser`.
+pub async fn route_msgpack_sessions(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let uri = req.uri();
+    let Some(rest) = uri.path().strip_prefix("/socket.io") else {
+        return next.run(req).await;
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return next.run(req).await;
+    }
+    match crate::wire::wants_msgpack(uri.query().unwrap_or("")) {
+        Ok(false) => {}
+        Ok(true) => {
+            let moved = format!(
+                "{}{rest}?{}",
+                crate::wire::MSGPACK_PATH,
+                uri.query().unwrap_or("")
+            );
+            match moved.parse() {
+                Ok(moved) => *req.uri_mut() = moved,
+                Err(_) => {
+                    return error::ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "the request target could not be read",
+                    )
+                    .into_response()
+                }
+            }
+        }
+        Err(message) => {
+            ::metrics::counter!(crate::metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "unsupported_parser")
+                .increment(1);
+            return error::ApiError::new(StatusCode::BAD_REQUEST, "unsupported_parser", message)
+                .into_response();
+        }
     }
     next.run(req).await
 }

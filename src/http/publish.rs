@@ -2,15 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::body::{to_bytes, Body};
-use axum::extract::State;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use crate::bus::BusError;
 use crate::events::{RoomKey, RoomName, ValidPublish};
 use crate::metrics;
@@ -41,17 +43,16 @@ pub struct BatchPublished {
     pub results: Vec<Published>,
 }
 
-fn count(result: &'static str) {
+/// Counts every publish request by result (`ok` or the error code), whichever step answered
+/// it: a layer, so requests an extractor refuses are counted too.
+pub async fn count_results(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(req).await;
+    let result = match response.extensions().get::<ErrorCode>() {
+        Some(code) => code.0,
+        None => "ok",
+    };
     ::metrics::counter!(metrics::PUBLISH_REQUESTS, "result" => result).increment(1);
-}
-
-/// Counts the outcome of a request, whatever it was.
-fn counted<T>(r: Result<T, ApiError>) -> Result<T, ApiError> {
-    match &r {
-        Ok(_) => count("ok"),
-        Err(e) => count(e.code),
-    }
-    r
+    response
 }
 
 /// Checks the API key; returns its position in the configuration (the rate limit's key).
@@ -101,69 +102,85 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Result<usize, ApiError> {
     }
 }
 
-/// Checks the key and reads the JSON body; returns the key's position and the body.
-async fn read_json(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<(usize, Box<RawValue>), ApiError> {
-    let key = check_key(state, headers)?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        })
-        .unwrap_or(false);
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the request body as JSON with Content-Type: application/json",
-        ));
+/// The request's publish API key, checked: its position in the configuration (the rate
+/// limit's key).
+pub struct PublishKey(usize);
+
+impl FromRequestParts<Arc<AppState>> for PublishKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, ApiError> {
+        check_key(st, &parts.headers).map(PublishKey)
     }
-    let bytes = to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than {limit} bytes"),
-        )
-    })?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the body is not UTF-8",
-        )
-    })?;
-    let raw = serde_json::from_str(text).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
-    Ok((key, raw))
 }
 
-async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, ApiError> {
-    let keys: Vec<RoomKey> = p
-        .rooms
-        .iter()
-        .map(|r| RoomKey::new(p.tenant.clone(), r.clone()))
-        .collect();
-    let id = p.event.id.to_string();
-    let channel = metrics::channel_label(&p.event.channel);
-    let offsets = state
-        .bus
-        .publish(Arc::new(p.event), keys)
-        .await
-        .map_err(|e| match e {
+/// A JSON request body of one event (`BATCH == false`) or a batch, read up to its size limit.
+pub struct JsonBody<const BATCH: bool>(Box<RawValue>);
+
+/// Most bytes of an oversized body read (and thrown away) before the 413 is sent: a client
+/// still sending when the answer comes and the connection closes would see a broken pipe
+/// instead of the 413.
+const DISCARD_MAX: usize = 16 * 1024 * 1024;
+
+impl<const BATCH: bool> FromRequest<Arc<AppState>> for JsonBody<BATCH> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &Arc<AppState>) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the request body as JSON with Content-Type: application/json",
+            ));
+        }
+        let events = if BATCH { st.config.max_batch } else { 1 };
+        // Room for the payloads plus their envelopes.
+        let limit = events * (st.config.publish.max_payload_bytes + 16 * 1024);
+        let mut body = req.into_body().into_data_stream();
+        let mut bytes = Vec::new();
+        let mut seen = 0usize;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!("the body could not be read: {e}"),
+                )
+            })?;
+            seen += chunk.len();
+            if seen <= limit {
+                bytes.extend_from_slice(&chunk);
+            } else if seen > DISCARD_MAX {
+                break;
+            }
+        }
+        if seen > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is larger than {limit} bytes"),
+            ));
+        }
+        let raw = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?;
+        Ok(JsonBody(raw))
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
             BusError::Unavailable(m) => {
                 tracing::warn!(error = %m, "publish refused: bus unavailable");
                 ApiError::new(
@@ -182,7 +199,19 @@ async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, A
                     "the event bus refused the event; it was not published (see the gateway log)",
                 )
             }
-        })?;
+        }
+    }
+}
+
+async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, ApiError> {
+    let keys: Vec<RoomKey> = p
+        .rooms
+        .iter()
+        .map(|r| RoomKey::new(p.tenant.clone(), r.clone()))
+        .collect();
+    let id = p.event.id.to_string();
+    let channel = metrics::channel_label(&p.event.channel);
+    let offsets = state.bus.publish(Arc::new(p.event), keys).await?;
     ::metrics::counter!(metrics::EVENTS_PUBLISHED, "channel" => channel)
         .increment(offsets.len() as u64);
     let rooms = p
@@ -223,80 +252,61 @@ fn check_rate(state: &AppState, key: usize, events: usize) -> Result<(), ApiErro
     }
 }
 
-fn body_limit(state: &AppState, events: usize) -> usize {
-    // Room for the payloads plus their envelopes.
-    events * (state.config.publish.max_payload_bytes + 16 * 1024)
-}
-
 /// `POST /v1/publish`: one event.
 pub async fn publish(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
+    PublishKey(key): PublishKey,
+    JsonBody(raw): JsonBody<false>,
 ) -> Result<Json<Published>, ApiError> {
-    counted(
-        async {
-            let (key, raw) = read_json(&state, &headers, body, body_limit(&state, 1)).await?;
-            let valid = state.config.publish.validate(&raw)?;
-            check_rate(&state, key, 1)?;
-            publish_valid(&state, valid).await
-        }
-        .await,
-    )
-    .map(Json)
+    let valid = state.config.publish.validate(&raw)?;
+    check_rate(&state, key, 1)?;
+    Ok(Json(publish_valid(&state, valid).await?))
 }
 
 /// `POST /v1/publish/batch`: an array of events, all validated before any is published.
 pub async fn publish_batch(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
+    PublishKey(key): PublishKey,
+    JsonBody(raw): JsonBody<true>,
 ) -> Result<Json<BatchPublished>, ApiError> {
-    counted(
-        async {
-            let max = state.config.max_batch;
-            let (key, raw) = read_json(&state, &headers, body, body_limit(&state, max)).await?;
-            let items: Vec<Box<RawValue>> = serde_json::from_str(raw.get()).map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    "the batch body must be a JSON array of publish requests",
-                )
-            })?;
-            if items.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    "the batch is empty",
-                ));
-            }
-            if items.len() > max {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "batch_too_large",
-                    format!("{} events in one batch; the limit is {max}", items.len()),
-                ));
-            }
-            let mut valid = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let p = state.config.publish.validate(item).map_err(|e| {
-                    let mut e = ApiError::from(e);
-                    e.field = Some(match e.field {
-                        Some(f) => format!("[{i}].{f}"),
-                        None => format!("[{i}]"),
-                    });
-                    e
-                })?;
-                valid.push(p);
-            }
-            check_rate(&state, key, valid.len())?;
-            let mut results = Vec::with_capacity(valid.len());
-            for p in valid {
-                results.push(publish_valid(&state, p).await?);
-            }
-            Ok(BatchPublished { results })
-        }
-        .await,
-    )
-    .map(Json)
+    let max = state.config.max_batch;
+    let items: Vec<Box<RawValue>> = serde_json::from_str(raw.get()).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the batch body must be a JSON array of publish requests",
+        )
+    })?;
+    if items.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the batch is empty",
+        ));
+    }
+    if items.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("{} events in one batch; the limit is {max}", items.len()),
+        ));
+    }
+    let mut valid = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let p = state.config.publish.validate(item).map_err(|e| {
+            let mut e = ApiError::from(e);
+            e.field = Some(match e.field {
+                Some(f) => format!("[{i}].{f}"),
+                None => format!("[{i}]"),
+            });
+            e
+        })?;
+        valid.push(p);
+    }
+    check_rate(&state, key, valid.len())?;
+    let mut results = Vec::with_capacity(valid.len());
+    for p in valid {
+        results.push(publish_valid(&state, p).await?);
+    }
+    Ok(Json(BatchPublished { results }))
 }

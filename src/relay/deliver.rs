@@ -9,8 +9,7 @@ use super::{Finished, Pending, RESYNC};
 use crate::bus::Delivery;
 use crate::events::{Event, RoomKey};
 use crate::metrics;
-use crate::socket::peer::{Outgoing, Peer, PeerId, Sent};
-use crate::state::AppState;
+use crate::peer::{Outgoing, Peer, PeerId, Sent, SharedFrames};
 
 /// The client envelope of a live event, encoded once.
 pub(super) fn encode(d: &Delivery) -> Option<Outgoing> {
@@ -27,31 +26,17 @@ pub(super) fn encode(d: &Delivery) -> Option<Outgoing> {
 
 /// Hands events to every member (but those in each event's skip list). When nobody is
 /// skipped, a WebSocket member gets all of them in one write.
-pub(super) fn deliver(
-    state: &AppState,
-    key: &RoomKey,
-    members: &[Peer],
-    events: &[Outgoing],
-    skips: &[Vec<PeerId>],
-) {
+pub(super) fn deliver(key: &RoomKey, members: &[Peer], events: &[Outgoing], skips: &[Vec<PeerId>]) {
     // The common case: nobody to skip, so every member gets the same bytes and no member's id
-    // is looked at (each look is a cache miss per delivery).
+    // is looked at (each look is a cache miss per delivery). The bytes come in up to four
+    // shapes (JSON or MessagePack, plain or compressed), each made once for the whole room.
     let together = skips.iter().all(Vec::is_empty);
-    let all = together.then(|| match events {
-        [one] => one.frame().clone(),
-        _ => {
-            let mut all = bytes::BytesMut::new();
-            for ev in events {
-                all.extend_from_slice(ev.frame());
-            }
-            all.freeze()
-        }
-    });
+    let mut shared = together.then(SharedFrames::default);
     let mut sent = 0u64;
     for peer in members {
-        let result = match (&all, peer) {
-            (Some(all), Peer::Ws(conn)) => conn.send(all.clone(), events.len()),
-            _ => {
+        let result = match shared.as_mut() {
+            Some(shared) => peer.send_all(shared, events),
+            None => {
                 let id = peer.id();
                 let mut result = Sent::Ok;
                 for (ev, skip) in events.iter().zip(skips) {
@@ -71,7 +56,7 @@ pub(super) fn deliver(
             Sent::Full => {
                 ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full")
                     .increment(1);
-                cut_slow_consumer(state, peer, key);
+                cut_slow_consumer(peer, key);
             }
             Sent::Closed => {
                 ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "closed").increment(1);
@@ -89,7 +74,6 @@ pub(super) fn deliver(
 /// Replay, then buffered live events past it, then membership: one uninterrupted step.
 /// Returns what was sent and the offset the socket now has everything up to.
 pub(super) fn splice(
-    state: &AppState,
     peer: &Peer,
     key: &RoomKey,
     after: u64,
@@ -99,7 +83,7 @@ pub(super) fn splice(
     let mut out = Finished::default();
     let mut last = after;
     for (offset, event) in replay.iter().filter(|(o, _)| *o > after) {
-        if !send_one(state, peer, key, *offset, event) {
+        if !send_one(peer, key, *offset, event) {
             // Cut or gone: it will come back and recover from its own position.
             return (out, last);
         }
@@ -117,7 +101,7 @@ pub(super) fn splice(
         // Buffered events arrive in offset order; skip what the replay already covered.
         for d in p.buffer.iter() {
             if d.offset > last {
-                if !send_one(state, peer, key, d.offset, &d.event) {
+                if !send_one(peer, key, d.offset, &d.event) {
                     return (out, last);
                 }
                 last = d.offset;
@@ -130,7 +114,7 @@ pub(super) fn splice(
 }
 
 /// Sends one event to one socket; false if the socket had to be cut (buffer full) or is gone.
-fn send_one(state: &AppState, peer: &Peer, key: &RoomKey, offset: u64, event: &Event) -> bool {
+fn send_one(peer: &Peer, key: &RoomKey, offset: u64, event: &Event) -> bool {
     let envelope = event.client_envelope(key.room(), offset);
     let Ok(raw) = serde_json::value::to_raw_value(&envelope) else {
         ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode").increment(1);
@@ -140,7 +124,7 @@ fn send_one(state: &AppState, peer: &Peer, key: &RoomKey, offset: u64, event: &E
         Sent::Ok => true,
         Sent::Full => {
             ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "buffer_full").increment(1);
-            cut_slow_consumer(state, peer, key);
+            cut_slow_consumer(peer, key);
             false
         }
         Sent::Closed => {
@@ -152,28 +136,10 @@ fn send_one(state: &AppState, peer: &Peer, key: &RoomKey, offset: u64, event: &E
 }
 
 /// A socket whose outgoing buffer is full cannot keep up: cut it rather than let it slow the
-/// others or grow memory. Over WebSocket its TCP connection is shut down, which the stock
-/// client treats as a lost transport: it reconnects and recovers what it missed from history.
-/// A long-polling socket gets a Socket.IO disconnect (its transport has no connection of its own
-/// to cut).
-pub fn cut_slow_consumer(state: &AppState, peer: &Peer, key: &RoomKey) {
-    let transport = peer.transport();
-    let cut = match peer {
-        Peer::Ws(conn) => state.connections.close(conn.conn_id()),
-        Peer::Sio(s) => {
-            let conn = s
-                .req_parts()
-                .extensions
-                .get::<axum::extract::ConnectInfo<crate::drain::ConnId>>()
-                .map(|c| c.0);
-            match (transport, conn) {
-                ("websocket", Some(id)) => state.connections.close(id),
-                _ => s.clone().disconnect().is_ok(),
-            }
-        }
-    };
-    if cut {
-        ::metrics::counter!(metrics::SLOW_CONSUMERS, "transport" => transport).increment(1);
-        tracing::warn!(peer = peer.id(), room = %key, transport, "slow consumer cut: its outgoing buffer was full");
+/// others or grow memory. Its transport is cut, which the stock client treats as a lost
+/// transport: it reconnects and recovers what it missed from history.
+fn cut_slow_consumer(peer: &Peer, key: &RoomKey) {
+    if peer.cut() {
+        tracing::debug!(peer = peer.id(), room = %key, "slow consumer cut while relaying");
     }
 }

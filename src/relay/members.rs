@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::bus::Position;
 use crate::events::RoomKey;
-use crate::socket::peer::{Peer, PeerId};
+use crate::peer::{Peer, PeerId};
 
 /// Rooms at most this big are searched by walking their list; bigger ones keep an index.
 const SMALL_ROOM: usize = 32;
@@ -46,6 +46,10 @@ impl Members {
             Some(index) => index.get(&id).copied(),
             None => self.list.iter().position(|p| p.id() == id),
         }
+    }
+
+    pub(super) fn contains(&self, id: PeerId) -> bool {
+        self.position(id).is_some()
     }
 
     pub(super) fn insert(&mut self, peer: Peer) {
@@ -95,16 +99,8 @@ pub(super) fn wants(peer: &Peer, key: &RoomKey) -> bool {
     if !peer.is_open() {
         return false;
     }
-    let Some(session) = peer.session() else {
-        return false;
-    };
-    let state = session.state();
-    let Some(id) = state.identity.as_ref().filter(|_| !state.closed) else {
-        return false;
-    };
-    let room = key.room();
-    id.tenant == *key.tenant()
-        && (*room == crate::events::RoomName::institution(&id.tenant)
-            || *room == crate::events::RoomName::user(&id.user_id)
-            || state.rooms.contains(room))
+    let state = peer.session().state();
+    state
+        .auth()
+        .is_some_and(|a| a.identity.tenant == *key.tenant() && a.is_in(key.room()))
 }

@@ -15,6 +15,7 @@
 
 mod deliver;
 mod members;
+mod membership;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,9 +28,7 @@ use crate::bus::{BusMessage, Delivery, Position};
 use crate::events::envelope::now_millis;
 use crate::events::{Event, RoomKey};
 use crate::metrics;
-use crate::socket::peer::{Outgoing, Peer, PeerId};
-use crate::state::AppState;
-pub use deliver::cut_slow_consumer;
+use crate::peer::{Outgoing, Peer, PeerId};
 use deliver::{deliver, encode, splice};
 use members::{wants, Members};
 
@@ -47,12 +46,7 @@ enum Control {
     Enter {
         key: RoomKey,
         peer: Peer,
-        done: oneshot::Sender<Option<Position>>,
-    },
-    Register {
-        key: RoomKey,
-        peer: Peer,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<Entering>,
     },
     Finish {
         key: RoomKey,
@@ -72,6 +66,15 @@ enum Control {
     },
 }
 
+/// What [`RelayHandle::enter`] did.
+#[derive(Debug)]
+pub enum Entering {
+    /// Live events are held for the peer; the room's head if the relay knows it.
+    Held(Option<Position>),
+    /// The peer is in the room already, or entering it: nothing changed.
+    Already,
+}
+
 /// What a finished room entry delivered.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Finished {
@@ -83,10 +86,14 @@ pub struct Finished {
     pub overflowed: bool,
 }
 
-/// Handle to the relay task, for the socket handlers.
+/// Handle to the relay task and the room counts: the one owner of room membership. A socket
+/// is counted in a room ([`RelayHandle::add`]) when it asks to be in it, entered
+/// ([`RelayHandle::enter`], [`RelayHandle::finish`]), and taken out ([`RelayHandle::leave`],
+/// [`RelayHandle::gone`]) through here only.
 #[derive(Clone)]
 pub struct RelayHandle {
     control: mpsc::UnboundedSender<Control>,
+    counts: Arc<membership::Membership>,
 }
 
 /// The receiving end, given to [`run`].
@@ -99,17 +106,29 @@ pub struct RelayControl(mpsc::UnboundedReceiver<Control>);
 /// dropped, or a socket would stay in a room it left. What can be in it is bounded by the
 /// sockets themselves: a disconnect each, and per socket only the joins its join rate allows,
 /// each waiting for its own answer.
-pub fn channel() -> (RelayHandle, RelayControl) {
+pub fn channel(bus: Arc<dyn crate::bus::Bus>) -> (RelayHandle, RelayControl) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (RelayHandle { control: tx }, RelayControl(rx))
+    let counts = Arc::new(membership::Membership::new(bus));
+    (
+        RelayHandle {
+            control: tx,
+            counts,
+        },
+        RelayControl(rx),
+    )
 }
 
 impl RelayHandle {
-    /// Enters `key` at once if the relay already knows where the room stands (it has local
-    /// members, so its subscription is live and every later event will come through here): the
-    /// peer is in the room and the position is returned. Otherwise the peer is registered as
-    /// entering (like [`RelayHandle::register`]) and `None` is returned.
-    pub async fn enter(&self, key: &RoomKey, peer: Peer) -> Option<Position> {
+    /// Counts one more socket in `key` (it is about to enter): the bus subscribes on the first.
+    pub fn add(&self, key: &RoomKey) {
+        self.counts.add(key);
+    }
+
+    /// Starts holding `key`'s live events for `peer` and tells where the room stands if the
+    /// relay knows it (the room has local members, so its subscription is live and every later
+    /// event comes through here). [`RelayHandle::finish`] makes the peer a member. A peer that
+    /// is a member already, or entering, is left as it is ([`Entering::Already`]).
+    pub async fn enter(&self, key: &RoomKey, peer: Peer) -> Entering {
         let (done, wait) = oneshot::channel();
         let msg = Control::Enter {
             key: key.clone(),
@@ -117,22 +136,9 @@ impl RelayHandle {
             done,
         };
         if self.control.send(msg).is_err() {
-            return None;
+            return Entering::Held(None);
         }
-        wait.await.ok().flatten()
-    }
-
-    /// Starts buffering `key`'s live events for `peer`; returns once the relay has done so.
-    pub async fn register(&self, key: &RoomKey, peer: Peer) {
-        let (done, wait) = oneshot::channel();
-        let msg = Control::Register {
-            key: key.clone(),
-            peer,
-            done,
-        };
-        if self.control.send(msg).is_ok() {
-            let _ = wait.await;
-        }
+        wait.await.unwrap_or(Entering::Held(None))
     }
 
     /// Sends `replay` (events after `after`), then buffered live events after them, then adds
@@ -160,8 +166,9 @@ impl RelayHandle {
         wait.await.unwrap_or_default()
     }
 
-    /// Takes a peer out of one room.
+    /// Takes a peer out of one room; the bus unsubscribes after the last.
     pub fn leave(&self, key: &RoomKey, id: PeerId) {
+        self.counts.remove(key);
         let _ = self.control.send(Control::Leave {
             key: key.clone(),
             id,
@@ -170,6 +177,9 @@ impl RelayHandle {
 
     /// Takes a disconnected peer out of its rooms (and any room it was entering).
     pub fn gone(&self, id: PeerId, keys: Vec<RoomKey>) {
+        for key in &keys {
+            self.counts.remove(key);
+        }
         let _ = self.control.send(Control::Gone { id, keys });
     }
 }
@@ -195,17 +205,19 @@ const ENTERED_TTL: Duration = Duration::from_secs(30);
 
 /// Everything the relay task owns.
 struct Relay {
-    state: Arc<AppState>,
     rooms: HashMap<RoomKey, Members>,
     pending: HashMap<RoomKey, Vec<Pending>>,
     entered: HashMap<RoomKey, Vec<Entered>>,
 }
 
-/// Relays bus messages and room entries until the bus closes its channel.
-pub async fn run(state: Arc<AppState>, mut bus: mpsc::Receiver<BusMessage>, control: RelayControl) {
+/// Relays bus messages and room entries until `stop` is cancelled or the bus closes its channel.
+pub async fn run(
+    mut bus: mpsc::Receiver<BusMessage>,
+    control: RelayControl,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut control = control.0;
     let mut relay = Relay {
-        state,
         rooms: HashMap::new(),
         pending: HashMap::new(),
         entered: HashMap::new(),
@@ -214,6 +226,7 @@ pub async fn run(state: Arc<AppState>, mut bus: mpsc::Receiver<BusMessage>, cont
     let mut batch: Vec<BusMessage> = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {
+            _ = stop.cancelled() => return,
             _ = prune.tick() => {
                 relay.entered.retain(|_, list| {
                     list.retain(|e| e.at.elapsed() < ENTERED_TTL);
@@ -283,39 +296,23 @@ impl Relay {
     fn on_control(&mut self, ctl: Control) {
         match ctl {
             Control::Enter { key, peer, done } => {
-                let head = self.rooms.get(&key).and_then(|m| m.head.clone());
-                match head {
-                    Some(head) if wants(&peer, &key) => {
-                        let id = peer.id();
-                        if let Some(members) = self.rooms.get_mut(&key) {
-                            members.insert(peer);
-                        }
-                        // Events up to the head may still be on their way from the bus.
-                        self.entered.entry(key.clone()).or_default().push(Entered {
-                            id,
-                            upto: head.offset,
-                            at: Instant::now(),
-                        });
-                        tracing::debug!(peer = id, room = %key, offset = head.offset, "room entered at the relay's head");
-                        let _ = done.send(Some(head));
-                    }
-                    _ => {
-                        self.pending.entry(key).or_default().push(Pending {
-                            peer,
-                            buffer: Vec::new(),
-                            overflowed: false,
-                        });
-                        let _ = done.send(None);
-                    }
+                let id = peer.id();
+                let member = self.rooms.get(&key).is_some_and(|m| m.contains(id));
+                let entering = self
+                    .pending
+                    .get(&key)
+                    .is_some_and(|list| list.iter().any(|p| p.peer.id() == id));
+                if member || entering {
+                    let _ = done.send(Entering::Already);
+                    return;
                 }
-            }
-            Control::Register { key, peer, done } => {
+                let head = self.rooms.get(&key).and_then(|m| m.head.clone());
                 self.pending.entry(key).or_default().push(Pending {
                     peer,
                     buffer: Vec::new(),
                     overflowed: false,
                 });
-                let _ = done.send(());
+                let _ = done.send(Entering::Held(head));
             }
             Control::Finish {
                 key,
@@ -329,7 +326,7 @@ impl Relay {
                 let finished = match mine {
                     Some(p) if wants(&p.peer, &key) => {
                         let peer = p.peer.clone();
-                        let (finished, upto) = splice(&self.state, &peer, &key, after, replay, p);
+                        let (finished, upto) = splice(&peer, &key, after, replay, p);
                         let members = self.rooms.entry(key.clone()).or_default();
                         members.insert(peer);
                         // After an overflow the socket is behind what was relayed: not a head.
@@ -404,7 +401,7 @@ impl Relay {
         if let Some(members) = self.rooms.get_mut(&key) {
             let encoded: Vec<Outgoing> = run.iter().filter_map(encode).collect();
             if encoded.len() == run.len() {
-                deliver(&self.state, &key, &members.list, &encoded, &skips);
+                deliver(&key, &members.list, &encoded, &skips);
             }
             for d in &run {
                 members.saw(&d.epoch, d.offset);

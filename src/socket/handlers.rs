@@ -3,43 +3,18 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use socketioxide::extract::{AckSender, SocketRef, TryData};
 
-use super::peer::{Ack, Peer};
 use super::{
-    auth_failed, complete_auth, error_reply, names, reply, rooms, schedule_expiry, token_of,
+    auth_failed, claim, complete_auth, error_reply, names, prepare_auto, reply, rooms,
+    schedule_expiry, token_of,
 };
 use crate::auth::{AuthError, RoomError};
 use crate::events::envelope::now_millis;
 use crate::events::{RoomKey, RoomName};
 use crate::metrics;
+use crate::peer::session::Session;
+use crate::peer::{Ack, Peer};
 use crate::state::AppState;
-
-/// Installs the event handlers on a socketioxide socket; each hands over to [`dispatch`].
-pub(super) fn install(st: Arc<AppState>, s: &SocketRef) {
-    for name in [
-        names::AUTHENTICATE,
-        names::JOIN,
-        names::LEAVE,
-        names::REFRESH,
-        names::PING,
-    ] {
-        let st = st.clone();
-        s.on(
-            name,
-            move |s: SocketRef, TryData(d): TryData<Value>, ack: AckSender| {
-                dispatch(
-                    st.clone(),
-                    Peer::Sio(s),
-                    name.to_owned(),
-                    d.ok(),
-                    Some(Ack::Sio(ack)),
-                );
-                std::future::ready(())
-            },
-        );
-    }
-}
 
 /// Runs the handler of a client event. Events that wait on the bus run in their own task; the
 /// others are answered at once. An unknown event is answered (when it asks for an ack) with
@@ -56,9 +31,11 @@ pub(super) fn dispatch(
         // its requests (a `leave` right after a `join` finds the room joined); only the part
         // that waits on the bus runs in a task of its own.
         names::AUTHENTICATE => {
-            if let Some((session, verified)) = authenticate(&st, &peer, data, &mut ack) {
+            if let Some((session, keys)) = authenticate(&st, &peer, &data, &mut ack) {
                 tokio::spawn(async move {
-                    complete_auth(&st, &peer, &session, verified, ack).await;
+                    let since = data.as_ref().and_then(|d| d.get("since"));
+                    let entries = prepare_auto(&st, &peer, keys, since).await;
+                    complete_auth(&st, &peer, &session, entries, ack).await;
                 });
             }
         }
@@ -68,9 +45,9 @@ pub(super) fn dispatch(
                 error_reply(e.code, &e.message)
             };
             match join(&st, &peer, data) {
-                Ok(step) => {
+                Ok((key, since)) => {
                     tokio::spawn(async move {
-                        let mut body = json!(step.run(&st, &peer).await);
+                        let mut body = json!(rooms::enter(&st, &peer, &key, since).await);
                         body["ok"] = json!(true);
                         reply(ack, &body);
                     });
@@ -112,11 +89,11 @@ pub(super) fn dispatch(
 fn authenticate(
     st: &AppState,
     peer: &Peer,
-    data: Option<Value>,
+    data: &Option<Value>,
     ack: &mut Option<Ack>,
-) -> Option<(Arc<super::session::Session>, crate::auth::Verified)> {
-    let session = peer.session()?;
-    let verified = token_of(&data)
+) -> Option<(Arc<Session>, Vec<RoomKey>)> {
+    let session = peer.session().clone();
+    let verified = token_of(data)
         .and_then(|t| t.ok_or(AuthError::Missing))
         .and_then(|t| st.config.verifier.verify(&t));
     let verified = match verified {
@@ -131,23 +108,17 @@ fn authenticate(
             return None;
         }
     };
-    // Claim the identity under the lock: two racing authenticate events cannot both win.
-    {
-        let mut state = session.state();
-        if state.identity.is_some() {
-            drop(state);
+    match claim(st, &session, verified) {
+        Some(keys) => Some((session, keys)),
+        None => {
             let body = error_reply(
                 "already_authenticated",
                 "this socket is already authenticated; use refresh to extend it",
             );
             reply(ack.take(), &body);
-            return None;
+            None
         }
-        state.identity = Some(verified.identity.clone());
-        state.exp = verified.exp;
-        state.handshake_since = data.as_ref().and_then(|d| d.get("since")).cloned();
     }
-    Some((session, verified))
 }
 
 /// Why a join or leave request could not even be read.
@@ -169,38 +140,14 @@ fn requested_room(data: &Option<Value>) -> Result<(String, Option<&Value>), Room
     }
 }
 
-/// What is left of a join once the session took it: entering the room, or only reporting where
-/// a room the socket is already in stands.
-struct JoinStep {
-    key: RoomKey,
-    room: RoomName,
-    fresh: bool,
-    since: Option<rooms::Since>,
-}
-
-impl JoinStep {
-    async fn run(self, st: &AppState, peer: &Peer) -> rooms::RoomEntry {
-        if self.fresh {
-            return rooms::enter(st, peer, &self.key, self.since).await;
-        }
-        // Already in the room: report where it stands; live delivery already reaches the socket.
-        let now = st.bus.position(&self.key).await.ok();
-        rooms::RoomEntry {
-            room: self.room,
-            epoch: now.as_ref().map(|p| p.epoch.clone()),
-            offset: now.map(|p| p.offset),
-            recovered: None,
-            reason: None,
-            replayed: None,
-        }
-    }
-}
-
-/// Checks a join against the policy and the rate, and records the room in the session.
-fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, RoomError> {
-    let session = peer
-        .session()
-        .ok_or_else(|| bad_request("socket is closing"))?;
+/// Checks a join against the policy and the rate, and records the room in the session (a room
+/// it is in already passes as it is). Returns the room and the position to enter it from.
+fn join(
+    st: &AppState,
+    peer: &Peer,
+    data: Option<Value>,
+) -> Result<(RoomKey, Option<rooms::Since>), RoomError> {
+    let session = peer.session();
     let policy = &st.config.policy;
     let (name, since) = requested_room(&data)?;
     let room = policy.parse_room(&name)?;
@@ -214,18 +161,14 @@ fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, Roo
             })
         })
         .transpose()?;
-    let (key, fresh) = {
+    let key = {
         let mut state = session.state();
-        let identity = state.identity.as_ref().ok_or_else(|| {
+        let auth = state.auth().ok_or_else(|| {
             RoomError::new("not_authenticated", "authenticate before joining rooms")
         })?;
-        let own_auto = room == RoomName::institution(&identity.tenant)
-            || room == RoomName::user(&identity.user_id);
-        let key = RoomKey::new(identity.tenant.clone(), room.clone());
-        if own_auto || state.rooms.contains(&room) {
-            (key, false)
-        } else {
-            policy.check_join(identity, &room, state.rooms.len())?;
+        let key = auth.key(room.clone());
+        if !auth.is_in(&room) {
+            policy.check_join(&auth.identity, &room, auth.rooms.len())?;
             if !state.take_join(st.config.join_rate.get()) {
                 return Err(RoomError::new(
                     "rate_limited",
@@ -235,38 +178,30 @@ fn join(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<JoinStep, Roo
                     ),
                 ));
             }
-            st.membership.add(&key);
-            state.rooms.push(room.clone());
-            (key, true)
+            st.relay.add(&key);
+            if let Some(auth) = state.auth_mut() {
+                auth.rooms.push(room);
+            }
         }
+        key
     };
-    Ok(JoinStep {
-        key,
-        room,
-        fresh,
-        since: since.map(Ok),
-    })
+    Ok((key, since.map(Ok)))
 }
 
 fn leave(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomName, RoomError> {
-    let session = peer
-        .session()
-        .ok_or_else(|| bad_request("socket is closing"))?;
+    let session = peer.session();
     let policy = &st.config.policy;
     let (name, _) = requested_room(&data)?;
     let room = policy.parse_room(&name)?;
     policy.check_leave(&room)?;
     let mut state = session.state();
-    let tenant = state
-        .identity
-        .as_ref()
-        .map(|i| i.tenant.clone())
+    let auth = state
+        .auth_mut()
         .ok_or_else(|| RoomError::new("not_authenticated", "authenticate first"))?;
-    if let Some(pos) = state.rooms.iter().position(|r| *r == room) {
-        state.rooms.swap_remove(pos);
-        let key = RoomKey::new(tenant, room.clone());
+    if let Some(pos) = auth.rooms.iter().position(|r| *r == room) {
+        auth.rooms.swap_remove(pos);
+        let key = auth.key(room.clone());
         st.relay.leave(&key, session.id);
-        st.membership.remove(&key);
     }
     Ok(room)
 }
@@ -278,7 +213,7 @@ fn refresh(
     peer: &Peer,
     data: Option<Value>,
 ) -> Result<(u64, Vec<RoomName>), AuthError> {
-    let session = peer.session().ok_or(AuthError::NotAuthenticated)?;
+    let session = peer.session();
     if session.identity().is_none() {
         return Err(AuthError::NotAuthenticated);
     }
@@ -286,33 +221,26 @@ fn refresh(
     let verified = st.config.verifier.verify(&token)?;
     let (exp, left) = {
         let mut state = session.state();
-        let current = state.identity.as_ref().ok_or(AuthError::NotAuthenticated)?;
-        if current.user_id != verified.identity.user_id
-            || current.tenant != verified.identity.tenant
+        let auth = state.auth_mut().ok_or(AuthError::NotAuthenticated)?;
+        if auth.identity.user_id != verified.identity.user_id
+            || auth.identity.tenant != verified.identity.tenant
         {
             return Err(AuthError::IdentityChanged);
         }
-        let tenant = current.tenant.clone();
-        state.exp = state.exp.max(verified.exp);
+        auth.exp = auth.exp.max(verified.exp);
         let mut left = Vec::new();
-        let rooms = std::mem::take(&mut state.rooms);
-        for room in rooms {
-            if st
-                .config
-                .policy
-                .check_join(&verified.identity, &room, 0)
-                .is_ok()
-            {
-                state.rooms.push(room);
+        let policy = &st.config.policy;
+        for room in std::mem::take(&mut auth.rooms) {
+            if policy.check_join(&verified.identity, &room, 0).is_ok() {
+                auth.rooms.push(room);
             } else {
-                let key = RoomKey::new(tenant.clone(), room.clone());
+                let key = auth.key(room.clone());
                 st.relay.leave(&key, session.id);
-                st.membership.remove(&key);
                 left.push(room);
             }
         }
-        state.identity = Some(verified.identity);
-        (state.exp, left)
+        auth.identity = verified.identity;
+        (auth.exp, left)
     };
     schedule_expiry(st, session.id, exp);
     Ok((exp, left))

@@ -5,30 +5,27 @@
 //! Event handlers are installed in the middleware, before the client is told it is connected,
 //! so an event the client emits right after `connect` is never missed.
 
-pub mod deadlines;
 mod handlers;
-pub mod membership;
-pub mod peer;
 pub mod rooms;
-pub mod session;
+mod sio;
+mod ws;
+
+pub use sio::register;
+pub use ws::Transport;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use socketioxide::extract::{SocketRef, TryData};
-use socketioxide::handler::ConnectHandler;
-use socketioxide::socket::DisconnectReason;
-use socketioxide::{SocketIo, TransportType};
 
 use crate::auth::{AuthError, Verified};
 use crate::events::envelope::now_millis;
-use crate::events::{RoomKey, RoomName};
+use crate::events::RoomKey;
 use crate::metrics;
+use crate::peer::deadlines::Deadline;
+use crate::peer::session::{Auth, Phase, Session};
+use crate::peer::{Ack, Peer, PeerId};
 use crate::state::AppState;
-use deadlines::Deadline;
-use peer::{Ack, Peer, PeerId};
-use session::Session;
 
 /// Event names of the client protocol, spelled once.
 pub mod names {
@@ -92,73 +89,73 @@ fn until(exp: u64) -> Duration {
     Duration::from_millis((exp_ms - now_millis()).max(0) as u64)
 }
 
-/// Registers the gateway's handlers on socketioxide's `/` namespace (long-polling sessions and
-/// those that upgrade from it).
-pub fn register(io: &SocketIo, state: Arc<AppState>) {
-    let st = state.clone();
-    let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
-        let st = st.clone();
-        async move { sio_handshake(st, &s, auth.ok()) }
-    };
-    let st = state;
-    let connected = move |s: SocketRef| {
-        let st = st.clone();
-        async move { on_connect(st, Peer::Sio(s)).await }
-    };
-    io.ns("/", connected.with(middleware));
-}
-
-/// socketioxide's connect middleware: the handshake check, then the event handlers, installed
-/// before the client hears it is connected.
-fn sio_handshake(
-    st: Arc<AppState>,
-    s: &SocketRef,
-    auth: Option<Value>,
-) -> Result<(), ConnectRefused> {
-    let transport = match s.transport_type() {
-        TransportType::Websocket => "websocket",
-        TransportType::Polling => "polling",
-    };
-    let session = Session::new(transport);
-    handshake(&st, &session, auth).map_err(ConnectRefused)?;
-    let id = session.id;
-    s.extensions.insert(session);
-    st.peers.insert(Peer::Sio(s.clone()));
-    {
-        let st = st.clone();
-        s.on_disconnect(move |s: SocketRef, reason: DisconnectReason| async move {
-            st.peers.remove(id);
-            on_disconnect(&st, &Peer::Sio(s), disconnect_label(reason))
-        });
-    }
-    handlers::install(st, s);
-    Ok(())
-}
-
-/// The Socket.IO connect packet of a new socket: a token in `auth` must verify; no token lets
-/// the socket in unauthenticated (it has the grace period to `authenticate`). `Err` is the code
+/// The Socket.IO connect packet of a new socket, before the client hears it is connected: a
+/// token in `auth` must verify, and the socket is then in its automatic rooms (recovering from
+/// `auth.since` when given), so every event published after the client sees `connect` reaches
+/// it. No token lets the socket in unauthenticated (it has the grace period to
+/// `authenticate`). `Ok` holds the prepared room entries for [`on_connect`]; `Err` is the code
 /// the client gets in `connect_error`.
-pub fn handshake(
+pub async fn handshake(
     st: &AppState,
-    session: &Session,
+    peer: &Peer,
     auth: Option<Value>,
-) -> Result<(), &'static str> {
+) -> Result<Vec<rooms::Prepared>, &'static str> {
+    let session = peer.session();
     let refuse = |e: AuthError| {
         auth_failed(&e);
         e.code()
     };
-    if let Some(token) = token_of(&auth).map_err(refuse)? {
-        let verified = st.config.verifier.verify(&token).map_err(refuse)?;
-        let mut state = session.state();
-        state.identity = Some(verified.identity);
-        state.exp = verified.exp;
-        state.from_handshake = true;
-        state.handshake_since = auth.as_ref().and_then(|a| a.get("since")).cloned();
-    }
+    let verified = match token_of(&auth).map_err(refuse)? {
+        Some(token) => Some(st.config.verifier.verify(&token).map_err(refuse)?),
+        None => None,
+    };
     let transport = session.transport;
     ::metrics::gauge!(metrics::CONNECTIONS, "transport" => transport).increment(1.0);
     ::metrics::counter!(metrics::CONNECTIONS_TOTAL, "transport" => transport).increment(1);
-    Ok(())
+    let Some(verified) = verified else {
+        return Ok(Vec::new());
+    };
+    let since = auth.as_ref().and_then(|a| a.get("since"));
+    let keys = claim(st, session, verified).ok_or("closed")?;
+    Ok(prepare_auto(st, peer, keys, since).await)
+}
+
+/// Makes the socket authenticated as `verified` and counts it in its automatic rooms; `None`
+/// if it already is authenticated or is closing. Under the session's lock, so two racing
+/// authentications cannot both win and a request that follows sees the identity.
+fn claim(st: &AppState, session: &Session, verified: Verified) -> Option<Vec<RoomKey>> {
+    let mut state = session.state();
+    if !matches!(state.phase, Phase::AwaitingAuth) {
+        return None;
+    }
+    let auth = Auth {
+        identity: verified.identity,
+        exp: verified.exp,
+        rooms: Vec::new(),
+    };
+    let keys = auth.keys();
+    for key in &keys {
+        st.relay.add(key);
+    }
+    state.phase = Phase::Authenticated(auth);
+    Some(keys)
+}
+
+/// Prepares the entries of the automatic rooms `keys`, each from its position in `since`
+/// (`{ room: { epoch, offset } }`) when the client sent one.
+async fn prepare_auto(
+    st: &AppState,
+    peer: &Peer,
+    keys: Vec<RoomKey>,
+    since: Option<&Value>,
+) -> Vec<rooms::Prepared> {
+    let entries = keys.iter().map(|key| {
+        let wanted = since
+            .and_then(|m| m.get(key.room().as_str()))
+            .map(rooms::parse_since);
+        rooms::prepare(st, peer, key, wanted)
+    });
+    futures_util::future::join_all(entries).await
 }
 
 /// Runs a client event's handler (in its own task when it waits on the bus).
@@ -172,80 +169,43 @@ pub fn dispatch(
     handlers::dispatch(st, peer, name, data, ack);
 }
 
-/// After the client was told it is connected: completes a handshake identity (entering its
-/// rooms), or starts the grace period for `authenticate`.
-pub async fn on_connect(st: Arc<AppState>, peer: Peer) {
-    let Some(session) = peer.session() else {
-        return;
-    };
-    // Only a handshake identity is completed here: an `authenticate` event that raced ahead of
-    // this handler completes its own (with its ack).
-    let (verified, authenticated) = {
-        let state = session.state();
-        let verified = state
-            .identity
-            .clone()
-            .filter(|_| state.from_handshake)
-            .map(|identity| Verified {
-                identity,
-                exp: state.exp,
-            });
-        (verified, state.identity.is_some())
-    };
-    match verified {
-        Some(v) => complete_auth(&st, &peer, &session, v, None).await,
-        None if authenticated => {}
-        None => st.deadlines.schedule(
+/// After the client was told it is connected: completes a handshake identity (sending what its
+/// rooms owe it and `authenticated`), or starts the grace period for `authenticate`.
+pub async fn on_connect(st: Arc<AppState>, peer: Peer, entries: Vec<rooms::Prepared>) {
+    let session = peer.session();
+    if !entries.is_empty() {
+        return complete_auth(&st, &peer, session, entries, None).await;
+    }
+    if matches!(session.state().phase, Phase::AwaitingAuth) {
+        st.deadlines.schedule(
             Instant::now() + st.config.auth_grace,
             session.id,
             Deadline::AuthGrace,
-        ),
+        );
     }
 }
 
-/// The identity is claimed: enter the automatic rooms (recovering from `auth.since` when given),
-/// arm the expiry timer, then tell the client (ack and `authenticated`).
+/// The automatic rooms are prepared: finish entering them, arm the expiry timer, then tell the
+/// client (ack and `authenticated`).
 async fn complete_auth(
     st: &AppState,
     peer: &Peer,
     session: &Session,
-    verified: Verified,
+    entries: Vec<rooms::Prepared>,
     ack: Option<Ack>,
 ) {
-    let id = &verified.identity;
-    let keys: Vec<RoomKey> = [
-        RoomName::institution(&id.tenant),
-        RoomName::user(&id.user_id),
-    ]
-    .into_iter()
-    .map(|r| RoomKey::new(id.tenant.clone(), r))
-    .collect();
-    let since = {
-        let mut state = session.state();
-        if state.closed || state.auto_entered {
-            return;
-        }
-        state.auto_entered = true;
-        for key in &keys {
-            st.membership.add(key);
-        }
-        state.handshake_since.take()
-    };
-    schedule_expiry(st, session.id, verified.exp);
-    let entries = keys.iter().map(|key| {
-        let wanted = since
-            .as_ref()
-            .and_then(|m| m.get(key.room().as_str()))
-            .map(rooms::parse_since);
-        rooms::enter(st, peer, key, wanted)
-    });
+    let entries = entries.into_iter().map(|p| rooms::finish(st, peer, p));
     let entries = futures_util::future::join_all(entries).await;
+    let Some((identity, exp)) = session.state().auth().map(|a| (a.identity.clone(), a.exp)) else {
+        return;
+    };
+    schedule_expiry(st, session.id, exp);
     let msg = json!({
-        "userId": id.user_id,
-        "institutionId": id.tenant,
-        "role": id.role,
+        "userId": identity.user_id,
+        "institutionId": identity.tenant,
+        "role": identity.role,
         "rooms": entries,
-        "exp": verified.exp,
+        "exp": exp,
     });
     if ack.is_some() {
         let mut body = msg.clone();
@@ -262,60 +222,30 @@ fn schedule_expiry(st: &AppState, id: PeerId, exp: u64) {
 
 /// A connected socket is gone: leave its rooms (relay and bus subscriptions) and count it.
 pub fn on_disconnect(st: &AppState, peer: &Peer, reason: &'static str) {
-    let Some(session) = peer.session() else {
-        return;
+    let session = peer.session();
+    let keys = match std::mem::replace(&mut session.state().phase, Phase::Closed) {
+        Phase::Authenticated(auth) => auth.keys(),
+        _ => Vec::new(),
     };
-    let (identity, rooms) = {
-        let mut state = session.state();
-        state.closed = true;
-        (state.identity.take(), std::mem::take(&mut state.rooms))
-    };
-    let mut keys = Vec::new();
-    if let Some(id) = identity {
-        let auto = [
-            RoomName::institution(&id.tenant),
-            RoomName::user(&id.user_id),
-        ];
-        for room in auto.into_iter().chain(rooms) {
-            let key = RoomKey::new(id.tenant.clone(), room);
-            st.membership.remove(&key);
-            keys.push(key);
-        }
-    }
     st.relay.gone(session.id, keys);
     ::metrics::gauge!(metrics::CONNECTIONS, "transport" => session.transport).decrement(1.0);
     ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
     tracing::debug!(peer = session.id, reason, "socket disconnected");
 }
 
-fn disconnect_label(reason: DisconnectReason) -> &'static str {
-    match reason {
-        DisconnectReason::TransportClose => "transport_close",
-        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
-        DisconnectReason::PacketParsingError => "bad_packet",
-        DisconnectReason::TransportError => "transport_error",
-        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
-        DisconnectReason::ClientNSDisconnect => "client_disconnect",
-        DisconnectReason::ServerNSDisconnect => "server_disconnect",
-        DisconnectReason::ClosingServer => "server_closing",
-    }
-}
-
 /// Handles a due deadline: disconnects a socket that did not authenticate in time, or whose
 /// token expired without a refresh. Stale deadlines (socket gone, token refreshed) do nothing.
 pub fn on_deadline(st: &AppState, id: PeerId, what: Deadline) {
     let Some(peer) = st.peers.get(id) else { return };
-    let Some(session) = peer.session() else {
-        return;
-    };
+    let session = peer.session();
     let (code, message) = {
         let state = session.state();
-        match what {
-            Deadline::AuthGrace if state.identity.is_none() => (
+        match (what, &state.phase) {
+            (Deadline::AuthGrace, Phase::AwaitingAuth) => (
                 "auth_timeout",
                 "no authenticate event within the grace period; connect with auth: { token }",
             ),
-            Deadline::TokenExpiry if state.identity.is_some() && until(state.exp).is_zero() => (
+            (Deadline::TokenExpiry, Phase::Authenticated(a)) if until(a.exp).is_zero() => (
                 "token_expired",
                 "the token expired; emit refresh { token } before exp to stay connected",
             ),

@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::peer::Peer;
-use crate::bus::{Lost, Position, Recovery};
+use crate::bus::{BusError, Lost, Position, Recovery};
 use crate::events::{RoomKey, RoomName};
 use crate::metrics;
+use crate::peer::Peer;
+use crate::relay::Entering;
 use crate::state::AppState;
 
 /// How long entering a room waits for the bus to confirm the room's subscription. Past it the
@@ -58,10 +59,71 @@ pub fn parse_since(v: &Value) -> Since {
     }
 }
 
-/// Enters `key` for `peer` (already counted in the membership): buffers live events, waits
-/// for the subscription, reads the position or the missed events, and lets the relay send them
-/// and add the socket to the room.
+/// A room entry whose bus reads are done: live events of the room are held for the socket
+/// from here on, and [`finish`] sends what it is owed and makes it a member.
+pub struct Prepared {
+    key: RoomKey,
+    since: Option<Since>,
+    read: Read,
+}
+
+/// Where the room stood when the entry was prepared.
+enum Read {
+    /// The socket is in the room already (or entering it): only where the room stands is read.
+    Already,
+    /// The relay knew it (the room has local members): no bus read.
+    Head(Position),
+    /// Read from the bus after its subscription was confirmed.
+    Bus(Result<Recovery, BusError>),
+}
+
+/// Enters `key` for `peer` (counted in the room by [`crate::relay::RelayHandle::add`]):
+/// [`prepare`], then [`finish`]. Every way into a room comes here: with or without a position,
+/// at authentication or on `join`, and a repeat join (which only reports where the room
+/// stands).
 pub async fn enter(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Since>) -> RoomEntry {
+    let prepared = prepare(st, peer, key, since).await;
+    finish(st, peer, prepared).await
+}
+
+/// First half of a room entry: from its return on, every live event of the room is either
+/// held for `peer` or covered by the position read, so nothing published later can miss it.
+/// The handshake runs this before the client hears it is connected.
+pub async fn prepare(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Since>) -> Prepared {
+    let read = match (st.relay.enter(key, peer.clone()).await, &since) {
+        (Entering::Already, _) => Read::Already,
+        // A room with local members: its subscription is live and the relay knows where it
+        // stands, no read needed.
+        (Entering::Held(Some(head)), None) => Read::Head(head),
+        (Entering::Held(_), _) => {
+            if !st.bus.wait_subscribed(key, SUBSCRIBE_WAIT).await {
+                tracing::warn!(room = %key, "bus subscription not confirmed in time; entering anyway");
+            }
+            Read::Bus(match &since {
+                None => st.bus.position(key).await.map(|now| Recovery::Replay {
+                    events: Vec::new(),
+                    now,
+                }),
+                Some(Ok(pos)) => st.bus.recover(key, pos, st.config.max_replay).await,
+                Some(Err(_)) => st.bus.position(key).await.map(|now| Recovery::Lost {
+                    reason: Lost::TooOld,
+                    now,
+                }),
+            })
+        }
+    };
+    Prepared {
+        key: key.clone(),
+        since,
+        read,
+    }
+}
+
+/// Second half of a room entry: the relay sends the replay and the held live events, then adds
+/// the socket to the room. Returns where the socket stands.
+pub async fn finish(st: &AppState, peer: &Peer, p: Prepared) -> RoomEntry {
+    let Prepared { key, since, read } = p;
+    let key = &key;
     let id = peer.id();
     let mut entry = RoomEntry {
         room: key.room().clone(),
@@ -71,29 +133,24 @@ pub async fn enter(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Sinc
         reason: None,
         replayed: None,
     };
-    if since.is_none() {
-        // A room with local members: the relay knows its position, no read needed.
-        if let Some(now) = st.relay.enter(key, peer.clone()).await {
+    let read = match read {
+        Read::Already => {
+            // Live delivery already reaches the socket: report where the room stands.
+            let now = st.bus.position(key).await.ok();
+            entry.epoch = now.as_ref().map(|p| p.epoch.clone());
+            entry.offset = now.map(|p| p.offset);
+            return entry;
+        }
+        Read::Head(now) => {
+            tracing::debug!(peer = id, room = %key, offset = now.offset, "room entered at the relay's head");
+            st.relay
+                .finish(key, id, Some(now.epoch.clone()), now.offset, Vec::new())
+                .await;
             entry.epoch = Some(now.epoch);
             entry.offset = Some(now.offset);
             return entry;
         }
-    } else {
-        st.relay.register(key, peer.clone()).await;
-    }
-    if !st.bus.wait_subscribed(key, SUBSCRIBE_WAIT).await {
-        tracing::warn!(room = %key, "bus subscription not confirmed in time; entering anyway");
-    }
-    let read = match &since {
-        None => st.bus.position(key).await.map(|now| Recovery::Replay {
-            events: Vec::new(),
-            now,
-        }),
-        Some(Ok(pos)) => st.bus.recover(key, pos, st.config.max_replay).await,
-        Some(Err(_)) => st.bus.position(key).await.map(|now| Recovery::Lost {
-            reason: Lost::TooOld,
-            now,
-        }),
+        Read::Bus(read) => read,
     };
     match read {
         Ok(Recovery::Replay { events, now }) => {

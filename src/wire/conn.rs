@@ -9,7 +9,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,13 +16,14 @@ use bytes::{Buf, Bytes};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::codec::Codec;
+use super::deflate::{InflateError, Inflater};
 use super::frame::{self, Frame, FrameError, Opcode};
+use super::msgpack;
 use super::packet::{self, Incoming};
-use crate::drain::{ConnId, TrackedStream};
+use super::{Handler, Sent};
+use crate::drain::TrackedStream;
 use crate::metrics;
-use crate::socket::peer::{Ack, Peer, Sent};
-use crate::socket::session::Session;
-use crate::state::AppState;
 
 /// How long a closing connection may take to flush what was queued before it.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
@@ -35,18 +35,21 @@ const MAX_READS: usize = 16;
 /// while it entered a room, the gateway's own packets) before it is cut.
 const MAX_HELD_FRAMES: usize = 16_384;
 
-/// A WebSocket session shared by its task, the relay and the handlers.
-pub struct Conn {
+/// A WebSocket session shared by its task and whoever writes to it. `U` is what the layer
+/// above keeps per session (the transport never looks into it).
+pub struct Conn<U> {
     stream: TrackedStream,
     out: Mutex<Out>,
     wake: Notify,
-    session: Arc<Session>,
+    user: U,
     sid: Box<str>,
-    max_queue: usize,
+    /// Parser and compression agreed at the handshake.
+    codec: Codec,
+    max_queue: u32,
     /// Most frames queued of any kind: the gateway's own packets (acks, pongs) and replays are
     /// not held to `max_queue`, but a client that sends requests and never reads the answers
     /// must not grow its queue without bound.
-    max_frames: usize,
+    max_frames: u32,
 }
 
 #[derive(Default)]
@@ -60,6 +63,20 @@ struct Out {
     closed: bool,
     /// Close once the queue is written (a server-side disconnect).
     closing: bool,
+    /// Where the Socket.IO namespace connect stands.
+    ns: Ns,
+}
+
+/// The Socket.IO namespace connect of a session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Ns {
+    /// No connect packet yet (or the last one was refused).
+    #[default]
+    None,
+    /// The handshake runs (it enters the automatic rooms before answering).
+    Connecting,
+    /// The client was told it is connected.
+    Connected,
 }
 
 /// Why a session ended: the disconnect reason label, and the close frame to send if any.
@@ -86,28 +103,72 @@ impl Stop {
     }
 }
 
+/// A message being read: plain bytes, or a compressed message inflated frame by frame. The
+/// inflater is created when a compressed message starts and dropped when it ends, so an idle
+/// connection keeps none (see [`super::deflate`]).
+enum Body {
+    Plain(Vec<u8>),
+    Deflated(Box<Inflater>),
+}
+
+impl Body {
+    fn new(compressed: bool, max: usize) -> Self {
+        if compressed {
+            Body::Deflated(Box::new(Inflater::new(max)))
+        } else {
+            Body::Plain(Vec::new())
+        }
+    }
+
+    fn push(&mut self, payload: &[u8], max: usize) -> Result<(), Stop> {
+        match self {
+            Body::Plain(buf) => {
+                if buf.len() + payload.len() > max {
+                    return Err(frame_error(FrameError::TooBig));
+                }
+                buf.extend_from_slice(payload);
+                Ok(())
+            }
+            Body::Deflated(inflater) => inflater.push(payload).map_err(inflate_error),
+        }
+    }
+
+    fn finish(self) -> Result<Vec<u8>, Stop> {
+        match self {
+            Body::Plain(buf) => Ok(buf),
+            Body::Deflated(inflater) => inflater.finish().map_err(inflate_error),
+        }
+    }
+}
+
+fn inflate_error(e: InflateError) -> Stop {
+    match e {
+        InflateError::TooBig => frame_error(FrameError::TooBig),
+        InflateError::Corrupt => Stop::protocol("bad_packet", 1007, "invalid_deflate_data"),
+    }
+}
+
 /// State of the session task that nobody else touches.
 struct Local {
-    connected: bool,
     waiting_pong: bool,
     ping_sent: Instant,
     next_timer: Instant,
     opened: Instant,
-    /// A fragmented message being assembled.
-    message: Option<(Opcode, Vec<u8>)>,
+    /// A fragmented (or compressed) message being assembled.
+    message: Option<(Opcode, Body)>,
     /// An incomplete frame.
     partial: Vec<u8>,
 }
 
-impl Conn {
-    /// The session's state.
-    pub fn session(&self) -> &Arc<Session> {
-        &self.session
+impl<U: Send + Sync + 'static> Conn<U> {
+    /// What the layer above keeps for this session.
+    pub fn user(&self) -> &U {
+        &self.user
     }
 
-    /// The connection's id in the drain registry.
-    pub fn conn_id(&self) -> ConnId {
-        ConnId(self.stream.id())
+    /// The parser and compression this session agreed to.
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     fn lock(&self) -> MutexGuard<'_, Out> {
@@ -133,10 +194,10 @@ impl Conn {
             return Sent::Closed;
         }
         if !out.queue.is_empty() {
-            if limited && events > 0 && out.events + events > self.max_queue {
+            if limited && events > 0 && out.events + events > self.max_queue as usize {
                 return Sent::Full;
             }
-            if out.queue.len() >= self.max_frames {
+            if out.queue.len() >= self.max_frames as usize {
                 drop(out);
                 self.cut("frame_limit");
                 return Sent::Full;
@@ -164,7 +225,7 @@ impl Conn {
     /// Ends the session from the server side: a Socket.IO disconnect, then a close frame once
     /// everything queued before it is written.
     pub fn disconnect(&self) {
-        self.send(packet::disconnect(), 0);
+        self.send(self.codec.disconnect(), 0);
         self.lock().closing = true;
         self.wake.notify_one();
     }
@@ -213,24 +274,23 @@ impl Conn {
     }
 
     /// Shuts the connection down (both directions) as one that cannot keep up; the session's
-    /// task then ends it. The client reconnects and recovers from history.
-    fn cut(&self, why: &'static str) {
+    /// task then ends it. The client reconnects and recovers from history. False if the session
+    /// had ended already.
+    pub fn cut(&self, why: &'static str) -> bool {
         let first = {
             let mut out = self.lock();
             !std::mem::replace(&mut out.closed, true)
         };
         if first {
-            // SAFETY: the descriptor belongs to this connection's stream, alive as long as `self`.
-            unsafe {
-                libc::shutdown(self.stream.tcp().as_raw_fd(), libc::SHUT_RDWR);
-            }
+            self.stream.close();
             ::metrics::counter!(metrics::SLOW_CONSUMERS, "transport" => "websocket").increment(1);
-            tracing::warn!(
-                peer = self.session.id,
-                why,
-                "slow consumer cut: too many frames queued"
-            );
+            let what = match why {
+                "frame_limit" => "slow consumer cut: too many frames queued",
+                _ => "slow consumer cut: its outgoing buffer was full",
+            };
+            tracing::warn!(conn = self.stream.id(), why, "{what}");
         }
+        first
     }
 
     /// Whether the session still takes writes.
@@ -246,23 +306,31 @@ impl Conn {
 
 /// Runs a WebSocket session: writes `response` (the 101 answering the upgrade) followed by the
 /// Engine.IO open packet; `early` holds bytes the client sent after its request, if any.
-pub async fn serve(st: Arc<AppState>, stream: TrackedStream, response: String, early: Vec<u8>) {
+pub async fn serve<H: Handler>(
+    h: Arc<H>,
+    stream: TrackedStream,
+    response: String,
+    early: Vec<u8>,
+    codec: Codec,
+) {
+    let cfg = h.settings();
     let conn = Arc::new(Conn {
         stream,
         out: Mutex::new(Out::default()),
         wake: Notify::new(),
-        session: Session::new("websocket"),
+        user: h.new_user(),
         sid: super::new_sid().into_boxed_str(),
-        max_queue: st.config.socket_buffer,
-        max_frames: st.config.socket_buffer + st.config.max_replay as usize + MAX_HELD_FRAMES,
+        codec,
+        max_queue: u32::try_from(cfg.socket_buffer).unwrap_or(u32::MAX),
+        max_frames: u32::try_from(cfg.socket_buffer + cfg.max_replay + MAX_HELD_FRAMES)
+            .unwrap_or(u32::MAX),
     });
-    let interval = st.config.ping_interval;
+    let interval = cfg.ping_interval;
     let now = Instant::now();
     let mut local = Local {
-        connected: false,
         waiting_pong: false,
         ping_sent: now,
-        next_timer: now + interval.min(st.config.connect_timeout),
+        next_timer: now + interval.min(cfg.connect_timeout),
         opened: now,
         message: None,
         partial: early,
@@ -270,23 +338,23 @@ pub async fn serve(st: Arc<AppState>, stream: TrackedStream, response: String, e
     let open = packet::open(
         &conn.sid,
         interval.as_millis() as u64,
-        st.config.ping_timeout.as_millis() as u64,
-        st.config.max_client_packet_bytes,
+        cfg.ping_timeout.as_millis() as u64,
+        cfg.max_packet,
     );
     let mut greeting = bytes::BytesMut::with_capacity(response.len() + open.len());
     greeting.extend_from_slice(response.as_bytes());
     greeting.extend_from_slice(&open);
     drop(response);
     conn.send(greeting.freeze(), 0);
-    let stop = match conn.decode_partial(&st, &mut local) {
+    let stop = match conn.decode_partial(&*h, &mut local) {
         Err(stop) => stop,
-        Ok(()) => conn.run(&st, &mut local).await,
+        Ok(()) => conn.run(&*h, &mut local).await,
     };
-    conn.finish(&st, &local, stop).await;
+    conn.finish(&*h, stop).await;
 }
 
-impl Conn {
-    async fn run(self: &Arc<Self>, st: &Arc<AppState>, l: &mut Local) -> Stop {
+impl<U: Send + Sync + 'static> Conn<U> {
+    async fn run<H: Handler<User = U>>(self: &Arc<Self>, h: &H, l: &mut Local) -> Stop {
         let tcp = self.stream.tcp();
         let mut backlog = false;
         loop {
@@ -295,7 +363,7 @@ impl Conn {
                     if ready.is_err() {
                         return Stop::quiet("transport_error");
                     }
-                    if let Err(stop) = self.read_available(st, l) {
+                    if let Err(stop) = self.read_available(h, l) {
                         return stop;
                     }
                 }
@@ -321,7 +389,7 @@ impl Conn {
                     }
                 }
                 _ = tokio::time::sleep_until(l.next_timer) => {
-                    if let Some(stop) = self.on_timer(st, l) {
+                    if let Some(stop) = self.on_timer(h, l) {
                         return stop;
                     }
                 }
@@ -329,9 +397,9 @@ impl Conn {
         }
     }
 
-    fn on_timer(&self, st: &AppState, l: &mut Local) -> Option<Stop> {
+    fn on_timer<H: Handler<User = U>>(&self, h: &H, l: &mut Local) -> Option<Stop> {
         let now = Instant::now();
-        if !l.connected && now.duration_since(l.opened) >= st.config.connect_timeout {
+        if self.ns() == Ns::None && now.duration_since(l.opened) >= h.settings().connect_timeout {
             return Some(Stop::protocol("connect_timeout", 1008, "connect_timeout"));
         }
         if l.waiting_pong {
@@ -340,12 +408,16 @@ impl Conn {
         self.send(packet::ping(), 0);
         l.waiting_pong = true;
         l.ping_sent = now;
-        l.next_timer = now + st.config.ping_timeout;
+        l.next_timer = now + h.settings().ping_timeout;
         None
     }
 
     /// Reads what the socket has (through a stack buffer) and handles every complete frame.
-    fn read_available(self: &Arc<Self>, st: &Arc<AppState>, l: &mut Local) -> Result<(), Stop> {
+    fn read_available<H: Handler<User = U>>(
+        self: &Arc<Self>,
+        h: &H,
+        l: &mut Local,
+    ) -> Result<(), Stop> {
         let mut buf = [0u8; 8192];
         for _ in 0..MAX_READS {
             let n = match self.stream.tcp().try_read(&mut buf) {
@@ -355,23 +427,27 @@ impl Conn {
                 Err(_) => return Err(Stop::quiet("transport_error")),
             };
             if l.partial.is_empty() {
-                let used = self.decode_all(st, l, &buf[..n])?;
+                let used = self.decode_all(h, l, &buf[..n])?;
                 l.partial.extend_from_slice(&buf[used..n]);
             } else {
                 l.partial.extend_from_slice(&buf[..n]);
-                self.decode_partial(st, l)?;
+                self.decode_partial(h, l)?;
             }
         }
         Ok(())
     }
 
     /// Handles the complete frames at the start of the kept partial bytes.
-    fn decode_partial(self: &Arc<Self>, st: &Arc<AppState>, l: &mut Local) -> Result<(), Stop> {
+    fn decode_partial<H: Handler<User = U>>(
+        self: &Arc<Self>,
+        h: &H,
+        l: &mut Local,
+    ) -> Result<(), Stop> {
         if l.partial.is_empty() {
             return Ok(());
         }
         let data = std::mem::take(&mut l.partial);
-        let used = self.decode_all(st, l, &data)?;
+        let used = self.decode_all(h, l, &data)?;
         if used < data.len() {
             l.partial = data[used..].to_vec();
         }
@@ -379,19 +455,19 @@ impl Conn {
     }
 
     /// Handles every complete frame in `data`; returns how many bytes they used.
-    fn decode_all(
+    fn decode_all<H: Handler<User = U>>(
         self: &Arc<Self>,
-        st: &Arc<AppState>,
+        h: &H,
         l: &mut Local,
         data: &[u8],
     ) -> Result<usize, Stop> {
-        let max = st.config.max_client_packet_bytes as usize;
+        let max = h.settings().max_packet as usize;
         let mut at = 0;
         loop {
-            match frame::decode(&data[at..], max) {
+            match frame::decode(&data[at..], max, self.codec.deflate_min.is_some()) {
                 Ok(Some((f, used))) => {
                     at += used;
-                    self.on_frame(st, l, f, max)?;
+                    self.on_frame(h, l, f, max)?;
                 }
                 Ok(None) => return Ok(at),
                 Err(e) => return Err(frame_error(e)),
@@ -399,9 +475,9 @@ impl Conn {
         }
     }
 
-    fn on_frame(
+    fn on_frame<H: Handler<User = U>>(
         self: &Arc<Self>,
-        st: &Arc<AppState>,
+        h: &H,
         l: &mut Local,
         f: Frame,
         max: usize,
@@ -419,47 +495,53 @@ impl Conn {
                 })
             }
             Opcode::Continuation => {
-                let Some((opcode, mut buf)) = l.message.take() else {
+                let Some((opcode, mut body)) = l.message.take() else {
                     return Err(frame_error(FrameError::Protocol(
                         "continuation_without_message",
                     )));
                 };
-                if buf.len() + f.payload.len() > max {
-                    return Err(frame_error(FrameError::TooBig));
-                }
-                buf.extend_from_slice(&f.payload);
+                body.push(&f.payload, max)?;
                 if !f.fin {
-                    l.message = Some((opcode, buf));
+                    l.message = Some((opcode, body));
                     return Ok(());
                 }
-                (opcode, buf)
+                (opcode, body.finish()?)
             }
             opcode => {
                 if l.message.is_some() {
                     return Err(frame_error(FrameError::Protocol("interleaved_message")));
                 }
-                if !f.fin {
-                    l.message = Some((opcode, f.payload));
-                    return Ok(());
+                if f.fin && !f.rsv1 {
+                    (opcode, f.payload)
+                } else {
+                    let mut body = Body::new(f.rsv1, max);
+                    body.push(&f.payload, max)?;
+                    if !f.fin {
+                        l.message = Some((opcode, body));
+                        return Ok(());
+                    }
+                    (opcode, body.finish()?)
                 }
-                (opcode, f.payload)
             }
         };
-        if opcode == Opcode::Binary {
-            return Err(Stop::protocol("bad_packet", 1003, "binary_message"));
-        }
-        let Ok(text) = String::from_utf8(payload) else {
-            return Err(Stop::protocol("bad_packet", 1007, "invalid_utf8"));
+        let parsed = match opcode {
+            // Engine.IO over WebSocket: a binary message is a message packet's raw data.
+            Opcode::Binary if self.codec.msgpack => msgpack::parse(&payload),
+            Opcode::Binary => return Err(Stop::protocol("bad_packet", 1003, "binary_message")),
+            _ => match String::from_utf8(payload) {
+                Ok(text) => packet::parse(&text),
+                Err(_) => return Err(Stop::protocol("bad_packet", 1007, "invalid_utf8")),
+            },
         };
-        match packet::parse(&text) {
-            Ok(p) => self.on_packet(st, l, p),
+        match parsed {
+            Ok(p) => self.on_packet(h, l, p),
             Err(e) => Err(Stop::protocol("bad_packet", 1002, e.0)),
         }
     }
 
-    fn on_packet(
+    fn on_packet<H: Handler<User = U>>(
         self: &Arc<Self>,
-        st: &Arc<AppState>,
+        h: &H,
         l: &mut Local,
         p: Incoming,
     ) -> Result<(), Stop> {
@@ -467,7 +549,7 @@ impl Conn {
             Incoming::Pong => {
                 if l.waiting_pong {
                     l.waiting_pong = false;
-                    l.next_timer = l.ping_sent + st.config.ping_interval;
+                    l.next_timer = l.ping_sent + h.settings().ping_interval;
                 }
             }
             Incoming::Ping => {
@@ -478,22 +560,11 @@ impl Conn {
             Incoming::Disconnect => return Err(Stop::quiet("client_disconnect")),
             Incoming::Connect { nsp, auth } => {
                 if nsp != "/" {
-                    self.send(packet::connect_error(&nsp, "Invalid namespace"), 0);
-                } else if l.connected {
-                    tracing::debug!(peer = self.session.id, "duplicate connect packet ignored");
+                    self.send(self.codec.connect_error(&nsp, "Invalid namespace"), 0);
+                } else if !self.start_connect() {
+                    tracing::debug!(peer = self.stream.id(), "duplicate connect packet ignored");
                 } else {
-                    match crate::socket::handshake(st, &self.session, auth) {
-                        Ok(()) => {
-                            l.connected = true;
-                            self.send(packet::connected(&self.sid), 0);
-                            let peer = Peer::Ws(self.clone());
-                            st.peers.insert(peer.clone());
-                            tokio::spawn(crate::socket::on_connect(st.clone(), peer));
-                        }
-                        Err(code) => {
-                            self.send(packet::connect_error("/", code), 0);
-                        }
-                    }
+                    h.connect(self.clone(), auth);
                 }
             }
             Incoming::Event {
@@ -502,14 +573,13 @@ impl Conn {
                 name,
                 data,
             } => {
-                if nsp != "/" || !l.connected {
+                if nsp != "/" || self.ns() != Ns::Connected {
                     ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "event_before_connect")
                         .increment(1);
-                    tracing::debug!(peer = self.session.id, event = %name, "event before the namespace connect dropped");
+                    tracing::debug!(peer = self.stream.id(), event = %name, "event before the namespace connect dropped");
                     return Ok(());
                 }
-                let ack = ack.map(|id| Ack::Ws(self.clone(), id));
-                crate::socket::dispatch(st.clone(), Peer::Ws(self.clone()), name, data, ack);
+                h.event(self, name, data, ack);
             }
         }
         Ok(())
@@ -517,7 +587,7 @@ impl Conn {
 
     /// Ends the session: no more writes, a close frame if one is due, the TCP connection shut
     /// down, and the socket's rooms and timers released.
-    async fn finish(self: &Arc<Self>, st: &AppState, l: &Local, stop: Stop) {
+    async fn finish<H: Handler<User = U>>(self: &Arc<Self>, h: &H, stop: Stop) {
         if let Some((code, why)) = stop.close {
             let frame = frame::encode_close(code, why);
             // Queued behind whatever is still unwritten; `flush` ignores the closing flags.
@@ -532,20 +602,73 @@ impl Conn {
                 }
             }
         }
-        {
+        let connected = {
             let mut out = self.lock();
             out.closed = true;
             out.queue = VecDeque::new();
             out.events = 0;
+            out.ns == Ns::Connected
+        };
+        self.stream.close();
+        if connected {
+            h.closed(self, stop.reason);
         }
-        st.connections.close(self.conn_id());
-        if l.connected {
-            st.peers.remove(self.session.id);
-            crate::socket::on_disconnect(st, &Peer::Ws(self.clone()), stop.reason);
+    }
+
+    fn ns(&self) -> Ns {
+        self.lock().ns
+    }
+
+    /// Marks a connect as begun; false if one already is (or is done).
+    fn start_connect(&self) -> bool {
+        let mut out = self.lock();
+        let first = out.ns == Ns::None;
+        if first {
+            out.ns = Ns::Connecting;
         }
+        first
+    }
+
+    /// Answers the connect packet handed to [`Handler::connect`]: the client is connected.
+    /// False if the session ended meanwhile: [`Handler::closed`] will not be called, so the
+    /// caller releases what it took for the session.
+    pub fn accept_connect(&self) -> bool {
+        {
+            let mut out = self.lock();
+            if out.closed {
+                return false;
+            }
+            out.ns = Ns::Connected;
+        }
+        self.send(self.codec.connected(&self.sid), 0);
+        true
+    }
+
+    /// Refuses the connect packet handed to [`Handler::connect`] with `code` (the client's
+    /// `connect_error` message); the client may try again.
+    pub fn refuse_connect(&self, code: &str) {
+        self.lock().ns = Ns::None;
+        self.send(self.codec.connect_error("/", code), 0);
     }
 }
 
 fn frame_error(e: FrameError) -> Stop {
     Stop::protocol("bad_packet", e.close_code(), e.reason())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_compression_adds_to_a_connection_takes_no_room() {
+        // The message being read, kept in every session's task: the compressed variant is
+        // boxed, so the slot is as big as a plain buffer's.
+        assert_eq!(
+            std::mem::size_of::<Option<(Opcode, Body)>>(),
+            std::mem::size_of::<Option<(Opcode, Vec<u8>)>>()
+        );
+        // The codec and the two limits fit where the two `usize` limits were.
+        assert!(std::mem::size_of::<Codec>() + 2 * std::mem::size_of::<u32>() <= 16);
+    }
 }

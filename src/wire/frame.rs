@@ -3,6 +3,9 @@
 //!
 //! The decoder is incremental and keeps no buffer of its own: the connection hands it whatever
 //! bytes it read and keeps only the unparsed tail, so an idle connection holds no read buffer.
+//!
+//! RSV1 marks a message compressed with permessage-deflate ([`super::deflate`]): accepted from a
+//! client only when the session negotiated it, and only on the first frame of a data message.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -57,6 +60,8 @@ impl Opcode {
 pub struct Frame {
     /// Last frame of its message.
     pub fin: bool,
+    /// RSV1: the message this frame starts is compressed (permessage-deflate).
+    pub rsv1: bool,
     /// What it carries.
     pub opcode: Opcode,
     /// Unmasked payload.
@@ -90,18 +95,40 @@ impl FrameError {
     }
 }
 
+/// Largest compressed frame accepted when messages may be `max_payload` bytes once inflated:
+/// a little more than the cap, since data that does not compress grows slightly.
+pub fn compressed_limit(max_payload: usize) -> usize {
+    max_payload.saturating_add(max_payload / 256 + 64)
+}
+
 /// Decodes one frame from the start of `buf`. Returns the frame and how many bytes it used, or
-/// `Ok(None)` when more bytes are needed.
-pub fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usize)>, FrameError> {
+/// `Ok(None)` when more bytes are needed. `deflate`: the session negotiated permessage-deflate,
+/// so RSV1 may start a compressed message (whose frames may be slightly larger than
+/// `max_payload`, see [`compressed_limit`]; the inflated size is checked by the inflater).
+pub fn decode(
+    buf: &[u8],
+    max_payload: usize,
+    deflate: bool,
+) -> Result<Option<(Frame, usize)>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(FrameError::Protocol("reserved_bits"));
     }
     let fin = b0 & 0x80 != 0;
     let opcode = Opcode::from_u8(b0 & 0x0f).ok_or(FrameError::Protocol("unknown_opcode"))?;
+    if rsv1 && !matches!(opcode, Opcode::Text | Opcode::Binary) {
+        // RFC 7692 §6.1: only the first frame of a data message carries RSV1.
+        return Err(FrameError::Protocol("rsv1_not_on_first_frame"));
+    }
+    let max_payload = if rsv1 {
+        compressed_limit(max_payload)
+    } else {
+        max_payload
+    };
     if b1 & 0x80 == 0 {
         return Err(FrameError::Protocol("unmasked_frame"));
     }
@@ -142,6 +169,7 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usize)>, 
     Ok(Some((
         Frame {
             fin,
+            rsv1,
             opcode,
             payload,
         },
@@ -159,7 +187,11 @@ fn header_len(len: usize) -> usize {
 }
 
 fn put_header(out: &mut BytesMut, opcode: Opcode, len: usize) {
-    out.put_u8(0x80 | opcode.as_u8());
+    put_header_bits(out, 0x80 | opcode.as_u8(), len);
+}
+
+fn put_header_bits(out: &mut BytesMut, first: u8, len: usize) {
+    out.put_u8(first);
     match len {
         0..=125 => out.put_u8(len as u8),
         126..=65535 => {
@@ -191,6 +223,35 @@ pub fn encode_text_parts(parts: &[&[u8]]) -> Bytes {
         out.extend_from_slice(p);
     }
     out.freeze()
+}
+
+/// A complete server frame whose payload is compressed (RSV1 set), of the same opcode as
+/// `plain`, the server frame it stands for.
+pub fn encode_compressed(plain_first_byte: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
+    put_header_bits(&mut out, plain_first_byte | 0x40, payload.len());
+    out.extend_from_slice(payload);
+    out.freeze()
+}
+
+/// The first byte (FIN, RSV and opcode) and the payload of a complete unmasked server frame
+/// built by this module; `None` if `frame` is not one.
+pub fn server_frame_parts(frame: &[u8]) -> Option<(u8, &[u8])> {
+    let (&b0, rest) = frame.split_first()?;
+    let (&b1, rest) = rest.split_first()?;
+    let (len, rest) = match b1 {
+        126 => (
+            u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize,
+            &rest[2..],
+        ),
+        127 => (
+            usize::try_from(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?)).ok()?,
+            &rest[8..],
+        ),
+        n if n < 126 => (n as usize, rest),
+        _ => return None,
+    };
+    (rest.len() == len).then_some((b0, rest))
 }
 
 /// A close frame with a status code and a reason (truncated to fit a control frame).
@@ -231,7 +292,7 @@ mod tests {
         for len in [0usize, 5, 125, 126, 300, 65535, 65536, 70_000] {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let bytes = client_frame(true, 1, &payload);
-            let (frame, used) = decode(&bytes, 1 << 20).unwrap().unwrap();
+            let (frame, used) = decode(&bytes, 1 << 20, false).unwrap().unwrap();
             assert_eq!(used, bytes.len(), "len {len}");
             assert_eq!(frame.opcode, Opcode::Text);
             assert!(frame.fin);
@@ -239,7 +300,7 @@ mod tests {
             // Every strict prefix asks for more bytes.
             for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
                 assert_eq!(
-                    decode(&bytes[..cut], 1 << 20).unwrap(),
+                    decode(&bytes[..cut], 1 << 20, false).unwrap(),
                     None,
                     "len {len} cut {cut}"
                 );
@@ -252,25 +313,56 @@ mod tests {
         let mut unmasked = client_frame(true, 1, b"hi");
         unmasked[1] &= 0x7f;
         assert!(matches!(
-            decode(&unmasked, 100),
+            decode(&unmasked, 100, false),
             Err(FrameError::Protocol(_))
         ));
         let mut rsv = client_frame(true, 1, b"hi");
         rsv[0] |= 0x40;
-        assert!(matches!(decode(&rsv, 100), Err(FrameError::Protocol(_))));
         assert!(matches!(
-            decode(&client_frame(true, 3, b""), 100),
+            decode(&rsv, 100, false),
             Err(FrameError::Protocol(_))
         ));
         assert!(matches!(
-            decode(&client_frame(false, 9, b""), 100),
+            decode(&client_frame(true, 3, b""), 100, false),
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            decode(&client_frame(false, 9, b""), 100, false),
             Err(FrameError::Protocol(_))
         ));
         assert_eq!(
-            decode(&client_frame(true, 1, &[b'a'; 101]), 100),
+            decode(&client_frame(true, 1, &[b'a'; 101]), 100, false),
             Err(FrameError::TooBig)
         );
         assert_eq!(FrameError::TooBig.close_code(), 1009);
+    }
+
+    #[test]
+    fn rsv1_only_when_negotiated_and_only_on_a_first_data_frame() {
+        let mut compressed = client_frame(true, 1, b"xy");
+        compressed[0] |= 0x40;
+        let (frame, _) = decode(&compressed, 100, true).unwrap().unwrap();
+        assert!(frame.rsv1);
+        assert_eq!(
+            decode(&compressed, 100, false),
+            Err(FrameError::Protocol("reserved_bits"))
+        );
+        let mut rsv2 = client_frame(true, 1, b"xy");
+        rsv2[0] |= 0x20;
+        assert!(decode(&rsv2, 100, true).is_err());
+        for opcode in [0u8, 9] {
+            let mut f = client_frame(true, opcode, b"");
+            f[0] |= 0x40;
+            assert_eq!(
+                decode(&f, 100, true),
+                Err(FrameError::Protocol("rsv1_not_on_first_frame"))
+            );
+        }
+        // A compressed frame may be slightly larger than the (inflated) message limit.
+        let mut big = client_frame(true, 2, &[0u8; 1080]);
+        big[0] |= 0x40;
+        assert!(decode(&big, 1024, true).unwrap().is_some());
+        assert_eq!(decode(&big[..], 1000, true), Err(FrameError::TooBig));
     }
 
     #[test]
@@ -282,6 +374,17 @@ mod tests {
         let huge = encode(Opcode::Binary, &vec![0u8; 70_000]);
         assert_eq!(&huge[..2], &[0x82, 127]);
         assert_eq!(huge.len(), 70_010);
+        for plain in [encode(Opcode::Text, b"2"), big.clone(), huge.clone()] {
+            let (first, payload) = server_frame_parts(&plain).unwrap();
+            assert_eq!(first, plain[0]);
+            assert_eq!(
+                encode(Opcode::from_u8(first & 0x0f).unwrap(), payload),
+                plain
+            );
+        }
+        assert_eq!(server_frame_parts(&big[..big.len() - 1]), None);
+        let z = encode_compressed(0x81, b"abc");
+        assert_eq!(&z[..], &[0xc1, 3, b'a', b'b', b'c']);
         let close = encode_close(1000, "bye");
         assert_eq!(&close[..], &[0x88, 5, 0x03, 0xe8, b'b', b'y', b'e']);
     }

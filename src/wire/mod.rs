@@ -6,9 +6,19 @@
 //! it; anything else (the HTTP API, long-polling, polling sessions upgrading to WebSocket) goes
 //! to the HTTP server untouched. One task per session, no per-socket channel, and relayed
 //! events are encoded once and written straight to the socket (see [`conn`]).
+//!
+//! At the handshake a session may agree to permessage-deflate ([`deflate`]) and to the
+//! MessagePack parser ([`msgpack`], `parser=msgpack` in the query); [`codec::Codec`] records both.
+//!
+//! A leaf: it reads and writes Engine.IO / Socket.IO frames and hands what it decoded (a
+//! connect, an event, the end of a session) to a [`Handler`] implemented once above it, the
+//! way a command handler sits above a connection. It never calls into the handlers' modules.
 
+pub mod codec;
 pub mod conn;
+pub mod deflate;
 pub mod frame;
+pub mod msgpack;
 pub mod packet;
 
 use std::net::SocketAddr;
@@ -19,16 +29,87 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use axum::http::StatusCode;
+use serde_json::Value;
 
 use crate::drain::TrackedStream;
-use crate::http::error::ApiError;
 use crate::metrics;
-use crate::state::AppState;
+pub use conn::Conn;
+
+/// What the transport hands decoded packets to.
+pub trait Handler: Send + Sync + 'static {
+    /// What the layer above keeps on each session.
+    type User: Send + Sync + 'static;
+    /// The transport's settings.
+    fn settings(&self) -> &Settings;
+    /// Whether a new session from a page of `origin` (the `Origin` header, absent for
+    /// non-browser clients) may start now; `Err` refuses the upgrade (e.g. while draining).
+    fn admit(&self, origin: Option<&[u8]>) -> Result<(), Refusal>;
+    /// The layer's data for a new session.
+    fn new_user(&self) -> Self::User;
+    /// A Socket.IO connect packet for `/`. The handler answers it, when it is done, with
+    /// [`Conn::accept_connect`] or [`Conn::refuse_connect`]; events are dropped until then.
+    fn connect(&self, conn: Arc<Conn<Self::User>>, auth: Option<Value>);
+    /// An event of a connected session, with the id of the ack it asks for.
+    fn event(
+        &self,
+        conn: &Arc<Conn<Self::User>>,
+        name: String,
+        data: Option<Value>,
+        ack: Option<u64>,
+    );
+    /// A connected session ended (for a label of `reason`).
+    fn closed(&self, conn: &Arc<Conn<Self::User>>, reason: &'static str);
+}
+
+/// Limits and timers of the transport.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Engine.IO ping interval.
+    pub ping_interval: Duration,
+    /// How long a pong may take.
+    pub ping_timeout: Duration,
+    /// How long a session may take to send its Socket.IO connect.
+    pub connect_timeout: Duration,
+    /// Largest message a client may send, in bytes.
+    pub max_packet: u64,
+    /// Most live events queued for a session before it counts as a slow consumer.
+    pub socket_buffer: usize,
+    /// Most events a replay may hold (never refused for a full queue).
+    pub max_replay: usize,
+    /// permessage-deflate, when on: messages shorter than this go uncompressed (`None`: the
+    /// extension is never agreed to).
+    pub compression_min: Option<u32>,
+}
+
+/// Outcome of handing one message to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written or queued.
+    Ok,
+    /// The outgoing queue is full: the session cannot keep up.
+    Full,
+    /// The session is gone.
+    Closed,
+}
 
 /// How long a new connection may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted for a WebSocket handshake.
 const MAX_HEAD: usize = 8192;
+
+/// Request path under which socketioxide serves the MessagePack parser's sessions (long-polling,
+/// and polling upgraded to WebSocket). Clients never use it: the HTTP server moves requests of
+/// `/socket.io/` with `parser=msgpack` there (one socketioxide instance per parser).
+pub const MSGPACK_PATH: &str = "/socket.io-msgpack";
+
+/// The handshake query's `parser`: `Ok(true)` for `msgpack`, `Ok(false)` when absent (JSON).
+pub fn wants_msgpack(query: &str) -> Result<bool, &'static str> {
+    match query.split('&').find_map(|kv| kv.strip_prefix("parser=")) {
+        None => Ok(false),
+        Some("msgpack") => Ok(true),
+        Some(_) => Err("parser must be msgpack (socket.io-msgpack-parser) or left out (JSON)"),
+    }
+}
 
 /// A connection for the HTTP server, with the client's address.
 pub type ToHttp = mpsc::Sender<(TrackedStream, SocketAddr)>;
@@ -45,9 +126,14 @@ enum Route {
 }
 
 /// Serves one accepted connection: upgrades it here or hands it to the HTTP server.
-pub async fn route(st: Arc<AppState>, stream: TrackedStream, addr: SocketAddr, to_http: ToHttp) {
+pub async fn route<H: Handler>(
+    h: Arc<H>,
+    stream: TrackedStream,
+    addr: SocketAddr,
+    to_http: ToHttp,
+) {
     match classify(&stream).await {
-        Route::WebSocket => upgrade(st, stream).await,
+        Route::WebSocket => upgrade(h, stream).await,
         Route::Http => {
             if to_http.send((stream, addr)).await.is_err() {
                 tracing::debug!(%addr, "HTTP server stopped; connection dropped");
@@ -106,14 +192,20 @@ pub fn new_sid() -> String {
 }
 
 /// A refused handshake: status, stable code and what to fix.
-struct Refusal {
-    status: StatusCode,
-    code: &'static str,
-    message: &'static str,
-    extra: &'static str,
+#[derive(Debug)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable error code.
+    pub code: &'static str,
+    /// What to do about it.
+    pub message: &'static str,
+    /// Extra response headers, each ending in CRLF.
+    pub extra: &'static str,
 }
 
-fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> Refusal {
+/// A refusal without extra headers.
+pub fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> Refusal {
     Refusal {
         status,
         code,
@@ -123,7 +215,7 @@ fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> Refu
 }
 
 /// What the handshake request must carry; `Ok` holds the `Sec-WebSocket-Key`.
-fn check_request(req: &httparse::Request<'_, '_>, st: &AppState) -> Result<String, Refusal> {
+fn check_request(req: &httparse::Request<'_, '_>, h: &impl Handler) -> Result<String, Refusal> {
     let header = |name: &str| {
         req.headers
             .iter()
@@ -175,26 +267,13 @@ fn check_request(req: &httparse::Request<'_, '_>, st: &AppState) -> Result<Strin
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("origin"))
         .map(|h| h.value);
-    if !st.config.cors_origins.admits_websocket(origin) {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            crate::auth::origins::REFUSED_CODE,
-            crate::auth::origins::REFUSED_MESSAGE,
-        ));
-    }
-    if st.is_draining() {
-        return Err(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this gateway is shutting down; connect to another one",
-        ));
-    }
+    h.admit(origin)?;
     Ok(key.trim().to_owned())
 }
 
 /// Reads the request head, answers the upgrade (or refuses it with a JSON error) and runs the
 /// session.
-async fn upgrade(st: Arc<AppState>, mut stream: TrackedStream) {
+async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
     let mut head = Vec::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     let end = loop {
@@ -220,34 +299,60 @@ async fn upgrade(st: Arc<AppState>, mut stream: TrackedStream) {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     let checked = match req.parse(&head[..end]) {
-        Ok(httparse::Status::Complete(_)) => check_request(&req, &st),
+        Ok(httparse::Status::Complete(_)) => check_request(&req, &*h),
         _ => Err(refuse(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "the handshake request could not be parsed as HTTP/1.1",
         )),
     };
-    let key = match checked {
-        Ok(key) => key,
+    let (key, codec, extensions) = match checked.and_then(|key| negotiate(&req, h.settings(), key))
+    {
+        Ok(agreed) => agreed,
         Err(r) => return answer_refusal(stream, r).await,
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     );
     let early = head[end..].to_vec();
     // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
     // here instead of staying alive (and allocated) for the whole session. The 101 goes out
     // with the Engine.IO open packet, in one write.
-    tokio::spawn(conn::serve(st, stream, response, early));
+    tokio::spawn(conn::serve(h, stream, response, early, codec));
+}
+
+/// The session's parser and compression: the `parser` query parameter, and permessage-deflate
+/// when the client offers it and `GATEWAY_WS_COMPRESSION` is on (with the response header line
+/// that accepts it, or an empty one).
+fn negotiate(
+    req: &httparse::Request<'_, '_>,
+    settings: &Settings,
+    key: String,
+) -> Result<(String, codec::Codec, &'static str), Refusal> {
+    let query = req
+        .path
+        .and_then(|p| p.split_once('?'))
+        .map_or("", |(_, q)| q);
+    let msgpack = wants_msgpack(query)
+        .map_err(|message| refuse(StatusCode::BAD_REQUEST, "unsupported_parser", message))?;
+    let offers = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok());
+    let accepted = settings
+        .compression_min
+        .and_then(|min| deflate::negotiate(offers).map(|line| (line, min)));
+    let codec = codec::Codec::new(msgpack, accepted.map(|(_, min)| min));
+    Ok((key, codec, accepted.map_or("", |(line, _)| line)))
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
     ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
     tracing::debug!(code = r.code, "WebSocket handshake refused");
-    let body = ApiError::new(r.status, r.code, r.message)
-        .body()
-        .to_string();
+    // The same body as every HTTP error of the gateway.
+    let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } }).to_string();
     let response = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}",
         r.status.as_str(),

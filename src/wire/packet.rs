@@ -104,16 +104,7 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
         }),
         b'1' => Ok(Incoming::Disconnect),
         b'2' => {
-            let Some(Value::Array(mut args)) = json(rest)? else {
-                return Err(bad("event_not_array"));
-            };
-            if args.is_empty() {
-                return Err(bad("event_without_name"));
-            }
-            let Value::String(name) = args.remove(0) else {
-                return Err(bad("event_without_name"));
-            };
-            let data = (!args.is_empty()).then(|| args.swap_remove(0));
+            let (name, data) = event_args(json(rest)?)?;
             Ok(Incoming::Event {
                 nsp,
                 ack,
@@ -125,6 +116,21 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
         b'5' | b'6' => Err(bad("binary_not_supported")),
         _ => Err(bad("unknown_socketio_packet")),
     }
+}
+
+/// The event name and first argument of an event packet's data (`["name", arg, ...]`).
+pub(super) fn event_args(data: Option<Value>) -> Result<(String, Option<Value>), PacketError> {
+    let Some(Value::Array(mut args)) = data else {
+        return Err(bad("event_not_array"));
+    };
+    if args.is_empty() {
+        return Err(bad("event_without_name"));
+    }
+    let Value::String(name) = args.remove(0) else {
+        return Err(bad("event_without_name"));
+    };
+    let data = (!args.is_empty()).then(|| args.swap_remove(0));
+    Ok((name, data))
 }
 
 /// Engine.IO open packet of a WebSocket session.
@@ -174,11 +180,6 @@ pub fn disconnect() -> Bytes {
 pub fn event_raw(name: &str, json: &str) -> Bytes {
     let name = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".to_owned());
     frame::encode_text_parts(&[b"42[", name.as_bytes(), b",", json.as_bytes(), b"]"])
-}
-
-/// Socket.IO event `name` with one argument.
-pub fn event(name: &str, data: &impl Serialize) -> Result<Bytes, serde_json::Error> {
-    Ok(event_raw(name, &serde_json::to_string(data)?))
 }
 
 /// Socket.IO ack `id` with one argument.
@@ -276,7 +277,7 @@ mod tests {
             r#"44/x,{"message":"Invalid namespace"}"#
         );
         assert_eq!(
-            text(&event("pong", &json!({"t": 1})).unwrap()),
+            text(&event_raw("pong", r#"{"t":1}"#)),
             r#"42["pong",{"t":1}]"#
         );
         assert_eq!(

@@ -1,5 +1,6 @@
 // The stock socket.io-client in Debian's Chromium, on a page served from another origin than
-// the gateways, directly and through nginx in front of several gateways on one Redis.
+// the gateways, directly and through nginx in front of several gateways on one Redis; and
+// Chromium's permessage-deflate with the gateway's compressed frames.
 // tests/browser.rs starts everything and passes the addresses in the environment.
 
 import { test, before, after } from "node:test";
@@ -119,6 +120,44 @@ for (const target of TARGETS) {
     });
   }
 }
+
+test("direct, WebSocket only: permessage-deflate is negotiated and compressed events arrive intact", async () => {
+  const page = await openPage(PAGE_URL);
+  try {
+    await page.evaluate((o) => window.rtg.connect(o), {
+      url: TARGETS[0].url,
+      token: TOKEN,
+      transports: ["websocket"],
+    });
+    // What Chromium agreed to, as its WebSocket reports it.
+    const extensions = await page.evaluate(() => window.rtg.state.socket.io.engine.transport.ws.extensions);
+    assert.match(extensions, /^permessage-deflate\b/, extensions);
+    assert.match(extensions, /server_no_context_takeover/, extensions);
+    assert.match(extensions, /client_no_context_takeover/, extensions);
+    const batch = nextBatch++;
+    const room = `batch:${batch}`;
+    const ack = await page.evaluate((r) => window.rtg.join(r), room);
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    // Each event's frame is over the 256-byte threshold, so it goes compressed.
+    const published = [];
+    for (let i = 0; i < 3; i++) {
+      const req = batchCreated(1, [room], batch);
+      req.payload.examName = `Finals, sitting ${i + 1} of 3, main hall and annex`;
+      published.push({ req, res: await publish(PUBLISH_URL, PUBLISH_KEY, req) });
+    }
+    await page.waitForFunction(() => window.rtg.state.events.length >= 3, null, { timeout: WAIT_MS });
+    const events = await page.evaluate(() => window.rtg.state.events);
+    assert.equal(events.length, 3, JSON.stringify(events));
+    events.forEach((e, i) => {
+      assert.ok(JSON.stringify(["batch_update", e]).length > 256);
+      assert.equal(e.id, published[i].res.id);
+      assert.equal(e.offset, i + 1);
+      assert.deepEqual(e.payload, published[i].req.payload);
+    });
+  } finally {
+    await page.close();
+  }
+});
 
 test("under --dev, a page on another origin fetches a development token and connects with it", async () => {
   const page = await openPage(PAGE_URL);

@@ -2,6 +2,7 @@
 //! HTTP, and keeps every process's log so a failing test shows what the gateway said.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod lb;
 pub mod node;
 pub mod prometheus;
@@ -18,8 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use client::Client;
 use jsonwebtoken::{encode, EncodingKey, Header};
-use realtime_gateway::client::Client;
 use serde_json::{json, Value};
 
 /// Secret every test gateway verifies tokens with (unless a test overrides JWT_SECRET).

@@ -238,7 +238,7 @@ pub async fn run_with_deadline(
         Err(_) => {
             // The group id is the child's pid: this kills exactly what this test started.
             let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
+                .args(["-s", "KILL", "--", &format!("-{pid}")])
                 .status();
             let _ = child.wait().await;
             None

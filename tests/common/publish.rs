@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use realtime_gateway::bus::redis::{Publisher, RedisSettings};
-use realtime_gateway::events::{Event, RoomKey, RoomName, TenantId};
+use realtime_gateway::{Event, RoomKey, RoomName, TenantId};
+use realtime_gateway::{Publisher, RedisSettings};
 use serde_json::value::RawValue;
 
 use super::redis_server::RedisServer;
@@ -43,6 +43,6 @@ pub fn incident(n: u64) -> Arc<Event> {
         event: "incident_updated".into(),
         tenant: "1".into(),
         payload: RawValue::from_string(payload).unwrap(),
-        timestamp: realtime_gateway::events::envelope::now_millis(),
+        timestamp: realtime_gateway::now_millis(),
     })
 }

@@ -5,8 +5,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use realtime_gateway::bus::redis::topology::slot_of;
-
 use super::redis_server::RedisServer;
 
 /// A running cluster; every node is killed when dropped.
@@ -17,7 +15,8 @@ pub struct RedisCluster {
 
 /// The slot of a room's keys and channel (`<tenant>/<kind>:<id>` with the default prefix).
 pub fn room_slot(room: &str) -> u16 {
-    slot_of(&format!("rtg:{{{room}}}"))
+    // The hash tag of `rtg:{<room>}` is the room itself.
+    crc16::State::<crc16::XMODEM>::calculate(room.as_bytes()) % 16384
 }
 
 impl RedisCluster {

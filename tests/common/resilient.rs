@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use realtime_gateway::client::{Client, DISCONNECTED};
+use super::client::{Client, DISCONNECTED};
 use serde_json::{json, Map, Value};
 
 use super::{token, WAIT};

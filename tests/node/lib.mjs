@@ -8,6 +8,7 @@
 import { createHmac } from "node:crypto";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
+import * as msgpackParser from "socket.io-msgpack-parser";
 
 function required(name) {
   const v = process.env[name];
@@ -156,12 +157,29 @@ function inbox(socket) {
 }
 
 /**
+ * Client options for `parser`: "json" (the default parser) or "msgpack" (the stock
+ * socket.io-msgpack-parser, announced to the gateway with `parser=msgpack` in the query).
+ */
+export function parserOptions(parser = "json") {
+  if (parser === "json") return {};
+  if (parser === "msgpack") return { parser: msgpackParser, query: { parser: "msgpack" } };
+  throw new Error(`unknown parser ${parser}`);
+}
+
+/**
  * Connects the official client. Options: `token` (sent as `auth: { token }`), or `auth` (sent
  * as given; neither: no auth at all), `transport` ("websocket" or "polling"; never upgrades),
- * `url` (another gateway than GATEWAY_URL).
+ * `url` (another gateway than GATEWAY_URL), `parser` ("json" or "msgpack").
  * Resolves `{ socket }` once connected or `{ error }` (the `connect_error`), within a deadline.
  */
-export async function connect({ token, auth, transport = "websocket", timeoutMs = WAIT_MS, url = URL } = {}) {
+export async function connect({
+  token,
+  auth,
+  transport = "websocket",
+  timeoutMs = WAIT_MS,
+  url = URL,
+  parser = "json",
+} = {}) {
   const opts = {
     transports: [transport],
     upgrade: false,
@@ -169,6 +187,7 @@ export async function connect({ token, auth, transport = "websocket", timeoutMs 
     reconnection: false,
     autoConnect: false,
     timeout: timeoutMs,
+    ...parserOptions(parser),
   };
   if (auth !== undefined) opts.auth = auth;
   else if (token !== undefined) opts.auth = { token };
@@ -195,14 +214,22 @@ export async function refusedCode(token, transport = "websocket") {
  * Connects `sub` of `tenant` with a fresh token and waits for `authenticated`; checks the
  * identity it reports. Returns `{ socket, auth, token }`.
  */
-export async function connectAs(sub, tenant, role = "STAFF", { transport = "websocket", ttl = 3600, url = URL } = {}) {
+export async function connectAs(
+  sub,
+  tenant,
+  role = "STAFF",
+  { transport = "websocket", ttl = 3600, url = URL, parser = "json", since } = {},
+) {
   const tok = token(sub, tenant, role, { ttl });
-  const { socket, error } = await connect({ token: tok, transport, url });
+  const handshake = since === undefined ? { token: tok } : { token: tok, since };
+  const { socket, error } = await connect({ auth: handshake, transport, url, parser });
   assert.ok(socket, `connect as ${sub}@${tenant} failed: ${error?.message}`);
   const auth = await waitFor(socket, "authenticated");
   assert.equal(auth.userId, String(sub));
   assert.equal(auth.institutionId, String(tenant));
-  assertPositions(auth.rooms, [`institution:${tenant}`, `user:${sub}`]);
+  const auto = [`institution:${tenant}`, `user:${sub}`];
+  if (since === undefined) assertPositions(auth.rooms, auto);
+  else assert.deepEqual(auth.rooms.map((r) => r.room), auto);
   assert.equal(socket.io.engine.transport.name, transport, "connected over the wrong transport");
   return { socket, auth, token: tok };
 }

@@ -118,6 +118,7 @@ impl RedisBus {
         strict_catalog: bool,
         shutdown: CancellationToken,
     ) -> Result<Self, BusError> {
+        crate::metrics::register_redis();
         let settings = Arc::new(settings);
         let publisher = Publisher::new(settings.clone())?;
         match publisher.check_server().await {

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-pub use template::{RoomTemplate, DEFAULT_ROOM};
+pub use template::RoomTemplate;
 pub use validate::{parse_payload, ParsedPayload, PayloadError};
 
 /// The catalog built into the binary: `catalog/elms.json`.

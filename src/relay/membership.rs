@@ -1,8 +1,8 @@
-//! Which rooms this gateway serves, and how many of its sockets are in each.
-//!
-//! Socket.IO's adapter already knows which socket is in which room; this keeps only a count per
-//! room, for two jobs the adapter cannot do: telling the bus when to subscribe and unsubscribe,
-//! and counting deliveries without walking the room.
+//! Which rooms this gateway serves, and how many of its sockets are in each (entering or
+//! entered): the bus is subscribed to a room from its first socket to its last. Kept beside
+//! the relay's members, behind the same handle, so one owner decides both delivery and
+//! subscription; counted at once (not in the relay task) so a join's subscription starts
+//! before the join waits for anything.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,15 +54,5 @@ impl Membership {
                 ::metrics::gauge!(metrics::ROOMS).set(counts.len() as f64);
             }
         }
-    }
-
-    /// Local sockets in `key`.
-    pub fn members(&self, key: &RoomKey) -> usize {
-        self.lock().get(key).copied().unwrap_or(0)
-    }
-
-    /// Rooms with at least one local socket.
-    pub fn rooms(&self) -> Vec<RoomKey> {
-        self.lock().keys().cloned().collect()
     }
 }

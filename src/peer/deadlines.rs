@@ -1,12 +1,12 @@
 //! Timers for every socket in one task: the grace period of unauthenticated sockets and the
-//! expiry of tokens. One ordered map and one ticking task instead of a sleeping task per
-//! socket, which would cost a task's memory for every connection.
+//! expiry of tokens. One ordered map and one task that sleeps until the earliest deadline,
+//! instead of a sleeping task per socket, which would cost a task's memory for every connection.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::peer::PeerId as Sid;
+use super::PeerId as Sid;
 
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,10 +25,9 @@ type Queue = BTreeMap<(Instant, u64), (Sid, Deadline)>;
 pub struct Deadlines {
     /// The queue and the last sequence number handed out.
     queue: Mutex<(Queue, u64)>,
+    /// Woken when a deadline earlier than all others is scheduled.
+    earlier: tokio::sync::Notify,
 }
-
-/// How often due deadlines are checked: the precision of grace and expiry.
-pub const TICK: Duration = Duration::from_millis(50);
 
 impl Deadlines {
     /// Schedules `what` for socket `sid` at `when`.
@@ -36,7 +35,28 @@ impl Deadlines {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.1 += 1;
         let seq = q.1;
+        let first = q.0.first_key_value().is_none_or(|(&(at, _), _)| when < at);
         q.0.insert((when, seq), (sid, what));
+        drop(q);
+        if first {
+            self.earlier.notify_one();
+        }
+    }
+
+    /// Waits until a deadline is due (or an earlier one is scheduled), then returns the due
+    /// ones (possibly none).
+    pub async fn next_due(&self) -> Vec<(Sid, Deadline)> {
+        let next = {
+            let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.0.first_key_value().map(|(&(at, _), _)| at)
+        };
+        // A day stands for "nothing scheduled"; a schedule wakes the wait.
+        let next = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = self.earlier.notified() => {}
+        }
+        self.take_due(Instant::now())
     }
 
     /// Removes and returns every deadline due at `now`.

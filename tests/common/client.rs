@@ -1,7 +1,7 @@
 //! A minimal Socket.IO v5 / Engine.IO v4 client over WebSocket, namespace `/` only.
 //!
-//! Small on purpose: it is what the integration tests (and the load tools) use to talk to a
-//! gateway over the network, with nothing hidden between them and the wire.
+//! Small on purpose: it is what the integration tests use to talk to a gateway over the
+//! network, with nothing hidden between them and the wire.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

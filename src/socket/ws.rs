@@ -1,0 +1,95 @@
+//! The gateway's own WebSocket transport ([`crate::wire`]) handing its packets to the handlers.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use super::{dispatch, handshake, on_connect, on_disconnect};
+use crate::peer::session::Session;
+use crate::peer::{Ack, Peer, WsAck};
+use crate::state::AppState;
+use crate::wire::{self, refuse, Conn, Refusal, Settings};
+
+/// The handlers as the [`wire::Handler`] of the gateway's WebSocket transport.
+pub struct Transport {
+    st: Arc<AppState>,
+    settings: Settings,
+}
+
+impl Transport {
+    /// The transport's handler for the gateway with state `st`.
+    pub fn new(st: Arc<AppState>) -> Arc<Self> {
+        let c = &st.config;
+        let settings = Settings {
+            ping_interval: c.ping_interval,
+            ping_timeout: c.ping_timeout,
+            connect_timeout: c.connect_timeout,
+            max_packet: c.max_client_packet_bytes,
+            socket_buffer: c.socket_buffer,
+            max_replay: c.max_replay as usize,
+            compression_min: c.ws_compression_min_bytes,
+        };
+        Arc::new(Self { st, settings })
+    }
+}
+
+impl wire::Handler for Transport {
+    type User = Arc<Session>;
+
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn admit(&self, origin: Option<&[u8]>) -> Result<(), Refusal> {
+        if !self.st.config.cors_origins.admits_websocket(origin) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                crate::auth::origins::REFUSED_CODE,
+                crate::auth::origins::REFUSED_MESSAGE,
+            ));
+        }
+        self.st.session_refusal().map_or(Ok(()), Err)
+    }
+
+    fn new_user(&self) -> Arc<Session> {
+        Session::new("websocket")
+    }
+
+    fn connect(&self, conn: Arc<Conn<Arc<Session>>>, auth: Option<Value>) {
+        let st = self.st.clone();
+        // The handshake waits on the bus (entering the automatic rooms): a task of its own.
+        tokio::spawn(async move {
+            let peer = Peer::new(conn.clone());
+            match handshake(&st, &peer, auth).await {
+                Err(code) => conn.refuse_connect(code),
+                Ok(entries) => {
+                    st.peers.insert(peer.clone());
+                    if !conn.accept_connect() {
+                        // Ended meanwhile: the transport will not report it, so release here.
+                        st.peers.remove(peer.id());
+                        on_disconnect(&st, &peer, "transport_close");
+                        return;
+                    }
+                    on_connect(st, peer, entries).await;
+                }
+            }
+        });
+    }
+
+    fn event(
+        &self,
+        conn: &Arc<Conn<Arc<Session>>>,
+        name: String,
+        data: Option<Value>,
+        ack: Option<u64>,
+    ) {
+        let ack = ack.map(|id| Ack::new(WsAck(conn.clone(), id)));
+        dispatch(self.st.clone(), Peer::new(conn.clone()), name, data, ack);
+    }
+
+    fn closed(&self, conn: &Arc<Conn<Arc<Session>>>, reason: &'static str) {
+        self.st.peers.remove(conn.user().id);
+        on_disconnect(&self.st, &Peer::new(conn.clone()), reason);
+    }
+}
