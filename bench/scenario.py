@@ -293,18 +293,19 @@ class Server:
         self.addr = f"127.0.0.1:{port}"
 
 
-def start_servers(run: Run, target: str, count: int, redis_url: str) -> list[Server]:
+def start_servers(run: Run, target: str, count: int, redis_url: str,
+                  env: dict | None = None, name: str = "") -> list[Server]:
     servers = []
     for i in range(count):
         port = free_port()
         admin = free_port()
         if target == "gateway":
-            proc = run.spawn(f"gateway-{i}", [
+            proc = run.spawn(f"gateway{name}-{i}", [
                 GATEWAY_BIN, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
             ], env={
                 "JWT_SECRET": SECRET, "PUBLISH_API_KEYS": PUBLISH_KEY,
                 ("REDIS_CLUSTER_NODES" if "," in redis_url else "REDIS_URL"): redis_url,
-                "GATEWAY_LOG": "warn", "GATEWAY_DRAIN_DELAY": "0s",
+                "GATEWAY_LOG": "warn", "GATEWAY_DRAIN_DELAY": "0s", **(env or {}),
             })
         else:
             proc = run.spawn(f"baseline-{i}", [
@@ -686,6 +687,66 @@ def scenario_fanout(run: Run, target: str, opts) -> dict:
     }
 
 
+def presence_reads(addr: str, room: str, count: int) -> dict:
+    """`count` sequential GET /v1/presence of `room` (after a warm-up): latency quantiles in ms,
+    and the answer's count and listed members."""
+    url = f"http://{addr}/v1/presence?institutionId=1&room={room}"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {PUBLISH_KEY}"})
+    times, body = [], {}
+    for i in range(count + 50):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = json.loads(r.read())
+        if i >= 50:
+            times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    q = lambda f: round(times[min(len(times) - 1, int(f * len(times)))], 2)  # noqa: E731
+    return {"reads": count, "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": round(times[-1], 2),
+            "count": body.get("count"), "listed": len(body.get("members") or [])}
+
+
+def scenario_presence(run: Run, target: str, opts) -> dict:
+    """The same fan-out into one big room with presence off, then on (every member tracked), in
+    one run on one Redis; then presence reads of a room of `small_room` members."""
+    n = opts.sizes["fanout_connections"]
+    small = min(opts.sizes["small_room"], n)
+    rate = 30_000 / n
+    redis_url = start_redis(run)
+    out: dict = {"members": n, "rate": rate}
+    for label, kinds in (("off", ""), ("on", "batch,exam")):
+        servers = start_servers(run, target, 1, redis_url, {
+            "GATEWAY_PRESENCE_KINDS": kinds, "GATEWAY_PRESENCE_MAX_MEMBERS": str(small),
+        }, name=f"-presence-{label}")
+        gens = start_clients(run, servers, n, opts, ["--join", "batch:1", "--join", f"exam:1@{small}"],
+                             label=f"lg-{label}-")
+        ready = wait_ready(gens, n, opts)
+        conns = merge_connections(ready)
+        log(f"presence {label}: {conns['held']}/{n} connected")
+        step = run_step(run, target, redis_url, servers, gens, opts, rate, n, rooms=["batch:1"])
+        out[f"fanout_presence_{label}"] = step
+        if label == "on":
+            reads = presence_reads(servers[0].addr, "exam:1", 1000)
+            big = presence_reads(servers[0].addr, "batch:1", 200)
+            log(f"presence reads of a {small}-member room: p50 {reads['p50_ms']} p99 {reads['p99_ms']} "
+                f"max {reads['max_ms']} ms ({reads['listed']} listed); of the {n}-member room (count "
+                f"only): p99 {big['p99_ms']} ms")
+            out["reads"] = reads
+            out["reads_big_room"] = big
+        finals = stop(gens)
+        out[f"errors_{label}"] = run_errors(ready, finals)
+        for srv in servers:
+            kill(srv.proc)  # at once: a draining gateway would compete with the next half
+    off, on = out["fanout_presence_off"], out["fanout_presence_on"]
+    out["p99_ms_off"], out["p99_ms_on"] = off["latency_ms"]["p99"], on["latency_ms"]["p99"]
+    out["cpu_us_per_delivery_off"] = off["server_cpu_us_per_delivery"]
+    out["cpu_us_per_delivery_on"] = on["server_cpu_us_per_delivery"]
+    out["read_p99_ms"] = out["reads"]["p99_ms"]
+    log(f"presence: fan-out p99 {out['p99_ms_off']} ms off, {out['p99_ms_on']} ms on; server "
+        f"{out['cpu_us_per_delivery_off']} vs {out['cpu_us_per_delivery_on']} us/delivery; "
+        f"read p99 {out['read_p99_ms']} ms")
+    return out
+
+
 def scenario_rooms(run: Run, target: str, opts) -> dict:
     """Everyone alone in a user room (plus one shared room); events to random users."""
     n = opts.sizes["rooms_connections"]
@@ -970,6 +1031,7 @@ SCENARIOS = {
     "storm": scenario_storm,
     "scale": scenario_scale,
     "ingest": scenario_ingest,
+    "presence": scenario_presence,
     "compression": scenario_compression,
 }
 
@@ -1133,7 +1195,7 @@ def main() -> int:
     try:
         prepare(targets, opts)
         for name in names:
-            only = {"floor": ["machine"], "compression": ["gateway"]}
+            only = {"floor": ["machine"], "presence": ["gateway"], "compression": ["gateway"]}
             runs = [(t, m) for t in only.get(name, targets)
                     for m in (modes if name in ("ingest", "fanout", "storm") else ["single"])]
             for target, mode in runs:

@@ -12,6 +12,10 @@ use crate::auth::{AllowedOrigins, ClaimNames, DevTokens, RoomPolicy, Verifier};
 use crate::bus::redis::RedisSettings;
 use crate::events::catalog::Catalog;
 use crate::events::PublishRules;
+use crate::presence::PresenceConfig;
+pub use presence::PresenceArgs;
+
+mod presence;
 
 /// A setting that cannot be used: which one, and why.
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +260,9 @@ pub struct ServeArgs {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `realtime_gateway=debug`.
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,
+    /// Presence and lifecycle stream settings.
+    #[command(flatten)]
+    pub presence: PresenceArgs,
 }
 
 /// Validated settings the gateway runs with.
@@ -314,6 +321,8 @@ pub struct Config {
     pub cors_origins: AllowedOrigins,
     /// `--dev` with an HS256 secret: signs the tokens of `GET /dev/token` (absent otherwise).
     pub dev_tokens: Option<DevTokens>,
+    /// Presence and lifecycle stream.
+    pub presence: PresenceConfig,
 }
 
 /// Secrets generated for `--dev`, to be shown to the developer.
@@ -523,7 +532,12 @@ impl ServeArgs {
             ));
         }
 
+        let presence = self
+            .presence
+            .clone()
+            .into_config(redis_settings.is_some())?;
         let config = Config {
+            presence,
             listen: self.listen,
             admin_listen: self.admin_listen,
             verifier,
@@ -760,6 +774,44 @@ mod tests {
             let e = T::try_parse_from(["t", flag, value]).err().expect(flag);
             assert!(e.to_string().contains(flag), "{flag}: {e}");
         }
+    }
+
+    #[test]
+    fn presence_settings_name_the_setting() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let (config, _) = parse(&["--jwt-secret", secret]).unwrap();
+        assert!(config.presence.kinds.contains("exam") && !config.presence.lifecycle);
+        for (args, setting) in [
+            (&["--presence-kinds", "user"][..], "GATEWAY_PRESENCE_KINDS"),
+            (
+                &["--presence-events", "course"][..],
+                "GATEWAY_PRESENCE_EVENTS",
+            ),
+            (
+                &["--presence-max-members", "0"][..],
+                "GATEWAY_PRESENCE_MAX_MEMBERS",
+            ),
+            (&["--presence-lease", "100ms"][..], "GATEWAY_PRESENCE_LEASE"),
+            (&["--lifecycle", "on"][..], "GATEWAY_LIFECYCLE"),
+            (&["--gateway-name", "a b"][..], "GATEWAY_NAME"),
+        ] {
+            let mut argv = vec!["--jwt-secret", secret];
+            argv.extend_from_slice(args);
+            let e = parse(&argv).unwrap_err();
+            assert!(e.to_string().contains(setting), "{args:?}: {e}");
+        }
+        let (config, _) = parse(&[
+            "--jwt-secret",
+            secret,
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--lifecycle",
+            "on",
+            "--presence-events",
+            "exam",
+        ])
+        .unwrap();
+        assert!(config.presence.lifecycle && config.presence.events.contains("exam"));
     }
 
     #[test]

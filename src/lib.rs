@@ -9,10 +9,10 @@
 //! Top to bottom; a module only uses modules below it (`tests/layering.rs` checks it).
 //!
 //! - [`socket`]: the Socket.IO handlers (handshake auth, `authenticate`, `join`, `leave`,
-//!   `refresh`, `ping`), written once for both transports: `socket/ws.rs` hands them the packets
+//!   `refresh`, `presence`, `ping`), written once for both transports: `socket/ws.rs` hands them the packets
 //!   of the gateway's own transport, `socket/sio.rs` holds all of the socketioxide glue.
 //!   [`http`]: health, readiness, the publish API, the catalog, CORS for browsers and
-//!   development tokens; `/metrics` on the admin listener.
+//!   development tokens, presence reads (`/v1/presence`); `/metrics` on the admin listener.
 //! - [`state`]: what the handlers share ([`state::AppState`]); [`config`]: settings (flags and
 //!   environment variables), validated once into a [`Config`].
 //! - [`relay`]: room membership, its one owner: the room counts that drive the bus
@@ -24,6 +24,12 @@
 //!   MessagePack parser), a leaf that hands decoded packets up through [`wire::Handler`]; [`drain`]: the accepted connections, closed in batches on
 //!   shutdown; [`bus`]: the [`bus::Bus`] trait (publish with per-room offsets, subscribe) and
 //!   its embedded and Redis implementations.
+//! - [`presence`]: who is in a room, per user, across the fleet: the gateway's table, the Redis
+//!   and in-process stores, and the leases that remove a dead gateway's members;
+//!   [`lifecycle`]: the per-tenant lifecycle stream (connect, authenticate, join, leave,
+//!   disconnect, and `gateway_lost` for a dead gateway's connections). Both sit beside the bus
+//!   (they write to Redis through the same settings); the relay reports every room entry and
+//!   exit to them.
 //! - [`auth`]: JWT verification into an [`auth::Identity`], the room policy, the browser
 //!   origins allowed, and development tokens;
 //!   [`metrics`]: metric names and descriptions.
@@ -40,8 +46,10 @@ mod config;
 mod drain;
 mod events;
 mod http;
+mod lifecycle;
 mod metrics;
 mod peer;
+mod presence;
 mod relay;
 mod shutdown;
 mod socket;
@@ -55,13 +63,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 // The public face: what the binary, the tests and embedders use.
-pub use auth::{ClaimNames, DevTokens};
+pub use auth::{ClaimNames, DevTokens, Identity};
 pub use bus::redis::{Publisher, RedisSettings, FUNCTION_VERSION};
 pub use bus::BusError;
 pub use config::{parse_duration, Config, DevSecrets, LogFormat, ServeArgs};
 pub use events::catalog::{parse_payload, Catalog};
 pub use events::envelope::now_millis;
-pub use events::{Event, PublishRules, RoomKey, RoomName, TenantId, ValidPublish};
+pub use events::{Event, PublishRules, RoomKey, RoomName, TenantId, UserId, ValidPublish};
+// Presence and the lifecycle stream of one gateway, for embedders that run them beside their
+// own connections (and the tests that run several gateways' fleet sides in one process).
+pub use lifecycle::{Lifecycle, Socket};
+pub use presence::lease::Fleet;
+pub use presence::store::Store;
+pub use presence::{Presence, PresenceConfig};
 pub use shutdown::on_signals;
 // An event encoded once in every shape a WebSocket session may take (the bench's wire sizes).
 pub use peer::Outgoing;
@@ -116,8 +130,7 @@ pub async fn run(
         .with_parser(socketioxide::ParserConfig::msgpack())
         .req_path(wire::MSGPACK_PATH)
         .build_layer();
-    let (relay_handle, relay_control) = relay::channel(bus.clone());
-    let state = AppState::new(config, bus, relay_handle);
+    let (state, relay_control) = AppState::new(config, bus);
     socket::register(&io, state.clone());
     socket::register(&msgpack_io, state.clone());
 
@@ -128,6 +141,9 @@ pub async fn run(
     tasks.spawn(relay::run(rx, relay_control, served.clone()));
     tasks.spawn(fire_deadlines(state.clone(), served.clone()));
     tasks.spawn(watch_readiness(state.clone(), served.clone()));
+    // Presence and lifecycle outlive the drain: the sockets it closes still leave their rooms.
+    let fleet_stop = CancellationToken::new();
+    let fleet_tasks = start_fleet(&state, &fleet_stop).await;
 
     let app = http::router(state.clone())
         .layer(layer)
@@ -204,10 +220,57 @@ pub async fn run(
         .with_graceful_shutdown(drain)
         .await?;
     served.cancel();
+    fleet_stop.cancel();
+    stop_fleet(&state, fleet_tasks).await;
     tasks.close();
     tasks.wait().await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Starts presence's writer and, on Redis, the lease and the lifecycle writer.
+async fn start_fleet(
+    state: &Arc<AppState>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(
+        state
+            .presence
+            .clone()
+            .run(state.fleet.clone(), stop.clone()),
+    )];
+    if let Some(fleet) = &state.fleet {
+        // Take the lease before the first socket connects, so its first writes carry it.
+        let leased = match fleet.load().await {
+            Ok(()) => fleet.renew().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = leased {
+            tracing::warn!(error = %e, "no presence lease yet (Redis unreachable); taking it as soon as Redis answers");
+        }
+        tasks.push(tokio::spawn(fleet.clone().run(stop.clone())));
+        tasks.push(tokio::spawn(
+            state.lifecycle.clone().run(fleet.clone(), stop.clone()),
+        ));
+    }
+    tasks
+}
+
+/// Waits (bounded) for presence and lifecycle to write what the last disconnects changed, then
+/// gives the lease back.
+async fn stop_fleet(state: &AppState, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    let flush = futures_util::future::join_all(tasks);
+    let limit = state
+        .config
+        .redis
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(1), |r| r.timeout * 2);
+    if tokio::time::timeout(limit, flush).await.is_err() {
+        tracing::warn!("presence and lifecycle writes did not finish before exit");
+    }
+    if let Some(fleet) = &state.fleet {
+        fleet.retire().await;
+    }
 }
 
 /// Fires due socket deadlines, sleeping until the next one.

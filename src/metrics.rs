@@ -73,6 +73,27 @@ pub const CLIENT_PROTOCOL_ERRORS: &str = "gateway_client_protocol_errors_total";
 /// Connections closed by a drain (counter).
 pub const DRAINED: &str = "gateway_drained_connections_total";
 
+/// (Room, user) pairs with a socket on this gateway in rooms with presence (gauge).
+pub const PRESENCE_MEMBERS: &str = "gateway_presence_members";
+/// Rooms with presence that have a socket on this gateway (gauge).
+pub const PRESENCE_ROOMS: &str = "gateway_presence_rooms";
+/// Batches of presence writes (counter), by `result` (`ok`, `lapsed`, `error`).
+pub const PRESENCE_WRITES: &str = "gateway_presence_writes_total";
+/// Time to answer a presence question from the store (histogram, seconds).
+pub const PRESENCE_READ_DURATION: &str = "gateway_presence_read_duration_seconds";
+/// Refused or failed presence requests (counter), by `reason` (the error code).
+pub const PRESENCE_REFUSED: &str = "gateway_presence_refused_total";
+/// Members of lost gateways this gateway removed (counter).
+pub const PRESENCE_REAPED: &str = "gateway_presence_reaped_members_total";
+/// Renewals of this gateway's lease (counter), by `result` (`ok`, `lapsed`, `error`).
+pub const LEASE_RENEWALS: &str = "gateway_presence_lease_renewals_total";
+/// Gateways whose lease expired, reaped by this gateway (counter): a gateway vanished.
+pub const LEASE_EXPIRIES: &str = "gateway_presence_lease_expiries_total";
+/// Lifecycle stream entries written (counter), `gateway_lost` ones included.
+pub const LIFECYCLE_ENTRIES: &str = "gateway_lifecycle_entries_total";
+/// Lifecycle entries dropped (counter), by `reason` (`queue_full`, `bus_unavailable`).
+pub const LIFECYCLE_DROPPED: &str = "gateway_lifecycle_dropped_total";
+
 /// Channel names a label may take: those of every catalog a gateway of this process serves.
 /// The recorder is process-wide, so its label set is too; it is bounded by those catalogs.
 static CHANNEL_LABELS: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
@@ -175,6 +196,10 @@ const KNOWN: &[(&str, &str, &str)] = &[
     (RECOVERIES, "result", "recovered epoch_changed future_offset too_old too_many invalid_since \
         buffer_overflow bus_unavailable"),
     (CLIENT_PROTOCOL_ERRORS, "reason", "unknown_event event_before_connect"),
+    (PRESENCE_WRITES, "result", "ok lapsed error"),
+    (PRESENCE_REFUSED, "reason", "invalid_request invalid_room invalid_field not_authenticated \
+        room_kind_not_allowed presence_not_enabled forbidden_room presence_unavailable \
+        missing_api_key invalid_api_key publish_disabled"),
 ];
 
 /// Exports every counter and gauge whose label values are known in advance, at 0, and
@@ -190,7 +215,7 @@ fn register_known() {
     ] {
         metrics::counter!(c).absolute(0);
     }
-    for g in [ROOMS, BUS_UP, READY] {
+    for g in [ROOMS, BUS_UP, READY, PRESENCE_MEMBERS, PRESENCE_ROOMS] {
         metrics::gauge!(g).set(0.0);
     }
     for t in TRANSPORTS {
@@ -207,6 +232,7 @@ fn register_known() {
     }
     // Registering is what makes the exporter render a histogram; the handle is not needed.
     let _ = metrics::histogram!(DELIVERY_LAG);
+    let _ = metrics::histogram!(PRESENCE_READ_DURATION);
 }
 
 /// Exports the Redis bus's metrics at 0: called when the gateway runs on Redis (on the
@@ -215,6 +241,16 @@ pub fn register_redis() {
     metrics::gauge!(REDIS_UP).set(0.0);
     metrics::gauge!(REDIS_SUBSCRIPTIONS).set(0.0);
     metrics::counter!(REDIS_RECONNECTS).absolute(0);
+    // Leases, their reaping and the lifecycle stream live in Redis.
+    for c in [LEASE_EXPIRIES, PRESENCE_REAPED, LIFECYCLE_ENTRIES] {
+        metrics::counter!(c).absolute(0);
+    }
+    for result in ["ok", "lapsed", "error"] {
+        metrics::counter!(LEASE_RENEWALS, "result" => result).absolute(0);
+    }
+    for reason in ["queue_full", "bus_unavailable"] {
+        metrics::counter!(LIFECYCLE_DROPPED, "reason" => reason).absolute(0);
+    }
     for result in [
         "recovered",
         "epoch_changed",
@@ -329,4 +365,45 @@ fn describe() {
         "Client protocol errors (bad frames or packets, refused WebSocket handshakes, unknown events), by reason."
     );
     describe_gauge!(READY, "1 while this gateway accepts new clients, else 0.");
+    describe_gauge!(
+        PRESENCE_MEMBERS,
+        "Room and user pairs with a socket on this gateway, in rooms with presence."
+    );
+    describe_gauge!(
+        PRESENCE_ROOMS,
+        "Rooms with presence that have a socket on this gateway."
+    );
+    describe_counter!(
+        PRESENCE_WRITES,
+        "Batches of presence writes, by result (ok, lapsed, error)."
+    );
+    describe_histogram!(
+        PRESENCE_READ_DURATION,
+        Unit::Seconds,
+        "Time to read a room's presence from the store."
+    );
+    describe_counter!(
+        PRESENCE_REFUSED,
+        "Refused or failed presence requests (socket and HTTP), by reason code."
+    );
+    describe_counter!(
+        PRESENCE_REAPED,
+        "Members of lost gateways (lease expired) removed by this gateway."
+    );
+    describe_counter!(
+        LEASE_RENEWALS,
+        "Renewals of this gateway's presence lease, by result (ok, lapsed, error)."
+    );
+    describe_counter!(
+        LEASE_EXPIRIES,
+        "Gateways whose lease expired (they vanished without a goodbye), reaped by this gateway."
+    );
+    describe_counter!(
+        LIFECYCLE_ENTRIES,
+        "Lifecycle stream entries written, gateway_lost disconnects included."
+    );
+    describe_counter!(
+        LIFECYCLE_DROPPED,
+        "Lifecycle entries dropped, by reason (queue_full, bus_unavailable)."
+    );
 }

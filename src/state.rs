@@ -7,9 +7,13 @@ use std::sync::Arc;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::drain::Connections;
+use crate::lifecycle::Lifecycle;
 use crate::peer::deadlines::Deadlines;
 use crate::peer::Peers;
-use crate::relay::RelayHandle;
+use crate::presence::lease::Fleet;
+use crate::presence::store::{MemoryStore, Store};
+use crate::presence::Presence;
+use crate::relay::{self, RelayControl, RelayHandle};
 use crate::wire::{refuse, Refusal};
 
 /// Everything a gateway's handlers need.
@@ -27,6 +31,12 @@ pub struct AppState {
     pub peers: Peers,
     /// Open connections of the public listener (drain, slow-consumer cuts).
     pub connections: Arc<Connections>,
+    /// Presence of the rooms whose kinds have it.
+    pub presence: Arc<Presence>,
+    /// The lifecycle stream (a no-op unless enabled).
+    pub lifecycle: Arc<Lifecycle>,
+    /// This gateway's lease and incarnation in Redis (`None` on the embedded bus).
+    pub fleet: Option<Arc<Fleet>>,
     /// Publish rate per API key (keyed by the key's position in the configuration).
     pub publish_limiter: governor::DefaultKeyedRateLimiter<usize>,
     /// Set when shutdown began: `/readyz` answers 503 from then on.
@@ -34,21 +44,38 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for a gateway with `config` on `bus`.
-    pub fn new(config: Config, bus: Arc<dyn Bus>, relay: RelayHandle) -> Arc<Self> {
+    /// State for a gateway with `config` on `bus`, and the receiving end of its relay (for
+    /// [`crate::relay::run`]).
+    pub fn new(config: Config, bus: Arc<dyn Bus>) -> (Arc<Self>, RelayControl) {
         let connections = Arc::new(Connections::with_limit(config.max_connections));
         let publish_limiter =
             governor::RateLimiter::keyed(governor::Quota::per_second(config.publish_rate));
-        Arc::new(Self {
+        let fleet = config.redis.as_ref().and_then(|redis| {
+            Fleet::new(redis, config.presence.clone())
+                .inspect_err(|e| tracing::error!(error = %e, "presence cannot use Redis"))
+                .ok()
+        });
+        let store = match &fleet {
+            Some(f) => Store::Redis(f.clone()),
+            None => Store::Memory(MemoryStore::new(bus.clone())),
+        };
+        let presence = Arc::new(Presence::new(config.presence.clone(), store));
+        let lifecycle = Arc::new(Lifecycle::new(config.presence.lifecycle && fleet.is_some()));
+        let (relay, control) = relay::channel(bus.clone(), presence.clone(), lifecycle.clone());
+        let state = Arc::new(Self {
             relay,
             connections,
             publish_limiter,
+            presence,
+            lifecycle,
+            fleet,
             config,
             bus,
             deadlines: Deadlines::default(),
             peers: Peers::default(),
             draining: AtomicBool::new(false),
-        })
+        });
+        (state, control)
     }
 
     /// Marks the gateway as draining (no longer ready).

@@ -553,6 +553,20 @@ const GAP_READ_RESULTS: &[&str] = &[
     "error",
 ];
 
+const PRESENCE_REFUSALS: &[&str] = &[
+    "invalid_request",
+    "invalid_room",
+    "invalid_field",
+    "not_authenticated",
+    "room_kind_not_allowed",
+    "presence_not_enabled",
+    "forbidden_room",
+    "presence_unavailable",
+    "missing_api_key",
+    "invalid_api_key",
+    "publish_disabled",
+];
+
 /// The labels each metric family may carry and the values each may take. A family missing
 /// here is a new metric: describe it in the README's metric table and add it here.
 fn allowed_labels(family: &str) -> Option<&'static [(&'static str, &'static [&'static str])]> {
@@ -587,6 +601,17 @@ fn allowed_labels(family: &str) -> Option<&'static [(&'static str, &'static [&'s
         | "gateway_drained_connections_total"
         | "gateway_connections_refused_total"
         | "gateway_accept_errors_total" => &[],
+        "gateway_presence_members"
+        | "gateway_presence_rooms"
+        | "gateway_presence_reaped_members_total"
+        | "gateway_presence_lease_expiries_total"
+        | "gateway_lifecycle_entries_total"
+        | "gateway_presence_read_duration_seconds" => &[],
+        "gateway_presence_writes_total" | "gateway_presence_lease_renewals_total" => {
+            &[("result", &["ok", "lapsed", "error"])]
+        }
+        "gateway_presence_refused_total" => &[("reason", PRESENCE_REFUSALS)],
+        "gateway_lifecycle_dropped_total" => &[("reason", &["queue_full", "bus_unavailable"])],
         f if f.starts_with("process_") => &[],
         _ => return None,
     })
@@ -888,6 +913,18 @@ async fn every_metric_in_the_dashboard_and_alerts_is_exported_with_bounded_label
     assert_eq!(ack["ok"], true, "{ack}");
     let epoch = s(&ack["epoch"]).to_string();
     let before = ack["offset"].as_u64().expect("offset");
+
+    // Presence of the room (batch rooms have it by default), and a refused presence request.
+    let presence = a
+        .request("presence", &json!("batch:456"), WAIT)
+        .await
+        .expect("presence");
+    assert_eq!(presence["ok"], true, "{presence}");
+    let refused = a
+        .request("presence", &json!("batch:457"), WAIT)
+        .await
+        .expect("presence");
+    assert_eq!(refused["error"]["code"], "forbidden_room", "{refused}");
 
     // A refused join, a refused token.
     let refused = a

@@ -12,7 +12,8 @@ use std::path::Path;
 /// Rank of each top-level module: a module may use modules of its own rank or a higher one.
 /// The modules DESIGN.md's order does not name sit where what they hold belongs: `shutdown`
 /// and `client` beside the entry points, `config` beside `state` (it is assembled into it),
-/// `drain` (the accepted connections) beside `wire`.
+/// `drain` (the accepted connections) beside `wire`, `presence` and `lifecycle` (fleet-wide
+/// stores in Redis that the relay reports room entries and exits to) beside `bus`.
 const RANKS: &[(&str, u8)] = &[
     ("main", 0),
     ("lib", 0),
@@ -26,6 +27,8 @@ const RANKS: &[(&str, u8)] = &[
     ("wire", 5),
     ("bus", 5),
     ("drain", 5),
+    ("presence", 5),
+    ("lifecycle", 5),
     ("auth", 6),
     ("metrics", 6),
     ("events", 7),

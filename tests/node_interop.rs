@@ -253,6 +253,184 @@ async fn node_msgpack() {
     node_test("msgpack.test.mjs", &[], &[]).await;
 }
 
+/// Most members a presence answer lists on the presence tests' gateways (small, so the
+/// truncation test stays small).
+const PRESENCE_MAX_MEMBERS: &str = "3";
+
+/// presence.test.mjs against one gateway on the bus `redis` says.
+async fn presence_one_gateway(redis: Option<&common::redis_server::RedisServer>) {
+    let url = redis.map(|r| r.url());
+    let mut env = vec![
+        ("GATEWAY_PRESENCE_KINDS", "exam,batch,incident,institution"),
+        ("GATEWAY_PRESENCE_EVENTS", "exam"),
+        ("GATEWAY_PRESENCE_MAX_MEMBERS", PRESENCE_MAX_MEMBERS),
+    ];
+    if let Some(url) = &url {
+        env.extend([("REDIS_URL", url.as_str()), ("GATEWAY_LIFECYCLE", "on")]);
+    }
+    node_test(
+        "presence.test.mjs",
+        &env,
+        &[("MAX_MEMBERS", PRESENCE_MAX_MEMBERS.to_string())],
+    )
+    .await;
+}
+
+/// Presence on the embedded bus: per-user members, truncation, counts-only institution rooms,
+/// events that recover, bad input, tenant isolation (socket and HTTP).
+#[tokio::test]
+async fn node_presence_embedded_bus() {
+    presence_one_gateway(None).await;
+}
+
+/// The same presence scenarios on a private Redis server.
+#[tokio::test]
+async fn node_presence_redis_bus() {
+    let redis = common::redis_server::RedisServer::start();
+    presence_one_gateway(Some(&redis)).await;
+}
+
+/// Lease of the fleet test's gateways: short, so a lost gateway is noticed in seconds, yet
+/// long enough that a loaded machine never makes a live gateway miss its renewals.
+const FLEET_LEASE_MS: u64 = 3000;
+
+/// Three gateways on one Redis with the stock client: the same exact presence everywhere,
+/// joins and leaves within 1 s and once per user; then the third gateway is SIGKILLed: its
+/// members leave within the lease plus a tick with one presence_leave each, and the lifecycle
+/// stream has exactly one `gateway_lost` disconnect per connection it held.
+#[tokio::test]
+async fn node_presence_three_gateways_and_a_sigkill() {
+    ensure_node_modules().await;
+    let redis = common::redis_server::RedisServer::start();
+    let url = redis.url();
+    let lease = format!("{FLEET_LEASE_MS}ms");
+    let env = |name: &'static str| {
+        vec![
+            ("REDIS_URL", url.clone()),
+            ("GATEWAY_PRESENCE_EVENTS", "exam".to_string()),
+            ("GATEWAY_PRESENCE_LEASE", lease.clone()),
+            ("GATEWAY_LIFECYCLE", "on".to_string()),
+            ("GATEWAY_NAME", name.to_string()),
+        ]
+    };
+    let (ea, eb, ec) = (env("gw-a"), env("gw-b"), env("gw-c"));
+    let a = start_gateway(&as_refs(&ea)).await;
+    let b = start_gateway(&as_refs(&eb)).await;
+    let c = start_gateway(&as_refs(&ec)).await;
+    let result = tempfile::NamedTempFile::new().expect("temp file");
+    let urls = [a.url(), b.url(), c.url()].join(",");
+    run_node(
+        "presence-fleet.test.mjs",
+        &a,
+        &[("b", &b), ("c (killed)", &c)],
+        &[
+            ("GATEWAY_URLS", urls),
+            ("VICTIM_PID", c.pid().to_string()),
+            ("LEASE_MS", FLEET_LEASE_MS.to_string()),
+            ("RESULT_FILE", result.path().display().to_string()),
+        ],
+    )
+    .await;
+    let lost: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(result.path()).expect("result file"))
+            .expect("result JSON");
+    let lost = lost["lost"].as_u64().expect("lost count");
+    assert!(lost > 0, "the killed gateway held no connection");
+
+    // The lifecycle stream of tenant 1: one gateway_lost disconnect per connection the killed
+    // gateway held, none duplicated, none for the survivors.
+    let entries = lifecycle_entries(&redis, "1").await;
+    let of = |e: &std::collections::HashMap<String, String>, k: &str| {
+        e.get(k).cloned().unwrap_or_default()
+    };
+    let mut opened = std::collections::HashSet::new();
+    let mut closed = std::collections::HashSet::new();
+    let mut gone = Vec::new();
+    for e in &entries {
+        let id = (of(e, "gateway"), of(e, "socketId"));
+        match (of(e, "type").as_str(), of(e, "reason").as_str()) {
+            ("connect", _) => {
+                opened.insert(id);
+            }
+            ("disconnect", "gateway_lost") => gone.push(id),
+            ("disconnect", _) => {
+                closed.insert(id);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(gone.len() as u64, lost, "gateway_lost entries: {gone:?}");
+    let unique: std::collections::HashSet<_> = gone.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        gone.len(),
+        "a gateway_lost entry was duplicated: {gone:?}"
+    );
+    for id in &gone {
+        assert!(
+            id.0.starts_with("gw-c-"),
+            "gateway_lost for a survivor: {id:?}"
+        );
+        assert!(
+            opened.contains(id) && !closed.contains(id),
+            "gateway_lost for {id:?}"
+        );
+    }
+    let still_open: Vec<_> = opened
+        .iter()
+        .filter(|id| id.0.starts_with("gw-c-") && !closed.contains(*id) && !unique.contains(*id))
+        .collect();
+    assert!(
+        still_open.is_empty(),
+        "connections of the killed gateway never closed: {still_open:?}"
+    );
+    // Exactly one survivor removed the lost lease from the registry.
+    let expiries = common::metric(
+        &a.metrics().await,
+        "gateway_presence_lease_expiries_total",
+        "",
+    ) + common::metric(
+        &b.metrics().await,
+        "gateway_presence_lease_expiries_total",
+        "",
+    );
+    assert_eq!(expiries, 1.0);
+}
+
+/// `(name, value)` pairs borrowed from owned ones.
+fn as_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Every entry of `tenant`'s lifecycle stream, oldest first, as field maps.
+async fn lifecycle_entries(
+    redis: &common::redis_server::RedisServer,
+    tenant: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let client = redis::Client::open(redis.url()).expect("redis client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("rtg:{{{tenant}}}:lifecycle"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    reply
+        .ids
+        .into_iter()
+        .map(|id| {
+            id.map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap_or_default()))
+                .collect()
+        })
+        .collect()
+}
+
 /// A gateway with its own catalog (tests/catalogs/exams.json): the new channel's event reaches
 /// the stock client on the room its `defaultRoom` template names; built-in channels are unknown;
 /// `GET /v1/catalog` serves the file with an ETag.

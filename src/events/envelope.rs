@@ -15,6 +15,14 @@ use super::ids::{RoomName, TenantId, INSTITUTION_KIND};
 
 pub use super::catalog::RESERVED_EVENT_NAMES;
 
+/// Server → client: a user's first connection entered a room (presence events).
+pub const PRESENCE_JOIN: &str = "presence_join";
+/// Server → client: a user's last connection left a room (presence events).
+pub const PRESENCE_LEAVE: &str = "presence_leave";
+/// Channels only the gateway publishes (into room histories, like any event): publishers may
+/// not use them, and the bus relays them whatever the catalog says.
+pub const GATEWAY_CHANNELS: &[&str] = &[PRESENCE_JOIN, PRESENCE_LEAVE];
+
 /// Longest event id accepted, in bytes.
 pub const MAX_EVENT_ID_LEN: usize = 128;
 
@@ -267,11 +275,14 @@ impl PublishRules {
         channel: &str,
         event: &str,
     ) -> Result<(Option<&ChannelSpec>, Option<&EventSpec>), PublishError> {
-        if !catalog::name_ok(channel) || RESERVED_EVENT_NAMES.contains(&channel) {
+        if !catalog::name_ok(channel)
+            || RESERVED_EVENT_NAMES.contains(&channel)
+            || GATEWAY_CHANNELS.contains(&channel)
+        {
             return Err(PublishError::new(
                 "invalid_field",
                 "channel",
-                "channel must be 1-64 characters of a-z, 0-9 or '_', starting with a letter, and not a reserved Socket.IO event name",
+                "channel must be 1-64 characters of a-z, 0-9 or '_', starting with a letter, and not a reserved Socket.IO event name or a gateway channel (presence_join, presence_leave)",
             ));
         }
         if !catalog::name_ok(event) {

@@ -1,10 +1,12 @@
-//! HTTP: the public router (health, readiness, publish API, catalog, development tokens under
-//! `--dev`; Socket.IO is layered on top of it, CORS around both) and the admin router (`/metrics`).
+//! HTTP: the public router (health, readiness, publish API, presence, catalog, development
+//! tokens under `--dev`; Socket.IO is layered on top of it, CORS around both) and the admin
+//! router (`/metrics`).
 
 pub mod catalog;
 pub mod cors;
 pub mod dev;
 pub mod error;
+pub mod presence;
 pub mod publish;
 
 use std::sync::Arc;
@@ -28,6 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/presence", get(presence::presence))
         .route("/v1/catalog", get(catalog::catalog))
         .merge(publish);
     if state.config.dev_tokens.is_some() {

@@ -56,7 +56,7 @@ pub async fn count_results(req: axum::extract::Request, next: axum::middleware::
 }
 
 /// Checks the API key; returns its position in the configuration (the rate limit's key).
-fn check_key(state: &AppState, headers: &HeaderMap) -> Result<usize, ApiError> {
+pub(super) fn check_key(state: &AppState, headers: &HeaderMap) -> Result<usize, ApiError> {
     if state.config.publish_keys.is_empty() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -124,6 +124,15 @@ impl Session {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// This socket as presence and the lifecycle stream name it, as `identity`.
+    pub fn socket<'a>(&self, identity: &'a Identity) -> crate::lifecycle::Socket<'a> {
+        crate::lifecycle::Socket {
+            id: self.id,
+            identity,
+            transport: self.transport,
+        }
+    }
+
     /// The identity, if authenticated.
     pub fn identity(&self) -> Option<Identity> {
         self.state().auth().map(|a| a.identity.clone())

@@ -27,10 +27,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bus::{BusMessage, Delivery, Position};
 use crate::events::envelope::now_millis;
 use crate::events::{Event, RoomKey};
+use crate::lifecycle::{Lifecycle, Socket};
 use crate::metrics;
 use crate::peer::{Outgoing, Peer, PeerId};
+use crate::presence::Presence;
 use deliver::{deliver, encode, splice};
 use members::{wants, Members};
+use membership::Exit;
 
 /// Most live events buffered for one socket while its history is read. Past it the socket is
 /// told to resync that room instead (a history read that slow means Redis is in trouble).
@@ -99,16 +102,21 @@ pub struct RelayHandle {
 /// The receiving end, given to [`run`].
 pub struct RelayControl(mpsc::UnboundedReceiver<Control>);
 
-/// A relay handle and its control receiver.
+/// A relay handle and its control receiver; every room entry and exit is reported to
+/// `presence` and `lifecycle`.
 ///
 /// The control channel is unbounded on purpose: `leave` and disconnect cleanup are sent from
 /// code that must not wait (under a session's lock, in a socket's read loop) and must never be
 /// dropped, or a socket would stay in a room it left. What can be in it is bounded by the
 /// sockets themselves: a disconnect each, and per socket only the joins its join rate allows,
 /// each waiting for its own answer.
-pub fn channel(bus: Arc<dyn crate::bus::Bus>) -> (RelayHandle, RelayControl) {
+pub fn channel(
+    bus: Arc<dyn crate::bus::Bus>,
+    presence: Arc<Presence>,
+    lifecycle: Arc<Lifecycle>,
+) -> (RelayHandle, RelayControl) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let counts = Arc::new(membership::Membership::new(bus));
+    let counts = Arc::new(membership::Membership::new(bus, presence, lifecycle));
     (
         RelayHandle {
             control: tx,
@@ -119,9 +127,10 @@ pub fn channel(bus: Arc<dyn crate::bus::Bus>) -> (RelayHandle, RelayControl) {
 }
 
 impl RelayHandle {
-    /// Counts one more socket in `key` (it is about to enter): the bus subscribes on the first.
-    pub fn add(&self, key: &RoomKey) {
-        self.counts.add(key);
+    /// Counts socket `who` in `key` (it is about to enter): the bus subscribes on the first;
+    /// presence and the lifecycle stream hear of the entry.
+    pub fn add(&self, key: &RoomKey, who: Socket<'_>) {
+        self.counts.add(key, who);
     }
 
     /// Starts holding `key`'s live events for `peer` and tells where the room stands if the
@@ -166,19 +175,23 @@ impl RelayHandle {
         wait.await.unwrap_or_default()
     }
 
-    /// Takes a peer out of one room; the bus unsubscribes after the last.
-    pub fn leave(&self, key: &RoomKey, id: PeerId) {
-        self.counts.remove(key);
+    /// Takes socket `who` out of one room it left; the bus unsubscribes after the last.
+    pub fn leave(&self, key: &RoomKey, who: Socket<'_>) {
+        let id = who.id;
+        self.counts.remove(key, who, Exit::Left);
         let _ = self.control.send(Control::Leave {
             key: key.clone(),
             id,
         });
     }
 
-    /// Takes a disconnected peer out of its rooms (and any room it was entering).
-    pub fn gone(&self, id: PeerId, keys: Vec<RoomKey>) {
-        for key in &keys {
-            self.counts.remove(key);
+    /// Takes a disconnected peer out of its rooms `keys` (and any room it was entering); `who`
+    /// names it when it was authenticated (it has no rooms otherwise).
+    pub fn gone(&self, id: PeerId, who: Option<Socket<'_>>, keys: Vec<RoomKey>) {
+        if let Some(who) = who {
+            for key in &keys {
+                self.counts.remove(key, who, Exit::Disconnected);
+            }
         }
         let _ = self.control.send(Control::Gone { id, keys });
     }

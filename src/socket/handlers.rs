@@ -69,6 +69,14 @@ pub(super) fn dispatch(
             };
             reply(ack, &body);
         }
+        names::PRESENCE => match super::presence::room(&st, &peer, data) {
+            Ok(key) => {
+                tokio::spawn(async move {
+                    reply(ack, &super::presence::answer(&st, &key).await);
+                });
+            }
+            Err(e) => reply(ack, &error_reply(e.code, &e.message)),
+        },
         names::PING => {
             let body = json!({ "timestamp": now_millis() });
             reply(ack, &body);
@@ -78,7 +86,7 @@ pub(super) fn dispatch(
             ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "unknown_event")
                 .increment(1);
             tracing::debug!(peer = peer.id(), event = %name, "unknown event");
-            let message = "events are authenticate, join, leave, refresh and ping";
+            let message = "events are authenticate, join, leave, refresh, presence and ping";
             reply(ack, &error_reply("unknown_event", message));
         }
     }
@@ -127,7 +135,7 @@ fn bad_request(message: &str) -> RoomError {
 }
 
 /// The room and optional `since` of a join request: `"batch:1"` or `{ room, since? }`.
-fn requested_room(data: &Option<Value>) -> Result<(String, Option<&Value>), RoomError> {
+pub(super) fn requested_room(data: &Option<Value>) -> Result<(String, Option<&Value>), RoomError> {
     match data {
         Some(Value::String(s)) => Ok((s.clone(), None)),
         Some(Value::Object(o)) => match o.get("room") {
@@ -178,8 +186,8 @@ fn join(
                     ),
                 ));
             }
-            st.relay.add(&key);
             if let Some(auth) = state.auth_mut() {
+                st.relay.add(&key, session.socket(&auth.identity));
                 auth.rooms.push(room);
             }
         }
@@ -201,7 +209,7 @@ fn leave(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomName, Ro
     if let Some(pos) = auth.rooms.iter().position(|r| *r == room) {
         auth.rooms.swap_remove(pos);
         let key = auth.key(room.clone());
-        st.relay.leave(&key, session.id);
+        st.relay.leave(&key, session.socket(&auth.identity));
     }
     Ok(room)
 }
@@ -235,7 +243,7 @@ fn refresh(
                 auth.rooms.push(room);
             } else {
                 let key = auth.key(room.clone());
-                st.relay.leave(&key, session.id);
+                st.relay.leave(&key, session.socket(&auth.identity));
                 left.push(room);
             }
         }

@@ -1,11 +1,13 @@
 //! The Socket.IO side: the connect middleware (token in the handshake), the seed's
-//! `authenticate` flow, `join` / `leave` under the room policy, `refresh`, `ping`, timers, and
+//! `authenticate` flow, `join` / `leave` under the room policy, `refresh`, `presence`, `ping`,
+//! timers, and
 //! cleanup on disconnect.
 //!
 //! Event handlers are installed in the middleware, before the client is told it is connected,
 //! so an event the client emits right after `connect` is never missed.
 
 mod handlers;
+mod presence;
 pub mod rooms;
 mod sio;
 mod ws;
@@ -43,6 +45,8 @@ pub mod names {
     pub const REFRESH: &str = "refresh";
     /// Client → server: liveness check.
     pub const PING: &str = "ping";
+    /// Client → server: who is in a room.
+    pub const PRESENCE: &str = "presence";
     /// Server → client: answer to `ping`.
     pub const PONG: &str = "pong";
 }
@@ -134,8 +138,12 @@ fn claim(st: &AppState, session: &Session, verified: Verified) -> Option<Vec<Roo
         rooms: Vec::new(),
     };
     let keys = auth.keys();
+    // Exactly once per socket: only the claim that moves the session out of awaiting auth gets
+    // here, and only a session that got here is taken out of these rooms on disconnect.
+    let who = session.socket(&auth.identity);
+    st.lifecycle.authenticated(who);
     for key in &keys {
-        st.relay.add(key);
+        st.relay.add(key, who);
     }
     state.phase = Phase::Authenticated(auth);
     Some(keys)
@@ -223,11 +231,17 @@ fn schedule_expiry(st: &AppState, id: PeerId, exp: u64) {
 /// A connected socket is gone: leave its rooms (relay and bus subscriptions) and count it.
 pub fn on_disconnect(st: &AppState, peer: &Peer, reason: &'static str) {
     let session = peer.session();
-    let keys = match std::mem::replace(&mut session.state().phase, Phase::Closed) {
-        Phase::Authenticated(auth) => auth.keys(),
-        _ => Vec::new(),
-    };
-    st.relay.gone(session.id, keys);
+    let phase = std::mem::replace(&mut session.state().phase, Phase::Closed);
+    match phase {
+        // Only an authenticated session was counted in rooms (its automatic ones from the claim
+        // on), so only it leaves them and ends its lifecycle.
+        Phase::Authenticated(auth) => {
+            let who = session.socket(&auth.identity);
+            st.relay.gone(session.id, Some(who), auth.keys());
+            st.lifecycle.disconnected(who, reason);
+        }
+        _ => st.relay.gone(session.id, None, Vec::new()),
+    }
     ::metrics::gauge!(metrics::CONNECTIONS, "transport" => session.transport).decrement(1.0);
     ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
     tracing::debug!(peer = session.id, reason, "socket disconnected");

@@ -101,6 +101,7 @@ fn install(st: Arc<AppState>, s: &SocketRef) {
         names::LEAVE,
         names::REFRESH,
         names::PING,
+        names::PRESENCE,
     ] {
         let st = st.clone();
         s.on(

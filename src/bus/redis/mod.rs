@@ -27,7 +27,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-pub use publisher::Publisher;
+pub use publisher::{ensure_library, Publisher};
 use subscriber::Subscriber;
 
 use super::{Bus, BusError, DeliverySender, Position, Recovery};

@@ -128,39 +128,7 @@ impl Publisher {
 
     /// Loads the function library unless the server already has this version or a newer one.
     async fn ensure_function(&self, conn: &mut impl ConnectionLike) -> Result<(), BusError> {
-        let loaded: Result<i64, _> = redis::cmd("FCALL_RO")
-            .arg("rtg_version")
-            .arg(0)
-            .query_async(conn)
-            .await;
-        match loaded {
-            Ok(v) if v >= FUNCTION_VERSION => {
-                if v > FUNCTION_VERSION {
-                    tracing::info!(
-                        loaded = v,
-                        ours = FUNCTION_VERSION,
-                        "Redis has a newer function library; keeping it"
-                    );
-                }
-                Ok(())
-            }
-            _ => {
-                let _: String = redis::cmd("FUNCTION")
-                    .arg("LOAD")
-                    .arg("REPLACE")
-                    .arg(FUNCTION_LIBRARY)
-                    .query_async(conn)
-                    .await
-                    .map_err(|e| {
-                        BusError::Config(format!("cannot load the Redis function library: {e}"))
-                    })?;
-                tracing::info!(
-                    version = FUNCTION_VERSION,
-                    "loaded the Redis function library"
-                );
-                Ok(())
-            }
-        }
+        ensure_library(conn, "rtg_version", FUNCTION_VERSION, FUNCTION_LIBRARY).await
     }
 
     /// Publishes `event` to each of `rooms` (one `rtg_publish` per room, pipelined) and returns
@@ -376,4 +344,49 @@ fn parse_position(reply: &[redis::Value]) -> Result<Position, BusError> {
         epoch: Arc::from(epoch),
         offset,
     })
+}
+
+/// Loads a function library (`source`) unless the server already has `version` of it or a
+/// newer one, as its `version_fn` (a `no-writes` function taking no keys) reports.
+pub async fn ensure_library(
+    conn: &mut impl ConnectionLike,
+    version_fn: &str,
+    version: i64,
+    source: &str,
+) -> Result<(), BusError> {
+    let loaded: Result<i64, _> = redis::cmd("FCALL_RO")
+        .arg(version_fn)
+        .arg(0)
+        .query_async(conn)
+        .await;
+    match loaded {
+        Ok(v) if v >= version => {
+            if v > version {
+                tracing::info!(
+                    library = version_fn,
+                    loaded = v,
+                    ours = version,
+                    "Redis has a newer function library; keeping it"
+                );
+            }
+            Ok(())
+        }
+        _ => {
+            let _: String = redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(source)
+                .query_async(conn)
+                .await
+                .map_err(|e| {
+                    BusError::Config(format!("cannot load the Redis function library: {e}"))
+                })?;
+            tracing::info!(
+                library = version_fn,
+                version,
+                "loaded a Redis function library"
+            );
+            Ok(())
+        }
+    }
 }

@@ -52,6 +52,7 @@ pub const RESERVED_EVENT_NAMES: &[&str] = &[
     "ping",
     "pong",
     "resync",
+    "presence",
 ];
 
 /// Whether `s` is a well-formed channel or event name: 1-64 characters of a-z, 0-9 or `_`,
