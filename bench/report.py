@@ -39,7 +39,8 @@ def pick(docs: list[dict], scenario: str) -> tuple[dict | None, dict | None]:
     """(gateway, baseline) of the newest run that has both, else the newest of each."""
     runs: dict[str, dict[str, dict]] = {}
     for d in docs:
-        if d["scenario"] == scenario:
+        # The table compares on one Redis server; Redis Cluster runs are reported apart.
+        if d["scenario"] == scenario and d.get("redis", "single") == "single":
             runs.setdefault(d.get("run", ""), {})[d.get("target", "")] = d
     both = [r for r in sorted(runs) if {"gateway", "baseline"} <= set(runs[r])]
     if both:

@@ -57,6 +57,7 @@ FULL = {
     "scale_servers": 6,
     "scale_rate": 1.0,
     "step_secs": 10.0,
+    "ingest_events": 200_000,
     "compression_connections": 10_000,
     "compression_rates": [1, 3],
 }
@@ -72,6 +73,7 @@ QUICK = {
     "scale_servers": 3,
     "scale_rate": 2.0,
     "step_secs": 4.0,
+    "ingest_events": 30_000,
     "compression_connections": 2_000,
     "compression_rates": [5],
 }
@@ -250,6 +252,40 @@ def start_redis(run: Run) -> str:
     return f"redis://127.0.0.1:{port}"
 
 
+def start_cluster(run: Run, primaries: int = 3) -> str:
+    """A Redis Cluster of `primaries` primaries (no replicas: every core goes to serving) on free
+    ports; returns the comma-separated redis:// URLs of its nodes."""
+    ports = [free_port() for _ in range(primaries)]
+    for port in ports:
+        d = run.path(f"redis-{port}")
+        d.mkdir()
+        run.spawn(f"redis-{port}", [
+            "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--maxclients", "10000", "--dir", d, "--logfile", d / "redis-server.log",
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            # Its own bus port: the default (port + 10000) may be taken or past 65535.
+            "--cluster-port", free_port(),
+        ])
+    for port in ports:
+        wait_until(lambda: sh(["redis-cli", "-p", str(port), "PING"]).strip() == "PONG", 10, "cluster node")
+    out = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                          "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout}{out.stderr}")
+    wait_until(lambda: all("cluster_state:ok" in sh(["redis-cli", "-p", str(p), "CLUSTER", "INFO"])
+                           for p in ports), 30, "cluster ok")
+    return ",".join(f"redis://127.0.0.1:{p}" for p in ports)
+
+
+def start_bus(run: Run, opts) -> str:
+    """One redis-server, or a 3-primary cluster with --redis cluster."""
+    return start_cluster(run) if opts.redis_mode == "cluster" else start_redis(run)
+
+
+def redis_pids(run: Run) -> list[int]:
+    return [p.pid for p in run.procs if p.args and "redis-server" in str(p.args[0])]
+
+
 class Server:
     def __init__(self, name: str, proc: subprocess.Popen, port: int):
         self.name, self.proc, self.port = name, proc, port
@@ -262,11 +298,13 @@ def start_servers(run: Run, target: str, count: int, redis_url: str,
     servers = []
     for i in range(count):
         port = free_port()
+        admin = free_port()
         if target == "gateway":
             proc = run.spawn(f"gateway{name}-{i}", [
-                GATEWAY_BIN, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}",
+                GATEWAY_BIN, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
             ], env={
-                "JWT_SECRET": SECRET, "PUBLISH_API_KEYS": PUBLISH_KEY, "REDIS_URL": redis_url,
+                "JWT_SECRET": SECRET, "PUBLISH_API_KEYS": PUBLISH_KEY,
+                ("REDIS_CLUSTER_NODES" if "," in redis_url else "REDIS_URL"): redis_url,
                 "GATEWAY_LOG": "warn", "GATEWAY_DRAIN_DELAY": "0s", **(env or {}),
             })
         else:
@@ -274,6 +312,7 @@ def start_servers(run: Run, target: str, count: int, redis_url: str,
                 "node", BASELINE / "server.js", "--port", port, "--redis", redis_url,
             ], env={"JWT_SECRET": SECRET, "NODE_ENV": "production"})
         servers.append(Server(f"{target}-{i}", proc, port))
+        servers[-1].admin = f"127.0.0.1:{admin}"
     for s in servers:
         wait_until(lambda: s.proc.poll() is not None or http_status(f"http://{s.addr}/readyz") == 200,
                    60, f"{s.name} ready")
@@ -388,6 +427,8 @@ def publish(run: Run, target: str, redis_url: str, rooms: list[str] | None, coun
     out = run.path(f"publish-{run.seq}.json")
     if target == "gateway":
         cmd = [LOADGEN_BIN, "publish", "--redis", redis_url, "--count", count, "--rate", rate, "--out", out]
+        if "," in redis_url:
+            cmd.append("--cluster")
     else:
         cmd = ["node", BASELINE / "publish.js", "--redis", redis_url, "--count", count, "--rate", rate,
                "--out", out, "--state", run.path("publish-state.json")]
@@ -615,7 +656,7 @@ def scenario_fanout(run: Run, target: str, opts) -> dict:
     """One big room; the publish rate steps up until p99 > limit or anything is lost."""
     n = opts.sizes["fanout_connections"]
     small = min(opts.sizes["small_room"], n)
-    redis_url = start_redis(run)
+    redis_url = start_bus(run, opts)
     servers = start_servers(run, target, server_units(target), redis_url)
     gens = start_clients(run, servers, n, opts, ["--join", "batch:1", "--join", f"batch:2@{small}"])
     ready = wait_ready(gens, n, opts)
@@ -729,32 +770,55 @@ def scenario_rooms(run: Run, target: str, opts) -> dict:
 def scenario_storm(run: Run, target: str, opts) -> dict:
     """Clients on two servers; one is SIGKILLed; its clients reconnect to the other."""
     n = opts.sizes["storm_connections"]
-    redis_url = start_redis(run)
+    redis_url = start_bus(run, opts)
     # Two servers of the target; a Node "server" is one process here, like a gateway.
     servers = start_servers(run, target, 2, redis_url)
     if n > MAX_SOCKETS_PER_SERVER:
         log(f"warning: {n} connections cannot all fit on the surviving server "
             f"(at most {MAX_SOCKETS_PER_SERVER} sockets per process)")
-    gens = start_clients(run, servers, n, opts, [
-        "--reconnect", "--reconnect-base-ms", opts.reconnect_base_ms, "--connect-timeout", 20])
+    extra = ["--reconnect", "--reconnect-base-ms", opts.reconnect_base_ms, "--connect-timeout", 20]
+    positions = target == "gateway"
+    if positions:
+        # Each client holds a position in three rooms (two shared, its own user room) and comes
+        # back with them: every reconnect is three history reads.
+        extra += ["--recover", "--user-rooms", "--join", "batch:1", "--join", "batch:2"]
+    gens = start_clients(run, servers, n, opts, extra)
     ready = wait_ready(gens, n, opts)
     conns = merge_connections(ready)
+    if positions:
+        publish(run, target, redis_url, ["batch:1", "batch:2"], 20, 100)
     log(f"storm {target}: {conns['held']}/{n} connected; killing {servers[0].name}")
     time.sleep(2.0)
     survivor_before = proc_sample(servers[1].pid)
-    others = [g.proc.pid for g in gens] + [p.pid for p in run.procs if p.args and "redis-server" in str(p.args[0])]
+    redis_before = sum(proc_sample(pid)["cpu_s"] for pid in redis_pids(run))
+    others = [g.proc.pid for g in gens] + redis_pids(run)
     others_before = sum(proc_sample(pid)["cpu_s"] for pid in others)
     killed_at_us = time.time_ns() // 1000
     kill(servers[0].proc)
-    recovered = []
+    back = []
     for g in gens:
         try:
-            recovered.append(g.expect("recovered", opts.storm_timeout))
+            back.append(g.expect("recovered", opts.storm_timeout))
         except RuntimeError as e:
             log(str(e))
     survivor_after = proc_sample(servers[1].pid)
     others_cpu = sum(proc_sample(pid)["cpu_s"] for pid in others) - others_before
+    redis_cpu = sum(proc_sample(pid)["cpu_s"] for pid in redis_pids(run)) - redis_before
+    recoveries = {}
+    if positions:
+        try:
+            with urllib.request.urlopen(f"http://{servers[1].admin}/metrics", timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("gateway_recoveries_total{"):
+                        label, value = line.rsplit(" ", 1)
+                        recoveries[label.split('"')[1]] = float(value)
+        except OSError as e:
+            log(f"survivor metrics: {e}")
     finals = stop(gens)
+    rec = [f.get("recovery", {}) for f in finals]
+    recovered = sum(r.get("recovered", 0) for r in rec)
+    not_recovered = sum(r.get("not_recovered", 0) for r in rec)
+    last_recovered = max((r.get("last_recovered_us", 0) for r in rec), default=0)
     rc = [f.get("reconnect", {}) for f in finals]
     disconnects = sum(r.get("disconnects", 0) for r in rc)
     reconnects = sum(r.get("reconnects", 0) for r in rc)
@@ -762,8 +826,8 @@ def scenario_storm(run: Run, target: str, opts) -> dict:
     first_loss = min((r["first_loss_us"] for r in rc if r.get("first_loss_us")), default=0)
     hist = merge_hist([r.get("delay_hist_us") for r in rc])
     max_delay = max((r.get("delay_ms", {}).get("max", 0) for r in rc), default=0)
-    all_back = len(recovered) == len(gens) and all(f["connections"]["held"] == f["connections"]["target"]
-                                                    for f in finals)
+    all_back = len(back) == len(gens) and all(f["connections"]["held"] == f["connections"]["target"]
+                                               for f in finals)
     secs = (last_back - killed_at_us) / 1e6 if last_back > killed_at_us else None
     return {
         "connections": conns,
@@ -786,8 +850,62 @@ def scenario_storm(run: Run, target: str, opts) -> dict:
             if survivor_after["cpu_s"] > survivor_before["cpu_s"] else None),
         # The load generators and Redis share the same cores during the storm.
         "generators_and_redis_cpu_s": round(others_cpu, 3),
+        "redis_cpu_s": round(redis_cpu, 3),
+        "redis": opts.redis_mode,
+        # With positions: each room's answer on reconnect (3 rooms per client).
+        "rooms_recovered": recovered if positions else None,
+        "rooms_not_recovered": not_recovered if positions else None,
+        "survivor_recoveries_by_result": recoveries,
+        "last_recovery_secs": (round((last_recovered - killed_at_us) / 1e6, 3)
+                               if positions and last_recovered > killed_at_us else None),
         "survivor_rss_kb": survivor_after["rss_kb"],
         "errors": run_errors(ready, finals),
+    }
+
+
+def scenario_ingest(run: Run, target: str, opts) -> dict:
+    """Publishes/s through rtg_publish into many rooms, as fast as the bus takes them, from
+    --publishers processes at once; no gateway (the Redis side of publishing alone)."""
+    if target != "gateway":
+        raise RuntimeError("ingest measures the gateway's Redis function only (--target gateway)")
+    redis_url = start_bus(run, opts)
+    # No gateway runs here to load the function library: load it on every node.
+    library = (ROOT / "src" / "bus" / "redis" / "function.lua").read_bytes()
+    for url in redis_url.split(","):
+        port = url.rsplit(":", 1)[1]
+        subprocess.run(["redis-cli", "-p", port, "-x", "FUNCTION", "LOAD", "REPLACE"], input=library,
+                       check=True, capture_output=True)
+    count = opts.sizes["ingest_events"]
+    procs, outs = [], []
+    before = sum(proc_sample(pid)["cpu_s"] for pid in redis_pids(run))
+    started = time.monotonic()
+    for k in range(opts.publishers):
+        run.seq += 1
+        out = run.path(f"ingest-{k}.json")
+        cmd = [LOADGEN_BIN, "publish", "--redis", redis_url, "--count", count, "--rate", 0,
+               "--user-rooms", 10_000, "--user-base", k * 10_000, "--batch", 200, "--out", out]
+        if "," in redis_url:
+            cmd.append("--cluster")
+        procs.append(run.spawn(f"ingest-{k}", cmd, stdout=subprocess.DEVNULL))
+        outs.append(out)
+    for p in procs:
+        if p.wait(timeout=600) != 0:
+            raise RuntimeError(f"publisher failed; see {run.dir}")
+    secs = time.monotonic() - started
+    redis_cpu = sum(proc_sample(pid)["cpu_s"] for pid in redis_pids(run)) - before
+    reports = [json.loads(o.read_text()) for o in outs]
+    ok = sum(r["ok"] for r in reports)
+    return {
+        "redis": opts.redis_mode,
+        "redis_processes": len(redis_pids(run)),
+        "publishers": opts.publishers,
+        "rooms": 10_000 * opts.publishers,
+        "published": ok,
+        "errors": sum(r["errors"] for r in reports),
+        "error_samples": [e for r in reports for e in r["error_samples"]][:5],
+        "publishes_per_sec": round(ok / secs, 1),
+        "redis_cpu_s": round(redis_cpu, 3),
+        "redis_cpu_us_per_publish": round(redis_cpu * 1e6 / ok, 2) if ok else None,
     }
 
 
@@ -912,6 +1030,7 @@ SCENARIOS = {
     "rooms": scenario_rooms,
     "storm": scenario_storm,
     "scale": scenario_scale,
+    "ingest": scenario_ingest,
     "presence": scenario_presence,
     "compression": scenario_compression,
 }
@@ -993,6 +1112,7 @@ def run_one(name: str, target: str, opts, stamp: str) -> Path:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_secs": round(time.time() - started, 1),
         "quick": opts.quick,
+        "redis": opts.redis_mode,
         "params": {k: v for k, v in opts.sizes.items()} | {
             "ramp": opts.ramp, "per_loadgen": opts.per_loadgen, "p99_limit_ms": opts.p99_limit_ms,
             "stop_p99_ms": opts.stop_p99_ms,
@@ -1002,7 +1122,8 @@ def run_one(name: str, target: str, opts, stamp: str) -> Path:
         "result": result,
     }
     opts.results.mkdir(parents=True, exist_ok=True)
-    path = opts.results / f"{name}-{target}-{stamp}.json"
+    suffix = "-cluster" if opts.redis_mode == "cluster" else ""
+    path = opts.results / f"{name}-{target}{suffix}-{stamp}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     shutil.rmtree(run.dir, ignore_errors=True)
     log(f"wrote {path}")
@@ -1038,6 +1159,10 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=5.0, help="idle: seconds between connecting and measuring")
     ap.add_argument("--reconnect-base-ms", type=int, default=500, help="storm: first reconnect delay bound")
     ap.add_argument("--storm-timeout", type=float, default=120.0)
+    ap.add_argument("--redis", dest="redis_modes", choices=["single", "cluster", "both"], default="single",
+                    help="ingest / fanout / storm: one redis-server, a 3-primary Redis Cluster, or both in turn")
+    ap.add_argument("--publishers", type=int, default=2, help="ingest: publisher processes at once")
+    ap.add_argument("--events", type=int, help="ingest: events per publisher")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build --release")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON results")
     opts = ap.parse_args()
@@ -1051,6 +1176,8 @@ def main() -> int:
             sizes[k] = opts.connections
     if opts.rates and opts.scenario in ("fanout", "rooms", "compression"):
         sizes[f"{opts.scenario}_rates"] = opts.rates
+    if opts.events:
+        sizes["ingest_events"] = opts.events
     for arg, key in (("small_room", "small_room"), ("servers", "scale_servers"),
                      ("scale_rate", "scale_rate"), ("step_secs", "step_secs")):
         if getattr(opts, arg) is not None:
@@ -1058,7 +1185,8 @@ def main() -> int:
     opts.sizes = sizes
 
     targets = ["gateway", "baseline"] if opts.target == "both" else [opts.target]
-    names = list(SCENARIOS) if opts.scenario == "all" else [opts.scenario]
+    names = [n for n in SCENARIOS if n != "ingest"] if opts.scenario == "all" else [opts.scenario]
+    modes = ["single", "cluster"] if opts.redis_modes == "both" else [opts.redis_modes]
     _raise_nofile()  # children inherit it
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -1068,12 +1196,15 @@ def main() -> int:
         prepare(targets, opts)
         for name in names:
             only = {"floor": ["machine"], "presence": ["gateway"], "compression": ["gateway"]}
-            for target in only.get(name, targets):
+            runs = [(t, m) for t in only.get(name, targets)
+                    for m in (modes if name in ("ingest", "fanout", "storm") else ["single"])]
+            for target, mode in runs:
+                opts.redis_mode = mode
                 try:
                     run_one(name, target, opts, stamp)
                 except Exception as e:  # noqa: BLE001 - report and go on with the next one
                     failures += 1
-                    log(f"!! {name} / {target} failed: {e}")
+                    log(f"!! {name} / {target} / redis {mode} failed: {e}")
     except KeyboardInterrupt:
         log("interrupted; stopping everything")
         kill_all()

@@ -156,6 +156,10 @@ pub struct ServeArgs {
     /// Redis URL (redis://host:port/db). Absent: the embedded single-node bus.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma separated (`redis://host:port,redis://host:port`); one is
+    /// enough, the others are discovered. Replaces REDIS_URL (set one or the other).
+    #[arg(long, env = "REDIS_CLUSTER_NODES")]
+    pub redis_cluster_nodes: Option<String>,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "rtg")]
     pub redis_prefix: String,
@@ -367,6 +371,7 @@ impl ServeArgs {
             &mut self.publish_api_keys,
             &mut self.redis_url,
             &mut self.gateway_id,
+            &mut self.redis_cluster_nodes,
         ] {
             if opt.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *opt = None;
@@ -522,9 +527,30 @@ impl ServeArgs {
             None => format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()),
         };
 
-        let redis_settings = match self.redis_url.clone() {
-            None => None,
-            Some(url) => Some(self.redis_settings(url)?),
+        let redis_settings = match (self.redis_url.clone(), self.redis_cluster_nodes.clone()) {
+            (None, None) => None,
+            (Some(url), None) => Some(self.redis_settings(url, Vec::new())?),
+            (None, Some(nodes)) => {
+                let nodes: Vec<String> = nodes
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(String::from)
+                    .collect();
+                let Some(first) = nodes.first().cloned() else {
+                    return Err(bad(
+                        "--redis-cluster-nodes / REDIS_CLUSTER_NODES",
+                        "must list at least one redis:// node",
+                    ));
+                };
+                Some(self.redis_settings(first, nodes)?)
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "--redis-cluster-nodes / REDIS_CLUSTER_NODES",
+                    "cannot be combined with --redis-url / REDIS_URL: set REDIS_URL for one Redis server or REDIS_CLUSTER_NODES for a Redis Cluster",
+                ))
+            }
         };
 
         let kinds: std::collections::HashSet<String> = self
@@ -631,21 +657,36 @@ impl ServeArgs {
         }
     }
 
-    fn redis_settings(&self, url: String) -> Result<RedisSettings, ConfigError> {
-        if !["redis://", "rediss://", "redis+unix://", "unix://"]
-            .iter()
-            .any(|p| url.starts_with(p))
-        {
-            return Err(bad(
-                "--redis-url / REDIS_URL",
-                "must start with redis://, rediss:// or unix://",
-            ));
+    fn redis_settings(
+        &self,
+        url: String,
+        cluster_nodes: Vec<String>,
+    ) -> Result<RedisSettings, ConfigError> {
+        if cluster_nodes.is_empty() {
+            if !["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                return Err(bad(
+                    "--redis-url / REDIS_URL",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+            if redis::Client::open(url.as_str()).is_err() {
+                return Err(bad(
+                    "--redis-url / REDIS_URL",
+                    "is not a valid Redis URL (redis://[user:password@]host:port/db)",
+                ));
+            }
         }
-        if redis::Client::open(url.as_str()).is_err() {
-            return Err(bad(
-                "--redis-url / REDIS_URL",
-                "is not a valid Redis URL (redis://[user:password@]host:port/db)",
-            ));
+        for node in &cluster_nodes {
+            let tcp = node.starts_with("redis://") || node.starts_with("rediss://");
+            if !tcp || crate::bus::redis::topology::address_of(node).is_none() {
+                return Err(bad(
+                    "--redis-cluster-nodes / REDIS_CLUSTER_NODES",
+                    "each node must be a redis://[user:password@]host:port URL",
+                ));
+            }
         }
         let prefix_ok = !self.redis_prefix.is_empty()
             && self
@@ -684,6 +725,7 @@ impl ServeArgs {
         }
         Ok(RedisSettings {
             url,
+            cluster_nodes,
             prefix: self.redis_prefix.clone(),
             history_max_len: self.history_max_len,
             history_ttl: self.history_ttl,
@@ -736,6 +778,40 @@ mod tests {
         assert!(e.to_string().contains("GATEWAY_ROOM_KINDS"), "{e}");
         let e = parse(&["--jwt-secret", secret, "--redis-url", "http://x"]).unwrap_err();
         assert!(e.to_string().contains("REDIS_URL"), "{e}");
+    }
+
+    #[test]
+    fn redis_cluster_nodes_replace_the_url() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let (config, _) = parse(&[
+            "--jwt-secret",
+            secret,
+            "--redis-cluster-nodes",
+            "redis://127.0.0.1:7001, redis://127.0.0.1:7002",
+        ])
+        .unwrap();
+        let redis = config.redis.expect("redis settings");
+        assert!(redis.is_cluster());
+        assert_eq!(redis.cluster_nodes.len(), 2);
+        assert_eq!(redis.url, "redis://127.0.0.1:7001");
+        let both = parse(&[
+            "--jwt-secret",
+            secret,
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--redis-cluster-nodes",
+            "redis://127.0.0.1:7001",
+        ])
+        .unwrap_err();
+        assert!(both.to_string().contains("REDIS_CLUSTER_NODES"), "{both}");
+        let bad = parse(&[
+            "--jwt-secret",
+            secret,
+            "--redis-cluster-nodes",
+            "127.0.0.1:7001",
+        ])
+        .unwrap_err();
+        assert!(bad.to_string().contains("REDIS_CLUSTER_NODES"), "{bad}");
     }
 
     #[test]

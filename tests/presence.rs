@@ -28,6 +28,7 @@ fn settings(redis: &RedisServer) -> RedisSettings {
         pool_size: 4,
         timeout: Duration::from_secs(2),
         unsubscribe_delay: Duration::from_millis(100),
+        cluster_nodes: Vec::new(),
     }
 }
 

@@ -99,6 +99,10 @@ pub struct ClientsArgs {
     /// Reconnect lost connections to the next target, with jittered exponential backoff.
     #[arg(long)]
     pub reconnect: bool,
+    /// With --reconnect: come back with each room's position (`since`) and count the
+    /// `recovered: true|false` answers.
+    #[arg(long)]
+    pub recover: bool,
     /// First reconnect delay: uniform in [0, this) milliseconds.
     #[arg(long, default_value_t = 500)]
     pub reconnect_base_ms: u64,
@@ -155,6 +159,9 @@ struct Counters {
     last_recv_us: AtomicU64,
     connect_start_us: AtomicU64,
     connect_done_us: AtomicU64,
+    recovered: AtomicU64,
+    not_recovered: AtomicU64,
+    last_recovered_us: AtomicU64,
 }
 
 struct Window {
@@ -170,6 +177,8 @@ struct Shared {
     slots: usize,
     next: Vec<AtomicU64>,
     wstart: Vec<AtomicU64>,
+    /// Epoch of each tracked room (with --recover).
+    epochs: Vec<Mutex<String>>,
     c: Counters,
     latency: Histogram,
     handshake: Histogram,
@@ -244,6 +253,45 @@ impl Shared {
         Some((d.room, d.offset))
     }
 
+    /// Starts tracking `slot` of `conn` at `offset` (entry into the room); with --recover,
+    /// also keeps the room's epoch and counts the entry's `recovered` answer.
+    fn enter_entry(&self, conn: usize, slot: usize, entry: &Value) {
+        if let Some(cell) = self.epochs.get(conn * self.slots + slot) {
+            let epoch = entry
+                .get("epoch")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            *cell.lock().unwrap_or_else(|p| p.into_inner()) = epoch.to_string();
+            match entry.get("recovered").and_then(Value::as_bool) {
+                Some(true) => {
+                    self.c.recovered.fetch_add(1, Ordering::Relaxed);
+                    self.c
+                        .last_recovered_us
+                        .fetch_max(now_us(), Ordering::Relaxed);
+                }
+                Some(false) => {
+                    self.c.not_recovered.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {}
+            }
+        }
+        self.enter(conn, slot, entry_offset(entry));
+    }
+
+    /// The position of `slot` of `conn` to recover from, if it has one (with --recover).
+    fn since(&self, conn: usize, slot: usize) -> Option<Value> {
+        let i = conn * self.slots + slot;
+        let epoch = self
+            .epochs
+            .get(i)?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let next = self.next[i].load(Ordering::Relaxed);
+        (!epoch.is_empty() && next != UNTRACKED && next > 0)
+            .then(|| json!({ "epoch": epoch, "offset": next - 1 }))
+    }
+
     /// Starts tracking `slot` of `conn` at `offset` (entry into the room).
     fn enter(&self, conn: usize, slot: usize, offset: u64) {
         let i = conn * self.slots + slot;
@@ -312,6 +360,9 @@ async fn main(args: ClientsArgs) -> anyhow::Result<()> {
         slots: slots.max(1),
         next: (0..cells).map(|_| AtomicU64::new(UNTRACKED)).collect(),
         wstart: (0..cells).map(|_| AtomicU64::new(0)).collect(),
+        epochs: (0..if args.recover { cells } else { 0 })
+            .map(|_| Mutex::new(String::new()))
+            .collect(),
         c: Counters {
             first_loss_us: AtomicU64::new(u64::MAX),
             first_recv_us: AtomicU64::new(u64::MAX),
@@ -706,6 +757,13 @@ fn report_json(sh: &Shared, kind: &str, expect: &Expect, whole_run: bool) -> Val
             "delay_hist_us": rc.sparse(),
         });
     }
+    if sh.args.recover {
+        v["recovery"] = json!({
+            "recovered": c.recovered.load(Ordering::Relaxed),
+            "not_recovered": c.not_recovered.load(Ordering::Relaxed),
+            "last_recovered_us": c.last_recovered_us.load(Ordering::Relaxed),
+        });
+    }
     v
 }
 
@@ -927,7 +985,13 @@ async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Ws, ConnEr
     }
     let sub = sh.sub(conn);
     let token = proto::token(&sh.key, sub, &sh.args.tenant, &sh.args.role, 6 * 3600);
-    ws.send(Message::text(format!("40{{\"token\":\"{token}\"}}")))
+    // Positions of a previous life of this connection (with --recover).
+    let since: Vec<Option<Value>> = (0..sh.slots).map(|slot| sh.since(conn, slot)).collect();
+    let mut auth = json!({ "token": token });
+    if let Some(Some(s)) = sh.user_slot().map(|slot| since[slot].clone()) {
+        auth["since"] = json!({ format!("user:{sub}"): s });
+    }
+    ws.send(Message::text(format!("40{auth}")))
         .await
         .map_err(io_err)?;
     // Reset what a previous life of this connection tracked.
@@ -952,7 +1016,7 @@ async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Ws, ConnEr
                 let v: Value = serde_json::from_str(body.trim_end_matches(']'))
                     .map_err(|e| ConnError::Protocol(format!("authenticated: {e}")))?;
                 let name = format!("user:{sub}");
-                let offset = v
+                let entry = v
                     .get("rooms")
                     .and_then(Value::as_array)
                     .and_then(|rooms| {
@@ -960,9 +1024,9 @@ async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Ws, ConnEr
                             .iter()
                             .find(|r| r.get("room").and_then(Value::as_str) == Some(name.as_str()))
                     })
-                    .map(entry_offset)
-                    .unwrap_or(0);
-                sh.enter(conn, user, offset);
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                sh.enter_entry(conn, user, &entry);
             }
             break;
         }
@@ -973,7 +1037,10 @@ async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Ws, ConnEr
             continue;
         }
         ack_id += 1;
-        let req = json!(["join", room.name]);
+        let req = match &since[slot] {
+            Some(s) => json!(["join", { "room": room.name, "since": s }]),
+            None => json!(["join", room.name]),
+        };
         ws.send(Message::text(format!("42{ack_id}{req}")))
             .await
             .map_err(io_err)?;
@@ -991,7 +1058,7 @@ async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Ws, ConnEr
                 .map_err(|e| ConnError::Protocol(format!("join ack: {e}")))?;
             let first = v.get(0).cloned().unwrap_or(Value::Null);
             if first.get("ok").and_then(Value::as_bool) == Some(true) {
-                sh.enter(conn, slot, entry_offset(&first));
+                sh.enter_entry(conn, slot, &first);
             } else {
                 sh.c.join_failed.fetch_add(1, Ordering::Relaxed);
                 sh.error(format!("join {}: {first}", room.name));

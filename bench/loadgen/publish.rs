@@ -18,9 +18,12 @@ use crate::proto::{self, now_us};
 /// Arguments of `publish`.
 #[derive(Args, Debug, Clone)]
 pub struct PublishArgs {
-    /// Redis server the gateways use.
+    /// Redis server the gateways use (with --cluster: the cluster's nodes, comma separated).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis: String,
+    /// --redis is a Redis Cluster: each event goes to its room's slot owner (SPUBLISH mode).
+    #[arg(long)]
+    pub cluster: bool,
     /// Publish through this gateway's HTTP API instead (`http://host:port`).
     #[arg(long)]
     pub http: Option<String>,
@@ -102,7 +105,7 @@ impl Tally {
     fn error(&mut self, n: u64, e: String) {
         self.errors += n;
         if self.samples.len() < 5 {
-            self.samples.push(e);
+            self.samples.push(e.chars().take(200).collect());
         }
     }
 }
@@ -205,6 +208,32 @@ async fn main(args: &PublishArgs) -> anyhow::Result<Value> {
             }
         }
         "http"
+    } else if args.cluster {
+        let seeds: Vec<&str> = args.redis.split(',').collect();
+        let client = redis::cluster::ClusterClient::new(seeds)?;
+        let con = client.get_async_connection().await?;
+        let mut sent = 0;
+        while sent < args.count {
+            let d = wait_due(args, start, sent).await;
+            behind_max = behind_max.max(d - sent);
+            let k = (d - sent).min(args.batch.max(1));
+            // Rooms of one batch live in different slots: one command each, concurrently.
+            let calls = (sent..sent + k).map(|seq| {
+                let room = pick_room(args, seq);
+                let mut cmd = fcall(args, &run_id, seq, &room);
+                cmd.arg("shard");
+                let mut con = con.clone();
+                async move { (room, cmd.query_async::<(u64, String)>(&mut con).await) }
+            });
+            for (room, reply) in futures_util::future::join_all(calls).await {
+                match reply {
+                    Ok((offset, _epoch)) => tally.offset(&room, offset),
+                    Err(e) => tally.error(1, e.to_string()),
+                }
+            }
+            sent += k;
+        }
+        "redis-cluster"
     } else {
         let client = redis::Client::open(args.redis.as_str())?;
         let mut con = client.get_multiplexed_async_connection().await?;
@@ -217,24 +246,7 @@ async fn main(args: &PublishArgs) -> anyhow::Result<Value> {
             let mut rooms = Vec::with_capacity(k as usize);
             for seq in sent..sent + k {
                 let room = pick_room(args, seq);
-                let channel = format!("{}:{{{}/{}}}", args.prefix, args.tenant, room);
-                let envelope = format!(
-                    r#"{{"id":"b{run_id}-{seq}","channel":"{}","event":"{}","institutionId":{},"payload":{},"timestamp":{}}}"#,
-                    proto::CHANNEL,
-                    proto::EVENT,
-                    proto::json_id(&args.tenant),
-                    proto::payload(seq, &args.tenant, now_us()),
-                    now_us() / 1000,
-                );
-                pipe.cmd("FCALL")
-                    .arg("rtg_publish")
-                    .arg(2)
-                    .arg(format!("{channel}:h"))
-                    .arg(format!("{channel}:m"))
-                    .arg(&channel)
-                    .arg(envelope)
-                    .arg(args.history_max_len)
-                    .arg(args.history_ttl);
+                pipe.add_command(fcall(args, &run_id, seq, &room));
                 rooms.push(room);
             }
             match pipe.query_async::<Vec<(u64, String)>>(&mut con).await {
@@ -266,6 +278,29 @@ async fn main(args: &PublishArgs) -> anyhow::Result<Value> {
         "last_sent_us": now_us(),
         "rooms": tally.rooms,
     }))
+}
+
+/// One `rtg_publish` call for event `seq` in `room`.
+fn fcall(args: &PublishArgs, run_id: &str, seq: u64, room: &str) -> redis::Cmd {
+    let channel = format!("{}:{{{}/{}}}", args.prefix, args.tenant, room);
+    let envelope = format!(
+        r#"{{"id":"b{run_id}-{seq}","channel":"{}","event":"{}","institutionId":{},"payload":{},"timestamp":{}}}"#,
+        proto::CHANNEL,
+        proto::EVENT,
+        proto::json_id(&args.tenant),
+        proto::payload(seq, &args.tenant, now_us()),
+        now_us() / 1000,
+    );
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("rtg_publish")
+        .arg(2)
+        .arg(format!("{channel}:h"))
+        .arg(format!("{channel}:m"))
+        .arg(&channel)
+        .arg(envelope)
+        .arg(args.history_max_len)
+        .arg(args.history_ttl);
+    cmd
 }
 
 fn http_result(tally: &mut Tally, room: &str, r: Result<String, String>) {

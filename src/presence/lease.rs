@@ -172,7 +172,7 @@ impl Fleet {
         let mut conn = self.publisher.connection().await?;
         for attempt in 0..2 {
             let reply =
-                tokio::time::timeout(self.settings.timeout, run().query_async::<T>(&mut *conn))
+                tokio::time::timeout(self.settings.timeout, run().query_async::<T>(&mut conn))
                     .await
                     .map_err(|_| unavailable("Redis did not answer in time"))?;
             match reply {

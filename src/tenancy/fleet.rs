@@ -93,7 +93,7 @@ impl Fleet {
             .arg(self.gateways_key())
             .arg(me)
             .arg(limit);
-        let admitted: i64 = self.timed(cmd.query_async(&mut *conn)).await?;
+        let admitted: i64 = self.timed(cmd.query_async(&mut conn)).await?;
         Ok(admitted == 1)
     }
 
@@ -110,7 +110,7 @@ impl Fleet {
             pipe.pexpire(&key, (LEASE * 4).as_millis() as i64).ignore();
         }
         let mut conn = self.redis.connection().await?;
-        self.timed(pipe.query_async::<()>(&mut *conn)).await
+        self.timed(pipe.query_async::<()>(&mut conn)).await
     }
 
     /// Gives back one connection slot of `tenant` on gateway `me`.
@@ -129,7 +129,7 @@ impl Fleet {
             pipe.hdel(self.conns_key(tenant), me).ignore();
         }
         let mut conn = self.redis.connection().await?;
-        self.timed(pipe.query_async::<()>(&mut *conn)).await
+        self.timed(pipe.query_async::<()>(&mut conn)).await
     }
 
     /// Gives every publisher (gateways and direct `rtg_publish` callers) the configured rates.
@@ -145,7 +145,7 @@ impl Fleet {
             pipe.hset(&key, format!("rate:{tenant}"), rate).ignore();
         }
         let mut conn = self.redis.connection().await?;
-        self.timed(pipe.query_async::<()>(&mut *conn)).await
+        self.timed(pipe.query_async::<()>(&mut conn)).await
     }
 
     /// Stores a revocation for `ttl`; returns the revocation time in force (the later one).
@@ -163,7 +163,7 @@ impl Fleet {
             .arg(before)
             .arg(ttl.as_secs().max(1));
         let mut conn = self.redis.connection().await?;
-        self.timed(cmd.query_async(&mut *conn)).await
+        self.timed(cmd.query_async(&mut conn)).await
     }
 
     /// Every stored revocation: `(tenant, user, before, time to live)`.
@@ -189,7 +189,7 @@ impl Fleet {
                 continue;
             };
             let (before, ttl): (Option<u64>, i64) = self
-                .timed(redis::pipe().get(&key).pttl(&key).query_async(&mut *conn))
+                .timed(redis::pipe().get(&key).pttl(&key).query_async(&mut conn))
                 .await?;
             if let (Some(before), true) = (before, ttl > 0) {
                 out.push((tenant, user, before, Duration::from_millis(ttl as u64)));
@@ -215,7 +215,7 @@ impl Fleet {
                 .ignore()
                 .expire(&key, 30)
                 .ignore()
-                .query_async::<()>(&mut *conn),
+                .query_async::<()>(&mut conn),
         )
         .await
     }

@@ -7,6 +7,7 @@ pub mod lb;
 pub mod node;
 pub mod prometheus;
 pub mod publish;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod resilient;
 pub mod sdk;
@@ -38,6 +39,7 @@ const INHERITED: &[&str] = &[
     "JWT_ALGORITHM",
     "PUBLISH_API_KEYS",
     "REDIS_URL",
+    "REDIS_CLUSTER_NODES",
     "GATEWAY_DEV",
     "GATEWAY_LISTEN",
     "GATEWAY_ADMIN_LISTEN",

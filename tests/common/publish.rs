@@ -13,6 +13,7 @@ use super::redis_server::RedisServer;
 pub fn publisher(redis: &RedisServer) -> Publisher {
     Publisher::new(Arc::new(RedisSettings {
         url: redis.url(),
+        cluster_nodes: Vec::new(),
         prefix: "rtg".into(),
         history_max_len: 10_000,
         history_ttl: Duration::from_secs(3600),

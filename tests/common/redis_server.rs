@@ -12,6 +12,9 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     appendonly: bool,
+    /// Cluster bus port, for a cluster node (by default Redis would take port + 10000, which
+    /// may be taken or above 65535).
+    cluster_port: Option<u16>,
 }
 
 fn free_port() -> u16 {
@@ -30,11 +33,21 @@ impl RedisServer {
 
     /// Starts a server; with `appendonly` it persists to an append-only file in its own dir.
     pub fn start_with(appendonly: bool) -> RedisServer {
+        Self::launch(appendonly, false)
+    }
+
+    /// Starts an empty Redis Cluster node (not yet part of a cluster).
+    pub fn start_cluster_node() -> RedisServer {
+        Self::launch(false, true)
+    }
+
+    fn launch(appendonly: bool, cluster: bool) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             appendonly,
+            cluster_port: cluster.then(free_port),
         };
         server.spawn();
         server
@@ -52,6 +65,20 @@ impl RedisServer {
             ])
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
             .args(["--appendfsync", "always"])
+            .args(match self.cluster_port {
+                // A short node timeout so a failover completes within a test's patience.
+                Some(bus) => vec![
+                    "--cluster-enabled".to_string(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    "1000".into(),
+                    "--cluster-port".into(),
+                    bus.to_string(),
+                ],
+                None => Vec::new(),
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--logfile", &self.log_path().to_string_lossy()])

@@ -24,6 +24,8 @@ pub struct RoomLog {
     pub floor: u64,
     /// For each received offset, the connection (count of reconnects) it came on.
     pub via: Vec<usize>,
+    /// Positions in `offsets` where a `resync` for this room arrived (a new epoch starts).
+    pub resync_at: Vec<usize>,
 }
 
 /// Why setting up a connection failed.
@@ -184,12 +186,17 @@ impl Resilient {
             log.floor = entry["offset"].as_u64().unwrap_or(0);
             log.offsets.clear();
             log.via.clear();
+            log.resync_at.clear();
         }
         log.epoch = epoch;
     }
 
     fn on_event(&mut self, name: &str, data: &Value) {
         if name == "resync" {
+            if let Some(room) = data["room"].as_str() {
+                let log = self.rooms.entry(room.to_string()).or_default();
+                log.resync_at.push(log.offsets.len());
+            }
             self.resyncs.push(data.clone());
             return;
         }

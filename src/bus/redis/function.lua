@@ -5,6 +5,10 @@
 -- gateways run is safe: rtg_publish keeps its keys and arguments across versions.
 --
 -- Keys of one room share the hash tag {<tenant>/<room>}, so a room lives in one cluster slot.
+--
+-- On a Redis Cluster every caller passes 'shard' as the last argument of rtg_publish and
+-- rtg_read: events then go out by sharded pub/sub (SPUBLISH, in the room's slot) and the
+-- failover fence below runs.
 
 local VERSION = 3
 
@@ -128,7 +132,32 @@ redis.register_function('rtg_revoke', revoke)
 
 -- ===================================================================================
 
--- FCALL rtg_publish 2 <history stream key> <meta hash key> <channel> <envelope json> <max len> <ttl secs>
+-- The failover fence (cluster mode). Replication is asynchronous: a replica promoted after its
+-- primary died may lack the newest events of a room, whose offsets clients already hold. Each
+-- write stamps the room with the replication id of the primary that made it ('rid'). A promoted
+-- replica reports its old primary's id as master_replid2, so a room whose stamp equals it was
+-- last written by the lost primary: its history may have lost a tail, and its next offsets
+-- would reuse ones already delivered. Such a room starts a new epoch (clients get
+-- recovered: false / resync) instead. A stamp from anywhere else (the room moved in with a slot
+-- migration, which copies keys exactly) is simply renewed.
+local function fence(stream, meta)
+  local info = redis.call('INFO', 'replication')
+  local rid = string.match(info, 'master_replid:(%x+)')
+  local rid2 = string.match(info, 'master_replid2:(%x+)')
+  local stamp = redis.call('HGET', meta, 'rid')
+  if stamp and stamp ~= rid and stamp == rid2 then
+    redis.call('DEL', stream, meta)
+  end
+  return rid, stamp
+end
+
+local function stamp(meta, rid, old)
+  if rid and rid ~= old then
+    redis.call('HSET', meta, 'rid', rid)
+  end
+end
+
+-- FCALL rtg_publish 2 <history stream key> <meta hash key> <channel> <envelope json> <max len> <ttl secs> [<rooms left> | shard]
 -- Appends the envelope to the room's history under the next offset, creates the room's epoch if
 -- it has none (a new or lost history), publishes "<offset>|<epoch>|<envelope>" on the room's
 -- channel, and returns { offset, epoch }.
@@ -157,22 +186,34 @@ local function publish(keys, args)
     return fail('envelope.institutionId must equal the tenant of the room key (' .. tenant .. ')')
   end
 
-  local wait_ms = tenant_rate_take(stream, tenant, tonumber(args[5]) or 1)
-  if wait_ms then
-    return fail('tenant_rate_limited retry_after_ms=' .. wait_ms .. ': tenant ' .. tenant ..
-      ' is over its publish rate (events per second, all publishers); nothing was published')
+  local shard = args[5] == 'shard' or args[6] == 'shard'
+  -- The tenant's publish rate: its keys are not declared, which only a single Redis allows, so a
+  -- Redis Cluster (shard mode) publishes without a fleet-wide rate.
+  if not shard then
+    local wait_ms = tenant_rate_take(stream, tenant, tonumber(args[5]) or 1)
+    if wait_ms then
+      return fail('tenant_rate_limited retry_after_ms=' .. wait_ms .. ': tenant ' .. tenant ..
+        ' is over its publish rate (events per second, all publishers); nothing was published')
+    end
   end
-
+  local rid, old
+  if shard then rid, old = fence(stream, meta) end
   local epoch = ensure_epoch(stream, meta, ttl)
+  if shard then stamp(meta, rid, old) end
   local offset = redis.call('HINCRBY', meta, 'offset', 1)
   redis.call('XADD', stream, 'MAXLEN', maxlen, offset .. '-1', 'e', body)
   redis.call('EXPIRE', stream, ttl)
   redis.call('EXPIRE', meta, ttl)
-  redis.call('PUBLISH', channel, offset .. '|' .. epoch .. '|' .. body)
+  local frame = offset .. '|' .. epoch .. '|' .. body
+  if shard then
+    redis.call('SPUBLISH', channel, frame)
+  else
+    redis.call('PUBLISH', channel, frame)
+  end
   return { offset, epoch }
 end
 
--- FCALL rtg_read 2 <history stream key> <meta hash key> <epoch> <after offset> <max events> <ttl secs>
+-- FCALL rtg_read 2 <history stream key> <meta hash key> <epoch> <after offset> <max events> <ttl secs> [shard]
 -- The room's position and, when <after offset> >= 0, the events after it:
 --   { epoch, offset }                       position only (after < 0, or nothing missed)
 --   { epoch, offset, 'ok', e1, e2, ... }    every missed envelope, in offset order
@@ -185,7 +226,11 @@ local function read(keys, args)
   if want_epoch == nil or after == nil or max == nil or ttl == nil or ttl < 1 then
     return redis.error_reply('ERR rtg_read: needs arguments: epoch, after offset, max events, ttl')
   end
+  local shard = args[5] == 'shard'
+  local rid, old
+  if shard then rid, old = fence(stream, meta) end
   local epoch = ensure_epoch(stream, meta, ttl)
+  if shard then stamp(meta, rid, old) end
   local offset = tonumber(redis.call('HGET', meta, 'offset'))
   if after < 0 then return { epoch, offset } end
   if want_epoch ~= epoch then return { epoch, offset, 'epoch_changed' } end

@@ -7,10 +7,18 @@
 //! |---|---|
 //! | pub/sub channel | `rtg:{1/batch:456}` |
 //! | history stream (entry id `<offset>-1`, field `e` = envelope) | `rtg:{1/batch:456}:h` |
-//! | metadata hash (`offset`, `epoch`) | `rtg:{1/batch:456}:m` |
+//! | metadata hash (`offset`, `epoch`; `rid` in cluster mode) | `rtg:{1/batch:456}:m` |
+//!
+//! Files: `function.lua` (the library), `publisher.rs` (publishing, history reads, loading the
+//! library per node), `pool.rs` (one server or a cluster), `reads.rs` (coalesced history reads),
+//! `topology.rs` (slots and the slot map), `subscriber.rs` (pub/sub on one server) and
+//! `subscriber/sharded.rs` (sharded pub/sub on a Redis Cluster).
 
+mod pool;
 mod publisher;
+mod reads;
 mod subscriber;
+pub mod topology;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +37,19 @@ use crate::events::{Event, RoomKey};
 pub const FUNCTION_LIBRARY: &str = include_str!("function.lua");
 /// Version of [`FUNCTION_LIBRARY`]; `FCALL_RO rtg_version 0` returns the loaded one.
 pub const FUNCTION_VERSION: i64 = 3;
+/// The optional last argument of `rtg_publish` and `rtg_read` that selects sharded pub/sub
+/// (`SPUBLISH`) and the failover fence; every publisher to a Redis Cluster passes it.
+pub const SHARD_MODE: &str = "shard";
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db` (in cluster mode, the first seed node).
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each); empty for one Redis server.
+    /// In cluster mode each room's commands go to the primary that owns its slot and events
+    /// travel by sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`).
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key and channel.
     pub prefix: String,
     /// Most events kept in a room's history.
@@ -61,6 +76,11 @@ pub struct RoomNames {
 }
 
 impl RedisSettings {
+    /// Whether the bus talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
+    }
+
     /// Names of `room`'s channel and keys.
     pub fn names(&self, room: &RoomKey) -> RoomNames {
         let channel = format!("{}:{{{}}}", self.prefix, room.as_str());
@@ -85,6 +105,7 @@ impl RedisSettings {
 pub struct RedisBus {
     publisher: Publisher,
     subscriber: Arc<Subscriber>,
+    reads: reads::Coalescer,
 }
 
 impl RedisBus {
@@ -118,6 +139,7 @@ impl RedisBus {
         Ok(Self {
             publisher,
             subscriber,
+            reads: reads::Coalescer::default(),
         })
     }
 }
@@ -157,7 +179,10 @@ impl Bus for RedisBus {
         since: &'a Position,
         max: u64,
     ) -> BoxFuture<'a, Result<Recovery, BusError>> {
-        self.publisher.recover(room, since, max).boxed()
+        let (publisher, owned_room, owned_since) =
+            (self.publisher.clone(), room.clone(), since.clone());
+        let read = async move { publisher.recover(&owned_room, &owned_since, max).await };
+        self.reads.recover(room, since, max, read).boxed()
     }
 
     fn is_ready(&self) -> bool {

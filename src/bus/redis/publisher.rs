@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use deadpool_redis::{
-    Config as PoolConfig, Pool, PoolConfig as DeadpoolSettings, Runtime, Timeouts,
-};
+use futures_util::future::join_all;
+use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 
-use super::{RedisSettings, FUNCTION_LIBRARY, FUNCTION_VERSION};
+use super::pool::{PooledConnection, RedisPool};
+use super::{topology, RedisSettings, FUNCTION_LIBRARY, FUNCTION_VERSION, SHARD_MODE};
 use crate::bus::{BusError, Lost, Position, Recovery};
 use crate::events::{Event, RoomKey, ValidPublish};
 use crate::metrics;
@@ -17,7 +17,7 @@ use crate::metrics;
 /// Rust backend: build it from [`RedisSettings`] and call [`Publisher::publish_valid`].
 #[derive(Clone)]
 pub struct Publisher {
-    pool: Pool,
+    pool: RedisPool,
     settings: Arc<RedisSettings>,
 }
 
@@ -28,19 +28,7 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 impl Publisher {
     /// A publisher with a bounded pool; connects lazily.
     pub fn new(settings: Arc<RedisSettings>) -> Result<Self, BusError> {
-        let mut cfg = PoolConfig::from_url(settings.url.clone());
-        cfg.pool = Some(DeadpoolSettings {
-            max_size: settings.pool_size,
-            timeouts: Timeouts {
-                wait: Some(settings.timeout),
-                create: Some(settings.timeout),
-                recycle: Some(settings.timeout),
-            },
-            ..DeadpoolSettings::default()
-        });
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| BusError::Config(format!("invalid REDIS_URL: {e}")))?;
+        let pool = RedisPool::new(&settings)?;
         Ok(Self { pool, settings })
     }
 
@@ -50,19 +38,61 @@ impl Publisher {
     }
 
     /// A pooled connection, timing the wait.
-    pub async fn connection(&self) -> Result<deadpool_redis::Connection, BusError> {
+    pub async fn connection(&self) -> Result<PooledConnection, BusError> {
         let start = Instant::now();
         let conn = self.pool.get().await.map_err(unavailable);
         ::metrics::histogram!(metrics::REDIS_POOL_WAIT).record(start.elapsed().as_secs_f64());
         conn
     }
 
-    /// Checks the server is Redis 7 or newer and that our function library is loaded.
+    /// Checks the server is Redis 7 or newer and that our function library is loaded; in
+    /// cluster mode, on every primary.
     pub async fn check_server(&self) -> Result<(), BusError> {
+        if self.settings.is_cluster() {
+            return self.ensure_function_everywhere().await;
+        }
         let mut conn = self.connection().await?;
+        self.check_node(&mut conn).await
+    }
+
+    /// Loads the function library on every primary of the cluster that lacks it (each node
+    /// keeps its own functions, and a primary added later starts without them).
+    pub async fn ensure_function_everywhere(&self) -> Result<(), BusError> {
+        let seeds: Vec<String> = self
+            .settings
+            .cluster_nodes
+            .iter()
+            .filter_map(|u| topology::address_of(u))
+            .collect();
+        let map = topology::fetch(&self.settings.url, &seeds, self.settings.timeout)
+            .await
+            .map_err(unavailable)?;
+        for address in map.primaries() {
+            self.ensure_function_on(&address).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks the version of the node at `host:port` and loads the function library there
+    /// unless it has this version or a newer one.
+    pub async fn ensure_function_on(&self, address: &str) -> Result<(), BusError> {
+        let client =
+            topology::node_client(&self.settings.url, address, false).map_err(BusError::Config)?;
+        let mut conn = tokio::time::timeout(
+            self.settings.timeout,
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| unavailable(format!("{address}: connect timed out")))?
+        .map_err(|e| unavailable(format!("{address}: {e}")))?;
+        self.check_node(&mut conn).await
+    }
+
+    /// Checks one server's version and function library.
+    async fn check_node(&self, conn: &mut impl ConnectionLike) -> Result<(), BusError> {
         let info: String = tokio::time::timeout(
             self.settings.timeout,
-            redis::cmd("INFO").arg("server").query_async(&mut *conn),
+            redis::cmd("INFO").arg("server").query_async(conn),
         )
         .await
         .map_err(|_| unavailable("INFO timed out"))?
@@ -83,11 +113,21 @@ impl Publisher {
                 "Redis {version} is too old: the gateway needs Redis 7 or newer (functions)"
             )));
         }
-        self.ensure_function(&mut conn).await
+        self.ensure_function(conn).await
+    }
+
+    /// After "Function not found": load the library where it is missing (on one server, or on
+    /// every primary of the cluster, since the slot may now live on a new one).
+    async fn reload(&self, conn: &mut impl ConnectionLike) -> Result<(), BusError> {
+        if self.settings.is_cluster() {
+            self.ensure_function_everywhere().await
+        } else {
+            self.ensure_function(conn).await
+        }
     }
 
     /// Loads the function library unless the server already has this version or a newer one.
-    async fn ensure_function(&self, conn: &mut deadpool_redis::Connection) -> Result<(), BusError> {
+    async fn ensure_function(&self, conn: &mut impl ConnectionLike) -> Result<(), BusError> {
         ensure_library(conn, "rtg_version", FUNCTION_VERSION, FUNCTION_LIBRARY).await
     }
 
@@ -103,8 +143,9 @@ impl Publisher {
         let mut conn = self.connection().await?;
         let result = match self.call(&mut conn, &body, rooms).await {
             Err(BusError::Rejected(m)) if m.contains("Function not found") => {
-                // Redis lost its functions (restarted without persistence): load and retry once.
-                self.ensure_function(&mut conn).await?;
+                // Redis lost its functions (restarted without persistence), or the room's slot
+                // moved to a primary that never had them: load and retry once.
+                self.reload(&mut conn).await?;
                 self.call(&mut conn, &body, rooms).await
             }
             other => other,
@@ -114,41 +155,66 @@ impl Publisher {
         result
     }
 
+    /// One `rtg_publish` command for `room`.
+    /// `left`: rooms of this event still to go (this one included); the tenant's publish rate
+    /// admits an event whole or not at all.
+    fn publish_cmd(&self, body: &str, room: &RoomKey, left: usize) -> redis::Cmd {
+        let names = self.settings.names(room);
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("rtg_publish")
+            .arg(2)
+            .arg(&names.stream)
+            .arg(&names.meta)
+            .arg(&names.channel)
+            .arg(body)
+            .arg(self.settings.history_max_len)
+            .arg(self.settings.history_ttl.as_secs().max(1));
+        if self.settings.is_cluster() {
+            cmd.arg(SHARD_MODE);
+        } else {
+            cmd.arg(left);
+        }
+        cmd
+    }
+
     async fn call(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut PooledConnection,
         body: &str,
         rooms: &[RoomKey],
     ) -> Result<Vec<(u64, String)>, BusError> {
-        let mut pipe = redis::pipe();
-        for (i, room) in rooms.iter().enumerate() {
-            let names = self.settings.names(room);
-            pipe.cmd("FCALL")
-                .arg("rtg_publish")
-                .arg(2)
-                .arg(&names.stream)
-                .arg(&names.meta)
-                .arg(&names.channel)
-                .arg(body)
-                .arg(self.settings.history_max_len)
-                .arg(self.settings.history_ttl.as_secs().max(1))
-                // Rooms of this event still to go: the tenant quota admits it whole or not at all.
-                .arg(rooms.len() - i);
+        let reply: Result<Vec<(u64, String)>, redis::RedisError> = match conn.cluster_handle() {
+            // One pipeline to one server.
+            None => {
+                let mut pipe = redis::pipe();
+                for (i, room) in rooms.iter().enumerate() {
+                    pipe.add_command(self.publish_cmd(body, room, rooms.len() - i));
+                }
+                tokio::time::timeout(self.settings.timeout, pipe.query_async(conn)).await
+            }
+            // Rooms live in different slots, so a pipeline would be refused (CROSSSLOT): one
+            // command per room, concurrently, each routed to its slot's primary.
+            Some(handle) => {
+                let calls = rooms.iter().enumerate().map(|(i, room)| {
+                    let mut handle = handle.clone();
+                    let cmd = self.publish_cmd(body, room, rooms.len() - i);
+                    async move { cmd.query_async::<(u64, String)>(&mut handle).await }
+                });
+                tokio::time::timeout(self.settings.timeout, join_all(calls))
+                    .await
+                    .map(|all| all.into_iter().collect())
+            }
         }
-        let reply: Result<Vec<(u64, String)>, redis::RedisError> = match tokio::time::timeout(
-            self.settings.timeout,
-            pipe.query_async(&mut **conn),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => return Err(unavailable("Redis did not answer in time")),
-        };
+        .map_err(|_| unavailable("Redis did not answer in time"))?;
         reply.map_err(|e| {
             if e.is_io_error()
                 || e.is_connection_dropped()
                 || e.is_connection_refusal()
                 || e.is_timeout()
+                || e.is_cluster_error()
+                || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+                || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
             {
                 unavailable(e)
             } else if let Some(wait) = rate_limited(&e.to_string()) {
@@ -187,18 +253,23 @@ impl Publisher {
             .arg(after)
             .arg(max)
             .arg(self.settings.history_ttl.as_secs().max(1));
-        let mut conn = self.connection().await?;
+        if self.settings.is_cluster() {
+            cmd.arg(SHARD_MODE);
+        }
+        // History reads come in bursts (every client of a dead gateway comes back at once), so
+        // they share the pooled sockets, pipelined, instead of queueing for one each.
+        let mut conn = self.connection().await?.shared();
         for attempt in 0..2 {
             let reply = tokio::time::timeout(
                 self.settings.timeout,
-                cmd.query_async::<Vec<redis::Value>>(&mut *conn),
+                cmd.query_async::<Vec<redis::Value>>(&mut conn),
             )
             .await
             .map_err(|_| unavailable("Redis did not answer in time"))?;
             match reply {
                 Ok(v) => return Ok(v),
                 Err(e) if attempt == 0 && e.to_string().contains("Function not found") => {
-                    self.ensure_function(&mut conn).await?;
+                    self.reload(&mut conn).await?;
                 }
                 Err(e) => return Err(unavailable(e)),
             }
@@ -297,7 +368,7 @@ fn parse_position(reply: &[redis::Value]) -> Result<Position, BusError> {
 /// Loads a function library (`source`) unless the server already has `version` of it or a
 /// newer one, as its `version_fn` (a `no-writes` function taking no keys) reports.
 pub async fn ensure_library(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut impl ConnectionLike,
     version_fn: &str,
     version: i64,
     source: &str,
@@ -305,7 +376,7 @@ pub async fn ensure_library(
     let loaded: Result<i64, _> = redis::cmd("FCALL_RO")
         .arg(version_fn)
         .arg(0)
-        .query_async(&mut **conn)
+        .query_async(conn)
         .await;
     match loaded {
         Ok(v) if v >= version => {
@@ -324,7 +395,7 @@ pub async fn ensure_library(
                 .arg("LOAD")
                 .arg("REPLACE")
                 .arg(source)
-                .query_async(&mut **conn)
+                .query_async(conn)
                 .await
                 .map_err(|e| {
                     BusError::Config(format!("cannot load the Redis function library: {e}"))

@@ -23,6 +23,8 @@ use crate::events::envelope::RESERVED_EVENT_NAMES;
 use crate::events::{Event, RoomKey};
 use crate::metrics;
 
+mod sharded;
+
 /// How often the wanted set is reconciled even without a change (to release delayed rooms).
 const RECONCILE_TICK: Duration = Duration::from_millis(250);
 /// Most channels per SUBSCRIBE / UNSUBSCRIBE command.
@@ -147,7 +149,11 @@ impl Subscriber {
             max_room_len,
             strict_catalog,
         });
-        tokio::spawn(me.clone().run(client, publisher, shutdown));
+        if me.settings.is_cluster() {
+            tokio::spawn(me.clone().run_sharded(publisher, shutdown));
+        } else {
+            tokio::spawn(me.clone().run(client, publisher, shutdown));
+        }
         Ok(me)
     }
 
@@ -282,8 +288,45 @@ impl Subscriber {
 
     /// Brings the connection's subscriptions in line with the wanted set.
     async fn reconcile(&self, sink: &mut redis::aio::PubSubSink) -> Result<(), String> {
+        let (to_sub, to_unsub) = self.take_changes();
+        for chunk in to_sub.chunks(BATCH) {
+            let channels: Vec<String> = chunk
+                .iter()
+                .map(|r| self.settings.names(r).channel)
+                .collect();
+            tokio::time::timeout(self.settings.timeout, sink.subscribe(&channels))
+                .await
+                .map_err(|_| "SUBSCRIBE timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            lock(&self.subscribed).extend(chunk.iter().cloned());
+        }
+        for chunk in to_unsub.chunks(BATCH) {
+            let channels: Vec<String> = chunk
+                .iter()
+                .map(|r| self.settings.names(r).channel)
+                .collect();
+            tokio::time::timeout(self.settings.timeout, sink.unsubscribe(&channels))
+                .await
+                .map_err(|_| "UNSUBSCRIBE timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        if !to_sub.is_empty() || !to_unsub.is_empty() {
+            self.subscriptions_changed();
+        }
+        Ok(())
+    }
+
+    /// Tells waiters and the gauge that the subscribed set changed.
+    fn subscriptions_changed(&self) {
+        ::metrics::gauge!(metrics::REDIS_SUBSCRIPTIONS).set(lock(&self.subscribed).len() as f64);
+        self.confirmed.notify_waiters();
+    }
+
+    /// What to subscribe (wanted, not subscribed) and what to unsubscribe (released and due)
+    /// now. Released rooms leave `subscribed` here, before their UNSUBSCRIBE goes out.
+    fn take_changes(&self) -> (Vec<RoomKey>, Vec<RoomKey>) {
         let now = Instant::now();
-        let (to_sub, to_unsub) = {
+        {
             let mut w = lock(&self.wants);
             let mut subscribed = lock(&self.subscribed);
             let pending = std::mem::take(&mut w.to_subscribe);
@@ -311,44 +354,23 @@ impl Subscriber {
                 }
             }
             (to_sub, to_unsub)
-        };
-        for chunk in to_sub.chunks(BATCH) {
-            let channels: Vec<String> = chunk
-                .iter()
-                .map(|r| self.settings.names(r).channel)
-                .collect();
-            tokio::time::timeout(self.settings.timeout, sink.subscribe(&channels))
-                .await
-                .map_err(|_| "SUBSCRIBE timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-            lock(&self.subscribed).extend(chunk.iter().cloned());
         }
-        for chunk in to_unsub.chunks(BATCH) {
-            let channels: Vec<String> = chunk
-                .iter()
-                .map(|r| self.settings.names(r).channel)
-                .collect();
-            tokio::time::timeout(self.settings.timeout, sink.unsubscribe(&channels))
-                .await
-                .map_err(|_| "UNSUBSCRIBE timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-        }
-        if !to_sub.is_empty() || !to_unsub.is_empty() {
-            ::metrics::gauge!(metrics::REDIS_SUBSCRIPTIONS)
-                .set(lock(&self.subscribed).len() as f64);
-            self.confirmed.notify_waiters();
-        }
-        Ok(())
     }
 
     /// After a reconnect: for every room relayed before, reads what was published while this
     /// gateway was cut off and relays it; a room whose history was lost gets a resync.
     async fn heal_gaps(&self, publisher: &Publisher) {
+        self.heal_rooms(publisher, None).await;
+    }
+
+    /// The gap read of [`Self::heal_gaps`], for `only` these rooms when given.
+    async fn heal_rooms(&self, publisher: &Publisher, only: Option<&HashSet<RoomKey>>) {
         let rooms: Vec<(RoomKey, (Arc<str>, u64))> = {
             let subscribed = lock(&self.subscribed);
             lock(&self.last)
                 .iter()
                 .filter(|(room, _)| subscribed.contains(*room))
+                .filter(|(room, _)| only.is_none_or(|o| o.contains(*room)))
                 .map(|(room, pos)| (room.clone(), pos.clone()))
                 .collect()
         };
@@ -388,15 +410,38 @@ impl Subscriber {
 
     /// Relays one event unless its offset was relayed already.
     async fn deliver(&self, room: RoomKey, epoch: Arc<str>, offset: u64, event: Arc<Event>) {
-        {
+        let restarted = {
             let mut last = lock(&self.last);
-            if let Some((last_epoch, last_offset)) = last.get(&room) {
-                if *last_epoch == epoch && offset <= *last_offset {
-                    ::metrics::counter!(metrics::BUS_DUPLICATES).increment(1);
-                    return;
+            let restarted = match last.get(&room) {
+                Some((last_epoch, last_offset)) if *last_epoch == epoch => {
+                    if offset <= *last_offset {
+                        ::metrics::counter!(metrics::BUS_DUPLICATES).increment(1);
+                        return;
+                    }
+                    false
                 }
-            }
+                Some(_) => true,
+                None => false,
+            };
             last.insert(room.clone(), (epoch.clone(), offset));
+            restarted
+        };
+        if restarted {
+            // A new epoch arrived live without a gap read saying so (the read failed during a
+            // failover): the history restarted, so the room's clients must refetch before
+            // they take offsets of the new epoch.
+            tracing::warn!(%room, "room's history restarted (new epoch); asking clients to resync");
+            let now = Position {
+                epoch: epoch.clone(),
+                offset: offset - 1,
+            };
+            let _ = self
+                .deliveries
+                .send(BusMessage::Resync {
+                    key: room.clone(),
+                    now,
+                })
+                .await;
         }
         let delivery = Delivery {
             key: room,
@@ -493,6 +538,7 @@ mod tests {
     fn channel_names_round_trip() {
         let s = RedisSettings {
             url: "redis://x".into(),
+            cluster_nodes: Vec::new(),
             prefix: "rtg".into(),
             history_max_len: 10,
             history_ttl: Duration::from_secs(10),
