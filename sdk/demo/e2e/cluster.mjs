@@ -33,6 +33,10 @@ await drive({ log }, async (browser) => {
   await page.goto(PAGE_URL);
   await until("connected", async () => (await status()) === "connected");
   await until("the batch's first fetch", async () => (await fetches()) === 1);
+  // A first join has no position: events published before its ack are not owed to the page.
+  await until("the batch room joined", async () =>
+    debugLines.some((l) => l.includes("[realtime] joined") && l.includes(BATCH_ROOM)),
+  );
   const { loadedAt } = await probe();
 
   // 1. Events render; the matching query refetches once per event.
