@@ -1,4 +1,7 @@
 // A stock socket.io-client that lives through a gateway drain: driven by tests/failover.rs.
+// It recovers the way the README tells applications to: it remembers its position in every
+// room (from `authenticated` and from each event) and passes them as `since` on every
+// (re)connect, so an event published while it was between two connections still reaches it.
 // Prints one JSON line per step on stdout; exits 0 when it reconnected and received an event
 // published afterwards, 1 otherwise. Bounded: gives up after DEADLINE_MS.
 import { io } from "socket.io-client";
@@ -9,8 +12,9 @@ const transports = (process.env.TRANSPORTS || "websocket").split(",");
 const DEADLINE_MS = 20000;
 const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 
+const positions = {}; // room -> { epoch, offset }
 const socket = io(url, {
-  auth: { token },
+  auth: (cb) => cb({ token, since: positions }),
   transports,
   upgrade: false,
   reconnectionDelay: 100,
@@ -18,6 +22,10 @@ const socket = io(url, {
   randomizationFactor: 0,
 });
 let connects = 0;
+socket.on("authenticated", (me) => {
+  for (const { room, epoch, offset } of me.rooms) positions[room] = { epoch, offset };
+  say({ step: "authenticated", rooms: me.rooms });
+});
 socket.on("connect", () => {
   connects += 1;
   say({ step: "connect", n: connects });
@@ -25,6 +33,7 @@ socket.on("connect", () => {
 socket.on("disconnect", (reason) => say({ step: "disconnect", reason }));
 socket.on("connect_error", (err) => say({ step: "connect_error", message: err.message }));
 socket.on("incident", (e) => {
+  if (positions[e.room]) positions[e.room].offset = e.offset;
   if (connects >= 2) {
     say({ step: "event", offset: e.offset, id: e.id });
     socket.close();
