@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
 /// Open connections of one listener.
 pub struct Connections {
@@ -65,21 +64,6 @@ impl Connections {
         self.lock().len()
     }
 
-    /// Shuts down one connection (both directions); false if it is already gone.
-    pub fn close(&self, id: ConnId) -> bool {
-        let mut open = self.lock();
-        match open.remove(&id.0) {
-            Some(fd) => {
-                // SAFETY: as in `close_some`: registered descriptors are live while we hold the lock.
-                unsafe {
-                    libc::shutdown(fd, libc::SHUT_RDWR);
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Shuts down up to `n` connections (both directions); returns how many.
     pub fn close_some(&self, n: usize) -> usize {
         let mut open = self.lock();
@@ -94,19 +78,6 @@ impl Connections {
             }
         }
         ids.len()
-    }
-}
-
-/// Identity of an accepted connection, put in every request's extensions (as axum's
-/// `ConnectInfo<ConnId>`), so a socket can be cut at the TCP level later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId(pub u64);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TrackedListener>>
-    for ConnId
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TrackedListener>) -> Self {
-        ConnId(stream.io().id)
     }
 }
 
@@ -150,36 +121,6 @@ pub async fn accept_loop(
     }
 }
 
-/// The HTTP server's listener: connections accepted by [`accept_loop`] that are not served by
-/// the gateway's own WebSocket transport.
-pub struct TrackedListener {
-    incoming: mpsc::Receiver<(TrackedStream, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TrackedListener {
-    /// A listener fed by `incoming`, reporting `local` as its address.
-    pub fn new(incoming: mpsc::Receiver<(TrackedStream, SocketAddr)>, local: SocketAddr) -> Self {
-        Self { incoming, local }
-    }
-}
-
-impl axum::serve::Listener for TrackedListener {
-    type Io = TrackedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.incoming.recv().await {
-            Some(conn) => conn,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
 /// An accepted connection that deregisters itself when dropped.
 pub struct TrackedStream {
     inner: TcpStream,
@@ -188,11 +129,6 @@ pub struct TrackedStream {
 }
 
 impl TrackedStream {
-    /// The connection's id in the registry.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
     /// The TCP stream itself.
     pub fn tcp(&self) -> &TcpStream {
         &self.inner

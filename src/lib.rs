@@ -9,9 +9,9 @@
 //! Top to bottom; a module only uses modules below it (`tests/layering.rs` checks it).
 //!
 //! - [`socket`]: the Socket.IO handlers (handshake auth, `authenticate`, `join`, `leave`,
-//!   `refresh`, `presence`, `ping`), written once for both transports: `socket/ws.rs` hands them the packets
-//!   of the gateway's own transport, `socket/sio.rs` holds all of the socketioxide glue.
-//!   [`http`]: health, readiness, the publish API, the control API, the catalog, CORS for
+//!   `refresh`, `presence`, `ping`), written once: `socket/ws.rs` hands them the packets of
+//!   the gateway's own transport (WebSocket and long-polling).
+//!   [`http`]: the public HTTP/1.1 server (`http/serve.rs`), health, readiness, the publish API, the control API, the catalog, CORS for
 //!   browsers and development tokens, presence reads (`/v1/presence`); `/metrics` on the admin
 //!   listener. [`control`]: list, disconnect, revoke and force-leave a user's sockets on every
 //!   gateway, through the Redis control channel (locally on the embedded bus).
@@ -22,8 +22,8 @@
 //!   replays into live delivery.
 //! - [`peer`]: what both transports share: a connected client ([`peer::Peer`]) and its
 //!   session (a state machine), acks, events encoded once, the timers.
-//! - [`wire`]: the gateway's own WebSocket transport (with permessage-deflate and the
-//!   MessagePack parser), a leaf that hands decoded packets up through [`wire::Handler`];
+//! - [`wire`]: the gateway's own transport, WebSocket and Engine.IO long-polling with the
+//!   upgrade between them (with permessage-deflate and the MessagePack parser), a leaf that hands decoded packets up through [`wire::Handler`];
 //!   [`drain`]: the accepted connections, closed in batches on shutdown; [`bus`]: the
 //!   [`bus::Bus`] trait (publish with per-room offsets, subscribe) and its embedded and Redis
 //!   implementations; [`tenancy`]: API keys with tenants and scopes, per-tenant quotas held
@@ -64,7 +64,6 @@ mod wire;
 
 use std::sync::Arc;
 
-use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -118,24 +117,6 @@ pub async fn run(
             .await?,
         ),
     };
-    // One socketioxide instance per parser (its parser is per instance): JSON under
-    // `/socket.io/`, MessagePack under an internal path the HTTP server moves `parser=msgpack`
-    // requests to.
-    let sio = |config: &Config| {
-        SocketIo::builder()
-            .ping_interval(config.ping_interval)
-            .ping_timeout(config.ping_timeout)
-            .max_payload(config.max_client_packet_bytes)
-            .ws_max_message_size(config.max_client_packet_bytes as usize)
-            // A long-polling socket's queue must also take a whole replay at once.
-            .max_buffer_size(config.socket_buffer.max(config.max_replay as usize + 64))
-            .ws_read_buffer_size(config.ws_read_buffer)
-    };
-    let (layer, io) = sio(&config).build_layer();
-    let (msgpack_layer, msgpack_io) = sio(&config)
-        .with_parser(socketioxide::ParserConfig::msgpack())
-        .req_path(wire::MSGPACK_PATH)
-        .build_layer();
     let fleet = match &config.redis {
         Some(settings) => Some(tenancy::Fleet::new(settings)?),
         None => None,
@@ -148,8 +129,7 @@ pub async fn run(
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let (state, relay_control) = AppState::new(config, bus, tenancy);
-    socket::register(&io, state.clone());
-    socket::register(&msgpack_io, state.clone());
+    let transport = socket::Transport::new(state.clone());
     // Before serving: the publish rates for rtg_publish, and the stored revocations, so a
     // restarted gateway never lets a revoked token in.
     state.tenancy.sync_limits().await;
@@ -171,10 +151,13 @@ pub async fn run(
     let fleet_stop = CancellationToken::new();
     let fleet_tasks = start_fleet(&state, &fleet_stop).await;
 
+    let engine_io = {
+        let transport = transport.clone();
+        move |req: axum::extract::Request| wire::polling::handle(transport.clone(), req)
+    };
     let app = http::router(state.clone())
-        .layer(layer)
-        .layer(msgpack_layer)
-        .layer(axum::middleware::from_fn(http::route_msgpack_sessions))
+        .route("/socket.io/", axum::routing::any(engine_io.clone()))
+        .route("/socket.io", axum::routing::any(engine_io))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::refuse_new_sessions_while_draining,
@@ -183,8 +166,7 @@ pub async fn run(
         .layer(axum::middleware::from_fn_with_state(
             http::cors::BrowserAccess::new(&state.config.cors_origins),
             http::cors::browser_access,
-        ))
-        .into_make_service_with_connect_info::<drain::ConnId>();
+        ));
     tracing::info!(
         public = %public.local_addr()?,
         admin = %admin.local_addr()?,
@@ -200,9 +182,8 @@ pub async fn run(
 
     let connections = state.connections.clone();
     let (to_http, from_acceptor) = tokio::sync::mpsc::channel(1024);
-    let local = public.local_addr()?;
     {
-        let transport = socket::Transport::new(state.clone());
+        let transport = transport.clone();
         let accept = drain::accept_loop(public, connections.clone(), move |stream, addr| {
             tokio::spawn(wire::route(
                 transport.clone(),
@@ -219,10 +200,9 @@ pub async fn run(
             }
         });
     }
-    let public = drain::TrackedListener::new(from_acceptor, local);
     let drain = {
         let state = state.clone();
-        let io = io.clone();
+        let transport = transport.clone();
         let shutdown = shutdown.clone();
         async move {
             shutdown.cancelled().await;
@@ -236,15 +216,14 @@ pub async fn run(
             );
             tokio::time::sleep(delay).await;
             let closed = drain::close_gradually(&connections, period).await;
-            ::metrics::counter!(metrics::DRAINED).increment(closed as u64);
-            tracing::info!(closed, "drain done");
-            io.close().await;
-            msgpack_io.close().await;
+            // Long-polling sessions have no connection of their own: each gets the Engine.IO
+            // close, a lost transport to the stock client, which reconnects elsewhere.
+            let polling = transport.close_polling();
+            ::metrics::counter!(metrics::DRAINED).increment((closed + polling) as u64);
+            tracing::info!(closed, polling, "drain done");
         }
     };
-    axum::serve(public, app)
-        .with_graceful_shutdown(drain)
-        .await?;
+    http::serve::serve(from_acceptor, app, drain).await;
     served.cancel();
     fleet_stop.cancel();
     stop_fleet(&state, fleet_tasks).await;

@@ -64,6 +64,9 @@ pub const RESYNCS: &str = "gateway_resyncs_total";
 pub const GAP_READS: &str = "gateway_gap_reads_total";
 /// Sockets cut because their outgoing buffer was full (counter), by `transport`.
 pub const SLOW_CONSUMERS: &str = "gateway_slow_consumer_disconnects_total";
+/// WebSockets opened to upgrade a long-polling session (counter), by `result`: `upgraded`,
+/// `timeout` (no upgrade within 10 s) or `refused` (the probe went wrong; the log says how).
+pub const UPGRADES: &str = "gateway_upgrades_total";
 /// Connections refused because the gateway held GATEWAY_MAX_CONNECTIONS already (counter).
 pub const CONNECTIONS_REFUSED: &str = "gateway_connections_refused_total";
 /// Failed accepts, e.g. out of file descriptors (counter).
@@ -233,6 +236,9 @@ fn register_known() {
         metrics::counter!(CONNECTIONS_TOTAL, "transport" => t).absolute(0);
         metrics::counter!(SLOW_CONSUMERS, "transport" => t).absolute(0);
     }
+    for result in ["upgraded", "timeout", "refused"] {
+        metrics::counter!(UPGRADES, "result" => result).absolute(0);
+    }
     // The catalog's channels are registered as they are allowed (`allow_channel_labels`).
     register_channel("other");
     for (name, label, values) in KNOWN {
@@ -366,6 +372,10 @@ fn describe() {
     describe_counter!(
         GAP_READS,
         "History reads after a Redis reconnect, by result."
+    );
+    describe_counter!(
+        UPGRADES,
+        "WebSockets opened to upgrade a long-polling session, by result (upgraded, timeout, refused)."
     );
     describe_counter!(
         SLOW_CONSUMERS,

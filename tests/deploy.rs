@@ -506,6 +506,12 @@ const CLIENT_PROTOCOL_REASONS: &[&str] = &[
     "unknown_event",
     "event_before_connect",
     "connect_timeout",
+    // long-polling requests
+    "unknown_transport",
+    "unknown_sid",
+    "bad_handshake_method",
+    "payload_too_large",
+    "bad_base64",
 ];
 const BUS_INVALID_REASONS: &[&str] = &[
     "unknown_room",
@@ -618,6 +624,7 @@ fn allowed_labels(family: &str) -> Option<&'static [(&'static str, &'static [&'s
             &[("action", CONTROL_ACTIONS), ("result", CONTROL_RESULTS)]
         }
         "gateway_api_key_refusals_total" => &[("reason", API_KEY_REFUSALS)],
+        "gateway_upgrades_total" => &[("result", &["upgraded", "timeout", "refused"])],
         "gateway_tenant_quota_total" => &[
             ("quota", &["connections", "publish_rate"]),
             ("outcome", &["allowed", "refused"]),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod keys;
 pub mod presence;
 pub mod publish;
+pub mod serve;
 
 use std::sync::Arc;
 
@@ -62,50 +63,6 @@ pub async fn refuse_new_sessions_while_draining(
             .any(|kv| kv.starts_with("sid="));
     if let Some(refusal) = state.session_refusal().filter(|_| handshake) {
         return error::ApiError::new(refusal.status, refusal.code, refusal.message).into_response();
-    }
-    next.run(req).await
-}
-
-/// Moves Engine.IO requests of the MessagePack parser (`parser=msgpack` in the query, which
-/// socket.io-client sends on every request of a session) to the socketioxide instance that
-/// speaks it; an unknown parser is refused with 400 `unsupported_parser`.
-pub async fn route_msgpack_sessions(
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let uri = req.uri();
-    let Some(rest) = uri.path().strip_prefix("/socket.io") else {
-        return next.run(req).await;
-    };
-    if !(rest.is_empty() || rest.starts_with('/')) {
-        return next.run(req).await;
-    }
-    match crate::wire::wants_msgpack(uri.query().unwrap_or("")) {
-        Ok(false) => {}
-        Ok(true) => {
-            let moved = format!(
-                "{}{rest}?{}",
-                crate::wire::MSGPACK_PATH,
-                uri.query().unwrap_or("")
-            );
-            match moved.parse() {
-                Ok(moved) => *req.uri_mut() = moved,
-                Err(_) => {
-                    return error::ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "the request target could not be read",
-                    )
-                    .into_response()
-                }
-            }
-        }
-        Err(message) => {
-            ::metrics::counter!(crate::metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "unsupported_parser")
-                .increment(1);
-            return error::ApiError::new(StatusCode::BAD_REQUEST, "unsupported_parser", message)
-                .into_response();
-        }
     }
     next.run(req).await
 }

@@ -1,11 +1,11 @@
-//! What both transports share, and all their users see: a connected client ([`Peer`]), where
-//! its ack goes ([`Ack`]), an event encoded once for every peer ([`Outgoing`]), the registry of
-//! connected peers, each one's [`session`] and the timers of all of them ([`deadlines`]).
+//! What the handlers, the relay and the timers see of a client: a connected client ([`Peer`]),
+//! where its ack goes ([`Ack`]), an event encoded once for every peer ([`Outgoing`]), the
+//! registry of connected peers, each one's [`session`] and the timers of all of them
+//! ([`deadlines`]).
 //!
-//! WebSocket sessions opened directly (the way production clients connect) run on the gateway's
-//! own transport ([`crate::wire`]); long-polling sessions, and sessions that start on polling
-//! and upgrade, run on socketioxide (its glue is `socket/sio.rs`). Each transport implements
-//! [`Link`] once; the handlers, the relay and the timers see only a [`Peer`].
+//! Every session (WebSocket, long-polling, and long-polling upgraded to WebSocket) runs on the
+//! gateway's own transport ([`crate::wire`]), which implements [`Link`]; the layers above see
+//! only a [`Peer`], never the transport.
 
 pub mod deadlines;
 pub mod session;
@@ -140,9 +140,8 @@ impl Ack {
     }
 }
 
-/// One event encoded once for every peer: its name and JSON (for socketioxide sockets) and the
-/// complete WebSocket frames (for the gateway's own transport) in each shape a session may
-/// have agreed to: JSON text or MessagePack, each plain or compressed. Every shape is built on
+/// One event encoded once for every peer: its name and JSON, and the complete WebSocket frames
+/// (also what a long-polling GET takes) in each shape a session may have agreed to: JSON text or MessagePack, each plain or compressed. Every shape is built on
 /// first use, once, and the same bytes go to every socket that takes it.
 pub struct Outgoing {
     /// Event name.
@@ -246,14 +245,14 @@ impl SharedFrames {
     }
 }
 
-/// The gateway's own WebSocket transport, as a [`Link`].
+/// The gateway's own transport, as a [`Link`].
 impl Link for Conn<Arc<Session>> {
     fn session(&self) -> &Arc<Session> {
         self.user()
     }
 
     fn transport(&self) -> &'static str {
-        "websocket"
+        Conn::transport(self)
     }
 
     fn sid(&self) -> String {
@@ -304,7 +303,7 @@ impl Link for Conn<Arc<Session>> {
     }
 }
 
-/// An ack on the gateway's own WebSocket transport: the session and the ack's id.
+/// An ack on the gateway's own transport: the session and the ack's id.
 pub struct WsAck(pub Arc<Conn<Arc<Session>>>, pub u64);
 
 impl AckSink for WsAck {

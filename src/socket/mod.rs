@@ -9,10 +9,8 @@
 mod handlers;
 mod presence;
 pub mod rooms;
-mod sio;
 mod ws;
 
-pub use sio::register;
 pub use ws::Transport;
 
 use std::sync::Arc;
@@ -55,16 +53,6 @@ pub mod names {
 
 /// Connect refusal of a socket whose tenant holds its connection quota.
 pub const TENANT_CONNECTION_LIMIT: &str = "tenant_connection_limit";
-
-/// The refusal a client sees in `connect_error`: its message is the stable code.
-#[derive(Debug)]
-pub struct ConnectRefused(&'static str);
-
-impl std::fmt::Display for ConnectRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
 
 /// `{ ok: false, error: { code, message } }`.
 fn error_reply(code: &str, message: &str) -> Value {

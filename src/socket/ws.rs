@@ -1,4 +1,5 @@
-//! The gateway's own WebSocket transport ([`crate::wire`]) handing its packets to the handlers.
+//! The gateway's own transport ([`crate::wire`]: WebSocket and long-polling) handing its
+//! packets to the handlers.
 
 use std::sync::Arc;
 
@@ -9,12 +10,14 @@ use super::{dispatch, handshake, on_connect, on_disconnect};
 use crate::peer::session::Session;
 use crate::peer::{Ack, Peer, WsAck};
 use crate::state::AppState;
+use crate::wire::polling::Polls;
 use crate::wire::{self, refuse, Conn, Refusal, Settings};
 
-/// The handlers as the [`wire::Handler`] of the gateway's WebSocket transport.
+/// The handlers as the [`wire::Handler`] of the gateway's transport.
 pub struct Transport {
     st: Arc<AppState>,
     settings: Settings,
+    polls: Polls<Arc<Session>>,
 }
 
 impl Transport {
@@ -30,7 +33,18 @@ impl Transport {
             max_replay: c.max_replay as usize,
             compression_min: c.ws_compression_min_bytes,
         };
-        Arc::new(Self { st, settings })
+        Arc::new(Self {
+            st,
+            settings,
+            polls: Polls::default(),
+        })
+    }
+}
+
+impl Transport {
+    /// Ends every session still on long-polling (the drain); returns how many.
+    pub fn close_polling(&self) -> usize {
+        self.polls.close_all()
     }
 }
 
@@ -42,18 +56,28 @@ impl wire::Handler for Transport {
     }
 
     fn admit(&self, origin: Option<&[u8]>) -> Result<(), Refusal> {
-        if !self.st.config.cors_origins.admits_websocket(origin) {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                crate::auth::origins::REFUSED_CODE,
-                crate::auth::origins::REFUSED_MESSAGE,
-            ));
-        }
+        self.admit_origin(origin)?;
         self.st.session_refusal().map_or(Ok(()), Err)
     }
 
-    fn new_user(&self) -> Arc<Session> {
-        Session::new("websocket")
+    fn admit_origin(&self, origin: Option<&[u8]>) -> Result<(), Refusal> {
+        if self.st.config.cors_origins.admits_websocket(origin) {
+            Ok(())
+        } else {
+            Err(refuse(
+                StatusCode::FORBIDDEN,
+                crate::auth::origins::REFUSED_CODE,
+                crate::auth::origins::REFUSED_MESSAGE,
+            ))
+        }
+    }
+
+    fn new_user(&self, polling: bool) -> Arc<Session> {
+        Session::new(if polling { "polling" } else { "websocket" })
+    }
+
+    fn polls(&self) -> &Polls<Arc<Session>> {
+        &self.polls
     }
 
     fn connect(&self, conn: Arc<Conn<Arc<Session>>>, auth: Option<Value>) {

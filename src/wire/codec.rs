@@ -38,6 +38,20 @@ impl Codec {
         }
     }
 
+    /// The codec as one number (for an atomic): the threshold in the low 32 bits (0: none),
+    /// MessagePack in bit 32.
+    pub fn pack(self) -> u64 {
+        u64::from(self.deflate_min.map_or(0, NonZeroU32::get)) | (u64::from(self.msgpack) << 32)
+    }
+
+    /// The codec [`Codec::pack`] made this number of.
+    pub fn unpack(packed: u64) -> Self {
+        Self {
+            msgpack: packed >> 32 & 1 == 1,
+            deflate_min: NonZeroU32::new(packed as u32),
+        }
+    }
+
     /// The same parser, without compression.
     pub fn uncompressed(self) -> Self {
         Self {

@@ -1,5 +1,10 @@
-//! One WebSocket session: a single task per connection that reads the client's frames, answers
-//! the heartbeat and flushes whatever could not be written at once.
+//! One session: a single task per connection that reads the client's frames, answers the
+//! heartbeat and flushes whatever could not be written at once.
+//!
+//! A session that starts on long-polling ([`super::polling`]) has no socket yet: what is sent
+//! to it is queued, as the same WebSocket frames, and a pending GET takes them. When the client
+//! upgrades, the WebSocket becomes the session's socket ([`Conn::take_over`]) and the queue is
+//! written to it in order: the session, its rooms and its queue live on, unchanged.
 //!
 //! Writes do not go through the task: whoever sends (the relay, a handler) writes straight to
 //! the socket when nothing is queued before it, so a delivery costs one `write` and no task
@@ -9,10 +14,12 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -31,6 +38,9 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 const MAX_IOV: usize = 64;
 /// Most reads handled per wake-up, so one busy client cannot hold a worker thread.
 const MAX_READS: usize = 16;
+/// How long a WebSocket opened to upgrade a long-polling session may take to complete the
+/// probe and the upgrade (engine.io's default).
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames beyond the live queue and a replay that a session may have queued (live events held
 /// while it entered a room, the gateway's own packets) before it is cut.
 const MAX_HELD_FRAMES: usize = 16_384;
@@ -38,14 +48,19 @@ const MAX_HELD_FRAMES: usize = 16_384;
 /// A WebSocket session shared by its task and whoever writes to it. `U` is what the layer
 /// above keeps per session (the transport never looks into it).
 pub struct Conn<U> {
-    stream: TrackedStream,
+    /// The WebSocket: from the start for a direct session, from the upgrade for a session that
+    /// started on long-polling.
+    stream: OnceLock<TrackedStream>,
     out: Mutex<Out>,
     wake: Notify,
     user: U,
     sid: Box<str>,
-    /// Parser and compression agreed at the handshake.
-    codec: Codec,
+    /// Parser and compression ([`Codec::pack`]): the parser is chosen at the handshake,
+    /// compression when the WebSocket is opened.
+    codec: AtomicU64,
     max_queue: u32,
+    /// The session started on long-polling (it is in the handler's [`super::polling::Polls`]).
+    born_polling: bool,
     /// Most frames queued of any kind: the gateway's own packets (acks, pongs) and replays are
     /// not held to `max_queue`, but a client that sends requests and never reads the answers
     /// must not grow its queue without bound.
@@ -65,8 +80,31 @@ struct Out {
     closing: bool,
     /// Where the Socket.IO namespace connect stands.
     ns: Ns,
+    /// While the session is on long-polling (`None` on a WebSocket).
+    poll: Option<Box<PollOut>>,
 }
 
+/// The long-polling side of a session that has not upgraded (yet).
+#[derive(Default)]
+struct PollOut {
+    /// Wakes the pending GET.
+    ready: Arc<Notify>,
+    /// A GET is pending.
+    getting: bool,
+    /// A WebSocket completed the probe: a GET is answered at once (a noop when nothing waits)
+    /// so the client can pause polling and finish the upgrade.
+    upgrading: bool,
+    /// The GET pending when the probe came is answered with a noop.
+    noop: bool,
+    /// The WebSocket took over; the session's task collects `early` and drops this.
+    upgraded: bool,
+    /// The client answered the last ping (by POST).
+    ponged: bool,
+    /// Why a request ended the session.
+    ended: Option<&'static str>,
+    /// Bytes that followed the upgrade packet on the WebSocket.
+    early: Vec<u8>,
+}
 /// The Socket.IO namespace connect of a session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Ns {
@@ -80,20 +118,20 @@ enum Ns {
 }
 
 /// Why a session ended: the disconnect reason label, and the close frame to send if any.
-struct Stop {
-    reason: &'static str,
+pub(super) struct Stop {
+    pub(super) reason: &'static str,
     close: Option<(u16, &'static str)>,
 }
 
 impl Stop {
-    fn quiet(reason: &'static str) -> Self {
+    pub(super) fn quiet(reason: &'static str) -> Self {
         Self {
             reason,
             close: None,
         }
     }
 
-    fn protocol(reason: &'static str, code: u16, why: &'static str) -> Self {
+    pub(super) fn protocol(reason: &'static str, code: u16, why: &'static str) -> Self {
         ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => why).increment(1);
         tracing::debug!(why, "closing a WebSocket session: protocol error");
         Self {
@@ -161,6 +199,26 @@ struct Local {
 }
 
 impl<U: Send + Sync + 'static> Conn<U> {
+    fn new<H: Handler<User = U>>(h: &H, stream: Option<TrackedStream>, codec: Codec) -> Self {
+        let cfg = h.settings();
+        let polling = stream.is_none();
+        Conn {
+            stream: stream.map_or_else(OnceLock::new, OnceLock::from),
+            out: Mutex::new(Out {
+                poll: polling.then(Box::default),
+                ..Out::default()
+            }),
+            wake: Notify::new(),
+            user: h.new_user(polling),
+            sid: super::new_sid().into_boxed_str(),
+            codec: AtomicU64::new(codec.pack()),
+            max_queue: u32::try_from(cfg.socket_buffer).unwrap_or(u32::MAX),
+            born_polling: polling,
+            max_frames: u32::try_from(cfg.socket_buffer + cfg.max_replay + MAX_HELD_FRAMES)
+                .unwrap_or(u32::MAX),
+        }
+    }
+
     /// What the layer above keeps for this session.
     pub fn user(&self) -> &U {
         &self.user
@@ -173,7 +231,16 @@ impl<U: Send + Sync + 'static> Conn<U> {
 
     /// The parser and compression this session agreed to.
     pub fn codec(&self) -> Codec {
-        self.codec
+        Codec::unpack(self.codec.load(Ordering::Acquire))
+    }
+
+    /// `websocket` or `polling`: where the session is now.
+    pub fn transport(&self) -> &'static str {
+        if self.stream.get().is_some() {
+            "websocket"
+        } else {
+            "polling"
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Out> {
@@ -182,7 +249,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
 
     /// Writes `frame` (carrying `events` live events) now if nothing is queued before it, else
     /// queues it. A queue that would pass its limit of events refuses it ([`Sent::Full`]); the
-    /// gateway's own packets (`events == 0`) are never refused.
+    /// gateway's own packets (`events == 0`) are never refused. On long-polling everything is
+    /// queued for the next GET.
     pub fn send(&self, frame: Bytes, events: usize) -> Sent {
         self.push(frame, events, true)
     }
@@ -198,20 +266,27 @@ impl<U: Send + Sync + 'static> Conn<U> {
         if out.closed || out.closing {
             return Sent::Closed;
         }
-        if !out.queue.is_empty() {
-            if limited && events > 0 && out.events + events > self.max_queue as usize {
-                return Sent::Full;
+        let polling = out.poll.as_ref().is_some_and(|p| !p.upgraded);
+        let stream = match self.stream.get() {
+            Some(stream) if !polling && out.queue.is_empty() => stream,
+            _ => {
+                if limited && events > 0 && out.events + events > self.max_queue as usize {
+                    return Sent::Full;
+                }
+                if out.queue.len() >= self.max_frames as usize {
+                    drop(out);
+                    self.cut("frame_limit");
+                    return Sent::Full;
+                }
+                out.events += events;
+                out.queue.push_back((frame, events));
+                if let Some(poll) = out.poll.as_ref().filter(|_| polling) {
+                    poll.ready.notify_one();
+                }
+                return Sent::Ok;
             }
-            if out.queue.len() >= self.max_frames as usize {
-                drop(out);
-                self.cut("frame_limit");
-                return Sent::Full;
-            }
-            out.events += events;
-            out.queue.push_back((frame, events));
-            return Sent::Ok;
-        }
-        match self.stream.tcp().try_write(&frame) {
+        };
+        match stream.tcp().try_write(&frame) {
             Ok(n) if n == frame.len() => return Sent::Ok,
             Ok(n) => frame.advance(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -228,15 +303,18 @@ impl<U: Send + Sync + 'static> Conn<U> {
     }
 
     /// Ends the session from the server side: a Socket.IO disconnect, then a close frame once
-    /// everything queued before it is written.
+    /// everything queued before it is written (on long-polling: once a GET took it).
     pub fn disconnect(&self) {
-        self.send(self.codec.disconnect(), 0);
+        self.send(self.codec().disconnect(), 0);
         self.lock().closing = true;
         self.wake.notify_one();
     }
 
     /// Writes as much of the queue as the socket takes. `Ok(true)` when it is empty.
     fn flush(&self) -> io::Result<bool> {
+        let Some(stream) = self.stream.get() else {
+            return Ok(true);
+        };
         let mut out = self.lock();
         while !out.queue.is_empty() {
             let slices: Vec<IoSlice<'_>> = out
@@ -245,7 +323,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 .take(MAX_IOV)
                 .map(|(b, _)| IoSlice::new(b))
                 .collect();
-            let written = match self.stream.tcp().try_write_vectored(&slices) {
+            let written = match stream.tcp().try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -279,21 +357,30 @@ impl<U: Send + Sync + 'static> Conn<U> {
     }
 
     /// Shuts the connection down (both directions) as one that cannot keep up; the session's
-    /// task then ends it. The client reconnects and recovers from history. False if the session
-    /// had ended already.
+    /// task then ends it (a long-polling session's pending GET gets the Engine.IO close). The
+    /// client reconnects and recovers from history. False if the session had ended already.
     pub fn cut(&self, why: &'static str) -> bool {
         let first = {
             let mut out = self.lock();
-            !std::mem::replace(&mut out.closed, true)
+            let first = !std::mem::replace(&mut out.closed, true);
+            if let Some(poll) = out.poll.as_mut().filter(|_| first) {
+                poll.ended = Some("transport_error");
+                poll.ready.notify_one();
+            }
+            first
         };
         if first {
-            self.stream.close();
-            ::metrics::counter!(metrics::SLOW_CONSUMERS, "transport" => "websocket").increment(1);
+            let transport = self.transport();
+            match self.stream.get() {
+                Some(stream) => stream.close(),
+                None => self.wake.notify_one(),
+            }
+            ::metrics::counter!(metrics::SLOW_CONSUMERS, "transport" => transport).increment(1);
             let what = match why {
                 "frame_limit" => "slow consumer cut: too many frames queued",
                 _ => "slow consumer cut: its outgoing buffer was full",
             };
-            tracing::warn!(conn = self.stream.id(), why, "{what}");
+            tracing::warn!(sid = %self.sid, transport, why, "{what}");
         }
         first
     }
@@ -307,10 +394,92 @@ impl<U: Send + Sync + 'static> Conn<U> {
     fn closing(&self) -> bool {
         self.lock().closing
     }
+
+    /// Ends a long-polling session because of a request (`reason` is the disconnect label):
+    /// its pending GET gets the Engine.IO close, later requests an unknown session.
+    pub(super) fn end_polling(&self, reason: &'static str) {
+        let mut out = self.lock();
+        if std::mem::replace(&mut out.closed, true) {
+            return;
+        }
+        if let Some(poll) = out.poll.as_mut() {
+            poll.ended = Some(reason);
+            poll.ready.notify_one();
+        }
+        drop(out);
+        self.wake.notify_one();
+    }
+
+    /// Records a pong that came by POST; the session's task reads it at its next timer.
+    pub(super) fn polled_pong(&self) {
+        if let Some(poll) = self.lock().poll.as_mut() {
+            poll.ponged = true;
+        }
+    }
+
+    /// Starts a GET: the notifier that wakes it, or `None` when one is pending already or the
+    /// session is not on long-polling.
+    pub(super) fn begin_get(&self) -> Option<Arc<Notify>> {
+        let mut out = self.lock();
+        let poll = out.poll.as_mut().filter(|p| !p.getting && !p.upgraded)?;
+        poll.getting = true;
+        Some(poll.ready.clone())
+    }
+
+    /// Ends a GET (answered, or dropped by a client that went away).
+    pub(super) fn end_get(&self) {
+        if let Some(poll) = self.lock().poll.as_mut() {
+            poll.getting = false;
+        }
+    }
+
+    /// What a pending GET answers now.
+    pub(super) fn poll_now(&self) -> Polled {
+        let mut out = self.lock();
+        if !out.queue.is_empty() {
+            let taken = std::mem::take(&mut out.queue);
+            out.events = 0;
+            if out.closing {
+                // The task ends a closing session once its queue is out.
+                self.wake.notify_one();
+            }
+            return Polled::Frames(taken);
+        }
+        if out.closed {
+            return Polled::Closed;
+        }
+        match out.poll.as_mut() {
+            Some(p) if !p.upgraded && !p.noop => Polled::Wait {
+                upgrading: p.upgrading,
+            },
+            Some(p) => {
+                p.noop = false;
+                Polled::Noop
+            }
+            None => Polled::Noop,
+        }
+    }
 }
 
-/// Runs a WebSocket session: writes `response` (the 101 answering the upgrade) followed by the
-/// Engine.IO open packet; `early` holds bytes the client sent after its request, if any.
+/// What a long-polling GET answers.
+pub(super) enum Polled {
+    /// The queued frames.
+    Frames(VecDeque<(Bytes, usize)>),
+    /// The session ended: the Engine.IO close.
+    Closed,
+    /// A WebSocket is taking over: a noop, so the client can pause polling.
+    Noop,
+    /// Nothing yet (`upgrading`: a WebSocket completed the probe, so the client is about to
+    /// pause polling; a GET does not wait long then).
+    Wait {
+        /// A WebSocket completed the probe.
+        upgrading: bool,
+    },
+}
+
+/// Runs a WebSocket session: writes `response` (the 101 answering the upgrade, empty when the
+/// HTTP server sent it) followed by the Engine.IO open packet; `early` holds bytes the client
+/// sent after its request, if any.
 pub async fn serve<H: Handler>(
     h: Arc<H>,
     stream: TrackedStream,
@@ -318,50 +487,124 @@ pub async fn serve<H: Handler>(
     early: Vec<u8>,
     codec: Codec,
 ) {
-    let cfg = h.settings();
-    let conn = Arc::new(Conn {
-        stream,
-        out: Mutex::new(Out::default()),
-        wake: Notify::new(),
-        user: h.new_user(),
-        sid: super::new_sid().into_boxed_str(),
-        codec,
-        max_queue: u32::try_from(cfg.socket_buffer).unwrap_or(u32::MAX),
-        max_frames: u32::try_from(cfg.socket_buffer + cfg.max_replay + MAX_HELD_FRAMES)
-            .unwrap_or(u32::MAX),
-    });
-    let interval = cfg.ping_interval;
-    let now = Instant::now();
-    let mut local = Local {
-        waiting_pong: false,
-        ping_sent: now,
-        next_timer: now + interval.min(cfg.connect_timeout),
-        opened: now,
-        message: None,
-        partial: early,
-    };
-    let open = packet::open(
-        &conn.sid,
-        interval.as_millis() as u64,
-        cfg.ping_timeout.as_millis() as u64,
-        cfg.max_packet,
-    );
+    let conn = Arc::new(Conn::new(&*h, Some(stream), codec));
+    let open = conn.open_packet(&*h, false);
     let mut greeting = bytes::BytesMut::with_capacity(response.len() + open.len());
     greeting.extend_from_slice(response.as_bytes());
     greeting.extend_from_slice(&open);
     drop(response);
     conn.send(greeting.freeze(), 0);
-    let stop = match conn.decode_partial(&*h, &mut local) {
-        Err(stop) => stop,
-        Ok(()) => conn.run(&*h, &mut local).await,
-    };
-    conn.finish(&*h, stop).await;
+    conn.drive(h, early).await;
+}
+
+/// Starts a long-polling session: registers it, starts its task and returns it with the
+/// Engine.IO open packet framed (the handshake GET answers with its payload).
+pub fn start_polling<H: Handler>(h: &Arc<H>, codec: Codec) -> (Arc<Conn<H::User>>, Bytes) {
+    let conn = Arc::new(Conn::new(&**h, None, codec));
+    let open = conn.open_packet(&**h, true);
+    h.polls().insert(conn.clone());
+    tokio::spawn(conn.clone().drive(h.clone(), Vec::new()));
+    (conn, open)
 }
 
 impl<U: Send + Sync + 'static> Conn<U> {
+    fn open_packet<H: Handler<User = U>>(&self, h: &H, upgrades: bool) -> Bytes {
+        let cfg = h.settings();
+        packet::open(
+            &self.sid,
+            upgrades,
+            cfg.ping_interval.as_millis() as u64,
+            cfg.ping_timeout.as_millis() as u64,
+            cfg.max_packet,
+        )
+    }
+
+    /// The session's task, from its start to its end (and through an upgrade).
+    async fn drive<H: Handler<User = U>>(self: Arc<Self>, h: Arc<H>, early: Vec<u8>) {
+        let cfg = h.settings();
+        let now = Instant::now();
+        let mut local = Local {
+            waiting_pong: false,
+            ping_sent: now,
+            next_timer: now + cfg.ping_interval.min(cfg.connect_timeout),
+            opened: now,
+            message: None,
+            partial: early,
+        };
+        let polled = match self.stream.get() {
+            Some(_) => Ok(()),
+            None => self.poll_phase(&*h, &mut local).await,
+        };
+        let stop = match polled.and_then(|()| self.decode_partial(&*h, &mut local)) {
+            Err(stop) => stop,
+            Ok(()) => self.run(&*h, &mut local).await,
+        };
+        self.finish(&*h, stop).await;
+    }
+
+    /// The task of a long-polling session: the heartbeat, until the session ends (`Err`) or a
+    /// WebSocket takes it over (`Ok`, with the bytes that followed the upgrade in `partial`).
+    async fn poll_phase<H: Handler<User = U>>(&self, h: &H, l: &mut Local) -> Result<(), Stop> {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(l.next_timer) => {
+                    self.take_pong(h, l);
+                    if l.next_timer <= Instant::now() {
+                        if let Some(stop) = self.on_timer(h, l) {
+                            self.end_polling(stop.reason);
+                            return Err(stop);
+                        }
+                    }
+                }
+            }
+            let mut out = self.lock();
+            if out.closed {
+                let reason = out.poll.as_ref().and_then(|p| p.ended);
+                return Err(Stop::quiet(reason.unwrap_or("transport_close")));
+            }
+            if out.closing && out.queue.is_empty() {
+                drop(out);
+                self.end_polling("server_disconnect");
+                return Err(Stop::quiet("server_disconnect"));
+            }
+            if let Some(poll) = out.poll.take_if(|p| p.upgraded) {
+                drop(out);
+                if poll.ponged && l.waiting_pong {
+                    l.waiting_pong = false;
+                    l.next_timer = l.ping_sent + h.settings().ping_interval;
+                }
+                // A GET still pending answers with a noop.
+                poll.ready.notify_one();
+                l.partial = poll.early;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies a pong that came by POST.
+    fn take_pong<H: Handler<User = U>>(&self, h: &H, l: &mut Local) {
+        let ponged = self
+            .lock()
+            .poll
+            .as_mut()
+            .is_some_and(|p| std::mem::take(&mut p.ponged));
+        if ponged && l.waiting_pong {
+            l.waiting_pong = false;
+            l.next_timer = l.ping_sent + h.settings().ping_interval;
+        }
+    }
+
     async fn run<H: Handler<User = U>>(self: &Arc<Self>, h: &H, l: &mut Local) -> Stop {
-        let tcp = self.stream.tcp();
-        let mut backlog = false;
+        let Some(stream) = self.stream.get() else {
+            return Stop::quiet("transport_close");
+        };
+        let tcp = stream.tcp();
+        // Whatever was queued before the socket was there (a session upgraded from polling).
+        let mut backlog = match self.flush() {
+            Ok(empty) => !empty,
+            Err(_) => return Stop::quiet("transport_error"),
+        };
         loop {
             tokio::select! {
                 ready = tcp.readable() => {
@@ -423,9 +666,12 @@ impl<U: Send + Sync + 'static> Conn<U> {
         h: &H,
         l: &mut Local,
     ) -> Result<(), Stop> {
+        let Some(stream) = self.stream.get() else {
+            return Ok(());
+        };
         let mut buf = [0u8; 8192];
         for _ in 0..MAX_READS {
-            let n = match self.stream.tcp().try_read(&mut buf) {
+            let n = match stream.tcp().try_read(&mut buf) {
                 Ok(0) => return Err(Stop::quiet("transport_close")),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -467,12 +713,18 @@ impl<U: Send + Sync + 'static> Conn<U> {
         data: &[u8],
     ) -> Result<usize, Stop> {
         let max = h.settings().max_packet as usize;
+        let deflate = self.codec().deflate_min.is_some();
         let mut at = 0;
         loop {
-            match frame::decode(&data[at..], max, self.codec.deflate_min.is_some()) {
+            match frame::decode(&data[at..], max, deflate) {
                 Ok(Some((f, used))) => {
                     at += used;
-                    self.on_frame(h, l, f, max)?;
+                    if let Some(message) = self.on_frame(l, f, max)? {
+                        if self.on_message(h, message)? && l.waiting_pong {
+                            l.waiting_pong = false;
+                            l.next_timer = l.ping_sent + h.settings().ping_interval;
+                        }
+                    }
                 }
                 Ok(None) => return Ok(at),
                 Err(e) => return Err(frame_error(e)),
@@ -480,19 +732,15 @@ impl<U: Send + Sync + 'static> Conn<U> {
         }
     }
 
-    fn on_frame<H: Handler<User = U>>(
-        self: &Arc<Self>,
-        h: &H,
-        l: &mut Local,
-        f: Frame,
-        max: usize,
-    ) -> Result<(), Stop> {
+    /// Assembles messages from frames and answers control frames: a complete message, if
+    /// this frame ended one.
+    fn on_frame(&self, l: &mut Local, f: Frame, max: usize) -> Result<Option<Message>, Stop> {
         let (opcode, payload) = match f.opcode {
             Opcode::Ping => {
                 self.send(frame::encode(Opcode::Pong, &f.payload), 0);
-                return Ok(());
+                return Ok(None);
             }
-            Opcode::Pong => return Ok(()),
+            Opcode::Pong => return Ok(None),
             Opcode::Close => {
                 return Err(Stop {
                     reason: "transport_close",
@@ -508,7 +756,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 body.push(&f.payload, max)?;
                 if !f.fin {
                     l.message = Some((opcode, body));
-                    return Ok(());
+                    return Ok(None);
                 }
                 (opcode, body.finish()?)
             }
@@ -523,15 +771,24 @@ impl<U: Send + Sync + 'static> Conn<U> {
                     body.push(&f.payload, max)?;
                     if !f.fin {
                         l.message = Some((opcode, body));
-                        return Ok(());
+                        return Ok(None);
                     }
                     (opcode, body.finish()?)
                 }
             }
         };
+        Ok(Some(Message { opcode, payload }))
+    }
+
+    /// Handles one message of the WebSocket; `Ok(true)` for a pong.
+    fn on_message<H: Handler<User = U>>(
+        self: &Arc<Self>,
+        h: &H,
+        Message { opcode, payload }: Message,
+    ) -> Result<bool, Stop> {
         let parsed = match opcode {
             // Engine.IO over WebSocket: a binary message is a message packet's raw data.
-            Opcode::Binary if self.codec.msgpack => msgpack::parse(&payload),
+            Opcode::Binary if self.codec().msgpack => msgpack::parse(&payload),
             Opcode::Binary => return Err(Stop::protocol("bad_packet", 1003, "binary_message")),
             _ => match String::from_utf8(payload) {
                 Ok(text) => packet::parse(&text),
@@ -539,24 +796,20 @@ impl<U: Send + Sync + 'static> Conn<U> {
             },
         };
         match parsed {
-            Ok(p) => self.on_packet(h, l, p),
+            Ok(p) => self.on_packet(h, p),
             Err(e) => Err(Stop::protocol("bad_packet", 1002, e.0)),
         }
     }
 
-    fn on_packet<H: Handler<User = U>>(
+    /// Handles one packet from the client, whichever transport brought it; `Ok(true)` for a
+    /// pong (the caller's heartbeat).
+    pub(super) fn on_packet<H: Handler<User = U>>(
         self: &Arc<Self>,
         h: &H,
-        l: &mut Local,
         p: Incoming,
-    ) -> Result<(), Stop> {
+    ) -> Result<bool, Stop> {
         match p {
-            Incoming::Pong => {
-                if l.waiting_pong {
-                    l.waiting_pong = false;
-                    l.next_timer = l.ping_sent + h.settings().ping_interval;
-                }
-            }
+            Incoming::Pong => return Ok(true),
             Incoming::Ping => {
                 self.send(packet::pong(), 0);
             }
@@ -565,9 +818,9 @@ impl<U: Send + Sync + 'static> Conn<U> {
             Incoming::Disconnect => return Err(Stop::quiet("client_disconnect")),
             Incoming::Connect { nsp, auth } => {
                 if nsp != "/" {
-                    self.send(self.codec.connect_error(&nsp, "Invalid namespace"), 0);
+                    self.send(self.codec().connect_error(&nsp, "Invalid namespace"), 0);
                 } else if !self.start_connect() {
-                    tracing::debug!(peer = self.stream.id(), "duplicate connect packet ignored");
+                    tracing::debug!(sid = %self.sid, "duplicate connect packet ignored");
                 } else {
                     h.connect(self.clone(), auth);
                 }
@@ -581,25 +834,25 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 if nsp != "/" || self.ns() != Ns::Connected {
                     ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "event_before_connect")
                         .increment(1);
-                    tracing::debug!(peer = self.stream.id(), event = %name, "event before the namespace connect dropped");
-                    return Ok(());
+                    tracing::debug!(sid = %self.sid, event = %name, "event before the namespace connect dropped");
+                    return Ok(false);
                 }
                 h.event(self, name, data, ack);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Ends the session: no more writes, a close frame if one is due, the TCP connection shut
     /// down, and the socket's rooms and timers released.
     async fn finish<H: Handler<User = U>>(self: &Arc<Self>, h: &H, stop: Stop) {
-        if let Some((code, why)) = stop.close {
+        if let (Some((code, why)), Some(stream)) = (stop.close, self.stream.get()) {
             let frame = frame::encode_close(code, why);
             // Queued behind whatever is still unwritten; `flush` ignores the closing flags.
             self.lock().queue.push_back((frame, 0));
             let deadline = Instant::now() + CLOSE_FLUSH;
             while let Ok(false) = self.flush() {
-                if tokio::time::timeout_at(deadline, self.stream.tcp().writable())
+                if tokio::time::timeout_at(deadline, stream.tcp().writable())
                     .await
                     .is_err()
                 {
@@ -607,14 +860,22 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 }
             }
         }
-        let connected = {
+        let (connected, registered) = {
             let mut out = self.lock();
             out.closed = true;
             out.queue = VecDeque::new();
             out.events = 0;
-            out.ns == Ns::Connected
+            if let Some(poll) = out.poll.as_ref() {
+                poll.ready.notify_one();
+            }
+            (out.ns == Ns::Connected, self.born_polling)
         };
-        self.stream.close();
+        if let Some(stream) = self.stream.get() {
+            stream.close();
+        }
+        if registered {
+            h.polls().remove(&self.sid);
+        }
         if connected {
             h.closed(self, stop.reason);
         }
@@ -645,7 +906,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
             }
             out.ns = Ns::Connected;
         }
-        self.send(self.codec.connected(&self.sid), 0);
+        self.send(self.codec().connected(&self.sid), 0);
         true
     }
 
@@ -653,8 +914,161 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// `connect_error` message); the client may try again.
     pub fn refuse_connect(&self, code: &str) {
         self.lock().ns = Ns::None;
-        self.send(self.codec.connect_error("/", code), 0);
+        self.send(self.codec().connect_error("/", code), 0);
     }
+
+    /// Upgrades this long-polling session to `stream`, a WebSocket the client opened with the
+    /// session's id (its 101 already written, or in `response` to write first): answers the
+    /// probe (`2probe` → `3probe`), has the pending GET answered so the client can pause
+    /// polling, and on the upgrade packet (`5`) makes the WebSocket the session's socket.
+    /// Anything else, or no upgrade within [`UPGRADE_TIMEOUT`], closes the WebSocket and the
+    /// session goes on polling.
+    pub async fn take_over(
+        self: Arc<Self>,
+        mut stream: TrackedStream,
+        response: String,
+        early: Vec<u8>,
+        deflate_min: Option<u32>,
+        max_packet: usize,
+    ) {
+        if !response.is_empty() && stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + UPGRADE_TIMEOUT;
+        let outcome = tokio::time::timeout_at(
+            deadline,
+            self.probe(&mut stream, early, deflate_min, max_packet),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(rest)) => {
+                let codec = Codec::new(self.codec().msgpack, deflate_min);
+                let taken = {
+                    let mut out = self.lock();
+                    let closed = out.closed;
+                    match out.poll.as_mut() {
+                        Some(poll) if !closed && !poll.upgraded => {
+                            self.codec.store(codec.pack(), Ordering::Release);
+                            match self.stream.set(stream) {
+                                Ok(()) => {
+                                    poll.upgraded = true;
+                                    poll.early = rest;
+                                    poll.ready.notify_one();
+                                    true
+                                }
+                                Err(_) => false,
+                            }
+                        }
+                        _ => false,
+                    }
+                };
+                if taken {
+                    ::metrics::counter!(metrics::UPGRADES, "result" => "upgraded").increment(1);
+                    self.wake.notify_one();
+                }
+            }
+            Ok(Err(why)) => {
+                self.stop_upgrading();
+                ::metrics::counter!(metrics::UPGRADES, "result" => "refused").increment(1);
+                tracing::debug!(sid = %self.sid, why, "upgrade refused; the session goes on polling");
+                let _ = stream.write_all(&frame::encode_close(1002, why)).await;
+            }
+            Err(_) => {
+                self.stop_upgrading();
+                ::metrics::counter!(metrics::UPGRADES, "result" => "timeout").increment(1);
+                tracing::debug!(sid = %self.sid, "upgrade not completed in time; the session goes on polling");
+                let _ = stream
+                    .write_all(&frame::encode_close(1008, "upgrade_timeout"))
+                    .await;
+            }
+        }
+    }
+
+    fn stop_upgrading(&self) {
+        if let Some(poll) = self.lock().poll.as_mut() {
+            poll.upgrading = false;
+        }
+    }
+
+    /// The probe and the upgrade packet; `Ok` holds the bytes read after it.
+    async fn probe(
+        &self,
+        stream: &mut TrackedStream,
+        mut data: Vec<u8>,
+        deflate_min: Option<u32>,
+        max: usize,
+    ) -> Result<Vec<u8>, &'static str> {
+        use tokio::io::AsyncReadExt;
+        let mut local = Local {
+            waiting_pong: false,
+            ping_sent: Instant::now(),
+            next_timer: Instant::now(),
+            opened: Instant::now(),
+            message: None,
+            partial: Vec::new(),
+        };
+        let mut probed = false;
+        let mut at = 0;
+        loop {
+            let decoded =
+                frame::decode(&data[at..], max, deflate_min.is_some()).map_err(|e| e.reason())?;
+            let Some((f, used)) = decoded else {
+                data.drain(..at);
+                at = 0;
+                let mut chunk = [0u8; 1024];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return Err("closed"),
+                    Ok(n) => data.extend_from_slice(&chunk[..n]),
+                }
+                continue;
+            };
+            at += used;
+            if f.opcode == Opcode::Ping {
+                let pong = frame::encode(Opcode::Pong, &f.payload);
+                stream.write_all(&pong).await.map_err(|_| "closed")?;
+                continue;
+            }
+            let message = match self.on_frame_alone(&mut local, f, max) {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(_) => return Err("bad_frame"),
+            };
+            match (probed, message.opcode, &message.payload[..]) {
+                (false, Opcode::Text, b"2probe") => {
+                    let answer = frame::encode(Opcode::Text, b"3probe");
+                    stream.write_all(&answer).await.map_err(|_| "closed")?;
+                    probed = true;
+                    let mut out = self.lock();
+                    let closed = out.closed;
+                    match out.poll.as_mut() {
+                        Some(poll) if !closed => {
+                            poll.upgrading = true;
+                            poll.noop = poll.getting;
+                            poll.ready.notify_one();
+                        }
+                        _ => return Err("session_ended"),
+                    }
+                }
+                (true, Opcode::Text, b"5") => return Ok(data.split_off(at)),
+                _ => return Err("unexpected_packet"),
+            }
+        }
+    }
+
+    /// [`Conn::on_frame`] for a WebSocket that is not (yet) the session's: control frames
+    /// other than ping end it.
+    fn on_frame_alone(&self, l: &mut Local, f: Frame, max: usize) -> Result<Option<Message>, Stop> {
+        if matches!(f.opcode, Opcode::Pong | Opcode::Close) {
+            return Err(Stop::quiet("transport_close"));
+        }
+        self.on_frame(l, f, max)
+    }
+}
+
+/// A complete WebSocket message.
+struct Message {
+    opcode: Opcode,
+    payload: Vec<u8>,
 }
 
 fn frame_error(e: FrameError) -> Stop {

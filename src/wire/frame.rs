@@ -237,21 +237,30 @@ pub fn encode_compressed(plain_first_byte: u8, payload: &[u8]) -> Bytes {
 /// The first byte (FIN, RSV and opcode) and the payload of a complete unmasked server frame
 /// built by this module; `None` if `frame` is not one.
 pub fn server_frame_parts(frame: &[u8]) -> Option<(u8, &[u8])> {
-    let (&b0, rest) = frame.split_first()?;
+    split_server_frame(frame)
+        .filter(|(_, _, used)| *used == frame.len())
+        .map(|(first, payload, _)| (first, payload))
+}
+
+/// The first of the unmasked server frames built by this module at the start of `frames`: its
+/// first byte, its payload and its whole length; `None` if no complete one is there.
+pub fn split_server_frame(frames: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let (&b0, rest) = frames.split_first()?;
     let (&b1, rest) = rest.split_first()?;
-    let (len, rest) = match b1 {
+    let (len, header): (usize, usize) = match b1 {
         126 => (
             u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize,
-            &rest[2..],
+            4,
         ),
         127 => (
             usize::try_from(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?)).ok()?,
-            &rest[8..],
+            10,
         ),
-        n if n < 126 => (n as usize, rest),
+        n if n < 126 => (n as usize, 2),
         _ => return None,
     };
-    (rest.len() == len).then_some((b0, rest))
+    let payload = frames.get(header..header.checked_add(len)?)?;
+    Some((b0, payload, header + len))
 }
 
 /// A close frame with a status code and a reason (truncated to fit a control frame).

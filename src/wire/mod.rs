@@ -1,11 +1,13 @@
-//! The gateway's own Socket.IO transport for WebSocket sessions opened directly
-//! (`transports: ["websocket"]`, the way production clients connect).
+//! The gateway's own Socket.IO transport: every session, on WebSocket, on long-polling, and
+//! from long-polling upgraded to WebSocket (the stock client's default).
 //!
 //! Every accepted connection's first request line is peeked at: a Socket.IO WebSocket handshake
-//! without a session id is upgraded here, on the raw stream, so no HTTP server buffer outlives
-//! it; anything else (the HTTP API, long-polling, polling sessions upgrading to WebSocket) goes
-//! to the HTTP server untouched. One task per session, no per-socket channel, and relayed
-//! events are encoded once and written straight to the socket (see [`conn`]).
+//! (a new session, or the upgrade of a long-polling one) is served here, on the raw stream, so
+//! no HTTP server buffer outlives it; anything else (the HTTP API, long-polling requests) goes
+//! to the HTTP server untouched, which hands `/socket.io/` requests to [`polling`] (and the
+//! rare WebSocket handshake that arrives on a kept-alive connection, taken back after its
+//! 101). One task per session, no per-socket channel, and relayed events are encoded once and
+//! written straight to the socket (see [`conn`]), or queued for a long-polling GET.
 //!
 //! At the handshake a session may agree to permessage-deflate ([`deflate`]) and to the
 //! MessagePack parser ([`msgpack`], `parser=msgpack` in the query); [`codec::Codec`] records both.
@@ -20,6 +22,7 @@ pub mod deflate;
 pub mod frame;
 pub mod msgpack;
 pub mod packet;
+pub mod polling;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,8 +47,12 @@ pub trait Handler: Send + Sync + 'static {
     /// Whether a new session from a page of `origin` (the `Origin` header, absent for
     /// non-browser clients) may start now; `Err` refuses the upgrade (e.g. while draining).
     fn admit(&self, origin: Option<&[u8]>) -> Result<(), Refusal>;
-    /// The layer's data for a new session.
-    fn new_user(&self) -> Self::User;
+    /// Whether a WebSocket from a page of `origin` is accepted at all.
+    fn admit_origin(&self, origin: Option<&[u8]>) -> Result<(), Refusal>;
+    /// The layer's data for a new session (`polling`: it starts on long-polling).
+    fn new_user(&self, polling: bool) -> Self::User;
+    /// The long-polling sessions.
+    fn polls(&self) -> &polling::Polls<Self::User>;
     /// A Socket.IO connect packet for `/`. The handler answers it, when it is done, with
     /// [`Conn::accept_connect`] or [`Conn::refuse_connect`]; events are dropped until then.
     fn connect(&self, conn: Arc<Conn<Self::User>>, auth: Option<Value>);
@@ -96,11 +103,6 @@ pub enum Sent {
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted for a WebSocket handshake.
 const MAX_HEAD: usize = 8192;
-
-/// Request path under which socketioxide serves the MessagePack parser's sessions (long-polling,
-/// and polling upgraded to WebSocket). Clients never use it: the HTTP server moves requests of
-/// `/socket.io/` with `parser=msgpack` there (one socketioxide instance per parser).
-pub const MSGPACK_PATH: &str = "/socket.io-msgpack";
 
 /// The handshake query's `parser`: `Ok(true)` for `msgpack`, `Ok(false)` when absent (JSON).
 pub fn wants_msgpack(query: &str) -> Result<bool, &'static str> {
@@ -176,7 +178,6 @@ fn classify_line(line: &[u8]) -> Route {
     let params = || query.split('&');
     if (path == "/socket.io/" || path == "/socket.io")
         && params().any(|kv| kv == "transport=websocket")
-        && !params().any(|kv| kv.starts_with("sid="))
     {
         Route::WebSocket
     } else {
@@ -267,7 +268,17 @@ fn check_request(req: &httparse::Request<'_, '_>, h: &impl Handler) -> Result<St
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("origin"))
         .map(|h| h.value);
-    h.admit(origin)?;
+    if !query.split('&').any(|kv| kv.starts_with("sid=")) {
+        h.admit(origin)?;
+    } else if h.admit_origin(origin).is_err() {
+        // The upgrade of a session already admitted: only the page's origin is checked again
+        // (a draining gateway still lets its sessions upgrade).
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            crate::auth::origins::REFUSED_CODE,
+            crate::auth::origins::REFUSED_MESSAGE,
+        ));
+    }
     Ok(key.trim().to_owned())
 }
 
@@ -311,11 +322,44 @@ async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
         Ok(agreed) => agreed,
         Err(r) => return answer_refusal(stream, r).await,
     };
+    let session = match sid_of(&req) {
+        None => None,
+        Some(sid) => match h.polls().get(sid) {
+            Some(c) if c.transport() == "polling" => Some(c),
+            found => {
+                let (status, code, message) = if found.is_some() {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "this session is on WebSocket already",
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "unknown_sid",
+                        "Session ID unknown: start a new session without sid",
+                    )
+                };
+                return answer_refusal(stream, refuse(status, code, message)).await;
+            }
+        },
+    };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     );
     let early = head[end..].to_vec();
+    if let Some(conn) = session {
+        let max = h.settings().max_packet as usize;
+        tokio::spawn(conn.take_over(
+            stream,
+            response,
+            early,
+            codec.deflate_min.map(|m| m.get()),
+            max,
+        ));
+        return;
+    }
     // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
     // here instead of staying alive (and allocated) for the whole session. The 101 goes out
     // with the Engine.IO open packet, in one write.
@@ -348,6 +392,28 @@ fn negotiate(
     Ok((key, codec, accepted.map_or("", |(line, _)| line)))
 }
 
+/// The `sid` of a handshake request, if any.
+fn sid_of<'a>(req: &httparse::Request<'_, 'a>) -> Option<&'a str> {
+    req.path?
+        .split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sid="))
+}
+
+/// A refusal as an HTTP server answer (the same body as every HTTP error of the gateway).
+pub fn refusal_response(r: Refusal) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
+    let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } }).to_string();
+    (
+        r.status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
     ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
     tracing::debug!(code = r.code, "WebSocket handshake refused");
@@ -370,16 +436,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_direct_websocket_handshakes_are_taken() {
+    fn only_websocket_handshakes_are_taken() {
         let ws = b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1";
         assert_eq!(classify_line(ws), Route::WebSocket);
         assert_eq!(
             classify_line(b"GET /socket.io?transport=websocket&EIO=4 HTTP/1.1"),
             Route::WebSocket
         );
+        assert_eq!(
+            classify_line(b"GET /socket.io/?EIO=4&transport=websocket&sid=abc HTTP/1.1"),
+            Route::WebSocket
+        );
         for line in [
-            &b"GET /socket.io/?EIO=4&transport=websocket&sid=abc HTTP/1.1"[..],
-            b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1",
+            &b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"[..],
             b"POST /v1/publish HTTP/1.1",
             b"GET /readyz HTTP/1.1",
             b"GET /other/?transport=websocket HTTP/1.1",

@@ -133,11 +133,19 @@ pub(super) fn event_args(data: Option<Value>) -> Result<(String, Option<Value>),
     Ok((name, data))
 }
 
-/// Engine.IO open packet of a WebSocket session.
-pub fn open(sid: &str, ping_interval_ms: u64, ping_timeout_ms: u64, max_payload: u64) -> Bytes {
+/// Engine.IO open packet of a session, framed; `upgrades` offers the WebSocket (to a session
+/// on long-polling).
+pub fn open(
+    sid: &str,
+    upgrades: bool,
+    ping_interval_ms: u64,
+    ping_timeout_ms: u64,
+    max_payload: u64,
+) -> Bytes {
+    let upgrades: &[&str] = if upgrades { &["websocket"] } else { &[] };
     let body = serde_json::json!({
         "sid": sid,
-        "upgrades": [],
+        "upgrades": upgrades,
         "pingInterval": ping_interval_ms,
         "pingTimeout": ping_timeout_ms,
         "maxPayload": max_payload,
@@ -285,7 +293,7 @@ mod tests {
             r#"437[{"ok":true}]"#
         );
         let open: Value =
-            serde_json::from_str(&text(&open("s1", 25000, 20000, 1000))[1..]).unwrap();
+            serde_json::from_str(&text(&open("s1", false, 25000, 20000, 1000))[1..]).unwrap();
         assert_eq!(open["upgrades"], json!([]));
         assert_eq!(open["pingInterval"], json!(25000));
         assert_eq!(text(&disconnect()), "41");
