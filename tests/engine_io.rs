@@ -1,0 +1,820 @@
+//! Engine.IO v4 as the stock socket.io-client 4.8 relies on it, spoken by hand over raw HTTP
+//! long-polling and raw WebSocket against a real gateway process: the polling handshake,
+//! payloads of several packets, the Engine.IO error answers, overlapping polls, oversized
+//! posts, heartbeats on polling, the upgrade (probe, noop flush, upgrade packet) and its
+//! edge cases, and that every answer is the same on polling as on a direct WebSocket session.
+//!
+//! The stock client with its default options (polling, then upgrade) runs from Node at the end.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{batch_created, metric, token, Gateway, QUIET, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The Engine.IO endpoint, protocol 4.
+const EIO: &str = "/socket.io/?EIO=4";
+/// Separates the packets of one polling payload.
+const SEP: char = '\u{1e}';
+/// How soon the server must answer a poll once it has something to send (an event, the noop
+/// of an upgrade): far below the default ping interval (25 s), which would otherwise answer it.
+const PROMPT: Duration = Duration::from_secs(2);
+/// Longest a poll may stay open in these tests (the default ping interval answers it at the
+/// latest), so a request never hangs the test.
+const POLL_DEADLINE: Duration = Duration::from_secs(40);
+/// engine.io's default upgrade timeout is 10 s: a WebSocket that never completes the upgrade
+/// must be closed by then; this is that plus a margin.
+const UPGRADE_DEADLINE: Duration = Duration::from_secs(20);
+/// Most noop answers a test polling through a pending upgrade accepts before its event: a
+/// server that answers every poll with a noop at once would spin the client instead of
+/// delivering.
+const MAX_NOOPS: usize = 100;
+
+// ---------------------------------------------------------------------------------------------
+// Packets
+
+/// The packets of a polling payload.
+fn packets(body: &str) -> Vec<String> {
+    if body.is_empty() {
+        return Vec::new();
+    }
+    body.split(SEP).map(String::from).collect()
+}
+
+/// The event name and first argument of a Socket.IO event packet (`42[...]`, optionally with
+/// an ack id), or `None` for any other packet.
+fn event_of(packet: &str) -> Option<(String, Value)> {
+    let rest = packet.strip_prefix("42")?;
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    let v: Value = serde_json::from_str(rest).ok()?;
+    Some((v[0].as_str()?.to_string(), v[1].clone()))
+}
+
+/// The id and first argument of a Socket.IO ack packet (`43<id>[...]`).
+fn ack_of(packet: &str) -> Option<(u64, Value)> {
+    let rest = packet.strip_prefix("43")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let (id, args) = rest.split_at(digits);
+    let args: Value = serde_json::from_str(args).ok()?;
+    Some((id.parse().ok()?, args[0].clone()))
+}
+
+/// The `offset` of a delivered `batch_update` envelope, or `None` for any other packet.
+fn batch_offset(packet: &str) -> Option<u64> {
+    match event_of(packet)? {
+        (name, env) if name == "batch_update" => env["offset"].as_u64(),
+        _ => None,
+    }
+}
+
+/// Asserts an HTTP answer is the Engine.IO error `{ code, message }` with status 400, as the
+/// Node engine.io server writes it (the code is a number).
+fn assert_eio_error(answer: &(u16, String), code: u64, message: &str, what: &str) {
+    let (status, body) = answer;
+    assert_eq!(*status, 400, "{what}: status (body {body:?})");
+    let v: Value = serde_json::from_str(body)
+        .unwrap_or_else(|_| panic!("{what}: an Engine.IO error JSON body, got {body:?}"));
+    assert_eq!(
+        v,
+        json!({ "code": code, "message": message }),
+        "{what}: Engine.IO error body"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A polling session driven by hand
+
+/// An Engine.IO session id used against one gateway over HTTP long-polling.
+#[derive(Clone)]
+struct Polling {
+    http: reqwest::Client,
+    /// The polling URL with the session id.
+    url: String,
+    sid: String,
+}
+
+/// Sends a request; its status and body.
+async fn send(req: reqwest::RequestBuilder) -> (u16, String) {
+    let resp = req
+        .timeout(POLL_DEADLINE)
+        .send()
+        .await
+        .expect("HTTP request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+impl Polling {
+    /// Opens a session with the polling handshake; returns it and the open packet's JSON.
+    async fn open(gw: &Gateway) -> (Polling, Value) {
+        let http = reqwest::Client::new();
+        let (status, body) = send(http.get(format!("{}{EIO}&transport=polling", gw.url()))).await;
+        assert_eq!(status, 200, "polling handshake: {body}");
+        let open: Value = body
+            .strip_prefix('0')
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_else(|| panic!("an open packet `0{{...}}`, got {body:?}"));
+        let sid = open["sid"].as_str().expect("sid in the open packet");
+        (Polling::at(gw, sid, http), open)
+    }
+
+    /// The session `sid` as addressed to `gw` (which may not know it).
+    fn at(gw: &Gateway, sid: &str, http: reqwest::Client) -> Polling {
+        Polling {
+            url: format!("{}{EIO}&transport=polling&sid={sid}", gw.url()),
+            sid: sid.to_string(),
+            http,
+        }
+    }
+
+    /// One poll: status and body.
+    async fn get(&self) -> (u16, String) {
+        send(self.http.get(&self.url)).await
+    }
+
+    /// Sends `body` (packets joined by the separator) as the stock client does.
+    async fn post(&self, body: &str) -> (u16, String) {
+        send(
+            self.http
+                .post(&self.url)
+                .header("content-type", "text/plain;charset=UTF-8")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// A post that must be accepted.
+    async fn post_ok(&self, body: &str) {
+        let answer = self.post(body).await;
+        assert_eq!(answer, (200, "ok".to_string()), "POST {body:?}");
+    }
+
+    /// One poll that must succeed; its packets.
+    async fn poll(&self) -> Vec<String> {
+        let (status, body) = self.get().await;
+        assert_eq!(status, 200, "poll of {}: {body:?}", self.sid);
+        packets(&body)
+    }
+
+    /// Polls (answering pings, skipping noops) until a packet for which `done` holds arrives,
+    /// within `deadline`; returns every packet received up to it, pings and noops left out.
+    /// Panics with
+    /// what came if it never does, or if the server answers more than [`MAX_NOOPS`] polls with
+    /// nothing but a noop.
+    async fn poll_until(
+        &self,
+        what: &str,
+        deadline: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let end = Instant::now() + deadline;
+        let mut got = Vec::new();
+        let mut noops = 0;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let Ok(answer) = timeout(left, self.poll()).await else {
+                panic!("{what}: not within {deadline:?}; received {got:?}");
+            };
+            if answer == ["6"] {
+                noops += 1;
+                assert!(
+                    noops <= MAX_NOOPS,
+                    "{what}: {noops} polls answered with a noop alone; received {got:?}"
+                );
+            }
+            for p in answer {
+                match p.as_str() {
+                    "6" => continue,
+                    "2" => {
+                        self.post_ok("3").await;
+                        continue;
+                    }
+                    _ => {}
+                }
+                let hit = done(&p);
+                got.push(p);
+                if hit {
+                    return got;
+                }
+            }
+        }
+    }
+
+    /// Connects to the namespace `/` with a token for `sub` of tenant 1 and polls until
+    /// `authenticated`; returns every packet received until then.
+    async fn connect(&self, sub: &str) -> Vec<String> {
+        let auth = json!({ "token": token(sub, "1", "ADMIN", 3600) });
+        self.post_ok(&format!("40{auth}")).await;
+        self.poll_until("authenticated", WAIT, |p| {
+            event_of(p).is_some_and(|(name, _)| name == "authenticated")
+        })
+        .await
+    }
+
+    /// A poll started now in its own task; a poll answered with a ping alone is answered with
+    /// a pong and made again (the server may ping at any time), so the task's answer is the
+    /// first other one.
+    fn pending_get(&self) -> tokio::task::JoinHandle<(u16, String)> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let answer = this.get().await;
+                if answer != (200, "2".to_string()) {
+                    return answer;
+                }
+                this.post_ok("3").await;
+            }
+        })
+    }
+}
+
+/// Asserts that a poll stays open while the server has nothing to send (for [`QUIET`]); from
+/// then on the test knows the server holds it.
+async fn assert_pending(poll: &mut tokio::task::JoinHandle<(u16, String)>, what: &str) {
+    if let Ok(answer) = timeout(QUIET, &mut *poll).await {
+        panic!("{what}: the poll should wait for data, it was answered {answer:?}");
+    }
+}
+
+/// Awaits a pending poll's answer within `deadline`.
+async fn answer_of(
+    poll: tokio::task::JoinHandle<(u16, String)>,
+    deadline: Duration,
+    what: &str,
+) -> (u16, String) {
+    timeout(deadline, poll)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the poll was not answered within {deadline:?}"))
+        .expect("poll task")
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket to the gateway: a direct session, or the upgrade of a polling session.
+struct Ws(Stream);
+
+impl Ws {
+    /// Opens `ws://…/socket.io/?EIO=4&transport=websocket`, with `&sid=` when upgrading.
+    async fn open(gw: &Gateway, sid: Option<&str>) -> Ws {
+        let mut url = format!("ws://{}{EIO}&transport=websocket", gw.public);
+        if let Some(sid) = sid {
+            url.push_str(&format!("&sid={sid}"));
+        }
+        let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("WebSocket handshake in time")
+            .expect("WebSocket handshake");
+        Ws(ws)
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.0.send(Message::text(text)).await.expect("ws send");
+    }
+
+    /// The next text message (answering pings on the way), or `None` once the server closed.
+    /// Panics after `deadline`.
+    async fn recv(&mut self, deadline: Duration) -> Option<String> {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let next = timeout(left, self.0.next())
+                .await
+                .unwrap_or_else(|_| panic!("no WebSocket message within {deadline:?}"));
+            match next {
+                Some(Ok(Message::Text(t))) if t.as_str() == "2" => self.send("3").await,
+                Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Whether the server closes the WebSocket within `deadline` (text it sends on the way is
+    /// returned in the error).
+    async fn closed_within(&mut self, deadline: Duration) -> Result<(), String> {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match timeout(left, self.0.next()).await {
+                Err(_) => return Err(format!("still open after {deadline:?}")),
+                Ok(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => return Ok(()),
+                Ok(Some(Ok(m))) => {
+                    if !matches!(&m, Message::Ping(_) | Message::Pong(_)) {
+                        return Err(format!("unexpected message before the close: {m:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a direct WebSocket session connected to `/` with a token for `sub` of tenant 1;
+    /// returns once `authenticated` arrived.
+    async fn connect(gw: &Gateway, sub: &str) -> Ws {
+        let mut ws = Ws::open(gw, None).await;
+        let open = ws.recv(WAIT).await.expect("open packet");
+        assert!(open.starts_with("0{"), "{open}");
+        let auth = json!({ "token": token(sub, "1", "ADMIN", 3600) });
+        ws.send(&format!("40{auth}")).await;
+        loop {
+            let p = ws.recv(WAIT).await.expect("connection open");
+            if event_of(&p).is_some_and(|(name, _)| name == "authenticated") {
+                return ws;
+            }
+        }
+    }
+
+    /// Receives until a message for which `done` holds; returns it.
+    async fn recv_until(&mut self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + WAIT;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.recv(left).await {
+                Some(p) if done(&p) => return p,
+                Some(_) => {}
+                None => panic!("{what}: the WebSocket closed first"),
+            }
+        }
+    }
+}
+
+/// Publishes one `batch_created` event to `room` of tenant 1; returns its offset there.
+async fn publish(gw: &Gateway, room: &str, n: i64) -> u64 {
+    let (status, body) = gw.publish(&batch_created(1, &[room], n)).await;
+    assert_eq!(status, 200, "publish: {body}");
+    body["rooms"][0]["offset"].as_u64().expect("offset")
+}
+
+/// Probes and completes the upgrade of `polling` on `ws` while `poll` is pending: `2probe`,
+/// `3probe`, the pending poll flushed with a noop, `5`.
+async fn upgrade(ws: &mut Ws, poll: tokio::task::JoinHandle<(u16, String)>) {
+    ws.send("2probe").await;
+    assert_eq!(ws.recv(WAIT).await.as_deref(), Some("3probe"));
+    let answer = answer_of(poll, PROMPT, "the poll pending during the upgrade").await;
+    assert_eq!(
+        answer,
+        (200, "6".to_string()),
+        "the pending poll is flushed with a noop"
+    );
+    ws.send("5").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1-2. Handshake and payloads
+
+#[tokio::test]
+async fn polling_handshake_announces_the_upgrade_heartbeat_and_max_payload() {
+    let gw = Gateway::start(&[
+        ("GATEWAY_PING_INTERVAL", "7s"),
+        ("GATEWAY_PING_TIMEOUT", "6s"),
+        ("GATEWAY_MAX_CLIENT_PACKET_BYTES", "20000"),
+    ]);
+    let (_, open) = Polling::open(&gw).await;
+    let sid = open["sid"].as_str().unwrap();
+    assert!(!sid.is_empty(), "{open}");
+    assert_eq!(
+        open,
+        json!({
+            "sid": sid,
+            "upgrades": ["websocket"],
+            "pingInterval": 7000,
+            "pingTimeout": 6000,
+            "maxPayload": 20000,
+        })
+    );
+    // Each handshake is a session of its own.
+    let (other, _) = Polling::open(&gw).await;
+    assert_ne!(other.sid, sid);
+}
+
+#[tokio::test]
+async fn a_post_of_several_packets_is_answered_and_queued_packets_come_in_one_poll() {
+    let gw = Gateway::start(&[]);
+    let (s, _) = Polling::open(&gw).await;
+    // The connect answer, then `authenticated`.
+    let got = s.connect("10").await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let connected: Value = serde_json::from_str(got[0].strip_prefix("40").expect("40{sid}"))
+        .unwrap_or_else(|_| panic!("{got:?}"));
+    assert!(connected["sid"].is_string(), "{got:?}");
+
+    // Two events with acks in one POST: both answered.
+    s.post_ok(&format!("421[\"ping\",{{}}]{SEP}422[\"join\",\"batch:7\"]"))
+        .await;
+    let mut acks = std::collections::BTreeMap::new();
+    let mut pong = None;
+    let end = Instant::now() + WAIT;
+    while acks.len() < 2 || pong.is_none() {
+        let left = end.saturating_duration_since(Instant::now());
+        let answer = timeout(left, s.poll())
+            .await
+            .unwrap_or_else(|_| panic!("acks 1 and 2 and the pong; got {acks:?} {pong:?}"));
+        for p in answer {
+            if let Some((id, body)) = ack_of(&p) {
+                assert!(acks.insert(id, body).is_none(), "ack {id} twice");
+            } else if let Some((name, body)) = event_of(&p) {
+                assert_eq!(name, "pong", "{p}");
+                pong = Some(body);
+            } else {
+                panic!("unexpected packet {p:?}");
+            }
+        }
+    }
+    assert!(acks[&1]["timestamp"].is_i64(), "{acks:?}");
+    assert_eq!(acks[&2]["ok"], true, "{acks:?}");
+    assert_eq!(acks[&2]["room"], "batch:7", "{acks:?}");
+    assert!(pong.unwrap()["timestamp"].is_i64());
+
+    // Three events queued while no poll is open go out together, joined, in order.
+    for n in 1..=3 {
+        assert_eq!(publish(&gw, "batch:7", n).await, n as u64);
+    }
+    gw.wait_metrics("three events queued for the socket", |m| {
+        metric(m, "gateway_events_delivered_total", "") >= 3.0
+    })
+    .await;
+    let got = s.poll().await;
+    let offsets: Vec<_> = got.iter().filter_map(|p| batch_offset(p)).collect();
+    assert_eq!(offsets, [1, 2, 3], "one poll, three packets: {got:?}");
+    assert_eq!(got.len(), 3, "{got:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3-5. Errors the client gets as Engine.IO errors
+
+#[tokio::test]
+async fn an_unknown_sid_or_one_of_another_gateway_is_session_id_unknown() {
+    let a = Gateway::start(&[]);
+    let b = Gateway::start(&[]);
+    let http = reqwest::Client::new();
+    let (on_a, _) = Polling::open(&a).await;
+    // A sid of the right shape that no gateway gave, and the sid of gateway a sent to b.
+    let cases = [
+        (
+            Polling::at(&a, "AAAAAAAAAAAAAAAA", http.clone()),
+            "unknown sid",
+        ),
+        (
+            Polling::at(&b, &on_a.sid, http.clone()),
+            "sid of another gateway",
+        ),
+    ];
+    for (s, what) in &cases {
+        let get = s.get().await;
+        assert_eio_error(&get, 1, "Session ID unknown", &format!("GET, {what}"));
+        let post = s.post("40").await;
+        assert_eio_error(&post, 1, "Session ID unknown", &format!("POST, {what}"));
+    }
+    // The session on a is untouched by b's refusals.
+    let mut poll = on_a.pending_get();
+    assert_pending(&mut poll, "the session on its own gateway").await;
+    poll.abort();
+}
+
+#[tokio::test]
+async fn a_second_concurrent_poll_is_refused_and_ends_the_session() {
+    let gw = Gateway::start(&[]);
+    let (s, _) = Polling::open(&gw).await;
+    let mut first = s.pending_get();
+    assert_pending(&mut first, "the first poll").await;
+    let second = s.get().await;
+    // The pending poll is closed with the close packet.
+    let first = answer_of(first, PROMPT, "the first poll after the overlap").await;
+    assert_eio_error(&second, 3, "Bad request", "the overlapping poll");
+    assert_eq!(
+        first,
+        (200, "1".to_string()),
+        "the first poll gets the close packet"
+    );
+    let later = s.get().await;
+    assert_eio_error(&later, 1, "Session ID unknown", "a poll after the overlap");
+    let later = s.post("3").await;
+    assert_eio_error(&later, 1, "Session ID unknown", "a post after the overlap");
+}
+
+#[tokio::test]
+async fn an_oversized_post_is_413_and_ends_the_session() {
+    let gw = Gateway::start(&[("GATEWAY_MAX_CLIENT_PACKET_BYTES", "1024")]);
+    let (s, open) = Polling::open(&gw).await;
+    assert_eq!(open["maxPayload"], 1024);
+    s.connect("10").await;
+    // Within the limit: accepted.
+    let fits = format!("42[\"ping\",\"{}\"]", "x".repeat(900));
+    s.post_ok(&fits).await;
+    // One byte over, in a single packet; then several packets that together exceed it.
+    let over = format!("4{}", "x".repeat(1024));
+    assert_eq!(over.len(), 1025);
+    let (status, body) = s.post(&over).await;
+    assert_eq!(status, 413, "oversized POST: {body:?}");
+    let later = s.get().await;
+    assert_eio_error(&later, 1, "Session ID unknown", "a poll after the 413");
+
+    let (s, _) = Polling::open(&gw).await;
+    let half = format!("4{}", "y".repeat(600));
+    let (status, body) = s.post(&format!("{half}{SEP}{half}")).await;
+    assert_eq!(
+        status, 413,
+        "a payload of packets over maxPayload together: {body:?}"
+    );
+    let later = s.post("3").await;
+    assert_eio_error(&later, 1, "Session ID unknown", "a post after the 413");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Heartbeat on polling
+
+#[tokio::test]
+async fn polling_heartbeat_keeps_answering_sessions_and_ends_silent_ones() {
+    const INTERVAL: Duration = Duration::from_millis(500);
+    const PING_TIMEOUT: Duration = Duration::from_millis(500);
+    let gw = Gateway::start(&[
+        ("GATEWAY_PING_INTERVAL", "500ms"),
+        ("GATEWAY_PING_TIMEOUT", "500ms"),
+    ]);
+    let (s, _) = Polling::open(&gw).await;
+    // Four pings answered: the session outlives interval + timeout several times over.
+    for i in 0..4 {
+        let started = Instant::now();
+        let got = timeout(INTERVAL + PROMPT, s.poll())
+            .await
+            .unwrap_or_else(|_| panic!("ping {i} within the interval"));
+        assert_eq!(got, ["2"], "ping {i} after {:?}", started.elapsed());
+        s.post_ok("3").await;
+    }
+    // Silent from now on: the session ends within interval + timeout (+ margin).
+    let silent = Instant::now();
+    let deadline = INTERVAL + PING_TIMEOUT + Duration::from_secs(3);
+    let mut seen = Vec::new();
+    let ended = loop {
+        let left = deadline.saturating_sub(silent.elapsed());
+        let Ok((status, body)) = timeout(left, s.get()).await else {
+            panic!("the silent session still open after {deadline:?}; polls gave {seen:?}");
+        };
+        if status == 400 {
+            break (status, body);
+        }
+        assert_eq!(status, 200, "{body:?}");
+        seen.push(body);
+    };
+    assert_eio_error(
+        &ended,
+        1,
+        "Session ID unknown",
+        "a poll of the silent session",
+    );
+    // What the polls brought meanwhile: unanswered pings, at most a close packet.
+    for body in &seen {
+        assert!(
+            packets(body).iter().all(|p| p == "2" || p == "1"),
+            "{seen:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7-10. Upgrade
+
+#[tokio::test]
+async fn upgrade_probe_noop_flush_then_delivery_over_the_websocket() {
+    let gw = Gateway::start(&[]);
+    let (s, _) = Polling::open(&gw).await;
+    s.connect("10").await;
+    let mut poll = s.pending_get();
+    assert_pending(&mut poll, "the poll before the upgrade").await;
+    let mut ws = Ws::open(&gw, Some(&s.sid)).await;
+    upgrade(&mut ws, poll).await;
+
+    // Events now come over the WebSocket.
+    let offset = publish(&gw, "user:10", 1).await;
+    let p = ws
+        .recv_until("the event over the WebSocket", |p| {
+            batch_offset(p).is_some()
+        })
+        .await;
+    assert_eq!(batch_offset(&p), Some(offset), "{p}");
+    // Requests too: an ack comes back over the WebSocket.
+    ws.send("421[\"ping\",{}]").await;
+    let p = ws
+        .recv_until("the ping ack", |p| p.starts_with("431"))
+        .await;
+    assert!(ack_of(&p).unwrap().1["timestamp"].is_i64(), "{p}");
+
+    // Polling is over for this session.
+    let late = s.get().await;
+    assert_eq!(late.0, 400, "a poll after the upgrade: {late:?}");
+    let v: Value = serde_json::from_str(&late.1)
+        .unwrap_or_else(|_| panic!("Engine.IO error JSON, got {:?}", late.1));
+    let code_3 = json!({ "code": 3, "message": "Bad request" });
+    let code_1 = json!({ "code": 1, "message": "Session ID unknown" });
+    assert!(
+        v == code_3 || v == code_1,
+        "a poll after the upgrade: {v} is neither {code_3} nor {code_1}"
+    );
+    // The upgraded session is still alive after the refused poll.
+    let offset = publish(&gw, "user:10", 2).await;
+    let p = ws
+        .recv_until("an event after the refused poll", |p| {
+            batch_offset(p).is_some()
+        })
+        .await;
+    assert_eq!(batch_offset(&p), Some(offset), "{p}");
+}
+
+/// One session whose upgrade never completes: `probe` says whether the client sends `2probe`
+/// (and gets `3probe`) before falling silent on the WebSocket. The polling session keeps
+/// delivering, and the WebSocket is closed by the server within the upgrade deadline.
+async fn abandoned_upgrade(gw: &Gateway, sub: &str, probe: bool) {
+    let what = if probe {
+        "probed, never upgraded"
+    } else {
+        "never probed"
+    };
+    let room = format!("user:{sub}");
+    let (s, _) = Polling::open(gw).await;
+    s.connect(sub).await;
+    let opened = Instant::now();
+    let mut ws = Ws::open(gw, Some(&s.sid)).await;
+    if probe {
+        ws.send("2probe").await;
+        assert_eq!(ws.recv(WAIT).await.as_deref(), Some("3probe"), "{what}");
+    }
+    let offset = publish(gw, &room, 1).await;
+    s.poll_until(&format!("{what}: an event over polling"), WAIT, |p| {
+        batch_offset(p) == Some(offset)
+    })
+    .await;
+    let closed = ws.closed_within(UPGRADE_DEADLINE.saturating_sub(opened.elapsed()));
+    closed
+        .await
+        .unwrap_or_else(|e| panic!("{what}: the WebSocket that never upgraded: {e}"));
+    // The polling session outlives the abandoned WebSocket.
+    let offset = publish(gw, &room, 2).await;
+    s.poll_until(
+        &format!("{what}: an event over polling after the WebSocket closed"),
+        WAIT,
+        |p| batch_offset(p) == Some(offset),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_upgrade_never_completed_leaves_polling_working_and_the_websocket_closed() {
+    let gw = Gateway::start(&[]);
+    tokio::join!(
+        abandoned_upgrade(&gw, "21", false),
+        abandoned_upgrade(&gw, "22", true),
+    );
+}
+
+#[tokio::test]
+async fn an_open_poll_is_answered_as_soon_as_an_event_arrives() {
+    let gw = Gateway::start(&[]);
+    let (s, _) = Polling::open(&gw).await;
+    s.connect("10").await;
+    let mut poll = s.pending_get();
+    assert_pending(&mut poll, "the poll before the event").await;
+    let offset = publish(&gw, "user:10", 1).await;
+    let (status, body) = answer_of(poll, PROMPT, "the open poll after a publish").await;
+    assert_eq!(status, 200, "{body:?}");
+    let got = packets(&body);
+    let offsets: Vec<_> = got.iter().filter_map(|p| batch_offset(p)).collect();
+    assert_eq!(offsets, [offset], "{got:?}");
+}
+
+#[tokio::test]
+async fn an_upgrade_racing_a_stream_of_events_loses_and_repeats_none() {
+    const BEFORE: u64 = 150;
+    const TOTAL: u64 = 200;
+    let gw = Arc::new(Gateway::start(&[]));
+    let (s, _) = Polling::open(&gw).await;
+    s.connect("10").await;
+
+    // The publisher: BEFORE events from now on, the rest once the upgrade is complete, so the
+    // stream runs through the whole upgrade and both transports carry some.
+    let published = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let upgraded = Arc::new(tokio::sync::Notify::new());
+    let publisher = {
+        let (gw, published, upgraded) = (gw.clone(), published.clone(), upgraded.clone());
+        tokio::spawn(async move {
+            for n in 1..=TOTAL {
+                if n == BEFORE + 1 {
+                    upgraded.notified().await;
+                }
+                let offset = publish(&gw, "user:10", n as i64).await;
+                published.lock().unwrap().push(offset);
+            }
+        })
+    };
+
+    // The poller: polls until told to stop, finishing the poll in flight (as the stock client
+    // pauses polling before it sends the upgrade packet).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut over_polling) = tokio::sync::mpsc::unbounded_channel();
+    let poller = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut noops = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let got = s.poll().await;
+                if got == ["6"] {
+                    noops += 1;
+                    assert!(noops <= MAX_NOOPS, "polls answered with a noop alone");
+                }
+                for p in got {
+                    if p == "2" {
+                        s.post_ok("3").await;
+                    } else if p != "6" {
+                        let _ = tx.send(p);
+                    }
+                }
+            }
+        })
+    };
+    // Upgrade once polling delivered some of the stream.
+    let mut received = Vec::new();
+    while received.is_empty() || published.lock().unwrap().len() < 20 {
+        let p = timeout(WAIT, over_polling.recv())
+            .await
+            .expect("events over polling before the upgrade")
+            .expect("poller running");
+        received.extend(batch_offset(&p));
+    }
+    let mut ws = Ws::open(&gw, Some(&s.sid)).await;
+    ws.send("2probe").await;
+    assert_eq!(ws.recv(WAIT).await.as_deref(), Some("3probe"));
+    stop.store(true, Ordering::SeqCst);
+    timeout(PROMPT, poller)
+        .await
+        .expect("the poll in flight answered promptly once the probe is done")
+        .expect("poller");
+    while let Ok(p) = over_polling.try_recv() {
+        received.extend(batch_offset(&p));
+    }
+    let by_polling = received.len();
+    ws.send("5").await;
+    upgraded.notify_one();
+
+    let end = Instant::now() + WAIT;
+    while (received.len() as u64) < TOTAL {
+        let left = end.saturating_duration_since(Instant::now());
+        match ws.recv(left).await {
+            Some(p) => received.extend(batch_offset(&p)),
+            None => panic!("the WebSocket closed after {} events", received.len()),
+        }
+    }
+    timeout(WAIT, publisher)
+        .await
+        .expect("publisher done")
+        .expect("publisher");
+    // Nothing more: no duplicate trailing behind.
+    if let Ok(Some(p)) = timeout(QUIET, ws.recv(WAIT)).await {
+        panic!("unexpected after the last event: {p}");
+    }
+    let published = published.lock().unwrap().clone();
+    assert_eq!(published, (1..=TOTAL).collect::<Vec<_>>());
+    assert_eq!(
+        received, published,
+        "each event once, in offset order ({by_polling} over polling, the rest over the WebSocket)"
+    );
+    assert!(
+        by_polling > 0 && (by_polling as u64) < TOTAL,
+        "both transports carried events: {by_polling} over polling"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. The same answers on every transport
+
+#[tokio::test]
+async fn an_unknown_event_gets_the_same_answer_on_polling_as_on_websocket() {
+    let gw = Gateway::start(&[]);
+    let unknown = "421[\"no_such_event\",{}]";
+
+    let mut ws = Ws::connect(&gw, "10").await;
+    ws.send(unknown).await;
+    let over_ws = ws
+        .recv_until("the ack over WebSocket", |p| p.starts_with("431"))
+        .await;
+    let (_, over_ws) = ack_of(&over_ws).expect("ack");
+    assert_eq!(over_ws["ok"], false, "{over_ws}");
+    assert_eq!(over_ws["error"]["code"], "unknown_event", "{over_ws}");
+
+    let (s, _) = Polling::open(&gw).await;
+    s.connect("11").await;
+    s.post_ok(unknown).await;
+    let got = s
+        .poll_until("the ack over polling", WAIT, |p| p.starts_with("431"))
+        .await;
+    let (_, over_polling) = ack_of(got.last().unwrap()).expect("ack");
+    assert_eq!(over_polling, over_ws);
+}
