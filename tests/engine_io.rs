@@ -825,3 +825,38 @@ async fn an_unknown_event_gets_the_same_answer_on_polling_as_on_websocket() {
     let (_, over_polling) = ack_of(got.last().unwrap()).expect("ack");
     assert_eq!(over_polling, over_ws);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The stock client
+
+/// The stock client (Node) with its default options receives a stream published through its
+/// upgrade once each and in order, and every client configuration gets the same answer to an
+/// unknown event: `tests/node/transports.test.mjs`.
+#[tokio::test]
+async fn stock_client_default_options_and_the_same_answers_everywhere() {
+    tokio::task::spawn_blocking(common::node::ensure_installed)
+        .await
+        .expect("node modules installed");
+    let gw = Gateway::start(&[("NO_COLOR", "1")]);
+    gw.wait_readyz(200).await;
+    let file = "transports.test.mjs";
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.args(["--test", "--test-reporter=spec", file])
+        .current_dir(common::node::node_dir())
+        .env("GATEWAY_URL", gw.url())
+        .env("ADMIN_URL", format!("http://{}", gw.admin))
+        .env("JWT_SECRET", common::SECRET)
+        .env("PUBLISH_KEY", common::KEY)
+        .env("NO_COLOR", "1")
+        .env_remove("NODE_OPTIONS")
+        .env_remove("NODE_TEST_CONTEXT");
+    let out = common::node::run_with_deadline(cmd, Duration::from_secs(120)).await;
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "node --test {file}: {:?}\n--- node stdout ---\n{}\n--- node stderr ---\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    println!("{}", out.stdout);
+}
