@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod engine_io;
 pub mod lb;
 pub mod node;
 pub mod prometheus;

@@ -5,6 +5,8 @@ import { describe, test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TRANSPORTS,
+  transportIndex,
+  engineTransport,
   assertEnvelope,
   closeAll,
   connectAs,
@@ -118,7 +120,7 @@ for (const transport of TRANSPORTS) {
     });
 
     test("offset grows by exactly one per event in a room", async () => {
-      const room = `batch:${transport === "websocket" ? 900 : 901}`;
+      const room = `batch:${900 + transportIndex(transport)}`;
       const { socket } = await as(10, 1);
       const joined = await joinOk(socket, room);
       const results = [];
@@ -220,7 +222,7 @@ for (const transport of TRANSPORTS) {
       const { socket } = await as(10, 1);
       await publishOk(sample("batch_created", 1));
       await waitFor(socket, "batch_update");
-      assert.equal(socket.io.engine.transport.name, transport);
+      assert.equal(socket.io.engine.transport.name, engineTransport(transport));
       assert.equal(socket.io.engine.upgrading ?? false, false);
     });
   });

@@ -5,6 +5,7 @@ import { describe, test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TRANSPORTS,
+  engineTransport,
   SECRET,
   assertPositions,
   brokenTokens,
@@ -49,7 +50,7 @@ for (const transport of TRANSPORTS) {
         { userId: "10", institutionId: "1", role: "ADMIN", rooms: ["institution:1", "user:10"], exp },
       );
       assertPositions(auth.rooms, ["institution:1", "user:10"]);
-      assert.equal(socket.io.engine.transport.name, transport);
+      assert.equal(socket.io.engine.transport.name, engineTransport(transport));
     });
 
     test("string ids are kept as given", async () => {

@@ -39,8 +39,68 @@ export function envInt(name) {
 export const WAIT_MS = 5000;
 /** Window in which something that should not happen must stay absent. */
 export const QUIET_MS = 400;
-/** Both transports the delivery tests run under. */
-export const TRANSPORTS = ["websocket", "polling"];
+/**
+ * The client configurations every parameterised test runs under: "websocket" and "polling"
+ * (that transport only, never upgrading), and "default" (the client's default options: polling
+ * first, then the upgrade to WebSocket; `connect` resolves once the session has upgraded).
+ */
+export const TRANSPORTS = ["websocket", "polling", "default"];
+
+/** The engine transport a session of configuration `transport` runs on once connected. */
+export const engineTransport = (transport) => (transport === "default" ? "websocket" : transport);
+
+/** The client options of configuration `transport` (see `TRANSPORTS`). */
+export function transportOptions(transport) {
+  if (transport === "default") return {};
+  if (transport === "websocket" || transport === "polling") return { transports: [transport], upgrade: false };
+  throw new Error(`unknown transport ${transport}`);
+}
+
+/** A number of its own per configuration (rooms and users of parallel scenarios never meet). */
+export const transportIndex = (transport) => {
+  const i = TRANSPORTS.indexOf(transport);
+  if (i < 0) throw new Error(`unknown transport ${transport}`);
+  return i;
+};
+
+/**
+ * Resolves once `socket`'s engine runs on WebSocket (at once if it already does); rejects at
+ * the deadline or on a failed upgrade.
+ */
+export function upgraded(socket, timeoutMs = WAIT_MS) {
+  const engine = socket.io.engine;
+  if (engine?.transport?.name === "websocket") return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      engine.off("upgrade", onUpgrade);
+      engine.off("upgradeError", onError);
+    };
+    const onUpgrade = () => {
+      done();
+      resolve();
+    };
+    const onError = (err) => {
+      done();
+      reject(new Error(`the upgrade to websocket failed: ${err?.message ?? err}`));
+    };
+    const timer = setTimeout(() => {
+      done();
+      reject(new Error(`no upgrade to websocket within ${timeoutMs} ms (transport: ${engine.transport?.name})`));
+    }, timeoutMs);
+    engine.on("upgrade", onUpgrade);
+    engine.on("upgradeError", onError);
+  });
+}
+
+/**
+ * Asserts that `socket` runs on the transport of configuration `transport`, waiting for the
+ * upgrade (with a deadline) under "default".
+ */
+export async function assertTransport(socket, transport) {
+  if (transport === "default") await upgraded(socket);
+  assert.equal(socket.io.engine.transport.name, engineTransport(transport), `transport of ${transport}`);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Tokens
@@ -168,9 +228,10 @@ export function parserOptions(parser = "json") {
 
 /**
  * Connects the official client. Options: `token` (sent as `auth: { token }`), or `auth` (sent
- * as given; neither: no auth at all), `transport` ("websocket" or "polling"; never upgrades),
- * `url` (another gateway than GATEWAY_URL), `parser` ("json" or "msgpack").
- * Resolves `{ socket }` once connected or `{ error }` (the `connect_error`), within a deadline.
+ * as given; neither: no auth at all), `transport` (one of `TRANSPORTS`), `url` (another gateway
+ * than GATEWAY_URL), `parser` ("json" or "msgpack").
+ * Resolves `{ socket }` once connected (under "default": and upgraded to WebSocket) or
+ * `{ error }` (the `connect_error`), within a deadline.
  */
 export async function connect({
   token,
@@ -181,8 +242,7 @@ export async function connect({
   parser = "json",
 } = {}) {
   const opts = {
-    transports: [transport],
-    upgrade: false,
+    ...transportOptions(transport),
     forceNew: true,
     reconnection: false,
     autoConnect: false,
@@ -200,6 +260,7 @@ export async function connect({
     close(socket);
     return { error: entry.args[0] };
   }
+  if (transport === "default") await upgraded(socket, timeoutMs);
   return { socket };
 }
 
@@ -230,7 +291,7 @@ export async function connectAs(
   const auto = [`institution:${tenant}`, `user:${sub}`];
   if (since === undefined) assertPositions(auth.rooms, auto);
   else assert.deepEqual(auth.rooms.map((r) => r.room), auto);
-  assert.equal(socket.io.engine.transport.name, transport, "connected over the wrong transport");
+  assert.equal(socket.io.engine.transport.name, engineTransport(transport), "connected over the wrong transport");
   return { socket, auth, token: tok };
 }
 

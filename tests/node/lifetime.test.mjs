@@ -1,7 +1,7 @@
 // Session lifetime: the grace period of unauthenticated sockets, token expiry, and refresh.
 // Runs against a gateway started with a short GATEWAY_AUTH_GRACE (AUTH_GRACE_MS, 1 s); tokens
 // live about 2 s. Every
-// scenario runs over both transports at once to keep the wall time short.
+// scenario runs over every client configuration at once to keep the wall time short.
 
 import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";

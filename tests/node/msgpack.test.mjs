@@ -9,6 +9,7 @@ import { describe, test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TRANSPORTS,
+  transportIndex,
   URL,
   WAIT_MS,
   close,
@@ -41,7 +42,7 @@ async function receivedN(socket, n) {
 
 for (const transport of TRANSPORTS) {
   const as = (parser, opts = {}) => connectAs(10, 1, "STAFF", { transport, parser, ...opts });
-  const room = `batch:${transport === "websocket" ? 31_001 : 31_002}`;
+  const room = `batch:${31_001 + transportIndex(transport)}`;
 
   describe(`msgpack beside JSON over ${transport}`, () => {
     test("same events, same order, same offsets; requests and acks work", async () => {

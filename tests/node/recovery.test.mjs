@@ -13,6 +13,9 @@ import assert from "node:assert/strict";
 import { io } from "socket.io-client";
 import {
   TRANSPORTS,
+  transportOptions,
+  transportIndex,
+  assertTransport,
   URL,
   WAIT_MS,
   assertPosition,
@@ -149,8 +152,7 @@ function recoveringClient({ sub, tenant, transport, rooms = [] }) {
   const since = (names) =>
     Object.fromEntries(names.filter((r) => positions.has(r)).map((r) => [r, { ...positions.get(r) }]));
   const socket = io(URL, {
-    transports: [transport],
-    upgrade: false,
+    ...transportOptions(transport),
     forceNew: true,
     autoConnect: false,
     reconnection: true,
@@ -217,7 +219,7 @@ const sleepUntil = (epochMs) => new Promise((resolve) => setTimeout(resolve, unt
 
 for (const transport of TRANSPORTS) {
   /** A room of its own per transport and test, so nothing left over from another test counts. */
-  const R = (n) => `batch:${(transport === "websocket" ? 10_000 : 20_000) + n}`;
+  const R = (n) => `batch:${(transportIndex(transport) + 1) * 10_000 + n}`;
   const as = (sub, tenant = 1, opts = {}) => connectAs(sub, tenant, "STAFF", { transport, ...opts });
 
   describe(`recovery over ${transport} (${BUS} bus)`, () => {
@@ -232,7 +234,7 @@ for (const transport of TRANSPORTS) {
       const { ack: joined } = await c.joined("batch:456");
       assert.deepEqual(Object.keys(joined).sort(), ["epoch", "offset", "ok", "room"], JSON.stringify(joined));
       assertPosition(joined, "batch:456");
-      assert.equal(socket.io.engine.transport.name, transport);
+      await assertTransport(socket, transport);
 
       // Some traffic while online: the client's positions follow the envelopes.
       const warmup = await publishAllOk(ROOMS.map((room, i) => eventFor(room, 1, i, `warm-${transport}`)));

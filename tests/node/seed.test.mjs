@@ -5,6 +5,7 @@ import { describe, test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   TRANSPORTS,
+  engineTransport,
   assertPositions,
   brokenTokens,
   closeAll,
@@ -27,7 +28,7 @@ afterEach(closeAll);
 async function anonymous(transport) {
   const { socket, error } = await connect({ transport });
   assert.ok(socket, `connect without a token refused: ${error?.message}`);
-  assert.equal(socket.io.engine.transport.name, transport);
+  assert.equal(socket.io.engine.transport.name, engineTransport(transport));
   return socket;
 }
 
