@@ -80,6 +80,14 @@ impl wire::Handler for Transport {
         &self.polls
     }
 
+    fn cors_open(&self) -> bool {
+        self.st.config.cors_origins.is_open()
+    }
+
+    fn cors_allows(&self, origin: &[u8]) -> bool {
+        self.st.config.cors_origins.allows(origin)
+    }
+
     fn connect(&self, conn: Arc<Conn<Arc<Session>>>, auth: Option<Value>) {
         let st = self.st.clone();
         // The handshake waits on the bus (entering the automatic rooms): a task of its own.

@@ -395,6 +395,11 @@ impl<U: Send + Sync + 'static> Conn<U> {
         self.lock().closing
     }
 
+    /// Whether the session ended (its task may not have released it yet).
+    pub fn has_ended(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Ends a long-polling session because of a request (`reason` is the disconnect label):
     /// its pending GET gets the Engine.IO close, later requests an unknown session.
     pub(super) fn end_polling(&self, reason: &'static str) {

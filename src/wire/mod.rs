@@ -20,6 +20,7 @@ pub mod codec;
 pub mod conn;
 pub mod deflate;
 pub mod frame;
+pub mod http1;
 pub mod msgpack;
 pub mod packet;
 pub mod polling;
@@ -53,6 +54,10 @@ pub trait Handler: Send + Sync + 'static {
     fn new_user(&self, polling: bool) -> Self::User;
     /// The long-polling sessions.
     fn polls(&self) -> &polling::Polls<Self::User>;
+    /// Whether any page on another origin may use long-polling (CORS answers are due).
+    fn cors_open(&self) -> bool;
+    /// Whether a page of `origin` may (its answers carry `Access-Control-Allow-Origin`).
+    fn cors_allows(&self, origin: &[u8]) -> bool;
     /// A Socket.IO connect packet for `/`. The handler answers it, when it is done, with
     /// [`Conn::accept_connect`] or [`Conn::refuse_connect`]; events are dropped until then.
     fn connect(&self, conn: Arc<Conn<Self::User>>, auth: Option<Value>);
@@ -121,6 +126,8 @@ pub type ToHttp = mpsc::Sender<(TrackedStream, SocketAddr)>;
 enum Route {
     /// A Socket.IO WebSocket handshake: served here.
     WebSocket,
+    /// An Engine.IO long-polling request: served here ([`http1`]).
+    Polling,
     /// Everything else: the HTTP server.
     Http,
     /// Closed or silent before sending a request line.
@@ -136,6 +143,7 @@ pub async fn route<H: Handler>(
 ) {
     match classify(&stream).await {
         Route::WebSocket => upgrade(h, stream).await,
+        Route::Polling => http1::serve(h, stream, addr, to_http).await,
         Route::Http => {
             if to_http.send((stream, addr)).await.is_err() {
                 tracing::debug!(%addr, "HTTP server stopped; connection dropped");
@@ -147,7 +155,12 @@ pub async fn route<H: Handler>(
 
 /// Peeks at the request line without consuming it.
 async fn classify(stream: &TrackedStream) -> Route {
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    classify_within(stream, HEAD_TIMEOUT).await
+}
+
+/// Peeks at the next request line, waiting at most `wait` for it.
+async fn classify_within(stream: &TrackedStream, wait: Duration) -> Route {
+    let deadline = tokio::time::Instant::now() + wait;
     let mut buf = [0u8; 1024];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
@@ -158,7 +171,7 @@ async fn classify(stream: &TrackedStream) -> Route {
         if let Some(end) = seen.windows(2).position(|w| w == b"\r\n") {
             return classify_line(&seen[..end]);
         }
-        if n == buf.len() || (n >= 4 && !seen.starts_with(b"GET ")) {
+        if n == buf.len() || (n >= 5 && !seen.starts_with(b"GET ") && !seen.starts_with(b"POST ")) {
             return Route::Http;
         }
         // Part of a request line: wait for the rest (rare: it nearly always comes in one piece).
@@ -171,17 +184,22 @@ fn classify_line(line: &[u8]) -> Route {
         return Route::Http;
     };
     let mut parts = line.split(' ');
-    let (Some("GET"), Some(target)) = (parts.next(), parts.next()) else {
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return Route::Http;
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let params = || query.split('&');
-    if (path == "/socket.io/" || path == "/socket.io")
-        && params().any(|kv| kv == "transport=websocket")
-    {
-        Route::WebSocket
-    } else {
-        Route::Http
+    let transport = |t: &str| {
+        query
+            .split('&')
+            .any(|kv| kv.strip_prefix("transport=") == Some(t))
+    };
+    if path != "/socket.io/" && path != "/socket.io" {
+        return Route::Http;
+    }
+    match method {
+        "GET" if transport("websocket") => Route::WebSocket,
+        "GET" | "POST" if transport("polling") => Route::Polling,
+        _ => Route::Http,
     }
 }
 
@@ -401,19 +419,6 @@ fn sid_of<'a>(req: &httparse::Request<'_, 'a>) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix("sid="))
 }
 
-/// A refusal as an HTTP server answer (the same body as every HTTP error of the gateway).
-pub fn refusal_response(r: Refusal) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
-    let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } }).to_string();
-    (
-        r.status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
-}
-
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
     ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
     tracing::debug!(code = r.code, "WebSocket handshake refused");
@@ -436,7 +441,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_websocket_handshakes_are_taken() {
+    fn engine_io_requests_are_taken() {
         let ws = b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1";
         assert_eq!(classify_line(ws), Route::WebSocket);
         assert_eq!(
@@ -447,8 +452,16 @@ mod tests {
             classify_line(b"GET /socket.io/?EIO=4&transport=websocket&sid=abc HTTP/1.1"),
             Route::WebSocket
         );
+        assert_eq!(
+            classify_line(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"),
+            Route::Polling
+        );
+        assert_eq!(
+            classify_line(b"POST /socket.io/?EIO=4&transport=polling&sid=a HTTP/1.1"),
+            Route::Polling
+        );
         for line in [
-            &b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"[..],
+            &b"OPTIONS /socket.io/?EIO=4&transport=polling HTTP/1.1"[..],
             b"POST /v1/publish HTTP/1.1",
             b"GET /readyz HTTP/1.1",
             b"GET /other/?transport=websocket HTTP/1.1",

@@ -29,10 +29,10 @@ use super::{msgpack, packet, Handler};
 use crate::drain::TrackedStream;
 use crate::metrics;
 
-/// Separator of the packets of one long-polling payload.
-const SEPARATOR: u8 = 0x1e;
 /// Longest a GET waits while a WebSocket is taking the session over.
 const UPGRADING_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Separator of the packets of one long-polling payload.
+const SEPARATOR: u8 = 0x1e;
 /// The opcode bits of a binary WebSocket frame.
 const BINARY_OPCODE: u8 = 0x2;
 
@@ -111,18 +111,76 @@ impl EioError {
     }
 }
 
-impl IntoResponse for EioError {
-    fn into_response(self) -> Response {
+impl EioError {
+    /// The answer: 400 with the reference server's body.
+    pub fn answer(self) -> Answer {
         let (code, message, label) = self.parts();
         ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => label).increment(1);
         tracing::debug!(code, message, "Engine.IO request refused");
         let body = serde_json::json!({ "code": code, "message": message }).to_string();
-        (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "application/json")],
+        Answer::new(StatusCode::BAD_REQUEST, JSON, Bytes::from(body))
+    }
+}
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=UTF-8";
+
+/// An answer to an Engine.IO request, whichever HTTP server read the request (the gateway's own
+/// for a connection whose request is Engine.IO, hyper for the others; see [`super::http1`]).
+#[derive(Debug)]
+pub struct Answer {
+    /// Status.
+    pub status: StatusCode,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    fn new(status: StatusCode, content_type: &'static str, body: Bytes) -> Self {
+        Self {
+            status,
+            content_type,
             body,
+        }
+    }
+
+    fn payload(body: Bytes) -> Self {
+        Self::new(StatusCode::OK, TEXT, body)
+    }
+
+    fn ok() -> Self {
+        Self::new(StatusCode::OK, "text/html", Bytes::from_static(b"ok"))
+    }
+
+    /// A refusal of the gateway (draining, a parser it does not speak): its JSON error body.
+    pub fn refusal(r: super::Refusal) -> Self {
+        ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
+        let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } });
+        Self::new(r.status, JSON, Bytes::from(body.to_string()))
+    }
+
+    /// A POST body larger than `maxPayload`.
+    pub fn too_large() -> Self {
+        let body = serde_json::json!({ "code": 3, "message": "Payload too large" });
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            JSON,
+            Bytes::from(body.to_string()),
         )
-            .into_response()
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut res = Response::new(Body::from(self.body));
+        *res.status_mut() = self.status;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        res
     }
 }
 
@@ -149,54 +207,100 @@ impl<'a> Query<'a> {
     }
 }
 
-/// Serves one `/socket.io/` request of the HTTP server.
-pub async fn handle<H: Handler>(h: Arc<H>, req: Request) -> Response {
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let q = Query::parse(&query);
+/// What an Engine.IO request asks for, once its query is read.
+pub enum Step<U> {
+    /// Answered already.
+    Done(Answer),
+    /// A GET of a long-polling session.
+    Get(Arc<Conn<U>>),
+    /// A POST of a long-polling session (its body is read next, up to [`Handler::settings`]'
+    /// `max_packet`).
+    Post(Arc<Conn<U>>),
+    /// A WebSocket handshake, of a new session or (with `sid`) an upgrade.
+    WebSocket,
+}
+
+/// Reads an Engine.IO request's method and query; starts a session for a handshake.
+pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Step<H::User> {
+    let q = Query::parse(query);
     if q.eio != Some("4") {
-        return EioError::UnsupportedProtocolVersion.into_response();
+        return Step::Done(EioError::UnsupportedProtocolVersion.answer());
     }
-    let msgpack = match super::wants_msgpack(&query) {
+    let msgpack = match super::wants_msgpack(query) {
         Ok(m) => m,
         Err(message) => {
-            return crate::wire::refusal_response(super::refuse(
+            return Step::Done(Answer::refusal(super::refuse(
                 StatusCode::BAD_REQUEST,
                 "unsupported_parser",
                 message,
-            ))
+            )))
         }
     };
     match q.transport {
         Some("polling") => {}
-        Some("websocket") => return websocket(h, req, q.sid).await,
-        _ => return EioError::UnknownTransport.into_response(),
+        Some("websocket") => return Step::WebSocket,
+        _ => return Step::Done(EioError::UnknownTransport.answer()),
     }
     let Some(sid) = q.sid else {
-        if req.method() != Method::GET {
-            return EioError::BadHandshakeMethod.into_response();
+        if method != Method::GET {
+            return Step::Done(EioError::BadHandshakeMethod.answer());
         }
         if let Err(refusal) = h.admit(None) {
-            return crate::wire::refusal_response(refusal);
+            return Step::Done(Answer::refusal(refusal));
         }
-        let (_, open) = conn::start_polling(&h, Codec::new(msgpack, None));
-        return payload_response(payload(&[(open, 0)]));
+        let (_, open) = conn::start_polling(h, Codec::new(msgpack, None));
+        return Step::Done(Answer::payload(payload(&[(open, 0)])));
     };
-    let Some(conn) = h.polls().get(sid) else {
-        return EioError::UnknownSid.into_response();
+    let Some(conn) = h.polls().get(sid).filter(|c| !c.has_ended()) else {
+        return Step::Done(EioError::UnknownSid.answer());
     };
     if conn.transport() != "polling" {
-        return EioError::BadRequest.into_response();
+        return Step::Done(EioError::BadRequest.answer());
     }
-    match *req.method() {
-        Method::GET => poll(&conn).await,
-        Method::POST => post(&*h, &conn, req).await,
-        _ => EioError::BadRequest.into_response(),
+    match *method {
+        Method::GET => Step::Get(conn),
+        Method::POST => Step::Post(conn),
+        _ => Step::Done(EioError::BadRequest.answer()),
+    }
+}
+
+/// Serves one `/socket.io/` request that reached the HTTP server.
+pub async fn handle<H: Handler>(h: Arc<H>, req: Request) -> Response {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    match step(&h, req.method(), &query) {
+        Step::Done(answer) => answer.into_response(),
+        Step::WebSocket => {
+            let sid = Query::parse(&query).sid;
+            websocket(h.clone(), req, sid).await
+        }
+        Step::Get(conn) => poll(&conn, std::future::pending()).await.into_response(),
+        Step::Post(conn) => {
+            let max = h.settings().max_packet as usize;
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok());
+            let body = match declared {
+                Some(n) if n > max => None,
+                _ => axum::body::to_bytes(req.into_body(), max).await.ok(),
+            };
+            match body {
+                Some(body) => post(&*h, &conn, &body),
+                None => oversized(&conn, max),
+            }
+            .into_response()
+        }
     }
 }
 
 /// A GET: waits until something is queued (the heartbeat's ping at the latest) and answers
-/// with all of it.
-async fn poll<U: Send + Sync + 'static>(conn: &Arc<Conn<U>>) -> Response {
+/// with all of it. `gone` completes if the client goes away meanwhile: the session ends then,
+/// as on the reference server (what the GET would have taken stays queued for nobody).
+pub async fn poll<U: Send + Sync + 'static>(
+    conn: &Arc<Conn<U>>,
+    gone: impl std::future::Future<Output = ()>,
+) -> Answer {
     let Some(ready) = conn.begin_get() else {
         if conn.transport() == "polling" {
             tracing::debug!(
@@ -205,33 +309,40 @@ async fn poll<U: Send + Sync + 'static>(conn: &Arc<Conn<U>>) -> Response {
             );
             conn.end_polling("transport_error");
         }
-        return EioError::BadRequest.into_response();
+        return EioError::BadRequest.answer();
     };
     let _pending = Pending(conn);
+    tokio::pin!(gone);
     let mut waited_upgrading = false;
     loop {
         let notified = ready.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match conn.poll_now() {
-            Polled::Frames(mut taken) => return payload_response(payload(taken.make_contiguous())),
-            Polled::Closed => return payload_response(Bytes::from_static(b"1")),
-            Polled::Noop => return payload_response(Bytes::from_static(b"6")),
-            Polled::Wait { upgrading: false } => notified.await,
-            // A GET that came while the client was about to pause polling (sent before it got
-            // `3probe`): answered soon, so the pause is not held up until the next ping; a
-            // client that never sends the upgrade packet polls ten times a second at most.
+        let wait = match conn.poll_now() {
+            Polled::Frames(mut taken) => return Answer::payload(payload(taken.make_contiguous())),
+            Polled::Closed => return Answer::payload(Bytes::from_static(b"1")),
+            Polled::Noop => return Answer::payload(Bytes::from_static(b"6")),
             Polled::Wait { upgrading: true } if waited_upgrading => {
-                return payload_response(Bytes::from_static(b"6"))
+                return Answer::payload(Bytes::from_static(b"6"))
             }
-            Polled::Wait { upgrading: true } => {
-                waited_upgrading = tokio::time::timeout(UPGRADING_POLL, notified)
-                    .await
-                    .is_err();
+            Polled::Wait { upgrading } => upgrading,
+        };
+        // A GET that came while the client was about to pause polling (sent before it got
+        // `3probe`) is answered soon, so the pause is not held up until the next ping; a client
+        // that never sends the upgrade packet polls ten times a second at most.
+        let limit = if wait { UPGRADING_POLL } else { FOREVER };
+        tokio::select! {
+            woken = tokio::time::timeout(limit, notified) => waited_upgrading = woken.is_err(),
+            () = &mut gone => {
+                conn.end_polling("transport_close");
+                return Answer::payload(Bytes::from_static(b"1"));
             }
         }
     }
 }
+
+/// Longer than any wait.
+const FOREVER: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
 
 /// Clears the session's pending GET when it ends (answered, or dropped by a client that left).
 struct Pending<'a, U: Send + Sync + 'static>(&'a Arc<Conn<U>>);
@@ -242,34 +353,21 @@ impl<U: Send + Sync + 'static> Drop for Pending<'_, U> {
     }
 }
 
+/// A POST body over `maxPayload` (`max`): 413, and the session ends.
+pub fn oversized<U: Send + Sync + 'static>(conn: &Arc<Conn<U>>, max: usize) -> Answer {
+    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "payload_too_large")
+        .increment(1);
+    tracing::debug!(
+        sid = conn.sid(),
+        max,
+        "a POST larger than maxPayload ends the session"
+    );
+    conn.end_polling("transport_error");
+    Answer::too_large()
+}
+
 /// A POST: the client's packets, joined by `\x1e`.
-async fn post<H: Handler>(h: &H, conn: &Arc<Conn<H::User>>, req: Request) -> Response {
-    let max = h.settings().max_packet as usize;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let body = match declared {
-        Some(n) if n > max => None,
-        _ => axum::body::to_bytes(req.into_body(), max).await.ok(),
-    };
-    let Some(body) = body else {
-        ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "payload_too_large")
-            .increment(1);
-        tracing::debug!(
-            sid = conn.sid(),
-            max,
-            "a POST larger than maxPayload ends the session"
-        );
-        conn.end_polling("transport_error");
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({ "code": 3, "message": "Payload too large" }).to_string(),
-        )
-            .into_response();
-    };
+pub fn post<H: Handler>(h: &H, conn: &Arc<Conn<H::User>>, body: &[u8]) -> Answer {
     let msgpack = conn.codec().msgpack;
     // An empty body carries no packet (the reference server would call it a parse error; a
     // client gains nothing from losing its session over it).
@@ -294,31 +392,14 @@ async fn post<H: Handler>(h: &H, conn: &Arc<Conn<H::User>>, req: Request) -> Res
             Err(stop) => {
                 conn.end_polling(stop.reason);
                 return if stop.reason == "bad_packet" {
-                    EioError::BadRequest.into_response()
+                    EioError::BadRequest.answer()
                 } else {
-                    ok()
+                    Answer::ok()
                 };
             }
         }
     }
-    ok()
-}
-
-fn ok() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/html")],
-        Bytes::from_static(b"ok"),
-    )
-        .into_response()
-}
-
-fn payload_response(body: Bytes) -> Response {
-    let mut res = Response::new(Body::from(body));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=UTF-8"),
-    );
-    res
+    Answer::ok()
 }
 
 /// The long-polling payload of queued frames: each frame's Engine.IO packet, joined by `\x1e`.
@@ -355,8 +436,8 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request, sid: Option<&str>) -
     let conn = match sid {
         Some(sid) => match h.polls().get(sid) {
             Some(c) if c.transport() == "polling" => Some(c),
-            Some(_) => return EioError::BadRequest.into_response(),
-            None => return EioError::UnknownSid.into_response(),
+            Some(_) => return EioError::BadRequest.answer().into_response(),
+            None => return EioError::UnknownSid.answer().into_response(),
         },
         None => None,
     };
@@ -373,18 +454,18 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request, sid: Option<&str>) -
         .any(|v| v.eq_ignore_ascii_case("websocket"));
     let key = header(header::SEC_WEBSOCKET_KEY).into_iter().next();
     let (Some(key), true) = (key, upgrade) else {
-        return EioError::BadRequest.into_response();
+        return EioError::BadRequest.answer().into_response();
     };
     if header(header::SEC_WEBSOCKET_VERSION)
         .first()
         .map(String::as_str)
         != Some("13")
     {
-        return EioError::BadRequest.into_response();
+        return EioError::BadRequest.answer().into_response();
     }
     if conn.is_none() {
         if let Err(refusal) = h.admit(None) {
-            return crate::wire::refusal_response(refusal);
+            return Answer::refusal(refusal).into_response();
         }
     }
     let offers = header(header::SEC_WEBSOCKET_EXTENSIONS);
