@@ -188,21 +188,29 @@ async fn recovery_page_site(dir: &std::path::Path) -> StaticSite {
 }
 
 /// `tests/browser/page-driver.mjs`: Chromium with one tab, one command at a time. Its whole
-/// process group (browser included) is killed when dropped; what the page logged is printed
-/// if the test is failing.
+/// process group is killed when dropped, and its temp dir (the browser's profile) removed;
+/// what the page logged is printed if the test is failing.
 struct PageDriver {
     child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
+    /// Taken (closed) when dropped: the driver then closes the browser and exits.
+    stdin: Option<tokio::process::ChildStdin>,
     answers: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The driver's TMPDIR: a failing test kills it before it can remove the profile itself.
+    _tmp: tempfile::TempDir,
 }
 
 impl PageDriver {
     async fn start(dir: &std::path::Path) -> PageDriver {
         use tokio::io::AsyncBufReadExt;
+        let tmp = tempfile::Builder::new()
+            .prefix("page-driver-")
+            .tempdir()
+            .expect("temp dir");
         let mut child = Command::new("node")
             .arg("page-driver.mjs")
             .current_dir(dir)
+            .env("TMPDIR", tmp.path())
             .env("NO_COLOR", "1")
             .env_remove("NODE_OPTIONS")
             .stdin(std::process::Stdio::piped())
@@ -226,9 +234,10 @@ impl PageDriver {
         });
         PageDriver {
             child,
-            stdin,
+            stdin: Some(stdin),
             answers,
             stderr,
+            _tmp: tmp,
         }
     }
 
@@ -238,6 +247,8 @@ impl PageDriver {
         use tokio::io::AsyncWriteExt;
         let line = format!("{cmd}\n");
         self.stdin
+            .as_mut()
+            .expect("the driver's stdin")
             .write_all(line.as_bytes())
             .await
             .expect("write to the page driver");
@@ -257,14 +268,23 @@ impl PageDriver {
     async fn quit(mut self) {
         self.call(json!({ "op": "close" })).await;
         use tokio::io::AsyncWriteExt;
-        let _ = self.stdin.write_all(b"{\"op\":\"quit\"}\n").await;
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(b"{\"op\":\"quit\"}\n").await;
+        }
         let _ = tokio::time::timeout(DRIVER_DEADLINE, self.child.wait()).await;
     }
 }
 
 impl Drop for PageDriver {
     fn drop(&mut self) {
-        if let Some(pid) = self.child.id() {
+        // End of input: the driver stops the browser (which removes its profile) and exits.
+        // Killed if it has not within the deadline (it may be stuck in a page).
+        self.stdin.take();
+        let deadline = std::time::Instant::now() + DRIVER_DEADLINE;
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let (Ok(None), Some(pid)) = (self.child.try_wait(), self.child.id()) {
             // The group id is the driver's pid: this kills exactly what this test started.
             let _ = std::process::Command::new("kill")
                 .args(["-s", "KILL", "--", &format!("-{pid}")])
