@@ -2,21 +2,23 @@
 // It recovers the way the README tells applications to: it remembers its position in every
 // room (from `authenticated` and from each event) and passes them as `since` on every
 // (re)connect, so an event published while it was between two connections still reaches it.
+// TRANSPORTS is "websocket" or "polling" (that transport only, never upgrading) or "default"
+// (the client's default options: polling, then the upgrade to WebSocket; each `connect` step is
+// reported once the session has upgraded).
 // Prints one JSON line per step on stdout; exits 0 when it reconnected and received an event
 // published afterwards, 1 otherwise. Bounded: gives up after DEADLINE_MS.
 import { io } from "socket.io-client";
 
 const url = process.env.GATEWAY_URL;
 const token = process.env.TOKEN;
-const transports = (process.env.TRANSPORTS || "websocket").split(",");
+const config = process.env.TRANSPORTS || "websocket";
 const DEADLINE_MS = 20000;
 const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 
 const positions = {}; // room -> { epoch, offset }
 const socket = io(url, {
   auth: (cb) => cb({ token, since: positions }),
-  transports,
-  upgrade: false,
+  ...(config === "default" ? { upgrade: true } : { transports: config.split(","), upgrade: false }),
   reconnectionDelay: 100,
   reconnectionDelayMax: 500,
   randomizationFactor: 0,
@@ -28,7 +30,15 @@ socket.on("authenticated", (me) => {
 });
 socket.on("connect", () => {
   connects += 1;
-  say({ step: "connect", n: connects });
+  const n = connects;
+  const engine = socket.io.engine;
+  const report = () => say({ step: "connect", n, transport: engine.transport.name });
+  if (config !== "default" || engine.transport.name === "websocket") return report();
+  engine.once("upgrade", report);
+  engine.once("upgradeError", (err) => {
+    say({ step: "failed", why: `connect ${n}: the upgrade to websocket failed: ${err?.message ?? err}` });
+    process.exit(1);
+  });
 });
 socket.on("disconnect", (reason) => say({ step: "disconnect", reason }));
 socket.on("connect_error", (err) => say({ step: "connect_error", message: err.message }));
