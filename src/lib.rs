@@ -215,10 +215,11 @@ pub async fn run(
                 "draining: not ready; closing connections after the delay"
             );
             tokio::time::sleep(delay).await;
-            let closed = drain::close_gradually(&connections, period).await;
             // Long-polling sessions have no connection of their own: each gets the Engine.IO
-            // close, a lost transport to the stock client, which reconnects elsewhere.
-            let polling = transport.close_polling();
+            // close on its pending GET (a lost transport to the stock client, which reconnects
+            // elsewhere), before the connections that carry those GETs are closed.
+            let polling = transport.close_polling().await;
+            let closed = drain::close_gradually(&connections, period).await;
             ::metrics::counter!(metrics::DRAINED).increment((closed + polling) as u64);
             tracing::info!(closed, polling, "drain done");
         }

@@ -42,9 +42,12 @@ impl Transport {
 }
 
 impl Transport {
-    /// Ends every session still on long-polling (the drain); returns how many.
-    pub fn close_polling(&self) -> usize {
-        self.polls.close_all()
+    /// Ends every session still on long-polling (the drain), giving their pending GETs up to a
+    /// second to carry the Engine.IO close; returns how many.
+    pub async fn close_polling(&self) -> usize {
+        self.polls
+            .close_all(std::time::Duration::from_secs(1))
+            .await
     }
 }
 

@@ -431,6 +431,11 @@ impl<U: Send + Sync + 'static> Conn<U> {
         Some(poll.ready.clone())
     }
 
+    /// Whether a GET is pending.
+    pub(super) fn is_getting(&self) -> bool {
+        self.lock().poll.as_ref().is_some_and(|p| p.getting)
+    }
+
     /// Ends a GET (answered, or dropped by a client that went away).
     pub(super) fn end_get(&self) {
         if let Some(poll) = self.lock().poll.as_mut() {

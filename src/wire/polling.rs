@@ -70,13 +70,23 @@ impl<U: Send + Sync + 'static> Polls<U> {
     }
 
     /// Ends every session still on long-polling with the Engine.IO close (the drain: the stock
-    /// client sees a lost transport and reconnects elsewhere); returns how many.
-    pub fn close_all(&self) -> usize {
-        let all: Vec<_> = self.lock().values().cloned().collect();
-        all.iter()
+    /// client sees a lost transport and reconnects elsewhere), and waits up to `within` for
+    /// their pending GETs to carry it out; returns how many sessions it ended.
+    pub async fn close_all(&self, within: std::time::Duration) -> usize {
+        let polling: Vec<_> = self
+            .lock()
+            .values()
             .filter(|c| c.transport() == "polling")
-            .map(|c| c.end_polling("transport_close"))
-            .count()
+            .cloned()
+            .collect();
+        for conn in &polling {
+            conn.end_polling("transport_close");
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while polling.iter().any(|c| c.is_getting()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        polling.len()
     }
 }
 
