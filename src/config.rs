@@ -77,18 +77,21 @@ fn room_len(s: &str) -> Result<usize, String> {
     }
 }
 
-/// The soft limit on open files of this process.
+/// The soft limit on open files of this process (from `/proc/self/limits`; 1024, the usual
+/// default, if it cannot be read).
 fn open_file_limit() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    if ok {
-        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        1024
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| soft_open_files(&limits))
+        .unwrap_or(1024)
+}
+
+/// The "Max open files" soft limit in the text of `/proc/<pid>/limits`.
+fn soft_open_files(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    match line["Max open files".len()..].split_whitespace().next()? {
+        "unlimited" => Some(usize::MAX),
+        n => n.parse().ok(),
     }
 }
 
@@ -738,6 +741,18 @@ impl ServeArgs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_open_file_limit_is_read_from_proc() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \nMax cpu time              unlimited            unlimited            seconds   \nMax open files            20000                20000                files     \n";
+        assert_eq!(super::soft_open_files(limits), Some(20000));
+        assert_eq!(
+            super::soft_open_files("Max open files unlimited unlimited files"),
+            Some(usize::MAX)
+        );
+        assert_eq!(super::soft_open_files("nothing"), None);
+        assert!(super::open_file_limit() >= 16);
+    }
+
     use super::*;
     use clap::Parser;
 

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,9 +27,9 @@ pub struct Connections {
     /// client that was cut reconnects elsewhere instead of coming back here.
     closing: std::sync::atomic::AtomicBool,
     next: AtomicU64,
-    /// Id → file descriptor. An entry is removed (under this lock) before its stream closes
-    /// the descriptor, so a descriptor found here is always still the connection's own.
-    open: Mutex<HashMap<u64, RawFd>>,
+    /// Id → the connection's socket, shared with its [`TrackedStream`]: the socket stays open
+    /// while either holds it, so a drain can shut down any registered connection.
+    open: Mutex<HashMap<u64, Arc<TcpStream>>>,
 }
 
 impl Default for Connections {
@@ -55,7 +54,7 @@ impl Connections {
         self.closing.load(Ordering::SeqCst) || self.len() >= self.max
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, RawFd>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -66,18 +65,15 @@ impl Connections {
 
     /// Shuts down up to `n` connections (both directions); returns how many.
     pub fn close_some(&self, n: usize) -> usize {
-        let mut open = self.lock();
-        let ids: Vec<u64> = open.keys().take(n).copied().collect();
-        for id in &ids {
-            if let Some(fd) = open.remove(id) {
-                // SAFETY: `fd` belongs to a live TcpStream: streams deregister under this lock
-                // before closing their descriptor, and we hold the lock.
-                unsafe {
-                    libc::shutdown(fd, libc::SHUT_RDWR);
-                }
-            }
+        let taken: Vec<Arc<TcpStream>> = {
+            let mut open = self.lock();
+            let ids: Vec<u64> = open.keys().take(n).copied().collect();
+            ids.iter().filter_map(|id| open.remove(id)).collect()
+        };
+        for tcp in &taken {
+            shutdown(tcp);
         }
-        ids.len()
+        taken.len()
     }
 }
 
@@ -103,7 +99,8 @@ pub async fn accept_loop(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
                 let id = connections.next.fetch_add(1, Ordering::Relaxed);
-                connections.lock().insert(id, stream.as_raw_fd());
+                let stream = Arc::new(stream);
+                connections.lock().insert(id, stream.clone());
                 let io = TrackedStream {
                     inner: stream,
                     id,
@@ -123,7 +120,7 @@ pub async fn accept_loop(
 
 /// An accepted connection that deregisters itself when dropped.
 pub struct TrackedStream {
-    inner: TcpStream,
+    inner: Arc<TcpStream>,
     id: u64,
     connections: Arc<Connections>,
 }
@@ -138,9 +135,14 @@ impl TrackedStream {
     /// still hold the stream (a cut, or the end of a session others may still write to).
     pub fn close(&self) {
         self.connections.lock().remove(&self.id);
-        if let Err(e) = socket2::SockRef::from(&self.inner).shutdown(std::net::Shutdown::Both) {
-            tracing::debug!(error = %e, "shutdown of a connection that is gone already");
-        }
+        shutdown(&self.inner);
+    }
+}
+
+/// Shuts a connection down in both directions.
+fn shutdown(tcp: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Both) {
+        tracing::debug!(error = %e, "shutdown of a connection that is gone already");
     }
 }
 
@@ -150,43 +152,67 @@ impl Drop for TrackedStream {
     }
 }
 
+// The socket is shared with the registry, so reads and writes go through `&TcpStream`:
+// readiness, then a non-blocking attempt.
 impl AsyncRead for TrackedStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        loop {
+            std::task::ready!(self.inner.poll_read_ready(cx))?;
+            match self.inner.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
 impl AsyncWrite for TrackedStream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        loop {
+            std::task::ready!(self.inner.poll_write_ready(cx))?;
+            match self.inner.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        loop {
+            std::task::ready!(self.inner.poll_write_ready(cx))?;
+            match self.inner.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.inner).shutdown(std::net::Shutdown::Write))
     }
 }
 
