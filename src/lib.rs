@@ -44,6 +44,8 @@
 //! [`run`] takes already bound listeners and a cancellation token, so tests and embedders bind
 //! port 0 and stop the gateway when they choose.
 
+#![forbid(unsafe_code)]
+
 mod auth;
 mod bus;
 mod config;
