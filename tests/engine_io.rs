@@ -533,3 +533,25 @@ async fn stock_client_default_options_and_the_same_answers_everywhere() {
     );
     println!("{}", out.stdout);
 }
+
+#[tokio::test]
+async fn a_draining_gateway_sends_sessions_it_does_not_hold_to_the_next_one() {
+    let gw = Gateway::start(&[("GATEWAY_DRAIN_DELAY", "30s")]);
+    gw.wait_readyz(200).await;
+    let (own, _) = Polling::open(&gw).await;
+    gw.sigterm();
+    gw.wait_readyz(503).await;
+    // A session of another gateway (the hash still points here): 503 `draining`, which the
+    // load balancer retries on the next gateway, for a GET and for a POST.
+    let stranger = Polling::at(&gw, "a-session-of-another-gateway", reqwest::Client::new());
+    for (what, (status, body)) in [
+        ("GET", stranger.get().await),
+        ("POST", stranger.post("3").await),
+    ] {
+        assert_eq!(status, 503, "{what}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON error body");
+        assert_eq!(v["error"]["code"], "draining", "{what}: {v}");
+    }
+    // Its own sessions go on until the connections are closed.
+    own.post_ok("3");
+}

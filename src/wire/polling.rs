@@ -262,6 +262,12 @@ pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Step<H::Use
         return Step::Done(Answer::payload(payload(&[(open, 0)])));
     };
     let Some(conn) = h.polls().get(sid).filter(|c| !c.has_ended()) else {
+        // A draining gateway answers a session it does not know with 503, which the load
+        // balancer retries on the next gateway (the session's own, when affinity still points
+        // here): nothing was done with the request.
+        if let Err(refusal) = h.admit(None) {
+            return Step::Done(Answer::refusal(refusal));
+        }
         return Step::Done(EioError::UnknownSid.answer());
     };
     if conn.transport() != "polling" {
