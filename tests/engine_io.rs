@@ -553,5 +553,5 @@ async fn a_draining_gateway_sends_sessions_it_does_not_hold_to_the_next_one() {
         assert_eq!(v["error"]["code"], "draining", "{what}: {v}");
     }
     // Its own sessions go on until the connections are closed.
-    own.post_ok("3");
+    own.post_ok("3").await;
 }
