@@ -66,7 +66,8 @@ pub async fn serve<H: Handler>(
         }
         match super::classify_within(&stream, IDLE).await {
             Route::Polling => {}
-            Route::WebSocket => return super::upgrade(h, stream).await,
+            // Boxed: its buffers are not part of this (long-lived) task's state.
+            Route::WebSocket => return Box::pin(super::upgrade(h, stream)).await,
             Route::Http => {
                 if to_http.send((stream, addr)).await.is_err() {
                     tracing::debug!(%addr, "HTTP server stopped; connection dropped");
@@ -151,7 +152,7 @@ async fn gone(tcp: &TcpStream) {
 /// Reads one request head; `Ok(None)` when the connection closed before one came.
 async fn read_head(stream: &mut TrackedStream) -> Result<Option<Head>, Answer> {
     let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-    let mut buf = vec![0u8; 1024];
+    let mut buf = vec![0u8; 512];
     let end = loop {
         let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),

@@ -104,6 +104,8 @@ pub enum Sent {
     Closed,
 }
 
+/// Most bytes of a request line looked at to route a connection.
+const CLASSIFY_PEEK: usize = 256;
 /// How long a new connection may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted for a WebSocket handshake.
@@ -142,8 +144,10 @@ pub async fn route<H: Handler>(
     to_http: ToHttp,
 ) {
     match classify(&stream).await {
-        Route::WebSocket => upgrade(h, stream).await,
-        Route::Polling => http1::serve(h, stream, addr, to_http).await,
+        // Each boxed, so a connection's task holds only the state of what it became (a
+        // long-polling connection waits here for as long as its GET).
+        Route::WebSocket => Box::pin(upgrade(h, stream)).await,
+        Route::Polling => Box::pin(http1::serve(h, stream, addr, to_http)).await,
         Route::Http => {
             if to_http.send((stream, addr)).await.is_err() {
                 tracing::debug!(%addr, "HTTP server stopped; connection dropped");
@@ -161,7 +165,9 @@ async fn classify(stream: &TrackedStream) -> Route {
 /// Peeks at the next request line, waiting at most `wait` for it.
 async fn classify_within(stream: &TrackedStream, wait: Duration) -> Route {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut buf = [0u8; 1024];
+    // Small: it is part of every connection's task while it waits for a request (a longer
+    // request line goes to the HTTP server, which serves it the same way).
+    let mut buf = [0u8; CLASSIFY_PEEK];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Route::Nowhere,
