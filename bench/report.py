@@ -7,8 +7,11 @@
 
 For every scenario it takes the newest run in which both the gateway and the baseline were
 measured (so every ratio compares numbers taken in the same run, on the same machine); a
-scenario measured for one target only shows a dash for the other. Nothing here is typed by
-hand: every number comes from bench/results/*.json. Python 3.11, standard library only.
+scenario measured for one target only shows a dash for the other. The main table is of clients
+on WebSocket; when idle or fan-out were also measured with clients on long-polling or polling
+then upgrade (`scenario.py --transport`), a second table puts each transport's gateway and
+baseline side by side. Nothing here is typed by hand: every number comes from
+bench/results/*.json. Python 3.11, standard library only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+# Client transports in the order they are listed (older results, without one, are WebSocket).
+TRANSPORTS = ["websocket", "polling", "upgrade"]
+TRANSPORT_LABELS = {
+    "websocket": "WebSocket",
+    "polling": "polling only",
+    "upgrade": "polling → WebSocket",
+}
 
 
 def load(results: Path) -> list[dict]:
@@ -35,12 +45,17 @@ def load(results: Path) -> list[dict]:
     return docs
 
 
-def pick(docs: list[dict], scenario: str) -> tuple[dict | None, dict | None]:
+def transport_of(doc: dict) -> str:
+    return doc.get("transport", "websocket")
+
+
+def pick(docs: list[dict], scenario: str, transport: str = "websocket") -> tuple[dict | None, dict | None]:
     """(gateway, baseline) of the newest run that has both, else the newest of each."""
     runs: dict[str, dict[str, dict]] = {}
     for d in docs:
         # The table compares on one Redis server; Redis Cluster runs are reported apart.
-        if d["scenario"] == scenario and d.get("redis", "single") == "single":
+        if (d["scenario"] == scenario and d.get("redis", "single") == "single"
+                and transport_of(d) == transport):
             runs.setdefault(d.get("run", ""), {})[d.get("target", "")] = d
     both = [r for r in sorted(runs) if {"gateway", "baseline"} <= set(runs[r])]
     if both:
@@ -118,6 +133,85 @@ def achieved(d):
     return v if v is not None else get(d, "max_zero_loss_offered_per_sec")
 
 
+def cpu_at_30k(d):
+    """Server CPU per delivery (µs) of the fan-out step at 30k deliveries/s."""
+    steps = get(d, "steps", default=[]) + [get(d, "at_30k")]
+    s = next((s for s in steps if s and abs(s["offered_per_sec"] - 30_000) < 1), None)
+    return s and s["server_cpu_us_per_delivery"]
+
+
+def cpu_lowest(d):
+    """Server CPU per delivery (µs) of the fan-out's first (lowest-rate) step."""
+    steps = get(d, "steps", default=[])
+    return steps[0]["server_cpu_us_per_delivery"] if steps else None
+
+
+def transport_table(docs: list[dict], used: list[dict]) -> list[str]:
+    """Idle and fan-out, gateway against baseline for each client transport measured, the
+    transports of one metric next to each other. Empty when only WebSocket was measured."""
+    present = {transport_of(d) for d in docs if d["scenario"] in ("idle", "fanout")}
+    if not present - {"websocket"}:
+        return []
+    order = [tr for tr in TRANSPORTS if tr in present]
+    rows: list[str] = []
+
+    def group(metric: str, better: str, value, digits: int = 1, scenario: str = "idle") -> None:
+        arrow = {"higher": "↑", "lower": "↓", "": ""}[better]
+        first = True
+        for tr in order:
+            g, b = pick(docs, scenario, tr)
+            if not (g or b):
+                continue
+            used.extend(d for d in (g, b) if d and d not in used)
+            vg, vb = value(g), value(b)
+            label = f"{metric} {arrow}".strip() if first else ""
+            first = False
+            rows.append(f"| {label} | {TRANSPORT_LABELS[tr]} | {fmt(vg, digits)} | {fmt(vb, digits)} "
+                        f"| {ratio(vg, vb)} |")
+
+    def size_entry(d, n):
+        return next((s for s in get(d, "sizes", default=[]) if s["connections"] == n), None)
+
+    sizes = sorted({s["connections"] for d in docs if d["scenario"] == "idle"
+                    and d.get("redis", "single") == "single" and transport_of(d) in order
+                    for s in get(d, "sizes", default=[])})
+    for n in sizes:
+        group(f"idle: memory per connection, {n:,} held (KiB)", "lower",
+              lambda d, n=n: kib(size_entry(d, n) and size_entry(d, n)["bytes_per_connection"]))
+        group(f"idle: connections held of {n:,}", "higher",
+              lambda d, n=n: size_entry(d, n) and size_entry(d, n)["held"], 0)
+        group(f"idle: server CPU per connect, {n:,} (µs)", "lower",
+              lambda d, n=n: size_entry(d, n) and size_entry(d, n)["cpu_us_per_connect"], 0)
+    fan = [d for d in docs if d["scenario"] == "fanout" and transport_of(d) in order]
+    if fan:
+        n = fan[-1].get("params", {}).get("fanout_connections")
+        stop = fan[-1].get("params", {}).get("stop_p99_ms", 1000)
+        low = next((get(d, "steps", default=[{}])[0].get("offered_per_sec") for d in fan
+                    if get(d, "steps")), None)
+        f = lambda metric, better, value, digits=1: group(  # noqa: E731
+            f"fan-out, {fmt(n)}-member room: {metric}", better, value, digits, "fanout")
+        f("connections held", "higher", lambda d: get(d, "connections", "held"), 0)
+        f(f"server CPU per delivery at the lowest rate, {fmt(low)}/s (µs)", "lower", cpu_lowest, 2)
+        f("server CPU per delivery at 30k/s (µs)", "lower", cpu_at_30k, 2)
+        f("p99 at 30k deliveries/s (ms)", "lower", lambda d: get(d, "p99_ms_at_30k"))
+        f("lost or doubled at 30k deliveries/s", "lower",
+          lambda d: get(d, "at_30k") and (get(d, "at_30k")["deliveries"]["lost"]
+                                          + get(d, "at_30k")["deliveries"]["duplicated"]), 0)
+        f(f"highest zero-loss rate with p99 ≤ {fmt(stop, 0)} ms (deliveries/s)", "higher", achieved, 0)
+    if not rows:
+        return []
+    return [
+        "",
+        "By client transport (WebSocket: `transports: [\"websocket\"]`; polling only: "
+        "`transports: [\"polling\"]`; polling → WebSocket: the stock client's default, upgraded "
+        "after the handshake); each transport's gateway and baseline come from the same run.",
+        "",
+        "| metric | client transport | gateway | baseline | ratio |",
+        "|---|---|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def build(docs: list[dict]) -> str:
     t = Table()
     used: list[dict] = []
@@ -154,16 +248,7 @@ def build(docs: list[dict]) -> str:
         t.row("fan-out", f"p99 at 30k deliveries/s, {fmt(small)}-member room (ms)", "lower",
               get(g, "small_room_p99_ms_at_30k"), get(b, "small_room_p99_ms_at_30k"))
 
-        def cpu_at_30k(d):
-            steps = get(d, "steps", default=[]) + [get(d, "at_30k")]
-            s = next((s for s in steps if s and abs(s["offered_per_sec"] - 30_000) < 1), None)
-            return s and s["server_cpu_us_per_delivery"]
-
         t.row("fan-out", "server CPU per delivery at 30k/s (µs)", "lower", cpu_at_30k(g), cpu_at_30k(b), 2)
-
-        def cpu_lowest(d):
-            steps = get(d, "steps", default=[])
-            return steps[0]["server_cpu_us_per_delivery"] if steps else None
 
         low = (get(g, "steps", default=[]) or get(b, "steps", default=[]) or [{}])[0].get("offered_per_sec")
         t.row("fan-out", f"server CPU per delivery at the lowest rate, {fmt(low)}/s (µs)", "lower",
@@ -231,7 +316,8 @@ def build(docs: list[dict]) -> str:
         t.rows.append(f"| callgrind | instructions per delivery ({newest['clients']} clients × "
                       f"{newest['events']} events) | {fmt(newest['ir_per_delivery'], 0)} | | |")
 
-    if not t.rows:
+    by_transport = transport_table(docs, used)
+    if not t.rows and not by_transport:
         return "No results yet: run `python3 bench/scenario.py all --target both`.\n"
     ref = next((d for d in used if d.get("machine")), None)
     m = ref["machine"] if ref else {}
@@ -253,7 +339,7 @@ def build(docs: list[dict]) -> str:
         "| scenario | metric | gateway | baseline | ratio |",
         "|---|---|---:|---:|---:|",
     ]
-    return "\n".join(head + t.rows) + "\n"
+    return "\n".join(head + t.rows + by_transport) + "\n"
 
 
 def main() -> int:
