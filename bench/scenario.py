@@ -1151,6 +1151,17 @@ def floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x]
 
 
+def scenario_names(s: str) -> list[str]:
+    if s == "all":
+        return [n for n in SCENARIOS if n != "ingest"]
+    names = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in names if x not in SCENARIOS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"scenarios are {', '.join(SCENARIOS)} or all; got {s!r}")
+    # In the order of SCENARIOS, like all.
+    return [n for n in SCENARIOS if n in names]
+
+
 def transports(s: str) -> list[str]:
     names = [x.strip() for x in s.split(",") if x.strip()]
     bad = [x for x in names if x not in TRANSPORTS]
@@ -1161,7 +1172,8 @@ def transports(s: str) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    ap.add_argument("scenario", type=scenario_names,
+                    help=f"one of {', '.join(SCENARIOS)}, several joined by commas, or all (every one but ingest)")
     ap.add_argument("--target", choices=["gateway", "baseline", "both"], default="both")
     ap.add_argument("--transport", dest="transports", type=transports, default=["websocket"],
                     help="idle / fanout: comma-separated transports of the clients, each run in turn "
@@ -1169,7 +1181,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run of the harness")
     ap.add_argument("--sizes", type=ints, help="idle: connection counts (e.g. 10000,19000)")
     ap.add_argument("--connections", type=int, help="fanout / rooms / storm / scale: connections")
-    ap.add_argument("--rates", type=floats, help="fanout / rooms: publish rates to step through")
+    ap.add_argument("--rates", type=floats,
+                    help="fanout / rooms / compression: publish rates to step through (when one of them is run)")
     ap.add_argument("--small-room", type=int, help="fanout: members of the small room")
     ap.add_argument("--servers", type=int, help="scale: server processes")
     ap.add_argument("--scale-rate", type=float, help="scale: events per second")
@@ -1198,8 +1211,10 @@ def main() -> int:
         for k in ("fanout_connections", "rooms_connections", "storm_connections", "scale_connections",
                   "compression_connections"):
             sizes[k] = opts.connections
-    if opts.rates and opts.scenario in ("fanout", "rooms", "compression"):
-        sizes[f"{opts.scenario}_rates"] = opts.rates
+    stepped = [n for n in opts.scenario if n in ("fanout", "rooms", "compression")]
+    # Rates only make sense for one kind of step (fan-out rates are not rooms rates).
+    if opts.rates and len(stepped) == 1:
+        sizes[f"{stepped[0]}_rates"] = opts.rates
     if opts.events:
         sizes["ingest_events"] = opts.events
     for arg, key in (("small_room", "small_room"), ("servers", "scale_servers"),
@@ -1209,7 +1224,7 @@ def main() -> int:
     opts.sizes = sizes
 
     targets = ["gateway", "baseline"] if opts.target == "both" else [opts.target]
-    names = [n for n in SCENARIOS if n != "ingest"] if opts.scenario == "all" else [opts.scenario]
+    names = opts.scenario
     modes = ["single", "cluster"] if opts.redis_modes == "both" else [opts.redis_modes]
     _raise_nofile()  # children inherit it
     signal.signal(signal.SIGINT, _on_signal)
