@@ -49,15 +49,33 @@ def transport_of(doc: dict) -> str:
     return doc.get("transport", "websocket")
 
 
-def pick(docs: list[dict], scenario: str, transport: str = "websocket") -> tuple[dict | None, dict | None]:
-    """(gateway, baseline) of the newest run that has both, else the newest of each."""
+def runs_of(docs: list[dict], scenario: str, transport: str) -> dict[str, dict[str, dict]]:
+    """{run: {target: doc}} of one scenario and client transport, on one Redis server."""
     runs: dict[str, dict[str, dict]] = {}
     for d in docs:
         # The table compares on one Redis server; Redis Cluster runs are reported apart.
         if (d["scenario"] == scenario and d.get("redis", "single") == "single"
                 and transport_of(d) == transport):
             runs.setdefault(d.get("run", ""), {})[d.get("target", "")] = d
+    return runs
+
+
+def complete(runs: dict[str, dict[str, dict]]) -> list[str]:
+    """Runs that measured both targets: full sizes (newest last), then --quick ones after them,
+    so a quick run (which only proves the harness) never hides a full one."""
     both = [r for r in sorted(runs) if {"gateway", "baseline"} <= set(runs[r])]
+    quick = lambda r: any(d.get("quick") for d in runs[r].values())  # noqa: E731
+    return [r for r in both if quick(r)] + [r for r in both if not quick(r)]
+
+
+def pick(docs: list[dict], scenario: str, transport: str = "websocket",
+         run: str | None = None) -> tuple[dict | None, dict | None]:
+    """(gateway, baseline) of `run` if it has both, else of the newest run that has both (a
+    full-size one before a quick one), else the newest of each."""
+    runs = runs_of(docs, scenario, transport)
+    both = complete(runs)
+    if run in both:
+        return runs[run]["gateway"], runs[run]["baseline"]
     if both:
         r = runs[both[-1]]
         return r["gateway"], r["baseline"]
@@ -146,20 +164,34 @@ def cpu_lowest(d):
     return steps[0]["server_cpu_us_per_delivery"] if steps else None
 
 
-def transport_table(docs: list[dict], used: list[dict]) -> list[str]:
+def transport_table(docs: list[dict]) -> list[str]:
     """Idle and fan-out, gateway against baseline for each client transport measured, the
-    transports of one metric next to each other. Empty when only WebSocket was measured."""
+    transports of one metric next to each other, all from one run where possible (the newest
+    run, full sizes first, that measured a transport other than WebSocket on both targets).
+    Empty when only WebSocket was measured."""
     present = {transport_of(d) for d in docs if d["scenario"] in ("idle", "fanout")}
-    if not present - {"websocket"}:
-        return []
     order = [tr for tr in TRANSPORTS if tr in present]
+    if order == ["websocket"] or not order:
+        return []
     rows: list[str] = []
+    used: list[dict] = []
 
-    def group(metric: str, better: str, value, digits: int = 1, scenario: str = "idle") -> None:
+    def picked(scenario: str) -> dict[str, tuple[dict | None, dict | None]]:
+        ref = None
+        for tr in order:
+            if tr != "websocket":
+                runs = runs_of(docs, scenario, tr)
+                c = complete(runs)
+                key = c and (not any(d.get("quick") for d in runs[c[-1]].values()), c[-1])
+                if c and (ref is None or key > ref):
+                    ref = key
+        return {tr: pick(docs, scenario, tr, ref and ref[1]) for tr in order}
+
+    def group(pairs, metric: str, better: str, value, digits: int = 1) -> None:
         arrow = {"higher": "↑", "lower": "↓", "": ""}[better]
         first = True
         for tr in order:
-            g, b = pick(docs, scenario, tr)
+            g, b = pairs[tr]
             if not (g or b):
                 continue
             used.extend(d for d in (g, b) if d and d not in used)
@@ -172,39 +204,48 @@ def transport_table(docs: list[dict], used: list[dict]) -> list[str]:
     def size_entry(d, n):
         return next((s for s in get(d, "sizes", default=[]) if s["connections"] == n), None)
 
-    sizes = sorted({s["connections"] for d in docs if d["scenario"] == "idle"
-                    and d.get("redis", "single") == "single" and transport_of(d) in order
+    idle = picked("idle")
+    sizes = sorted({s["connections"] for pair in idle.values() for d in pair if d
                     for s in get(d, "sizes", default=[])})
     for n in sizes:
-        group(f"idle: memory per connection, {n:,} held (KiB)", "lower",
+        group(idle, f"idle: memory per connection, {n:,} held (KiB)", "lower",
               lambda d, n=n: kib(size_entry(d, n) and size_entry(d, n)["bytes_per_connection"]))
-        group(f"idle: connections held of {n:,}", "higher",
+        group(idle, f"idle: connections held of {n:,}", "higher",
               lambda d, n=n: size_entry(d, n) and size_entry(d, n)["held"], 0)
-        group(f"idle: server CPU per connect, {n:,} (µs)", "lower",
+        group(idle, f"idle: server CPU per connect, {n:,} (µs)", "lower",
               lambda d, n=n: size_entry(d, n) and size_entry(d, n)["cpu_us_per_connect"], 0)
-    fan = [d for d in docs if d["scenario"] == "fanout" and transport_of(d) in order]
-    if fan:
-        n = fan[-1].get("params", {}).get("fanout_connections")
-        stop = fan[-1].get("params", {}).get("stop_p99_ms", 1000)
-        low = next((get(d, "steps", default=[{}])[0].get("offered_per_sec") for d in fan
-                    if get(d, "steps")), None)
-        f = lambda metric, better, value, digits=1: group(  # noqa: E731
-            f"fan-out, {fmt(n)}-member room: {metric}", better, value, digits, "fanout")
+    fan = picked("fanout")
+    fan_docs = [d for pair in fan.values() for d in pair if d]
+    if fan_docs:
+        params = fan_docs[0].get("params", {})
+        n, stop = params.get("fanout_connections"), params.get("stop_p99_ms", 1000)
+        low = next((get(d, "steps")[0].get("offered_per_sec") for d in fan_docs if get(d, "steps")), None)
+
+        def f(metric, better, value, digits=1):
+            group(fan, f"fan-out, {fmt(n)}-member room: {metric}", better, value, digits)
+
+        def at_30k(d, key):
+            s = get(d, "at_30k")
+            return s and s["deliveries"][key]
+
         f("connections held", "higher", lambda d: get(d, "connections", "held"), 0)
         f(f"server CPU per delivery at the lowest rate, {fmt(low)}/s (µs)", "lower", cpu_lowest, 2)
         f("server CPU per delivery at 30k/s (µs)", "lower", cpu_at_30k, 2)
         f("p99 at 30k deliveries/s (ms)", "lower", lambda d: get(d, "p99_ms_at_30k"))
         f("lost or doubled at 30k deliveries/s", "lower",
-          lambda d: get(d, "at_30k") and (get(d, "at_30k")["deliveries"]["lost"]
-                                          + get(d, "at_30k")["deliveries"]["duplicated"]), 0)
+          lambda d: at_30k(d, "lost") is not None and at_30k(d, "lost") + at_30k(d, "duplicated"), 0)
         f(f"highest zero-loss rate with p99 ≤ {fmt(stop, 0)} ms (deliveries/s)", "higher", achieved, 0)
     if not rows:
         return []
+    runs = sorted({d.get("run", "") for d in used if d.get("run")})
+    quick = any(d.get("quick") for d in used)
     return [
         "",
         "By client transport (WebSocket: `transports: [\"websocket\"]`; polling only: "
         "`transports: [\"polling\"]`; polling → WebSocket: the stock client's default, upgraded "
-        "after the handshake); each transport's gateway and baseline come from the same run.",
+        "after the handshake). Each transport's gateway and baseline come from the same run; "
+        f"measured {runs[0] if runs else '?'}" + (f" to {runs[-1]}" if len(runs) > 1 else "")
+        + (". **Quick (small) sizes.**" if quick else "."),
         "",
         "| metric | client transport | gateway | baseline | ratio |",
         "|---|---|---:|---:|---:|",
@@ -316,7 +357,7 @@ def build(docs: list[dict]) -> str:
         t.rows.append(f"| callgrind | instructions per delivery ({newest['clients']} clients × "
                       f"{newest['events']} events) | {fmt(newest['ir_per_delivery'], 0)} | | |")
 
-    by_transport = transport_table(docs, used)
+    by_transport = transport_table(docs)
     if not t.rows and not by_transport:
         return "No results yet: run `python3 bench/scenario.py all --target both`.\n"
     ref = next((d for d in used if d.get("machine")), None)
