@@ -21,6 +21,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scenario import FULL  # noqa: E402  (the full sizes, one definition)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 # Client transports in the order they are listed (older results, without one, are WebSocket).
@@ -60,12 +63,21 @@ def runs_of(docs: list[dict], scenario: str, transport: str) -> dict[str, dict[s
     return runs
 
 
+def rank(doc: dict) -> int:
+    """0: a --quick run (it only proves the harness); 1: full sizes changed by flags (fewer
+    rates, other counts); 2: the full sizes of `scenario.py` as they are now."""
+    if doc.get("quick"):
+        return 0
+    params = doc.get("params", {})
+    keys = [k for k in FULL if k.startswith(doc["scenario"] + "_")]
+    return 2 if all(params.get(k) == FULL[k] for k in keys) else 1
+
+
 def complete(runs: dict[str, dict[str, dict]]) -> list[str]:
-    """Runs that measured both targets: full sizes (newest last), then --quick ones after them,
-    so a quick run (which only proves the harness) never hides a full one."""
-    both = [r for r in sorted(runs) if {"gateway", "baseline"} <= set(runs[r])]
-    quick = lambda r: any(d.get("quick") for d in runs[r].values())  # noqa: E731
-    return [r for r in both if quick(r)] + [r for r in both if not quick(r)]
+    """Runs that measured both targets, best last: by rank (full default sizes over changed
+    sizes over quick ones, so a smaller run never hides a full one), then by date."""
+    both = [r for r in runs if {"gateway", "baseline"} <= set(runs[r])]
+    return sorted(both, key=lambda r: (min(rank(d) for d in runs[r].values()), r))
 
 
 def pick(docs: list[dict], scenario: str, transport: str = "websocket",
@@ -182,9 +194,9 @@ def transport_table(docs: list[dict]) -> list[str]:
             if tr != "websocket":
                 runs = runs_of(docs, scenario, tr)
                 c = complete(runs)
-                key = c and (not any(d.get("quick") for d in runs[c[-1]].values()), c[-1])
-                if c and (ref is None or key > ref):
-                    ref = key
+                if c:
+                    key = (min(rank(d) for d in runs[c[-1]].values()), c[-1])
+                    ref = key if ref is None or key > ref else ref
         return {tr: pick(docs, scenario, tr, ref and ref[1]) for tr in order}
 
     def group(pairs, metric: str, better: str, value, digits: int = 1) -> None:
