@@ -602,11 +602,19 @@ def run_step(run: Run, target: str, redis_url: str, servers, gens, opts, rate: f
              rooms=None, user_rooms: int = 0) -> dict:
     mark(gens)
     before = [proc_sample(s.pid) for s in servers]
+    gens_before = [proc_sample(g.proc.pid) for g in gens]
     count = max(1, int(round(rate * opts.sizes["step_secs"])))
     pub = publish(run, target, redis_url, rooms, count, rate, user_rooms)
     reports = report(gens, [Path(pub["file"])], opts)
     after = [proc_sample(s.pid) for s in servers]
+    gens_after = [proc_sample(g.proc.pid) for g in gens]
     step = step_result(rate, members, merge_reports(reports), procs_delta(servers, before, after), pub)
+    # The generators share the cores with the server: their CPU tells a saturated generator
+    # (and, on polling, what the HTTP round trips cost the client side).
+    gen_cpu = sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(gens_after, gens_before))
+    received = step["deliveries"]["received"]
+    step["generators_cpu_s"] = round(gen_cpu, 3)
+    step["generators_cpu_us_per_delivery"] = round(gen_cpu * 1e6 / received, 2) if received else None
     d, lat = step["deliveries"], step["latency_ms"]
     log(f"  rate {rate}/s x {members}: received {d['received']}/{d['expected']} lost {d['lost']} "
         f"dup {d['duplicated']} p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms, "
