@@ -7,8 +7,11 @@
 
 For every scenario it takes the newest run in which both the gateway and the baseline were
 measured (so every ratio compares numbers taken in the same run, on the same machine); a
-scenario measured for one target only shows a dash for the other. Nothing here is typed by
-hand: every number comes from bench/results/*.json. Python 3.11, standard library only.
+scenario measured for one target only shows a dash for the other. The main table is of clients
+on WebSocket; when idle or fan-out were also measured with clients on long-polling or polling
+then upgrade (`scenario.py --transport`), a second table puts each transport's gateway and
+baseline side by side. Nothing here is typed by hand: every number comes from
+bench/results/*.json. Python 3.11, standard library only.
 """
 
 from __future__ import annotations
@@ -18,8 +21,18 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scenario import FULL  # noqa: E402  (the full sizes, one definition)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+# Client transports in the order they are listed (older results, without one, are WebSocket).
+TRANSPORTS = ["websocket", "polling", "upgrade"]
+TRANSPORT_LABELS = {
+    "websocket": "WebSocket",
+    "polling": "polling only",
+    "upgrade": "polling → WebSocket",
+}
 
 
 def load(results: Path) -> list[dict]:
@@ -35,14 +48,46 @@ def load(results: Path) -> list[dict]:
     return docs
 
 
-def pick(docs: list[dict], scenario: str) -> tuple[dict | None, dict | None]:
-    """(gateway, baseline) of the newest run that has both, else the newest of each."""
+def transport_of(doc: dict) -> str:
+    return doc.get("transport", "websocket")
+
+
+def runs_of(docs: list[dict], scenario: str, transport: str) -> dict[str, dict[str, dict]]:
+    """{run: {target: doc}} of one scenario and client transport, on one Redis server."""
     runs: dict[str, dict[str, dict]] = {}
     for d in docs:
         # The table compares on one Redis server; Redis Cluster runs are reported apart.
-        if d["scenario"] == scenario and d.get("redis", "single") == "single":
+        if (d["scenario"] == scenario and d.get("redis", "single") == "single"
+                and transport_of(d) == transport):
             runs.setdefault(d.get("run", ""), {})[d.get("target", "")] = d
-    both = [r for r in sorted(runs) if {"gateway", "baseline"} <= set(runs[r])]
+    return runs
+
+
+def rank(doc: dict) -> int:
+    """0: a --quick run (it only proves the harness); 1: full sizes changed by flags (fewer
+    rates, other counts); 2: the full sizes of `scenario.py` as they are now."""
+    if doc.get("quick"):
+        return 0
+    params = doc.get("params", {})
+    keys = [k for k in FULL if k.startswith(doc["scenario"] + "_")]
+    return 2 if all(params.get(k) == FULL[k] for k in keys) else 1
+
+
+def complete(runs: dict[str, dict[str, dict]]) -> list[str]:
+    """Runs that measured both targets, best last: by rank (full default sizes over changed
+    sizes over quick ones, so a smaller run never hides a full one), then by date."""
+    both = [r for r in runs if {"gateway", "baseline"} <= set(runs[r])]
+    return sorted(both, key=lambda r: (min(rank(d) for d in runs[r].values()), r))
+
+
+def pick(docs: list[dict], scenario: str, transport: str = "websocket",
+         run: str | None = None) -> tuple[dict | None, dict | None]:
+    """(gateway, baseline) of `run` if it has both, else of the newest run that has both (a
+    full-size one before a quick one), else the newest of each."""
+    runs = runs_of(docs, scenario, transport)
+    both = complete(runs)
+    if run in both:
+        return runs[run]["gateway"], runs[run]["baseline"]
     if both:
         r = runs[both[-1]]
         return r["gateway"], r["baseline"]
@@ -118,6 +163,109 @@ def achieved(d):
     return v if v is not None else get(d, "max_zero_loss_offered_per_sec")
 
 
+def cpu_at_30k(d):
+    """Server CPU per delivery (µs) of the fan-out step at 30k deliveries/s."""
+    steps = get(d, "steps", default=[]) + [get(d, "at_30k")]
+    s = next((s for s in steps if s and abs(s["offered_per_sec"] - 30_000) < 1), None)
+    return s and s["server_cpu_us_per_delivery"]
+
+
+def cpu_lowest(d):
+    """Server CPU per delivery (µs) of the fan-out's first (lowest-rate) step."""
+    steps = get(d, "steps", default=[])
+    return steps[0]["server_cpu_us_per_delivery"] if steps else None
+
+
+def transport_table(docs: list[dict]) -> list[str]:
+    """Idle and fan-out, gateway against baseline for each client transport measured, the
+    transports of one metric next to each other, all from one run where possible (the newest
+    run, full sizes first, that measured a transport other than WebSocket on both targets).
+    Empty when only WebSocket was measured."""
+    present = {transport_of(d) for d in docs if d["scenario"] in ("idle", "fanout")}
+    order = [tr for tr in TRANSPORTS if tr in present]
+    if order == ["websocket"] or not order:
+        return []
+    rows: list[str] = []
+    used: list[dict] = []
+
+    def picked(scenario: str) -> dict[str, tuple[dict | None, dict | None]]:
+        ref = None
+        for tr in order:
+            if tr != "websocket":
+                runs = runs_of(docs, scenario, tr)
+                c = complete(runs)
+                if c:
+                    key = (min(rank(d) for d in runs[c[-1]].values()), c[-1])
+                    ref = key if ref is None or key > ref else ref
+        return {tr: pick(docs, scenario, tr, ref and ref[1]) for tr in order}
+
+    def group(pairs, metric: str, better: str, value, digits: int = 1) -> None:
+        arrow = {"higher": "↑", "lower": "↓", "": ""}[better]
+        first = True
+        for tr in order:
+            g, b = pairs[tr]
+            if not (g or b):
+                continue
+            used.extend(d for d in (g, b) if d and d not in used)
+            vg, vb = value(g), value(b)
+            label = f"{metric} {arrow}".strip() if first else ""
+            first = False
+            rows.append(f"| {label} | {TRANSPORT_LABELS[tr]} | {fmt(vg, digits)} | {fmt(vb, digits)} "
+                        f"| {ratio(vg, vb)} |")
+
+    def size_entry(d, n):
+        return next((s for s in get(d, "sizes", default=[]) if s["connections"] == n), None)
+
+    idle = picked("idle")
+    sizes = sorted({s["connections"] for pair in idle.values() for d in pair if d
+                    for s in get(d, "sizes", default=[])})
+    for n in sizes:
+        group(idle, f"idle: memory per connection, {n:,} held (KiB)", "lower",
+              lambda d, n=n: kib(size_entry(d, n) and size_entry(d, n)["bytes_per_connection"]))
+        group(idle, f"idle: connections held of {n:,}", "higher",
+              lambda d, n=n: size_entry(d, n) and size_entry(d, n)["held"], 0)
+        group(idle, f"idle: server CPU per connect, {n:,} (µs)", "lower",
+              lambda d, n=n: size_entry(d, n) and size_entry(d, n)["cpu_us_per_connect"], 0)
+    fan = picked("fanout")
+    fan_docs = [d for pair in fan.values() for d in pair if d]
+    if fan_docs:
+        params = fan_docs[0].get("params", {})
+        n, stop = params.get("fanout_connections"), params.get("stop_p99_ms", 1000)
+        low = next((get(d, "steps")[0].get("offered_per_sec") for d in fan_docs if get(d, "steps")), None)
+
+        def f(metric, better, value, digits=1):
+            group(fan, f"fan-out, {fmt(n)}-member room: {metric}", better, value, digits)
+
+        def at_30k(d, key):
+            s = get(d, "at_30k")
+            return s and s["deliveries"][key]
+
+        f("connections held", "higher", lambda d: get(d, "connections", "held"), 0)
+        f(f"server CPU per delivery at the lowest rate, {fmt(low)}/s (µs)", "lower", cpu_lowest, 2)
+        f("server CPU per delivery at 30k/s (µs)", "lower", cpu_at_30k, 2)
+        f("p99 at 30k deliveries/s (ms)", "lower", lambda d: get(d, "p99_ms_at_30k"))
+        f("lost or doubled at 30k deliveries/s", "lower",
+          lambda d: at_30k(d, "lost") is not None and at_30k(d, "lost") + at_30k(d, "duplicated"), 0)
+        f(f"highest zero-loss rate with p99 ≤ {fmt(stop, 0)} ms, of the rates run (deliveries/s)",
+          "higher", achieved, 0)
+    if not rows:
+        return []
+    runs = sorted({d.get("run", "") for d in used if d.get("run")})
+    quick = any(d.get("quick") for d in used)
+    return [
+        "",
+        "By client transport (WebSocket: `transports: [\"websocket\"]`; polling only: "
+        "`transports: [\"polling\"]`; polling → WebSocket: the stock client's default, upgraded "
+        "after the handshake). Each transport's gateway and baseline come from the same run; "
+        f"measured {runs[0] if runs else '?'}" + (f" to {runs[-1]}" if len(runs) > 1 else "")
+        + (". **Quick (small) sizes.**" if quick else "."),
+        "",
+        "| metric | client transport | gateway | baseline | ratio |",
+        "|---|---|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def build(docs: list[dict]) -> str:
     t = Table()
     used: list[dict] = []
@@ -154,16 +302,7 @@ def build(docs: list[dict]) -> str:
         t.row("fan-out", f"p99 at 30k deliveries/s, {fmt(small)}-member room (ms)", "lower",
               get(g, "small_room_p99_ms_at_30k"), get(b, "small_room_p99_ms_at_30k"))
 
-        def cpu_at_30k(d):
-            steps = get(d, "steps", default=[]) + [get(d, "at_30k")]
-            s = next((s for s in steps if s and abs(s["offered_per_sec"] - 30_000) < 1), None)
-            return s and s["server_cpu_us_per_delivery"]
-
         t.row("fan-out", "server CPU per delivery at 30k/s (µs)", "lower", cpu_at_30k(g), cpu_at_30k(b), 2)
-
-        def cpu_lowest(d):
-            steps = get(d, "steps", default=[])
-            return steps[0]["server_cpu_us_per_delivery"] if steps else None
 
         low = (get(g, "steps", default=[]) or get(b, "steps", default=[]) or [{}])[0].get("offered_per_sec")
         t.row("fan-out", f"server CPU per delivery at the lowest rate, {fmt(low)}/s (µs)", "lower",
@@ -231,7 +370,8 @@ def build(docs: list[dict]) -> str:
         t.rows.append(f"| callgrind | instructions per delivery ({newest['clients']} clients × "
                       f"{newest['events']} events) | {fmt(newest['ir_per_delivery'], 0)} | | |")
 
-    if not t.rows:
+    by_transport = transport_table(docs)
+    if not t.rows and not by_transport:
         return "No results yet: run `python3 bench/scenario.py all --target both`.\n"
     ref = next((d for d in used if d.get("machine")), None)
     m = ref["machine"] if ref else {}
@@ -253,7 +393,7 @@ def build(docs: list[dict]) -> str:
         "| scenario | metric | gateway | baseline | ratio |",
         "|---|---|---:|---:|---:|",
     ]
-    return "\n".join(head + t.rows) + "\n"
+    return "\n".join(head + t.rows + by_transport) + "\n"
 
 
 def main() -> int:

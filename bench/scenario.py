@@ -3,6 +3,7 @@
 
     python3 bench/scenario.py fanout --target both
     python3 bench/scenario.py all --target both --quick
+    python3 bench/scenario.py idle --target both --transport websocket,polling,upgrade --quick
 
 Every scenario starts what it needs (a private redis-server, the gateway release binary or the
 Node baseline, rtg-loadgen processes), runs bounded in time, stops everything it started (process
@@ -41,6 +42,11 @@ SECRET = "bench-secret-0123456789abcdef-0123456789"
 PUBLISH_KEY = "bench-publish-key-0123456789"
 # Each process may hold at most this many open files (hard limit of the machine).
 MAX_SOCKETS_PER_SERVER = 19_900
+# How clients connect (`rtg-loadgen clients --transport`): WebSocket from the start, long-polling
+# only, or polling then the WebSocket upgrade (the stock socket.io-client's default).
+TRANSPORTS = ["websocket", "polling", "upgrade"]
+# The scenarios that run on every transport of --transport; the others always use WebSocket.
+PER_TRANSPORT = ("idle", "fanout")
 
 # Sizes of the full runs, and of --quick (a smoke of every scenario in a few minutes).
 FULL = {
@@ -537,14 +543,14 @@ def scenario_idle(run: Run, target: str, opts) -> dict:
     """Resident memory per connection: N idle authenticated connections on one server."""
     results = []
     for n in opts.sizes["idle_sizes"]:
-        log(f"idle {target}: {n} connections")
+        log(f"idle {target}: {n} connections on {opts.transport}")
         redis_url = start_redis(run)
         servers = start_servers(run, target, server_units(target), redis_url)
         if n / len(servers) > MAX_SOCKETS_PER_SERVER:
             raise RuntimeError(f"{n} connections over {len(servers)} processes exceeds the fd limit")
         time.sleep(1.0)
         before = [proc_sample(s.pid) for s in servers]
-        gens = start_clients(run, servers, n, opts)
+        gens = start_clients(run, servers, n, opts, ["--transport", opts.transport])
         ready = wait_ready(gens, n, opts)
         after_connect = [proc_sample(s.pid) for s in servers]
         time.sleep(opts.settle)
@@ -556,6 +562,7 @@ def scenario_idle(run: Run, target: str, opts) -> dict:
         held = conns["held"]
         results.append({
             "connections": n,
+            "transport": opts.transport,
             "held": held,
             "failed": conns["failed"],
             "connect_rate": conns["connect_rate"],
@@ -595,11 +602,19 @@ def run_step(run: Run, target: str, redis_url: str, servers, gens, opts, rate: f
              rooms=None, user_rooms: int = 0) -> dict:
     mark(gens)
     before = [proc_sample(s.pid) for s in servers]
+    gens_before = [proc_sample(g.proc.pid) for g in gens]
     count = max(1, int(round(rate * opts.sizes["step_secs"])))
     pub = publish(run, target, redis_url, rooms, count, rate, user_rooms)
     reports = report(gens, [Path(pub["file"])], opts)
     after = [proc_sample(s.pid) for s in servers]
+    gens_after = [proc_sample(g.proc.pid) for g in gens]
     step = step_result(rate, members, merge_reports(reports), procs_delta(servers, before, after), pub)
+    # The generators share the cores with the server: their CPU tells a saturated generator
+    # (and, on polling, what the HTTP round trips cost the client side).
+    gen_cpu = sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(gens_after, gens_before))
+    received = step["deliveries"]["received"]
+    step["generators_cpu_s"] = round(gen_cpu, 3)
+    step["generators_cpu_us_per_delivery"] = round(gen_cpu * 1e6 / received, 2) if received else None
     d, lat = step["deliveries"], step["latency_ms"]
     log(f"  rate {rate}/s x {members}: received {d['received']}/{d['expected']} lost {d['lost']} "
         f"dup {d['duplicated']} p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms, "
@@ -658,10 +673,11 @@ def scenario_fanout(run: Run, target: str, opts) -> dict:
     small = min(opts.sizes["small_room"], n)
     redis_url = start_bus(run, opts)
     servers = start_servers(run, target, server_units(target), redis_url)
-    gens = start_clients(run, servers, n, opts, ["--join", "batch:1", "--join", f"batch:2@{small}"])
+    gens = start_clients(run, servers, n, opts, ["--join", "batch:1", "--join", f"batch:2@{small}",
+                                                 "--transport", opts.transport])
     ready = wait_ready(gens, n, opts)
     conns = merge_connections(ready)
-    log(f"fanout {target}: {conns['held']}/{n} connected at {conns['connect_rate']}/s")
+    log(f"fanout {target}: {conns['held']}/{n} connected on {opts.transport} at {conns['connect_rate']}/s")
     rate_30k = 30_000 / n
     rates = sorted(set(opts.sizes["fanout_rates"]) | {rate_30k})
     steps = step_up(run, target, redis_url, servers, gens, opts, rates, n, rooms=["batch:1"])
@@ -674,6 +690,7 @@ def scenario_fanout(run: Run, target: str, opts) -> dict:
                           rooms=["batch:2"])
     finals = stop(gens)
     return {
+        "transport": opts.transport,
         "connections": conns,
         "steps": steps,
         **summary(steps, opts),
@@ -1100,7 +1117,7 @@ def prepare(targets: list[str], opts) -> None:
 def run_one(name: str, target: str, opts, stamp: str) -> Path:
     run = Run(name, target, stamp)
     started = time.time()
-    log(f"== {name} / {target} (scratch: {run.dir})")
+    log(f"== {name} / {target} / {opts.transport} (scratch: {run.dir})")
     try:
         result = SCENARIOS[name](run, target, opts)
     finally:
@@ -1113,6 +1130,7 @@ def run_one(name: str, target: str, opts, stamp: str) -> Path:
         "duration_secs": round(time.time() - started, 1),
         "quick": opts.quick,
         "redis": opts.redis_mode,
+        "transport": opts.transport,
         "params": {k: v for k, v in opts.sizes.items()} | {
             "ramp": opts.ramp, "per_loadgen": opts.per_loadgen, "p99_limit_ms": opts.p99_limit_ms,
             "stop_p99_ms": opts.stop_p99_ms,
@@ -1123,6 +1141,9 @@ def run_one(name: str, target: str, opts, stamp: str) -> Path:
     }
     opts.results.mkdir(parents=True, exist_ok=True)
     suffix = "-cluster" if opts.redis_mode == "cluster" else ""
+    # WebSocket results keep the names they always had.
+    if opts.transport != "websocket":
+        suffix = f"-{opts.transport}{suffix}"
     path = opts.results / f"{name}-{target}{suffix}-{stamp}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     shutil.rmtree(run.dir, ignore_errors=True)
@@ -1138,14 +1159,38 @@ def floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x]
 
 
+def scenario_names(s: str) -> list[str]:
+    if s == "all":
+        return [n for n in SCENARIOS if n != "ingest"]
+    names = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in names if x not in SCENARIOS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"scenarios are {', '.join(SCENARIOS)} or all; got {s!r}")
+    # In the order of SCENARIOS, like all.
+    return [n for n in SCENARIOS if n in names]
+
+
+def transports(s: str) -> list[str]:
+    names = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in names if x not in TRANSPORTS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"transports are {', '.join(TRANSPORTS)}; got {s!r}")
+    return list(dict.fromkeys(names))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    ap.add_argument("scenario", type=scenario_names,
+                    help=f"one of {', '.join(SCENARIOS)}, several joined by commas, or all (every one but ingest)")
     ap.add_argument("--target", choices=["gateway", "baseline", "both"], default="both")
+    ap.add_argument("--transport", dest="transports", type=transports, default=["websocket"],
+                    help="idle / fanout: comma-separated transports of the clients, each run in turn "
+                         f"({','.join(TRANSPORTS)}; default websocket); other scenarios use websocket")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run of the harness")
     ap.add_argument("--sizes", type=ints, help="idle: connection counts (e.g. 10000,19000)")
     ap.add_argument("--connections", type=int, help="fanout / rooms / storm / scale: connections")
-    ap.add_argument("--rates", type=floats, help="fanout / rooms: publish rates to step through")
+    ap.add_argument("--rates", type=floats,
+                    help="fanout / rooms / compression: publish rates to step through (when one of them is run)")
     ap.add_argument("--small-room", type=int, help="fanout: members of the small room")
     ap.add_argument("--servers", type=int, help="scale: server processes")
     ap.add_argument("--scale-rate", type=float, help="scale: events per second")
@@ -1174,8 +1219,10 @@ def main() -> int:
         for k in ("fanout_connections", "rooms_connections", "storm_connections", "scale_connections",
                   "compression_connections"):
             sizes[k] = opts.connections
-    if opts.rates and opts.scenario in ("fanout", "rooms", "compression"):
-        sizes[f"{opts.scenario}_rates"] = opts.rates
+    stepped = [n for n in opts.scenario if n in ("fanout", "rooms", "compression")]
+    # Rates only make sense for one kind of step (fan-out rates are not rooms rates).
+    if opts.rates and len(stepped) == 1:
+        sizes[f"{stepped[0]}_rates"] = opts.rates
     if opts.events:
         sizes["ingest_events"] = opts.events
     for arg, key in (("small_room", "small_room"), ("servers", "scale_servers"),
@@ -1185,7 +1232,7 @@ def main() -> int:
     opts.sizes = sizes
 
     targets = ["gateway", "baseline"] if opts.target == "both" else [opts.target]
-    names = [n for n in SCENARIOS if n != "ingest"] if opts.scenario == "all" else [opts.scenario]
+    names = opts.scenario
     modes = ["single", "cluster"] if opts.redis_modes == "both" else [opts.redis_modes]
     _raise_nofile()  # children inherit it
     signal.signal(signal.SIGINT, _on_signal)
@@ -1196,15 +1243,19 @@ def main() -> int:
         prepare(targets, opts)
         for name in names:
             only = {"floor": ["machine"], "presence": ["gateway"], "compression": ["gateway"]}
-            runs = [(t, m) for t in only.get(name, targets)
+            # Per transport, the gateway then the baseline: the two sides of a comparison run
+            # close together.
+            runs = [(tr, t, m) for tr in (opts.transports if name in PER_TRANSPORT else ["websocket"])
+                    for t in only.get(name, targets)
                     for m in (modes if name in ("ingest", "fanout", "storm") else ["single"])]
-            for target, mode in runs:
+            for transport, target, mode in runs:
                 opts.redis_mode = mode
+                opts.transport = transport
                 try:
                     run_one(name, target, opts, stamp)
                 except Exception as e:  # noqa: BLE001 - report and go on with the next one
                     failures += 1
-                    log(f"!! {name} / {target} / redis {mode} failed: {e}")
+                    log(f"!! {name} / {target} / {transport} / redis {mode} failed: {e}")
     except KeyboardInterrupt:
         log("interrupted; stopping everything")
         kill_all()

@@ -1,7 +1,8 @@
 //! Smoke of the benchmark harness (`bench/`): a tiny fan-out (scenario 2) through the real
-//! `rtg-loadgen` binary, with and without permessage-deflate, and the wire sizes of the catalog
-//! events, so the harness cannot rot. It asserts that every event reached every client exactly
-//! once, never a speed.
+//! `rtg-loadgen` binary, on a direct WebSocket with and without permessage-deflate, on
+//! long-polling, and on polling upgraded to WebSocket (the stock client's default), and the wire
+//! sizes of the catalog events, so the harness cannot rot. It asserts that every event reached
+//! every client exactly once, never a speed.
 
 mod common;
 
@@ -12,8 +13,21 @@ use common::redis_server::RedisServer;
 use common::{Gateway, SECRET};
 use serde_json::Value;
 
-const CLIENTS: u64 = 300;
-const EVENTS: u64 = 200;
+/// One fan-out: how many clients on which transport get how many events.
+struct Fanout {
+    transport: &'static str,
+    deflate: bool,
+    clients: u64,
+    events: u64,
+}
+
+/// The direct WebSocket fan-out.
+const WEBSOCKET: Fanout = Fanout {
+    transport: "websocket",
+    deflate: false,
+    clients: 300,
+    events: 200,
+};
 
 fn loadgen() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rtg-loadgen"))
@@ -52,14 +66,44 @@ impl Drop for Clients {
 
 #[tokio::test]
 async fn fanout_delivers_every_event_to_every_client_once() {
-    fanout(false).await;
+    fanout(WEBSOCKET).await;
 }
 
 /// The same with every client offering permessage-deflate (a client whose offer is not taken up
 /// fails its handshake, so `held` proves the negotiation) and inflating what it gets.
 #[tokio::test]
 async fn fanout_with_compression_delivers_every_event_to_every_client_once() {
-    fanout(true).await;
+    fanout(Fanout {
+        deflate: true,
+        ..WEBSOCKET
+    })
+    .await;
+}
+
+/// Long-polling only: every delivery comes in the answer of a long-poll GET (several packets
+/// joined by `\x1e` when they queue up), pings are answered by POST.
+#[tokio::test]
+async fn polling_fanout_delivers_every_event_to_every_client_once() {
+    fanout(Fanout {
+        transport: "polling",
+        deflate: false,
+        clients: 20,
+        events: 10,
+    })
+    .await;
+}
+
+/// Polling, then the WebSocket upgrade with the session's `sid` (`2probe`, `3probe`, `5`) while a
+/// long-poll is open; a client whose upgrade fails fails its handshake, so `held` proves it.
+#[tokio::test]
+async fn upgraded_fanout_delivers_every_event_to_every_client_once() {
+    fanout(Fanout {
+        transport: "upgrade",
+        deflate: false,
+        clients: 20,
+        events: 10,
+    })
+    .await;
 }
 
 #[test]
@@ -90,7 +134,7 @@ fn sizes_of_every_catalog_event_in_every_encoding() {
     }
 }
 
-async fn fanout(deflate: bool) {
+async fn fanout(f: Fanout) {
     let redis = RedisServer::start();
     let gw = Gateway::start(&[("REDIS_URL", &redis.url())]);
     gw.wait_readyz(200).await;
@@ -99,10 +143,11 @@ async fn fanout(deflate: bool) {
     let log = dir.path().join("clients.log");
     let mut child = loadgen()
         .args(["clients", "--target", &gw.public.to_string()])
-        .args(["-n", &CLIENTS.to_string(), "--join", "batch:1"])
-        .args(["--expect-events", &EVENTS.to_string(), "--hold", "40"])
+        .args(["-n", &f.clients.to_string(), "--join", "batch:1"])
+        .args(["--expect-events", &f.events.to_string(), "--hold", "40"])
         .args(["--ramp", "1000", "--pid", &gw.pid().to_string()])
-        .args(deflate.then_some("--deflate"))
+        .args(["--transport", f.transport])
+        .args(f.deflate.then_some("--deflate"))
         .env("JWT_SECRET", SECRET)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -119,16 +164,17 @@ async fn fanout(deflate: bool) {
 
     let ready = clients.next("ready");
     assert_eq!(ready["type"], "ready", "{ready}");
+    assert_eq!(ready["connections"]["transport"], f.transport, "{ready}");
     assert_eq!(
         ready["connections"]["held"].as_u64(),
-        Some(CLIENTS),
+        Some(f.clients),
         "not every client connected and joined: {ready}\n{}",
         gw.log()
     );
 
     let out = loadgen()
         .args(["publish", "--redis", &redis.url(), "--room", "batch:1"])
-        .args(["--count", &EVENTS.to_string(), "--rate", "500"])
+        .args(["--count", &f.events.to_string(), "--rate", "500"])
         .output()
         .expect("run rtg-loadgen publish");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -138,13 +184,13 @@ async fn fanout(deflate: bool) {
         String::from_utf8_lossy(&out.stderr)
     );
     let published: Value = serde_json::from_str(stdout.trim()).expect("publish report");
-    assert_eq!(published["ok"].as_u64(), Some(EVENTS), "{published}");
+    assert_eq!(published["ok"].as_u64(), Some(f.events), "{published}");
     assert_eq!(published["errors"].as_u64(), Some(0), "{published}");
 
     let report = clients.next("final");
     assert_eq!(report["type"], "final", "{report}");
     let d = &report["deliveries"];
-    let expected = CLIENTS * EVENTS;
+    let expected = f.clients * f.events;
     assert_eq!(d["expected"].as_u64(), Some(expected), "{report}");
     assert_eq!(d["lost"].as_u64(), Some(0), "{report}\n{}", gw.log());
     assert_eq!(d["duplicated"].as_u64(), Some(0), "{report}");

@@ -1,8 +1,11 @@
-//! `rtg-loadgen clients`: many authenticated Socket.IO connections over WebSocket, one small
-//! task each, that record every delivery's delay and check room offsets for loss and doubles.
+//! `rtg-loadgen clients`: many authenticated Socket.IO connections, one small task each, that
+//! record every delivery's delay and check room offsets for loss and doubles. `--transport`
+//! chooses how they connect (`transport.rs`): WebSocket, long-polling, or polling then the
+//! upgrade; deliveries are counted the same way on all of them.
 //!
-//! Per connection there is one task holding one `WebSocketStream` (small buffers), nothing else:
-//! no channels, no split halves. Everything the report needs lives in shared atomics:
+//! Per connection there is one task holding one connection (a `WebSocketStream` with small
+//! buffers, or one kept-alive HTTP connection), nothing else: no channels, no split halves.
+//! Everything the report needs lives in shared atomics:
 //!
 //! - `next[conn * slots + slot]`: the offset this connection expects next in that room (or
 //!   [`UNTRACKED`]), so a skipped offset is a gap and an old one is a double;
@@ -17,28 +20,22 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::EncodingKey;
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::deflate::{self, Inflating};
 use crate::hist::Histogram;
 use crate::procstat::{self, round3, Sample};
 use crate::proto::{self, now_us};
+use crate::transport::{Conn, ConnError, Dial, Transport};
 
 /// Arguments of `clients`.
 #[derive(Args, Debug, Clone)]
@@ -127,6 +124,10 @@ pub struct ClientsArgs {
     /// Offer permessage-deflate (and inflate the server's compressed frames).
     #[arg(long)]
     pub deflate: bool,
+    /// How each connection reaches the server: WebSocket from the start, HTTP long-polling
+    /// only, or polling then the WebSocket upgrade (the stock client's default).
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: Transport,
 }
 
 /// `next` value of a room a connection is not (yet) in.
@@ -171,6 +172,7 @@ struct Window {
 
 struct Shared {
     args: ClientsArgs,
+    dial: Dial,
     key: EncodingKey,
     targets: Vec<SocketAddr>,
     rooms: Vec<JoinRoom>,
@@ -300,15 +302,6 @@ impl Shared {
     }
 }
 
-type Ws = WebSocketStream<Inflating<TcpStream>>;
-
-fn ws_config(read_buffer: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(read_buffer.max(256))
-        .write_buffer_size(0)
-        .max_write_buffer_size(1 << 20)
-}
-
 /// Runs the `clients` subcommand.
 pub fn run(args: ClientsArgs) -> anyhow::Result<()> {
     let rt = if args.threads <= 1 {
@@ -354,6 +347,11 @@ async fn main(args: ClientsArgs) -> anyhow::Result<()> {
     let started_procs = procstat::sample_all(&args.pids);
     let started_us = now_us();
     let sh = Arc::new(Shared {
+        dial: Dial {
+            transport: args.transport,
+            deflate: args.deflate,
+            read_buffer: args.read_buffer,
+        },
         key: EncodingKey::from_secret(args.secret.as_bytes()),
         targets,
         rooms,
@@ -649,6 +647,7 @@ fn connections_json(sh: &Shared) -> Value {
     let ever = c.ever_connected.load(Ordering::Relaxed);
     let hs = sh.handshake.snapshot();
     json!({
+        "transport": sh.dial.transport.name(),
         "target": sh.args.connections,
         "held": c.connected.load(Ordering::Relaxed),
         "connected_once": ever,
@@ -782,7 +781,7 @@ async fn connection(sh: Arc<Shared>, conn: usize, permit: OwnedSemaphorePermit) 
             .unwrap_or(Err(ConnError::Timeout));
         drop(permit.take());
         match result {
-            Ok(mut ws) => {
+            Ok(mut io) => {
                 let now = now_us();
                 sh.handshake.record(now - t0);
                 sh.c.connected.fetch_add(1, Ordering::Relaxed);
@@ -797,7 +796,7 @@ async fn connection(sh: Arc<Shared>, conn: usize, permit: OwnedSemaphorePermit) 
                     sh.c.last_reconnect_us.fetch_max(now, Ordering::Relaxed);
                 }
                 failures = 0;
-                let why = hold(&sh, conn, &mut ws).await;
+                let why = hold(&sh, conn, &mut io).await;
                 sh.c.connected.fetch_sub(1, Ordering::Relaxed);
                 if !sh.args.reconnect {
                     sh.c.dropped.fetch_add(1, Ordering::Relaxed);
@@ -837,30 +836,6 @@ async fn connection(sh: Arc<Shared>, conn: usize, permit: OwnedSemaphorePermit) 
     }
 }
 
-/// Why a handshake failed.
-#[derive(Debug)]
-enum ConnError {
-    Io(String),
-    Refused(String),
-    Protocol(String),
-    Timeout,
-}
-
-impl std::fmt::Display for ConnError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnError::Io(e) => write!(f, "io: {e}"),
-            ConnError::Refused(e) => write!(f, "refused: {e}"),
-            ConnError::Protocol(e) => write!(f, "protocol: {e}"),
-            ConnError::Timeout => f.write_str("handshake timed out"),
-        }
-    }
-}
-
-fn io_err(e: impl std::fmt::Display) -> ConnError {
-    ConnError::Io(e.to_string())
-}
-
 fn source_of(sh: &Shared, conn: usize) -> Option<IpAddr> {
     if sh.args.sources == 0 {
         return None;
@@ -872,69 +847,6 @@ fn source_of(sh: &Shared, conn: usize) -> Option<IpAddr> {
     Some(IpAddr::V4(Ipv4Addr::new(127, sh.args.source_net, hi, lo)))
 }
 
-/// TCP connect from the connection's source address (the kernel picks the port per
-/// destination: IP_BIND_ADDRESS_NO_PORT), then the WebSocket upgrade.
-async fn open(sh: &Shared, conn: usize, target: SocketAddr) -> Result<Ws, ConnError> {
-    let socket = TcpSocket::new_v4().map_err(io_err)?;
-    if let Some(ip) = source_of(sh, conn) {
-        let one: libc::c_int = 1;
-        // SAFETY: a valid socket fd and a pointer to an int of the stated size.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .map_err(|e| io_err(format!("bind {ip}: {e}")))?;
-    }
-    let stream = socket
-        .connect(target)
-        .await
-        .map_err(|e| io_err(format!("connect {target}: {e}")))?;
-    stream.set_nodelay(true).map_err(io_err)?;
-    let url = format!("ws://{target}/socket.io/?EIO=4&transport=websocket");
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| ConnError::Protocol(format!("request: {e}")))?;
-    if sh.args.deflate {
-        request.headers_mut().insert(
-            "Sec-WebSocket-Extensions",
-            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(deflate::OFFER),
-        );
-    }
-    let (ws, response) = tokio_tungstenite::client_async_with_config(
-        request,
-        Inflating::new(stream, sh.args.deflate),
-        Some(ws_config(sh.args.read_buffer)),
-    )
-    .await
-    .map_err(|e| ConnError::Protocol(format!("upgrade: {e}")))?;
-    if sh.args.deflate && !response.headers().contains_key("sec-websocket-extensions") {
-        return Err(ConnError::Protocol(
-            "permessage-deflate offered but not negotiated".into(),
-        ));
-    }
-    Ok(ws)
-}
-
-async fn next_text(ws: &mut Ws) -> Result<String, ConnError> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
-            Some(Ok(Message::Close(_))) | None => {
-                return Err(ConnError::Protocol("closed during handshake".into()))
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(io_err(e)),
-        }
-    }
-}
-
 /// Deliveries that came before the room's entry offset was known (an event can overtake the
 /// join ack or `authenticated`); counted once the offset is known.
 type Early = Vec<(String, u64)>;
@@ -943,12 +855,15 @@ type Early = Vec<(String, u64)>;
 async fn handshake_frame(
     sh: &Shared,
     conn: usize,
-    ws: &mut Ws,
+    io: &mut Conn,
     early: &mut Early,
-) -> Result<Option<String>, ConnError> {
-    let t = next_text(ws).await?;
+) -> Result<Option<Utf8Bytes>, ConnError> {
+    let t = io.recv().await.map_err(|e| match e {
+        ConnError::Ended(why) => ConnError::Protocol(format!("{why} during handshake")),
+        e => e,
+    })?;
     if t == "2" {
-        ws.send(Message::text("3")).await.map_err(io_err)?;
+        io.send("3".into()).await?;
         return Ok(None);
     }
     if t.starts_with("41") || t == "1" {
@@ -975,9 +890,9 @@ fn entry_offset(v: &Value) -> u64 {
 }
 
 /// Connects, authenticates and joins; the connection is then in every room it tracks.
-async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Ws, ConnError> {
-    let mut ws = open(sh, conn, sh.targets[target]).await?;
-    let open_packet = next_text(&mut ws).await?;
+async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Conn, ConnError> {
+    let mut io = Conn::open(&sh.dial, source_of(sh, conn), sh.targets[target]).await?;
+    let open_packet = io.recv().await?;
     if !open_packet.starts_with('0') {
         return Err(ConnError::Protocol(format!(
             "expected open packet, got {open_packet:.60}"
@@ -991,9 +906,11 @@ async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Ws, ConnEr
     if let Some(Some(s)) = sh.user_slot().map(|slot| since[slot].clone()) {
         auth["since"] = json!({ format!("user:{sub}"): s });
     }
-    ws.send(Message::text(format!("40{auth}")))
-        .await
-        .map_err(io_err)?;
+    io.send(format!("40{auth}")).await?;
+    // The stock client sends its connect on polling, then upgrades.
+    if sh.dial.transport == Transport::Upgrade {
+        io = io.upgrade(&sh.dial).await?;
+    }
     // Reset what a previous life of this connection tracked.
     for slot in 0..sh.slots {
         sh.next[conn * sh.slots + slot].store(UNTRACKED, Ordering::Relaxed);
@@ -1001,7 +918,7 @@ async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Ws, ConnEr
     let mut early = Early::new();
     let mut connected = false;
     loop {
-        let Some(t) = handshake_frame(sh, conn, &mut ws, &mut early).await? else {
+        let Some(t) = handshake_frame(sh, conn, &mut io, &mut early).await? else {
             continue;
         };
         if t.starts_with("40") {
@@ -1041,11 +958,9 @@ async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Ws, ConnEr
             Some(s) => json!(["join", { "room": room.name, "since": s }]),
             None => json!(["join", room.name]),
         };
-        ws.send(Message::text(format!("42{ack_id}{req}")))
-            .await
-            .map_err(io_err)?;
+        io.send(format!("42{ack_id}{req}")).await?;
         loop {
-            let Some(t) = handshake_frame(sh, conn, &mut ws, &mut early).await? else {
+            let Some(t) = handshake_frame(sh, conn, &mut io, &mut early).await? else {
                 continue;
             };
             let Some((id, args)) = t.strip_prefix("43").and_then(proto::split_ack) else {
@@ -1069,33 +984,29 @@ async fn handshake(sh: &Shared, conn: usize, target: usize) -> Result<Ws, ConnEr
     for (room, offset) in early {
         sh.count(conn, &room, offset);
     }
-    Ok(ws)
+    Ok(io)
 }
 
 /// Holds an established connection: answers pings, counts deliveries. Returns why it ended.
-async fn hold(sh: &Shared, conn: usize, ws: &mut Ws) -> String {
+async fn hold(sh: &Shared, conn: usize, io: &mut Conn) -> String {
     loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                let t = t.as_str();
-                if let Some(body) = t.strip_prefix("42") {
-                    if let Some((room, offset)) = sh.timing(body) {
-                        sh.count(conn, room, offset);
-                    }
-                } else if t == "2" {
-                    if let Err(e) = ws.send(Message::text("3")).await {
-                        return format!("pong: {e}");
-                    }
-                } else if t.starts_with("41") {
-                    return "server disconnected the socket".into();
-                } else if t == "1" {
-                    return "server closed the session".into();
-                }
+        let t = match io.recv().await {
+            Ok(t) => t,
+            Err(e) => return e.to_string(),
+        };
+        let t = t.as_str();
+        if let Some(body) = t.strip_prefix("42") {
+            if let Some((room, offset)) = sh.timing(body) {
+                sh.count(conn, room, offset);
             }
-            Some(Ok(Message::Close(_))) => return "close frame".into(),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return format!("read: {e}"),
-            None => return "eof".into(),
+        } else if t == "2" {
+            if let Err(e) = io.send("3".into()).await {
+                return format!("pong: {e}");
+            }
+        } else if t.starts_with("41") {
+            return "server disconnected the socket".into();
+        } else if t == "1" {
+            return "server closed the session".into();
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `rtg-loadgen`: the load generator of the benchmark harness (`bench/README.md`).
 //!
-//! - `clients`: many authenticated Socket.IO connections that measure delivery delay and check
-//!   every room offset for loss and doubles;
+//! - `clients`: many authenticated Socket.IO connections (WebSocket, long-polling, or polling
+//!   then upgrade) that measure delivery delay and check every room offset for loss and doubles;
 //! - `publish`: events at a fixed rate through the Redis function or the publish API;
 //! - `floor`: the CPU cost of one loopback TCP write of an event-sized frame;
 //! - `sizes`: bytes on the wire per delivery of each catalog event, in every encoding.
@@ -12,10 +12,12 @@ mod clients;
 mod deflate;
 mod floor;
 mod hist;
+mod polling;
 mod procstat;
 mod proto;
 mod publish;
 mod sizes;
+mod transport;
 
 use clap::{Parser, Subcommand};
 
