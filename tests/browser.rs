@@ -43,12 +43,16 @@ async fn browser_dir() -> PathBuf {
     dir
 }
 
-/// The test page and the stock client's browser bundle, on a site of its own.
-async fn test_page_site(dir: &std::path::Path) -> StaticSite {
+/// The page `name` (`pages/<name>.html` and `.js`) and the stock client's browser bundle, on a
+/// site of its own.
+async fn page_site(dir: &std::path::Path, name: &str) -> StaticSite {
     StaticSite::start(
         &[
-            ("/client.html", dir.join("pages/client.html")),
-            ("/client.js", dir.join("pages/client.js")),
+            (
+                &format!("/{name}.html"),
+                dir.join(format!("pages/{name}.html")),
+            ),
+            (&format!("/{name}.js"), dir.join(format!("pages/{name}.js"))),
             (
                 "/socket.io.min.js",
                 dir.join("node_modules/socket.io-client/dist/socket.io.min.js"),
@@ -70,8 +74,8 @@ async fn ready_gateway(env: &[(&str, &str)]) -> Gateway {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_client_in_chromium_from_another_origin() {
     let dir = browser_dir().await;
-    let page = test_page_site(&dir).await;
-    let other = test_page_site(&dir).await;
+    let page = page_site(&dir, "client").await;
+    let other = page_site(&dir, "client").await;
     let redis = RedisServer::start();
     let redis_url = redis.url();
     let origins = format!("{},https://app.example.com", page.origin());
@@ -169,22 +173,6 @@ fn first_transport(config: &str) -> &str {
     } else {
         "polling"
     }
-}
-
-/// The recovery page and the stock client's browser bundle, on a site of its own.
-async fn recovery_page_site(dir: &std::path::Path) -> StaticSite {
-    StaticSite::start(
-        &[
-            ("/recovery.html", dir.join("pages/recovery.html")),
-            ("/recovery.js", dir.join("pages/recovery.js")),
-            (
-                "/socket.io.min.js",
-                dir.join("node_modules/socket.io-client/dist/socket.io.min.js"),
-            ),
-        ],
-        None,
-    )
-    .await
 }
 
 /// `tests/browser/page-driver.mjs`: Chromium with one tab, one command at a time. Its whole
@@ -411,7 +399,7 @@ fn summary(config: &str, snapshot: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_recovers_every_event_after_its_gateway_is_killed() {
     let dir = browser_dir().await;
-    let site = recovery_page_site(&dir).await;
+    let site = page_site(&dir, "recovery").await;
     let redis = RedisServer::start();
     let mut driver = PageDriver::start(&dir).await;
     for (i, config) in CONFIGS.into_iter().enumerate() {
@@ -536,7 +524,7 @@ async fn chromium_recovers_every_event_after_its_gateway_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_reconnects_by_itself_when_its_gateway_drains() {
     let dir = browser_dir().await;
-    let site = recovery_page_site(&dir).await;
+    let site = page_site(&dir, "recovery").await;
     let redis = RedisServer::start();
     let mut driver = PageDriver::start(&dir).await;
     let mut not_closed = Vec::new();

@@ -502,38 +502,6 @@ async fn an_unknown_event_gets_the_same_answer_on_polling_as_on_websocket() {
 // ---------------------------------------------------------------------------------------------
 // The stock client
 
-/// The stock client (Node) with its default options receives a stream published through its
-/// upgrade once each and in order, and every client configuration gets the same answer to an
-/// unknown event: `tests/node/transports.test.mjs`.
-#[tokio::test]
-async fn stock_client_default_options_and_the_same_answers_everywhere() {
-    tokio::task::spawn_blocking(common::node::ensure_installed)
-        .await
-        .expect("node modules installed");
-    let gw = Gateway::start(&[("NO_COLOR", "1")]);
-    gw.wait_readyz(200).await;
-    let file = "transports.test.mjs";
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.args(["--test", "--test-reporter=spec", file])
-        .current_dir(common::node::node_dir())
-        .env("GATEWAY_URL", gw.url())
-        .env("ADMIN_URL", format!("http://{}", gw.admin))
-        .env("JWT_SECRET", common::SECRET)
-        .env("PUBLISH_KEY", common::KEY)
-        .env("NO_COLOR", "1")
-        .env_remove("NODE_OPTIONS")
-        .env_remove("NODE_TEST_CONTEXT");
-    let out = common::node::run_with_deadline(cmd, Duration::from_secs(120)).await;
-    assert!(
-        out.status.is_some_and(|s| s.success()),
-        "node --test {file}: {:?}\n--- node stdout ---\n{}\n--- node stderr ---\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    println!("{}", out.stdout);
-}
-
 #[tokio::test]
 async fn a_draining_gateway_sends_sessions_it_does_not_hold_to_the_next_one() {
     let gw = Gateway::start(&[("GATEWAY_DRAIN_DELAY", "30s")]);

@@ -480,3 +480,11 @@ async fn node_control_across_three_gateways() {
     )
     .await;
 }
+
+/// The stock client with its default options receives a stream published through its upgrade
+/// once each and in order, and every client configuration gets the same answer to an unknown
+/// event.
+#[tokio::test]
+async fn node_transports() {
+    node_test("transports.test.mjs", &[], &[]).await;
+}
