@@ -106,58 +106,38 @@ impl PooledConnection {
     }
 }
 
-impl ConnectionLike for SharedConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
+/// `ConnectionLike` for an enum of a single-server and a cluster connection, by delegation.
+macro_rules! delegate_connection_like {
+    ($enum:ty) => {
+        impl ConnectionLike for $enum {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                match self {
+                    Self::Single(c) => c.req_packed_command(cmd),
+                    Self::Cluster(c) => c.req_packed_command(cmd),
+                }
+            }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                cmd: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                match self {
+                    Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+                    Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+                }
+            }
 
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            fn get_db(&self) -> i64 {
+                match self {
+                    Self::Single(c) => c.get_db(),
+                    Self::Cluster(c) => c.get_db(),
+                }
+            }
         }
-    }
+    };
 }
 
-impl ConnectionLike for PooledConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
-}
+delegate_connection_like!(SharedConnection);
+delegate_connection_like!(PooledConnection);
