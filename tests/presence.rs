@@ -193,14 +193,21 @@ async fn two_survivors_reaping_at_once_emit_each_leave_once() {
     }
     // The dead gateway stops renewing (its tasks end as a SIGKILL would end them).
     dead.stop.cancel();
-    tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
-
-    let (ra, rb) = tokio::join!(a.fleet.sweep(), b.fleet.sweep());
-    assert_eq!(
-        ra.unwrap() + rb.unwrap(),
-        1,
-        "the lost lease left the registry once"
-    );
+    // Both survivors sweep together until the lease has run out and one of them reaps it.
+    let deadline = tokio::time::Instant::now() + LEASE + WAIT;
+    let reaped = loop {
+        let (ra, rb) = tokio::join!(a.fleet.sweep(), b.fleet.sweep());
+        let reaped = ra.unwrap() + rb.unwrap();
+        if reaped > 0 {
+            break reaped;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost lease was never reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(reaped, 1, "the lost lease left the registry once");
     a.wait_count("exam:1", 1).await;
     a.wait_count("exam:2", 0).await;
 
@@ -250,8 +257,20 @@ async fn a_gateway_whose_lease_lapsed_asserts_its_members_again() {
     other.wait_count("exam:3", 1).await;
     let first = cut.fleet.incarnation().id;
     // Its lease runs out while it is cut off (it renews nothing); the other gateway reaps it.
-    tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
-    assert_eq!(other.fleet.sweep().await.unwrap(), 1);
+    let deadline = tokio::time::Instant::now() + LEASE + WAIT;
+    loop {
+        match other.fleet.sweep().await.unwrap() {
+            0 => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cut gateway's lease was never reaped"
+            ),
+            reaped => {
+                assert_eq!(reaped, 1, "one lease reaped");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     other.wait_count("exam:3", 0).await;
     // Back in touch: its renewal finds the lease lapsed; it takes a new incarnation and
     // asserts its member again.
