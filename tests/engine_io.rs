@@ -523,3 +523,102 @@ async fn a_draining_gateway_sends_sessions_it_does_not_hold_to_the_next_one() {
     // Its own sessions go on until the connections are closed.
     own.post_ok("3").await;
 }
+
+/// Reads from `tcp` until `want` appears in what was read (with the deadline); returns it all.
+async fn read_until(tcp: &mut tokio::net::TcpStream, want: &[u8], what: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while !got.windows(want.len()).any(|w| w == want) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{what}: no {:?} in {:?}",
+                    String::from_utf8_lossy(want),
+                    String::from_utf8_lossy(&got)
+                )
+            })
+            .expect("read");
+        assert!(
+            n > 0,
+            "{what}: closed; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// A masked client text frame.
+fn client_text(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// A WebSocket handshake that arrives on a kept-alive connection after another request (as a
+/// proxy reusing its upstream connections sends it) is answered by the HTTP server and then
+/// served by the gateway's own transport: a new session, and the upgrade of a polling session.
+#[tokio::test]
+async fn websocket_handshakes_on_a_kept_alive_connection_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start(&[]);
+    gw.wait_readyz(200).await;
+    let addr = gw.url().trim_start_matches("http://").to_string();
+    let upgrade = |query: &str| {
+        format!(
+            "GET /socket.io/?EIO=4&transport=websocket{query} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    let kept_alive = || async {
+        let mut tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut tcp, b"{\"status\":\"ok\"}", "healthz").await;
+        tcp
+    };
+
+    // A new WebSocket session: the 101, then the Engine.IO open packet on the same connection.
+    let mut tcp = kept_alive().await;
+    tcp.write_all(upgrade("").as_bytes()).await.unwrap();
+    let got = read_until(&mut tcp, b"\"upgrades\":[]}", "new session").await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    tcp.write_all(&client_text(b"40")).await.unwrap();
+    read_until(&mut tcp, b"40{\"sid\"", "connect answer").await;
+
+    // The upgrade of a polling session: probe, upgrade, then the session answers over it.
+    let (polling, _) = Polling::open(&gw).await;
+    let mut tcp = kept_alive().await;
+    tcp.write_all(upgrade(&format!("&sid={}", polling.sid)).as_bytes())
+        .await
+        .unwrap();
+    let got = read_until(&mut tcp, b"\r\n\r\n", "upgrade 101").await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    tcp.write_all(&client_text(b"2probe")).await.unwrap();
+    read_until(&mut tcp, b"3probe", "probe answer").await;
+    tcp.write_all(&client_text(b"5")).await.unwrap();
+    tcp.write_all(&client_text(b"40")).await.unwrap();
+    read_until(
+        &mut tcp,
+        format!("40{{\"sid\":\"{}\"}}", polling.sid).as_bytes(),
+        "connect answer over the upgraded session",
+    )
+    .await;
+    let (status, body) = polling.get().await;
+    assert_eq!(status, 400, "a poll after the upgrade: {body}");
+}
