@@ -1011,3 +1011,38 @@ fn an_oversized_publish_always_gets_its_413() {
         );
     }
 }
+
+/// Once a socket is told it left a room, it gets none of the room's later events, however soon
+/// they are published (the leave reaches the relay before any event published after its ack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_leave_ack_no_event_of_the_room_arrives() {
+    let gw = Gateway::start(&[("GATEWAY_JOIN_RATE", "1000")]);
+    gw.wait_readyz(200).await;
+    let mut c = gw.client("10", "1", "ADMIN").await;
+    for round in 0..40 {
+        let ack = c.request("join", &json!("batch:1"), WAIT).await.unwrap();
+        assert_eq!(ack["ok"], true, "{ack}");
+        let ack = c.request("join", &json!("batch:2"), WAIT).await.unwrap();
+        assert_eq!(ack["ok"], true, "{ack}");
+        let ack = c.request("leave", &json!("batch:1"), WAIT).await.unwrap();
+        assert_eq!(ack["ok"], true, "{ack}");
+        let (to_left, to_other) = (
+            batch_created(1, &["batch:1"], 1000 + round),
+            batch_created(1, &["batch:2"], 2000 + round),
+        );
+        let (left, later) = tokio::join!(gw.publish(&to_left), gw.publish(&to_other));
+        assert_eq!((left.0, later.0), (200, 200), "{left:?} {later:?}");
+        // The sentinel of the room it is still in arrives; nothing of the left room does,
+        // before it or after it (a quiet window).
+        let ev = c
+            .wait_for("batch_update", WAIT)
+            .await
+            .expect("the sentinel");
+        assert_eq!(ev["room"], "batch:2", "round {round}: {ev}");
+        if let Some((name, ev)) = c.next_event(std::time::Duration::from_millis(30)).await {
+            panic!("round {round}: after the sentinel came {name} {ev}");
+        }
+        let ack = c.request("leave", &json!("batch:2"), WAIT).await.unwrap();
+        assert_eq!(ack["ok"], true, "{ack}");
+    }
+}

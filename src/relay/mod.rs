@@ -257,6 +257,12 @@ pub async fn run(
                 if n == 0 {
                     return;
                 }
+                // Membership changes made before these events were published come first: a
+                // socket told it left a room gets none of the room's later events (the select
+                // alone could pick the events before a leave already queued).
+                while let Ok(ctl) = control.try_recv() {
+                    relay.on_control(ctl);
+                }
                 relay.on_bus(&mut batch).await;
             }
             ctl = control.recv() => match ctl {
