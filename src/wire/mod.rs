@@ -239,18 +239,28 @@ pub fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> 
     }
 }
 
-/// What the handshake request must carry; `Ok` holds the `Sec-WebSocket-Key`.
-fn check_request(req: &httparse::Request<'_, '_>, h: &impl Handler) -> Result<String, Refusal> {
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    let query = req
-        .path
-        .and_then(|p| p.split_once('?'))
-        .map_or("", |(_, q)| q);
+/// A WebSocket handshake the gateway agrees to, whichever server read its request.
+pub struct Agreed<U> {
+    /// The `Sec-WebSocket-Accept` value.
+    pub accept: String,
+    /// Parser and compression of the session.
+    pub codec: codec::Codec,
+    /// The response header line that accepts permessage-deflate (with its CRLF), or "".
+    pub extensions: &'static str,
+    /// The long-polling session it upgrades (a handshake with `sid`).
+    pub session: Option<Arc<Conn<U>>>,
+}
+
+/// Checks a WebSocket handshake, its `query` and its headers (`header(name)`: every value of
+/// one header): the protocol version, the upgrade headers, the origin and whether a session may
+/// start (or, with `sid`, which long-polling session it upgrades), the parser, and
+/// permessage-deflate.
+pub fn agree<'r, H: Handler>(
+    h: &H,
+    query: &str,
+    header: impl Fn(&str) -> Vec<&'r str>,
+) -> Result<Agreed<H::User>, Refusal> {
+    let first = |name: &str| header(name).into_iter().next();
     if !query.split('&').any(|kv| kv == "EIO=4") {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -258,8 +268,8 @@ fn check_request(req: &httparse::Request<'_, '_>, h: &impl Handler) -> Result<St
             "only Engine.IO 4 (socket.io-client 3 and later) is supported; connect with EIO=4",
         ));
     }
-    let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let connection = header("connection").is_some_and(|v| {
+    let upgrade = first("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let connection = header("connection").iter().any(|v| {
         v.split(',')
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
     });
@@ -270,7 +280,7 @@ fn check_request(req: &httparse::Request<'_, '_>, h: &impl Handler) -> Result<St
             "transport=websocket needs Upgrade: websocket and Connection: Upgrade headers",
         ));
     }
-    if header("sec-websocket-version") != Some("13") {
+    if first("sec-websocket-version") != Some("13") {
         return Err(Refusal {
             extra: "Sec-WebSocket-Version: 13\r\n",
             ..refuse(
@@ -280,30 +290,60 @@ fn check_request(req: &httparse::Request<'_, '_>, h: &impl Handler) -> Result<St
             )
         });
     }
-    let Some(key) = header("sec-websocket-key").filter(|k| !k.is_empty()) else {
+    let Some(key) = first("sec-websocket-key").filter(|k| !k.is_empty()) else {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             "missing_websocket_key",
             "the Sec-WebSocket-Key header is missing",
         ));
     };
-    let origin = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("origin"))
-        .map(|h| h.value);
-    if !query.split('&').any(|kv| kv.starts_with("sid=")) {
-        h.admit(origin)?;
-    } else if h.admit_origin(origin).is_err() {
+    let origin = first("origin").map(str::as_bytes);
+    let sid = query.split('&').find_map(|kv| kv.strip_prefix("sid="));
+    let session = match sid {
+        None => {
+            h.admit(origin)?;
+            None
+        }
         // The upgrade of a session already admitted: only the page's origin is checked again
         // (a draining gateway still lets its sessions upgrade).
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            crate::auth::origins::REFUSED_CODE,
-            crate::auth::origins::REFUSED_MESSAGE,
-        ));
-    }
-    Ok(key.trim().to_owned())
+        Some(sid) => {
+            h.admit_origin(origin)?;
+            match h.polls().get(sid) {
+                Some(c) if c.transport() == "polling" => Some(c),
+                Some(_) => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "this session is on WebSocket already",
+                    ))
+                }
+                None => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "unknown_sid",
+                        "Session ID unknown: start a new session without sid",
+                    ))
+                }
+            }
+        }
+    };
+    let msgpack = match &session {
+        // An upgrade keeps the parser its session started with.
+        Some(c) => c.codec().msgpack,
+        None => wants_msgpack(query)
+            .map_err(|message| refuse(StatusCode::BAD_REQUEST, "unsupported_parser", message))?,
+    };
+    let offers = header("sec-websocket-extensions");
+    let accepted = h
+        .settings()
+        .compression_min
+        .and_then(|min| deflate::negotiate(offers).map(|line| (line, min)));
+    Ok(Agreed {
+        accept: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes()),
+        codec: codec::Codec::new(msgpack, accepted.map(|(_, min)| min)),
+        extensions: accepted.map_or("", |(line, _)| line),
+        session,
+    })
 }
 
 /// Reads the request head, answers the upgrade (or refuses it with a JSON error) and runs the
@@ -333,42 +373,36 @@ async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
     };
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
-    let checked = match req.parse(&head[..end]) {
-        Ok(httparse::Status::Complete(_)) => check_request(&req, &*h),
+    let agreed = match req.parse(&head[..end]) {
+        Ok(httparse::Status::Complete(_)) => {
+            let query = req
+                .path
+                .and_then(|p| p.split_once('?'))
+                .map_or("", |(_, q)| q);
+            let header = |name: &str| {
+                req.headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case(name))
+                    .filter_map(|h| std::str::from_utf8(h.value).ok())
+                    .collect()
+            };
+            agree(&*h, query, header)
+        }
         _ => Err(refuse(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "the handshake request could not be parsed as HTTP/1.1",
         )),
     };
-    let (key, codec, extensions) = match checked.and_then(|key| negotiate(&req, h.settings(), key))
-    {
+    let Agreed {
+        accept,
+        codec,
+        extensions,
+        session,
+    } = match agreed {
         Ok(agreed) => agreed,
         Err(r) => return answer_refusal(stream, r).await,
     };
-    let session = match sid_of(&req) {
-        None => None,
-        Some(sid) => match h.polls().get(sid) {
-            Some(c) if c.transport() == "polling" => Some(c),
-            found => {
-                let (status, code, message) = if found.is_some() {
-                    (
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "this session is on WebSocket already",
-                    )
-                } else {
-                    (
-                        StatusCode::BAD_REQUEST,
-                        "unknown_sid",
-                        "Session ID unknown: start a new session without sid",
-                    )
-                };
-                return answer_refusal(stream, refuse(status, code, message)).await;
-            }
-        },
-    };
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     );
@@ -388,41 +422,6 @@ async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
     // here instead of staying alive (and allocated) for the whole session. The 101 goes out
     // with the Engine.IO open packet, in one write.
     tokio::spawn(conn::serve(h, stream, response, early, codec));
-}
-
-/// The session's parser and compression: the `parser` query parameter, and permessage-deflate
-/// when the client offers it and `GATEWAY_WS_COMPRESSION` is on (with the response header line
-/// that accepts it, or an empty one).
-fn negotiate(
-    req: &httparse::Request<'_, '_>,
-    settings: &Settings,
-    key: String,
-) -> Result<(String, codec::Codec, &'static str), Refusal> {
-    let query = req
-        .path
-        .and_then(|p| p.split_once('?'))
-        .map_or("", |(_, q)| q);
-    let msgpack = wants_msgpack(query)
-        .map_err(|message| refuse(StatusCode::BAD_REQUEST, "unsupported_parser", message))?;
-    let offers = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
-        .filter_map(|h| std::str::from_utf8(h.value).ok());
-    let accepted = settings
-        .compression_min
-        .and_then(|min| deflate::negotiate(offers).map(|line| (line, min)));
-    let codec = codec::Codec::new(msgpack, accepted.map(|(_, min)| min));
-    Ok((key, codec, accepted.map_or("", |(line, _)| line)))
-}
-
-/// The `sid` of a handshake request, if any.
-fn sid_of<'a>(req: &httparse::Request<'_, 'a>) -> Option<&'a str> {
-    req.path?
-        .split_once('?')?
-        .1
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("sid="))
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {

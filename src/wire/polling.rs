@@ -285,10 +285,7 @@ pub async fn handle<H: Handler>(h: Arc<H>, req: Request) -> Response {
     let query = req.uri().query().unwrap_or("").to_owned();
     match step(&h, req.method(), &query) {
         Step::Done(answer) => answer.into_response(),
-        Step::WebSocket => {
-            let sid = Query::parse(&query).sid;
-            websocket(h.clone(), req, sid).await
-        }
+        Step::WebSocket => websocket(h.clone(), req).await,
         Step::Get(conn) => poll(&conn, std::future::pending()).await.into_response(),
         Step::Post(conn) => {
             let max = h.settings().max_packet as usize;
@@ -448,55 +445,23 @@ fn payload(queued: &[(Bytes, usize)]) -> Bytes {
 /// proxy that reuses its upstream connections): answered here with 101, then the connection is
 /// taken back from the HTTP server and served by the gateway's own transport, a new session
 /// or, with `sid`, the upgrade of a long-polling session.
-async fn websocket<H: Handler>(h: Arc<H>, mut req: Request, sid: Option<&str>) -> Response {
-    let conn = match sid {
-        Some(sid) => match h.polls().get(sid) {
-            Some(c) if c.transport() == "polling" => Some(c),
-            Some(_) => return EioError::BadRequest.answer().into_response(),
-            None => return EioError::UnknownSid.answer().into_response(),
-        },
-        None => None,
-    };
-    let header = |name: header::HeaderName| {
-        req.headers()
+async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let headers = req.headers().clone();
+    let header = |name: &str| {
+        headers
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
+            .collect()
     };
-    let upgrade = header(header::UPGRADE)
-        .iter()
-        .any(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = header(header::SEC_WEBSOCKET_KEY).into_iter().next();
-    let (Some(key), true) = (key, upgrade) else {
-        return EioError::BadRequest.answer().into_response();
+    let agreed = match super::agree(&*h, &query, header) {
+        Ok(agreed) => agreed,
+        Err(refusal) => return Answer::refusal(refusal).into_response(),
     };
-    if header(header::SEC_WEBSOCKET_VERSION)
-        .first()
-        .map(String::as_str)
-        != Some("13")
-    {
-        return EioError::BadRequest.answer().into_response();
-    }
-    if conn.is_none() {
-        if let Err(refusal) = h.admit(None) {
-            return Answer::refusal(refusal).into_response();
-        }
-    }
-    let offers = header(header::SEC_WEBSOCKET_EXTENSIONS);
-    let settings = h.settings();
-    let accepted = settings.compression_min.and_then(|min| {
-        super::deflate::negotiate(offers.iter().map(String::as_str)).map(|line| (line, min))
-    });
-    let msgpack = match &conn {
-        Some(c) => c.codec().msgpack,
-        None => super::wants_msgpack(req.uri().query().unwrap_or("")).unwrap_or(false),
-    };
-    let accept =
-        tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
     let upgrading = hyper::upgrade::on(&mut req);
-    let max = settings.max_packet as usize;
+    let max = h.settings().max_packet as usize;
+    let (codec, session) = (agreed.codec, agreed.session);
     tokio::spawn(async move {
         let upgraded = match upgrading.await {
             Ok(u) => u,
@@ -511,22 +476,13 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request, sid: Option<&str>) -
         };
         let stream = parts.io.into_inner();
         let early = parts.read_buf.to_vec();
-        let deflate = accepted.map(|(_, min)| min);
-        match conn {
+        match session {
             Some(c) => {
+                let deflate = codec.deflate_min.map(|m| m.get());
                 c.take_over(stream, String::new(), early, deflate, max)
                     .await
             }
-            None => {
-                conn::serve(
-                    h,
-                    stream,
-                    String::new(),
-                    early,
-                    Codec::new(msgpack, deflate),
-                )
-                .await
-            }
+            None => conn::serve(h, stream, String::new(), early, codec).await,
         }
     });
     let mut res = Response::new(Body::empty());
@@ -534,18 +490,17 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request, sid: Option<&str>) -
     let headers = res.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(&agreed.accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    if let Some((line, _)) = accepted {
-        // `line` is a whole response header line: keep its value.
-        if let Some(value) = line
-            .split_once(':')
-            .map(|(_, v)| v.trim())
-            .and_then(|v| HeaderValue::from_str(v).ok())
-        {
-            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
-        }
+    // `extensions` is a whole response header line: keep its value.
+    if let Some(value) = agreed
+        .extensions
+        .split_once(':')
+        .map(|(_, v)| v.trim())
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
     }
     res
 }
