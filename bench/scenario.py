@@ -784,14 +784,22 @@ def scenario_rooms(run: Run, target: str, opts) -> dict:
     }
 
 
+def survivors_sample(servers: list) -> dict:
+    """CPU seconds and RSS (KiB) of several servers together."""
+    samples = [proc_sample(s.pid) for s in servers]
+    return {"cpu_s": sum(x["cpu_s"] for x in samples), "rss_kb": sum(x["rss_kb"] for x in samples)}
+
+
 def scenario_storm(run: Run, target: str, opts) -> dict:
-    """Clients on two servers; one is SIGKILLed; its clients reconnect to the other."""
+    """Clients on `--storm-servers` servers (2); one is SIGKILLed; its clients reconnect to the
+    others."""
     n = opts.sizes["storm_connections"]
+    count = max(2, opts.storm_servers)
     redis_url = start_bus(run, opts)
-    # Two servers of the target; a Node "server" is one process here, like a gateway.
-    servers = start_servers(run, target, 2, redis_url)
-    if n > MAX_SOCKETS_PER_SERVER:
-        log(f"warning: {n} connections cannot all fit on the surviving server "
+    # A Node "server" is one process here, like a gateway.
+    servers = start_servers(run, target, count, redis_url)
+    if n / (count - 1) > MAX_SOCKETS_PER_SERVER:
+        log(f"warning: {n} connections cannot all fit on the {count - 1} surviving servers "
             f"(at most {MAX_SOCKETS_PER_SERVER} sockets per process)")
     extra = ["--reconnect", "--reconnect-base-ms", opts.reconnect_base_ms, "--connect-timeout", 20]
     positions = target == "gateway"
@@ -806,7 +814,8 @@ def scenario_storm(run: Run, target: str, opts) -> dict:
         publish(run, target, redis_url, ["batch:1", "batch:2"], 20, 100)
     log(f"storm {target}: {conns['held']}/{n} connected; killing {servers[0].name}")
     time.sleep(2.0)
-    survivor_before = proc_sample(servers[1].pid)
+    survivors = servers[1:]
+    survivor_before = survivors_sample(survivors)
     redis_before = sum(proc_sample(pid)["cpu_s"] for pid in redis_pids(run))
     others = [g.proc.pid for g in gens] + redis_pids(run)
     others_before = sum(proc_sample(pid)["cpu_s"] for pid in others)
@@ -818,19 +827,21 @@ def scenario_storm(run: Run, target: str, opts) -> dict:
             back.append(g.expect("recovered", opts.storm_timeout))
         except RuntimeError as e:
             log(str(e))
-    survivor_after = proc_sample(servers[1].pid)
+    survivor_after = survivors_sample(survivors)
     others_cpu = sum(proc_sample(pid)["cpu_s"] for pid in others) - others_before
     redis_cpu = sum(proc_sample(pid)["cpu_s"] for pid in redis_pids(run)) - redis_before
     recoveries = {}
     if positions:
-        try:
-            with urllib.request.urlopen(f"http://{servers[1].admin}/metrics", timeout=5) as r:
-                for line in r.read().decode().splitlines():
-                    if line.startswith("gateway_recoveries_total{"):
-                        label, value = line.rsplit(" ", 1)
-                        recoveries[label.split('"')[1]] = float(value)
-        except OSError as e:
-            log(f"survivor metrics: {e}")
+        for srv in survivors:
+            try:
+                with urllib.request.urlopen(f"http://{srv.admin}/metrics", timeout=5) as r:
+                    for line in r.read().decode().splitlines():
+                        if line.startswith("gateway_recoveries_total{"):
+                            label, value = line.rsplit(" ", 1)
+                            result = label.split('"')[1]
+                            recoveries[result] = recoveries.get(result, 0.0) + float(value)
+            except OSError as e:
+                log(f"survivor metrics: {e}")
     finals = stop(gens)
     rec = [f.get("recovery", {}) for f in finals]
     recovered = sum(r.get("recovered", 0) for r in rec)
@@ -848,6 +859,7 @@ def scenario_storm(run: Run, target: str, opts) -> dict:
     secs = (last_back - killed_at_us) / 1e6 if last_back > killed_at_us else None
     return {
         "connections": conns,
+        "servers": count,
         "killed": servers[0].name,
         "killed_at_us": killed_at_us,
         "disconnected": disconnects,
@@ -1146,7 +1158,10 @@ def run_one(name: str, target: str, opts, stamp: str) -> Path:
         suffix = f"-{opts.transport}{suffix}"
     path = opts.results / f"{name}-{target}{suffix}-{stamp}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
-    shutil.rmtree(run.dir, ignore_errors=True)
+    if opts.keep_logs:
+        log(f"logs kept in {run.dir}")
+    else:
+        shutil.rmtree(run.dir, ignore_errors=True)
     log(f"wrote {path}")
     return path
 
@@ -1204,11 +1219,14 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=5.0, help="idle: seconds between connecting and measuring")
     ap.add_argument("--reconnect-base-ms", type=int, default=500, help="storm: first reconnect delay bound")
     ap.add_argument("--storm-timeout", type=float, default=120.0)
+    ap.add_argument("--storm-servers", type=int, default=2,
+                    help="storm: servers; one is killed and its clients spread over the others")
     ap.add_argument("--redis", dest="redis_modes", choices=["single", "cluster", "both"], default="single",
                     help="ingest / fanout / storm: one redis-server, a 3-primary Redis Cluster, or both in turn")
     ap.add_argument("--publishers", type=int, default=2, help="ingest: publisher processes at once")
     ap.add_argument("--events", type=int, help="ingest: events per publisher")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build --release")
+    ap.add_argument("--keep-logs", action="store_true", help="keep a successful run's scratch directory (logs)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON results")
     opts = ap.parse_args()
 

@@ -56,11 +56,29 @@ impl AppState {
         let connections = Arc::new(Connections::with_limit(config.max_connections));
         let publish_limiter =
             governor::RateLimiter::keyed(governor::Quota::per_second(config.publish_rate));
-        let fleet = config.redis.as_ref().and_then(|redis| {
-            Fleet::new(redis, config.presence.clone())
-                .inspect_err(|e| tracing::error!(error = %e, "presence cannot use Redis"))
-                .ok()
-        });
+        let mut config = config;
+        if config.redis.as_ref().is_some_and(|r| r.is_cluster())
+            && (!config.presence.kinds.is_empty() || config.presence.lifecycle)
+        {
+            // Presence writes span a room's slot and the lease registry's: not on a cluster yet.
+            tracing::warn!(
+                "presence and the lifecycle stream are off: they do not run on a Redis Cluster yet \
+                 (GATEWAY_PRESENCE_KINDS and GATEWAY_LIFECYCLE ignored)"
+            );
+            config.presence.kinds.clear();
+            config.presence.events.clear();
+            config.presence.lifecycle = false;
+        }
+        let cluster = config.redis.as_ref().is_some_and(|r| r.is_cluster());
+        let fleet = config
+            .redis
+            .as_ref()
+            .filter(|_| !cluster)
+            .and_then(|redis| {
+                Fleet::new(redis, config.presence.clone())
+                    .inspect_err(|e| tracing::error!(error = %e, "presence cannot use Redis"))
+                    .ok()
+            });
         let store = match &fleet {
             Some(f) => Store::Redis(f.clone()),
             None => Store::Memory(MemoryStore::new(bus.clone())),

@@ -1,6 +1,7 @@
 //! Many tenants on one fleet, against real processes: API keys with tenants and scopes (and
-//! their SIGHUP reload), per-tenant quotas held across 3 gateways on one `redis-server`
-//! (connections, publish rate on every gateway and through `FCALL`), and the control API's
+//! their SIGHUP reload), per-tenant quotas held across 3 gateways on one `redis-server` and on
+//! a Redis Cluster (connections, publish rate on every gateway, and through `FCALL` on one
+//! server), and the control API's
 //! revocations surviving a gateway restart. The stock-client side of disconnect and revoke is
 //! in `tests/node/control.test.mjs`, driven by `node_interop`.
 
@@ -10,6 +11,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::client::{Client, ClientError};
+use common::redis_cluster::RedisCluster;
 use common::redis_server::RedisServer;
 use common::{batch_created, now, sign, token, Gateway, SECRET, WAIT};
 use serde_json::{json, Value};
@@ -292,9 +294,36 @@ async fn wait_log(gw: &Gateway, needle: &str) {
     }
 }
 
-async fn redis_gateways(redis: &RedisServer, n: usize, extra: &[(&str, &str)]) -> Vec<Gateway> {
-    let url = redis.url();
-    let mut env = vec![("REDIS_URL", url.as_str())];
+/// The Redis a fleet shares: one server, or a Redis Cluster (3 primaries, 3 replicas).
+enum Fleet {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Fleet {
+    fn start(cluster: bool) -> Self {
+        if cluster {
+            Fleet::Cluster(RedisCluster::start())
+        } else {
+            Fleet::One(RedisServer::start())
+        }
+    }
+
+    /// The gateway's setting for this Redis.
+    fn env(&self) -> (&'static str, String) {
+        match self {
+            Fleet::One(r) => ("REDIS_URL", r.url()),
+            Fleet::Cluster(c) => ("REDIS_CLUSTER_NODES", c.seeds()),
+        }
+    }
+}
+
+async fn fleet_gateways(
+    bus: (&'static str, String),
+    n: usize,
+    extra: &[(&str, &str)],
+) -> Vec<Gateway> {
+    let mut env = vec![(bus.0, bus.1.as_str())];
     env.extend_from_slice(extra);
     let gws: Vec<Gateway> = (0..n).map(|_| Gateway::start(&env)).collect();
     for gw in &gws {
@@ -317,18 +346,27 @@ async fn try_connect(gw: &Gateway, sub: &str, tenant: &str) -> Result<Client, Cl
 
 const CONNECTION_CAP: usize = 4;
 
-/// Tenant 1 may hold 4 connections across the fleet: 12 concurrent attempts spread over 3
-/// gateways get exactly 4 in (the count is taken atomically in Redis), the rest are refused
-/// with `tenant_connection_limit`, tenant 2 is unaffected, and a closed connection gives its
-/// slot back.
 #[tokio::test]
 async fn the_connection_cap_holds_across_three_gateways() {
-    let redis = RedisServer::start();
+    connection_cap_holds(false).await;
+}
+
+#[tokio::test]
+async fn the_connection_cap_holds_across_three_gateways_on_a_redis_cluster() {
+    connection_cap_holds(true).await;
+}
+
+/// Tenant 1 may hold 4 connections across the fleet: 12 concurrent attempts spread over 3
+/// gateways get exactly 4 in (the count is taken atomically in Redis, in the tenant's one key
+/// and so in one slot of a cluster), the rest are refused with `tenant_connection_limit`,
+/// tenant 2 is unaffected, and a closed connection gives its slot back.
+async fn connection_cap_holds(cluster: bool) {
+    let redis = Fleet::start(cluster);
     let tenants = text_file(&format!(
         "{{\"tenants\": {{\"1\": {{\"maxConnections\": {CONNECTION_CAP}}}}}, \"metricsTenants\": [1]}}"
     ));
-    let gws = redis_gateways(
-        &redis,
+    let gws = fleet_gateways(
+        redis.env(),
         3,
         &[("GATEWAY_TENANTS_FILE", tenants.path().to_str().unwrap())],
     )
@@ -414,17 +452,41 @@ fn fcall(redis: &RedisServer, tenant: i64, id: &str) -> String {
     ])
 }
 
-/// Tenant 1 may publish 5 events per second across the fleet: a burst on all 3 gateways gets
-/// 429 `tenant_rate_limited` with `Retry-After` on each, the accepted total stays within the
-/// rate, direct `FCALL rtg_publish` callers are refused too, and tenant 2 publishes freely.
 #[tokio::test]
 async fn the_publish_rate_holds_on_every_gateway_and_through_fcall() {
     let redis = RedisServer::start();
+    publish_rate_holds(("REDIS_URL", redis.url())).await;
+    // Drain the bucket through the gateways, then a direct FCALL is refused as well.
+    let mut refused_fcall = false;
+    for i in 0..(RATE * 2) {
+        let out = fcall(&redis, 1, &format!("direct-{i}"));
+        if out.contains("tenant_rate_limited") {
+            refused_fcall = true;
+            break;
+        }
+    }
+    assert!(refused_fcall, "a direct FCALL caller was never limited");
+    let out = fcall(&redis, 2, "direct-other");
+    assert!(!out.contains("ERR"), "tenant 2 through FCALL: {out}");
+}
+
+/// On a Redis Cluster the gateways take the rate from the tenant's bucket (`rtg_rate_take`, one
+/// key) before `rtg_publish`, whose keys are in the room's slot.
+#[tokio::test]
+async fn the_publish_rate_holds_on_every_gateway_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    publish_rate_holds(("REDIS_CLUSTER_NODES", cluster.seeds())).await;
+}
+
+/// Tenant 1 may publish 5 events per second across the fleet: a burst on all 3 gateways gets
+/// 429 `tenant_rate_limited` with `Retry-After` on each, the accepted total stays within the
+/// rate, and tenant 2 publishes freely.
+async fn publish_rate_holds(bus: (&'static str, String)) {
     let tenants = text_file(&format!(
         "defaults:\n  publishRate: 1000\ntenants:\n  \"1\":\n    publishRate: {RATE}\n"
     ));
-    let gws = redis_gateways(
-        &redis,
+    let gws = fleet_gateways(
+        bus,
         3,
         &[("GATEWAY_TENANTS_FILE", tenants.path().to_str().unwrap())],
     )
@@ -480,28 +542,34 @@ async fn the_publish_rate_holds_on_every_gateway_and_through_fcall() {
         limited.iter().all(|n| *n > 0),
         "every gateway refused some: {limited:?}"
     );
-    // Drain the bucket through the gateways, then a direct FCALL is refused as well.
-    let mut refused_fcall = false;
-    for i in 0..(RATE * 2) {
-        let out = fcall(&redis, 1, &format!("direct-{i}"));
-        if out.contains("tenant_rate_limited") {
-            refused_fcall = true;
-            break;
-        }
-    }
-    assert!(refused_fcall, "a direct FCALL caller was never limited");
-    let out = fcall(&redis, 2, "direct-other");
-    assert!(!out.contains("ERR"), "tenant 2 through FCALL: {out}");
+    let m = gws[0].metrics().await;
+    assert!(
+        common::metric(
+            &m,
+            "gateway_tenant_quota_total",
+            "quota=\"publish_rate\",outcome=\"refused\""
+        ) >= 1.0,
+        "{m}"
+    );
 }
 
 /// A revocation is stored in Redis: a gateway that starts after it still refuses the old
 /// token (with `token_revoked`) and accepts a newer one.
 #[tokio::test]
 async fn a_revocation_survives_a_gateway_restart() {
-    let redis = RedisServer::start();
+    revocation_survives_a_restart(false).await;
+}
+
+#[tokio::test]
+async fn a_revocation_survives_a_gateway_restart_on_a_redis_cluster() {
+    revocation_survives_a_restart(true).await;
+}
+
+async fn revocation_survives_a_restart(cluster: bool) {
+    let redis = Fleet::start(cluster);
     let keys = keys_file(&base_keys());
     let keys_path = keys.path().to_str().unwrap().to_string();
-    let gws = redis_gateways(&redis, 2, &[("GATEWAY_API_KEYS_FILE", &keys_path)]).await;
+    let gws = fleet_gateways(redis.env(), 2, &[("GATEWAY_API_KEYS_FILE", &keys_path)]).await;
     let old = sign(
         &json!({ "sub": "42", "institutionId": "1", "role": "STAFF", "iat": now() - 60, "exp": now() + 3600 }),
         SECRET,
@@ -529,7 +597,7 @@ async fn a_revocation_survives_a_gateway_restart() {
 
     let mut gws = gws;
     gws.remove(1).kill();
-    let restarted = redis_gateways(&redis, 1, &[("GATEWAY_API_KEYS_FILE", &keys_path)]).await;
+    let restarted = fleet_gateways(redis.env(), 1, &[("GATEWAY_API_KEYS_FILE", &keys_path)]).await;
     for gw in gws.iter().chain(&restarted) {
         match Client::connect(&gw.url(), Some(json!({ "token": old }))).await {
             Err(ClientError::Refused(c)) => assert_eq!(c, "token_revoked"),

@@ -807,7 +807,9 @@ async fn connection(sh: Arc<Shared>, conn: usize, permit: OwnedSemaphorePermit) 
                 lost_at = Some(now);
                 sh.c.first_loss_us.fetch_min(now, Ordering::Relaxed);
                 sh.c.disconnects.fetch_add(1, Ordering::Relaxed);
-                target = (target + 1) % sh.targets.len();
+                // The clients of a lost server spread over all the others.
+                let others = sh.targets.len().saturating_sub(1).max(1);
+                target = (target + 1 + (conn / sh.targets.len()) % others) % sh.targets.len();
                 let base = sh.args.reconnect_base_ms.max(1);
                 let wait = rand::thread_rng().gen_range(0..base);
                 tokio::time::sleep(Duration::from_millis(wait)).await;

@@ -204,11 +204,9 @@ fn tenant_limited(who: &str, wait: std::time::Duration) -> ApiError {
     e
 }
 
-/// The tenants' publish rates on the embedded bus (the Redis bus takes them in `rtg_publish`).
-fn check_tenant_rates(state: &AppState, events: &[ValidPublish]) -> Result<(), ApiError> {
-    if state.tenancy.fleet.is_some() {
-        return Ok(());
-    }
+/// The tenants' publish rates where `rtg_publish` does not take them (the embedded bus, a Redis
+/// Cluster): an event costs one per room.
+async fn check_tenant_rates(state: &AppState, events: &[ValidPublish]) -> Result<(), ApiError> {
     let mut per_tenant: Vec<(&TenantId, usize)> = Vec::new();
     for p in events {
         match per_tenant.iter_mut().find(|(t, _)| *t == &p.tenant) {
@@ -219,7 +217,8 @@ fn check_tenant_rates(state: &AppState, events: &[ValidPublish]) -> Result<(), A
     for (tenant, n) in per_tenant {
         state
             .tenancy
-            .take_publish(tenant, n)
+            .take_publish_rate(tenant, n)
+            .await
             .map_err(|wait| tenant_limited(&format!("institution {tenant}"), wait))?;
     }
     Ok(())
@@ -264,7 +263,7 @@ pub async fn publish(
     keys::require_tenant(&key, &valid.tenant, "institutionId")?;
     check_rate(&state, &key, 1)?;
     let valid = [valid];
-    check_tenant_rates(&state, &valid)?;
+    check_tenant_rates(&state, &valid).await?;
     let [valid] = valid;
     Ok(Json(publish_valid(&state, valid).await?))
 }
@@ -311,7 +310,7 @@ pub async fn publish_batch(
         valid.push(p);
     }
     check_rate(&state, &key, valid.len())?;
-    check_tenant_rates(&state, &valid)?;
+    check_tenant_rates(&state, &valid).await?;
     let mut results = Vec::with_capacity(valid.len());
     for p in valid {
         results.push(publish_valid(&state, p).await?);

@@ -4,11 +4,15 @@
 //! | what | key |
 //! |---|---|
 //! | live gateways (field: gateway id, value: lease end in ms) | `<prefix>:quota:gateways` (apart from presence's leases) |
-//! | connections of a tenant (field: gateway id, value: count) | `<prefix>:quota:conns:{<tenant>}` |
+//! | connections of a tenant (field: gateway id, value: count; field `lease:<gateway id>`: end of that gateway's lease in ms) | `<prefix>:quota:conns:{<tenant>}` |
 //! | publish rates (`rate:<tenant>`, `rate:*`) | `<prefix>:quota:limits` |
+//! | a tenant's publish bucket (`tokens`, `ts`) | `<prefix>:quota:rate:{<tenant>}` |
 //! | a revocation (value: seconds; expires) | `<prefix>:revoked:<tenant>:<user>` |
 //! | control channel (pub/sub) | `<prefix>:control` |
 //! | answers to one control request (list; expires) | `<prefix>:control:reply:<id>` |
+//!
+//! Every command names keys of one tenant only (its hash tag `{<tenant>}`), so the same calls
+//! work on one Redis and on a Redis Cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,10 +65,6 @@ impl Fleet {
         format!("{}:control:reply:{id}", self.prefix)
     }
 
-    fn gateways_key(&self) -> String {
-        format!("{}:quota:gateways", self.prefix)
-    }
-
     fn conns_key(&self, tenant: &TenantId) -> String {
         format!("{}:quota:conns:{{{tenant}}}", self.prefix)
     }
@@ -88,29 +88,67 @@ impl Fleet {
         let mut conn = self.redis.connection().await?;
         let mut cmd = redis::cmd("FCALL");
         cmd.arg("rtg_conn_admit")
-            .arg(2)
+            .arg(1)
             .arg(self.conns_key(tenant))
-            .arg(self.gateways_key())
             .arg(me)
-            .arg(limit);
+            .arg(limit)
+            .arg(LEASE.as_millis() as u64);
         let admitted: i64 = self.timed(cmd.query_async(&mut conn)).await?;
         Ok(admitted == 1)
     }
 
-    /// Renews gateway `me`'s lease and keeps the keys of its counted connections alive. Counts
-    /// are only ever changed by admissions and releases (never overwritten, which could race
-    /// with an admission); a count missing from Redis is set from `counts`.
+    /// Renews gateway `me`'s lease in the fleet and on each tenant it counts connections of,
+    /// and keeps those keys alive. Counts are only ever changed by admissions and releases
+    /// (never overwritten, which could race with an admission); a count missing from Redis is
+    /// set from `counts`.
     pub async fn beat(&self, me: &str, counts: &[(TenantId, u64)]) -> Result<(), BusError> {
         let lease_end = crate::events::envelope::now_millis() as u64 + LEASE.as_millis() as u64;
-        let mut pipe = redis::pipe();
-        pipe.hset(self.gateways_key(), me, lease_end).ignore();
-        for (tenant, n) in counts {
-            let key = self.conns_key(tenant);
-            pipe.hset_nx(&key, me, *n).ignore();
-            pipe.pexpire(&key, (LEASE * 4).as_millis() as i64).ignore();
-        }
         let mut conn = self.redis.connection().await?;
-        self.timed(pipe.query_async::<()>(&mut conn)).await
+        self.timed(conn.hset::<_, _, _, ()>(self.gateways_key(), me, lease_end))
+            .await?;
+        let lease = format!("lease:{me}");
+        self.per_tenant(counts, |pipe, key, n| {
+            pipe.hset_nx(key, me, n.1)
+                .ignore()
+                .hset(key, &lease, lease_end)
+                .ignore()
+                .pexpire(key, (LEASE * 4).as_millis() as i64)
+                .ignore();
+        })
+        .await
+    }
+
+    fn gateways_key(&self) -> String {
+        format!("{}:quota:gateways", self.prefix)
+    }
+
+    /// How many gateways hold a live lease (a Redis Cluster cannot count a channel's
+    /// subscribers: `PUBLISH` answers for one node only).
+    async fn live_gateways(&self) -> Result<usize, BusError> {
+        let now = crate::events::envelope::now_millis() as u64;
+        let mut conn = self.redis.connection().await?;
+        let leases: Vec<u64> = self.timed(conn.hvals(self.gateways_key())).await?;
+        Ok(leases.into_iter().filter(|end| *end >= now).count())
+    }
+
+    /// Runs `add`'s commands on each tenant's connection key, one pipeline per tenant (a tenant's
+    /// keys share one cluster slot; different tenants' may not), all at once.
+    async fn per_tenant<T>(
+        &self,
+        tenants: &[T],
+        add: impl Fn(&mut redis::Pipeline, &str, &T),
+    ) -> Result<(), BusError>
+    where
+        T: TenantOf,
+    {
+        let conn = self.redis.connection().await?.shared();
+        let calls = tenants.iter().map(|t| {
+            let mut pipe = redis::pipe();
+            add(&mut pipe, &self.conns_key(t.tenant()), t);
+            let mut conn = conn.clone();
+            async move { self.timed(pipe.query_async::<()>(&mut conn)).await }
+        });
+        futures_util::future::try_join_all(calls).await.map(|_| ())
     }
 
     /// Gives back one connection slot of `tenant` on gateway `me`.
@@ -123,13 +161,39 @@ impl Fleet {
 
     /// Gateway `me` is stopping: its connections stop counting at once.
     pub async fn leave(&self, me: &str, tenants: &[TenantId]) -> Result<(), BusError> {
-        let mut pipe = redis::pipe();
-        pipe.hdel(self.gateways_key(), me).ignore();
-        for tenant in tenants {
-            pipe.hdel(self.conns_key(tenant), me).ignore();
-        }
         let mut conn = self.redis.connection().await?;
-        self.timed(pipe.query_async::<()>(&mut conn)).await
+        self.timed(conn.hdel::<_, _, ()>(self.gateways_key(), me))
+            .await?;
+        let lease = format!("lease:{me}");
+        self.per_tenant(tenants, |pipe, key, _| {
+            pipe.hdel(key, &[me, lease.as_str()]).ignore();
+        })
+        .await
+    }
+
+    /// Takes `events` (an event times its rooms) from `tenant`'s publish bucket of `rate` per
+    /// second (`rtg_rate_take`); `Some(wait)` when over it. On one Redis `rtg_publish` takes
+    /// them itself; on a Redis Cluster its keys cannot reach the bucket, so this runs first.
+    pub async fn take_rate(
+        &self,
+        tenant: &TenantId,
+        rate: u64,
+        events: usize,
+    ) -> Result<Option<Duration>, BusError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("rtg_rate_take")
+            .arg(1)
+            .arg(format!("{}:quota:rate:{{{tenant}}}", self.prefix))
+            .arg(rate.max(1))
+            .arg(events.max(1));
+        let mut conn = self.redis.connection().await?;
+        let wait_ms: u64 = self.timed(cmd.query_async(&mut conn)).await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
+    /// Whether the fleet's Redis is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.redis.settings().is_cluster()
     }
 
     /// Gives every publisher (gateways and direct `rtg_publish` callers) the configured rates.
@@ -166,43 +230,54 @@ impl Fleet {
         self.timed(cmd.query_async(&mut conn)).await
     }
 
-    /// Every stored revocation: `(tenant, user, before, time to live)`.
+    /// Every stored revocation: `(tenant, user, before, time to live)`, from every node that
+    /// holds keys (each primary of a cluster keeps its own slots).
     pub async fn revocations(&self) -> Result<Vec<(TenantId, UserId, u64, Duration)>, BusError> {
         let pattern = format!("{}:revoked:*", self.prefix);
-        let mut conn = self.redis.connection().await?;
-        let keys: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> =
-                self.timed(conn.scan_match::<_, String>(&pattern)).await?;
-            let mut keys = Vec::new();
-            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(k.map_err(unavailable)?);
-            }
-            keys
-        };
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let rest = &key[pattern.len() - 1..];
-            let Some((t, u)) = rest.split_once(':') else {
-                continue;
-            };
-            let (Ok(tenant), Ok(user)) = (TenantId::parse(t), UserId::parse(u)) else {
-                continue;
-            };
-            let (before, ttl): (Option<u64>, i64) = self
-                .timed(redis::pipe().get(&key).pttl(&key).query_async(&mut conn))
+        let mut out = Vec::new();
+        for client in self.redis.node_clients().await? {
+            let mut conn = self
+                .timed(client.get_multiplexed_async_connection())
                 .await?;
-            if let (Some(before), true) = (before, ttl > 0) {
-                out.push((tenant, user, before, Duration::from_millis(ttl as u64)));
+            let keys: Vec<String> = {
+                let mut iter: redis::AsyncIter<String> =
+                    self.timed(conn.scan_match::<_, String>(&pattern)).await?;
+                let mut keys = Vec::new();
+                while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+                    keys.push(k.map_err(unavailable)?);
+                }
+                keys
+            };
+            for key in keys {
+                let rest = &key[pattern.len() - 1..];
+                let Some((t, u)) = rest.split_once(':') else {
+                    continue;
+                };
+                let (Ok(tenant), Ok(user)) = (TenantId::parse(t), UserId::parse(u)) else {
+                    continue;
+                };
+                let (before, ttl): (Option<u64>, i64) = self
+                    .timed(redis::pipe().get(&key).pttl(&key).query_async(&mut conn))
+                    .await?;
+                if let (Some(before), true) = (before, ttl > 0) {
+                    out.push((tenant, user, before, Duration::from_millis(ttl as u64)));
+                }
             }
         }
         Ok(out)
     }
 
-    /// Publishes a control message; returns how many gateways received it.
+    /// Publishes a control message; returns how many gateways received it (on a Redis Cluster,
+    /// how many hold a live lease).
     pub async fn publish_control(&self, message: &str) -> Result<usize, BusError> {
         let mut conn = self.redis.connection().await?;
-        self.timed(conn.publish(self.control_channel(), message))
-            .await
+        let received: usize = self
+            .timed(conn.publish(self.control_channel(), message))
+            .await?;
+        if self.is_cluster() {
+            return Ok(received.max(self.live_gateways().await?));
+        }
+        Ok(received)
     }
 
     /// Stores one gateway's answer to control request `id`.
@@ -249,5 +324,22 @@ impl Fleet {
         }
         let _: Result<(), _> = conn.del(&key).await;
         Ok(out)
+    }
+}
+
+/// An item naming a tenant: a tenant, or a tenant and its count.
+trait TenantOf {
+    fn tenant(&self) -> &TenantId;
+}
+
+impl TenantOf for TenantId {
+    fn tenant(&self) -> &TenantId {
+        self
+    }
+}
+
+impl TenantOf for (TenantId, u64) {
+    fn tenant(&self) -> &TenantId {
+        &self.0
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! The rest of the gateway calls a few hooks: [`Tenancy::authorize`] (an API key, a scope, a
 //! tenant), [`Tenancy::admit`] / [`Tenancy::release`] (a connection of a tenant),
-//! [`Tenancy::take_publish`] (the embedded bus's rate; the Redis bus enforces it in
-//! `rtg_publish`), [`Tenancy::check_token`] (revocations) and [`Tenancy::reload`] (SIGHUP).
+//! [`Tenancy::take_publish_rate`] (the publish rate where `rtg_publish` does not take it: the
+//! embedded bus and a Redis Cluster), [`Tenancy::check_token`] (revocations) and [`Tenancy::reload`] (SIGHUP).
 
 pub mod fleet;
 pub mod keys;
@@ -290,8 +290,40 @@ impl Tenancy {
         }
     }
 
-    /// Takes `events` from the tenant's publish rate on this gateway (embedded bus only: with
-    /// Redis the rate is taken inside `rtg_publish`). `Err` is the wait before it would pass.
+    /// Takes `events` (an event times its rooms) from `tenant`'s publish rate before publishing,
+    /// where `rtg_publish` does not take it itself: on this gateway on the embedded bus, in Redis
+    /// (`rtg_rate_take`) on a Redis Cluster. On one Redis, `rtg_publish` takes it. `Err` is the
+    /// wait before it would pass.
+    pub async fn take_publish_rate(
+        &self,
+        tenant: &TenantId,
+        events: usize,
+    ) -> Result<(), Duration> {
+        let Some(fleet) = &self.fleet else {
+            return self.take_publish(tenant, events);
+        };
+        let Some(rate) = self.quotas().of(tenant).publish_rate else {
+            return Ok(());
+        };
+        if !fleet.is_cluster() {
+            return Ok(());
+        }
+        match fleet.take_rate(tenant, rate, events).await {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => {
+                self.publish_refused(tenant);
+                Err(wait)
+            }
+            Err(e) => {
+                // The publish that follows meets the same Redis and answers for it.
+                tracing::warn!(%tenant, error = %e, "publish rate not checked: Redis unavailable");
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes `events` from the tenant's publish rate on this gateway (the embedded bus).
+    /// `Err` is the wait before it would pass.
     pub fn take_publish(&self, tenant: &TenantId, events: usize) -> Result<(), Duration> {
         let Some(rate) = self.quotas().of(tenant).publish_rate else {
             return Ok(());

@@ -10,7 +10,7 @@
 -- rtg_read: events then go out by sharded pub/sub (SPUBLISH, in the room's slot) and the
 -- failover fence below runs.
 
-local VERSION = 3
+local VERSION = 4
 
 local function fail(msg)
   return redis.error_reply('ERR rtg_publish: ' .. msg)
@@ -47,16 +47,40 @@ end
 -- Tenant quotas and control state (fleet-wide limits; kept apart from the room functions).
 --
 -- Keys derived from the room keys' prefix (the part before ":{"), so direct FCALL callers of
--- rtg_publish keep the 2-key form and are limited too:
+-- rtg_publish on one Redis keep the 2-key form and are limited too:
 --   <prefix>:quota:limits             hash  rate:<tenant> | rate:* -> events per second
 --   <prefix>:quota:rate:{<tenant>}    hash  token bucket: tokens, ts (microseconds)
--- These keys are not declared, which a single Redis allows; a Redis Cluster deployment must
--- keep the quota keys on the node that serves the tenant's rooms (or run without a rate).
+--   <prefix>:quota:conns:{<tenant>}   hash  <gateway id> -> connections, lease:<gateway id> -> lease end (ms)
+-- rtg_publish reads the limits and the bucket without declaring them, which only a single Redis
+-- allows: on a Redis Cluster (shard mode) the publisher takes from the bucket first with
+-- rtg_rate_take, which declares its one key and is given the rate.
 -- ===================================================================================
 
 local function now_micros()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- Takes `take` events from a token bucket of `rate` per second (bursts of one second's worth)
+-- when it holds at least `need` (at most `rate`) of them. Returns nil when taken, else the
+-- milliseconds until it would be.
+local function bucket_take(bucket, rate, need, take)
+  need = math.max(1, math.min(need, rate))
+  local now = now_micros()
+  local state = redis.call('HMGET', bucket, 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or rate
+  local ts = tonumber(state[2]) or now
+  tokens = math.min(rate, tokens + math.max(0, now - ts) * rate / 1000000)
+  local wait = nil
+  if tokens < need then
+    wait = math.max(1, math.ceil((need - tokens) * 1000 / rate))
+  else
+    tokens = tokens - take
+  end
+  redis.call('HSET', bucket, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%d', now))
+  -- A full bucket is the same as none: let idle tenants' buckets go.
+  redis.call('PEXPIRE', bucket, 3000)
+  return wait
 end
 
 -- Takes one event from the tenant's bucket. `need` is how many rooms the event still goes to
@@ -69,48 +93,50 @@ local function tenant_rate_take(stream, tenant, need)
   local limits = prefix .. ':quota:limits'
   local rate = tonumber(redis.call('HGET', limits, 'rate:' .. tenant) or redis.call('HGET', limits, 'rate:*'))
   if rate == nil or rate <= 0 then return nil end
-  need = math.max(1, math.min(need, rate))
-  local bucket = prefix .. ':quota:rate:{' .. tenant .. '}'
-  local now = now_micros()
-  local state = redis.call('HMGET', bucket, 'tokens', 'ts')
-  local tokens = tonumber(state[1]) or rate
-  local ts = tonumber(state[2]) or now
-  tokens = math.min(rate, tokens + math.max(0, now - ts) * rate / 1000000)
-  local wait = nil
-  if tokens < need then
-    wait = math.max(1, math.ceil((need - tokens) * 1000 / rate))
-  else
-    tokens = tokens - 1
-  end
-  redis.call('HSET', bucket, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%d', now))
-  -- A full bucket is the same as none: let idle tenants' buckets go.
-  redis.call('PEXPIRE', bucket, 3000)
-  return wait
+  return bucket_take(prefix .. ':quota:rate:{' .. tenant .. '}', rate, need, 1)
 end
 
--- FCALL rtg_conn_admit 2 <prefix>:quota:conns:{<tenant>} <prefix>:quota:gateways <gateway id> <limit>
+-- FCALL rtg_rate_take 1 <prefix>:quota:rate:{<tenant>} <rate> <events>
+-- Takes <events> (an event times its rooms) from the tenant's bucket of <rate> per second.
+-- Returns 0 when taken, else the milliseconds to wait (nothing taken).
+local function rate_take(keys, args)
+  local bucket, rate, events = keys[1], tonumber(args[1]), tonumber(args[2])
+  if bucket == nil or rate == nil or rate <= 0 or events == nil or events < 1 then
+    return redis.error_reply('ERR rtg_rate_take: needs 1 key (bucket) and arguments rate > 0, events >= 1')
+  end
+  return bucket_take(bucket, rate, events, events) or 0
+end
+
+-- FCALL rtg_conn_admit 1 <prefix>:quota:conns:{<tenant>} <gateway id> <limit> <lease ms>
 -- Counts one more connection of the tenant on this gateway if the fleet holds fewer than
--- <limit>; connections of gateways whose lease expired no longer count. Returns 1 or 0.
+-- <limit>, and extends this gateway's lease on the tenant's count by <lease ms>. Connections of
+-- gateways whose lease ended no longer count. One key, so it runs on a Redis Cluster too.
+-- Returns 1 or 0.
 local function conn_admit(keys, args)
-  local conns, gateways = keys[1], keys[2]
-  local me, limit = args[1], tonumber(args[2])
-  if conns == nil or gateways == nil or me == nil or limit == nil then
-    return redis.error_reply('ERR rtg_conn_admit: needs 2 keys (conns, gateways) and arguments gateway id, limit')
+  local conns = keys[1]
+  local me, limit, lease = args[1], tonumber(args[2]), tonumber(args[3])
+  if conns == nil or me == nil or limit == nil or lease == nil then
+    return redis.error_reply('ERR rtg_conn_admit: needs 1 key (conns) and arguments gateway id, limit, lease ms')
   end
   local now = math.floor(now_micros() / 1000)
-  local total = 0
   local all = redis.call('HGETALL', conns)
+  local ends, counts = {}, {}
   for i = 1, #all, 2 do
-    local gw, n = all[i], tonumber(all[i + 1]) or 0
-    local lease = tonumber(redis.call('HGET', gateways, gw))
-    if gw ~= me and (lease == nil or lease < now) then
-      redis.call('HDEL', conns, gw)
+    local gw = string.match(all[i], '^lease:(.*)$')
+    if gw then ends[gw] = tonumber(all[i + 1]) else counts[all[i]] = tonumber(all[i + 1]) or 0 end
+  end
+  local total = 0
+  for gw, n in pairs(counts) do
+    if gw ~= me and (ends[gw] == nil or ends[gw] < now) then
+      redis.call('HDEL', conns, gw, 'lease:' .. gw)
     else
       total = total + n
     end
   end
   if total >= limit then return 0 end
   redis.call('HINCRBY', conns, me, 1)
+  redis.call('HSET', conns, 'lease:' .. me, string.format('%d', now + lease))
+  redis.call('PEXPIRE', conns, lease * 4)
   return 1
 end
 
@@ -128,6 +154,7 @@ local function revoke(keys, args)
 end
 
 redis.register_function('rtg_conn_admit', conn_admit)
+redis.register_function('rtg_rate_take', rate_take)
 redis.register_function('rtg_revoke', revoke)
 
 -- ===================================================================================

@@ -36,7 +36,7 @@ use crate::events::{Event, RoomKey};
 /// Source of the Redis function library (`FUNCTION LOAD`).
 pub const FUNCTION_LIBRARY: &str = include_str!("function.lua");
 /// Version of [`FUNCTION_LIBRARY`]; `FCALL_RO rtg_version 0` returns the loaded one.
-pub const FUNCTION_VERSION: i64 = 3;
+pub const FUNCTION_VERSION: i64 = 4;
 /// The optional last argument of `rtg_publish` and `rtg_read` that selects sharded pub/sub
 /// (`SPUBLISH`) and the failover fence; every publisher to a Redis Cluster passes it.
 pub const SHARD_MODE: &str = "shard";

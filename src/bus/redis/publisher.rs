@@ -58,6 +58,14 @@ impl Publisher {
     /// Loads the function library on every primary of the cluster that lacks it (each node
     /// keeps its own functions, and a primary added later starts without them).
     pub async fn ensure_function_everywhere(&self) -> Result<(), BusError> {
+        for address in self.primaries().await? {
+            self.ensure_function_on(&address).await?;
+        }
+        Ok(())
+    }
+
+    /// The cluster's primaries (`host:port`), from its slot map.
+    async fn primaries(&self) -> Result<std::collections::BTreeSet<String>, BusError> {
         let seeds: Vec<String> = self
             .settings
             .cluster_nodes
@@ -67,10 +75,22 @@ impl Publisher {
         let map = topology::fetch(&self.settings.url, &seeds, self.settings.timeout)
             .await
             .map_err(unavailable)?;
-        for address in map.primaries() {
-            self.ensure_function_on(&address).await?;
+        Ok(map.primaries())
+    }
+
+    /// A client of each node that holds keys: the one server, or every primary of a cluster
+    /// (for what must see every key, such as a `SCAN`).
+    pub async fn node_clients(&self) -> Result<Vec<redis::Client>, BusError> {
+        if !self.settings.is_cluster() {
+            let client = redis::Client::open(self.settings.url.as_str())
+                .map_err(|e| BusError::Config(e.to_string()))?;
+            return Ok(vec![client]);
         }
-        Ok(())
+        self.primaries()
+            .await?
+            .iter()
+            .map(|a| topology::node_client(&self.settings.url, a, false).map_err(BusError::Config))
+            .collect()
     }
 
     /// Checks the version of the node at `host:port` and loads the function library there
