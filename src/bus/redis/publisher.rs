@@ -1,13 +1,13 @@
 //! Publishing through the `rtg_publish` function, and loading that function.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 
-use super::pool::{PooledConnection, RedisPool};
+use super::pool::{PooledConnection, RedisPool, SharedConnection};
 use super::{topology, RedisSettings, FUNCTION_LIBRARY, FUNCTION_VERSION, SHARD_MODE};
 use crate::bus::{BusError, Lost, Position, Recovery};
 use crate::events::{Event, RoomKey, ValidPublish};
@@ -19,6 +19,10 @@ use crate::metrics;
 pub struct Publisher {
     pool: RedisPool,
     settings: Arc<RedisSettings>,
+    /// The socket every history read pipelines on. Reads come in bursts (every client of a
+    /// dead gateway comes back at once): taking a pooled connection for each would queue them
+    /// behind the pool's health checks. Dropped after an error; the next read takes a new one.
+    reads: Arc<Mutex<Option<SharedConnection>>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
@@ -29,7 +33,11 @@ impl Publisher {
     /// A publisher with a bounded pool; connects lazily.
     pub fn new(settings: Arc<RedisSettings>) -> Result<Self, BusError> {
         let pool = RedisPool::new(&settings)?;
-        Ok(Self { pool, settings })
+        Ok(Self {
+            pool,
+            settings,
+            reads: Arc::default(),
+        })
     }
 
     /// The settings this publisher uses.
@@ -276,25 +284,44 @@ impl Publisher {
         if self.settings.is_cluster() {
             cmd.arg(SHARD_MODE);
         }
-        // History reads come in bursts (every client of a dead gateway comes back at once), so
-        // they share the pooled sockets, pipelined, instead of queueing for one each.
-        let mut conn = self.connection().await?.shared();
+        let mut conn = self.read_handle().await?;
         for attempt in 0..2 {
             let reply = tokio::time::timeout(
                 self.settings.timeout,
                 cmd.query_async::<Vec<redis::Value>>(&mut conn),
             )
             .await
-            .map_err(|_| unavailable("Redis did not answer in time"))?;
+            .map_err(|_| unavailable("Redis did not answer in time"));
             match reply {
-                Ok(v) => return Ok(v),
-                Err(e) if attempt == 0 && e.to_string().contains("Function not found") => {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if attempt == 0 && e.to_string().contains("Function not found") => {
                     self.reload(&mut conn).await?;
                 }
-                Err(e) => return Err(unavailable(e)),
+                Ok(Err(e)) => {
+                    self.drop_read_handle();
+                    return Err(unavailable(e));
+                }
+                Err(e) => {
+                    self.drop_read_handle();
+                    return Err(e);
+                }
             }
         }
         Err(unavailable("rtg_read is not loaded"))
+    }
+
+    /// The shared socket of history reads, taken from the pool when there is none.
+    async fn read_handle(&self) -> Result<SharedConnection, BusError> {
+        if let Some(c) = self.reads.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(c);
+        }
+        let fresh = self.connection().await?.shared();
+        let mut held = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(held.get_or_insert(fresh).clone())
+    }
+
+    fn drop_read_handle(&self) {
+        *self.reads.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The room's position (creating its epoch when it has no history).
