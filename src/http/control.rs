@@ -16,20 +16,19 @@ use crate::control::{self, Command};
 use crate::events::{TenantId, UserId};
 use crate::metrics;
 use crate::state::AppState;
-use crate::tenancy::{Caller, Scope};
+use crate::tenancy::Scope;
 
 /// One control call, for the audit line and the counter.
-struct Audit<'a> {
+struct Audit {
     action: &'static str,
     /// The key's name, also when the call was refused for its scope.
     key: Option<Arc<str>>,
-    caller: Option<&'a Caller>,
-    tenant: Option<&'a TenantId>,
-    user: Option<&'a UserId>,
+    tenant: Option<TenantId>,
+    user: Option<UserId>,
 }
 
-impl Audit<'_> {
-    fn record<T>(&self, result: &Result<T, ApiError>, count: Option<usize>) {
+impl Audit {
+    fn record(&self, result: &Result<(Value, usize), ApiError>) {
         let outcome = match result {
             Ok(_) => "ok",
             Err(e) => e.code,
@@ -39,15 +38,11 @@ impl Audit<'_> {
         tracing::info!(
             target: "realtime_gateway::audit",
             action = self.action,
-            key = self
-                .caller
-                .map(|c| &*c.name)
-                .or(self.key.as_deref())
-                .unwrap_or("-"),
-            tenant = self.tenant.map(|t| t.as_str()).unwrap_or("-"),
-            user = self.user.map(|u| u.as_str()).unwrap_or("-"),
+            key = self.key.as_deref().unwrap_or("-"),
+            tenant = self.tenant.as_ref().map_or("-", |t| t.as_str()),
+            user = self.user.as_ref().map_or("-", |u| u.as_str()),
             result = outcome,
-            count,
+            count = result.as_ref().ok().map(|(_, n)| *n),
             "control call"
         );
     }
@@ -89,6 +84,12 @@ fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// Sends `command` to every gateway and adds up how many sockets they acted on.
+async fn acted_on(st: &AppState, command: Command) -> Result<usize, ApiError> {
+    let (answers, _) = control::request(st, command).await.map_err(bus_error)?;
+    Ok(answers.iter().map(|a| a.count).sum())
+}
+
 fn bus_error(e: BusError) -> ApiError {
     tracing::warn!(error = %e, "control request failed");
     ApiError::new(
@@ -113,38 +114,21 @@ where
     let mut audit = Audit {
         action,
         key: keys::key_name(state, headers),
-        caller: None,
         tenant: None,
         user: None,
     };
-    let caller = match keys::caller(state, headers, Scope::Control) {
-        Ok(c) => c,
-        Err(e) => {
-            let r = Err(e);
-            audit.record(&r, None);
-            return r;
-        }
-    };
-    audit.caller = Some(&caller);
-    let parsed = fields.and_then(|obj| target(&obj).map(|(t, u)| (t, u, obj)));
-    let (tenant, user, obj) = match parsed {
-        Ok(p) => p,
-        Err(e) => {
-            let r = Err(e);
-            audit.record(&r, None);
-            return r;
-        }
-    };
-    audit.tenant = Some(&tenant);
-    audit.user = Some(&user);
-    if let Err(e) = keys::require_tenant(&caller, &tenant, "institutionId") {
-        let r = Err(e);
-        audit.record(&r, None);
-        return r;
+    let result = async {
+        let caller = keys::caller(state, headers, Scope::Control)?;
+        audit.key = Some(caller.name.clone());
+        let obj = fields?;
+        let (tenant, user) = target(&obj)?;
+        audit.tenant = Some(tenant.clone());
+        audit.user = Some(user.clone());
+        keys::require_tenant(&caller, &tenant, "institutionId")?;
+        act(tenant, user, obj).await
     }
-    let result = act(tenant.clone(), user.clone(), obj).await;
-    let count = result.as_ref().ok().map(|(_, n)| *n);
-    audit.record(&result, count);
+    .await;
+    audit.record(&result);
     result.map(|(body, _)| Json(body))
 }
 
@@ -206,17 +190,12 @@ pub async fn disconnect(
                     ))
                 }
             };
-            let (answers, _) = control::request(
-                st,
-                Command::Disconnect {
-                    tenant: tenant.to_string(),
-                    user: user.to_string(),
-                    reason,
-                },
-            )
-            .await
-            .map_err(bus_error)?;
-            let n: usize = answers.iter().map(|a| a.count).sum();
+            let command = Command::Disconnect {
+                tenant: tenant.to_string(),
+                user: user.to_string(),
+                reason,
+            };
+            let n = acted_on(st, command).await?;
             Ok((json!({ "disconnected": n }), n))
         },
     )
@@ -257,18 +236,13 @@ pub async fn revoke(
                     .map_err(bus_error)?,
                 None => before,
             };
-            let (answers, _) = control::request(
-                st,
-                Command::Revoke {
-                    tenant: tenant.to_string(),
-                    user: user.to_string(),
-                    before,
-                    ttl: ttl.as_secs().max(1),
-                },
-            )
-            .await
-            .map_err(bus_error)?;
-            let n: usize = answers.iter().map(|a| a.count).sum();
+            let command = Command::Revoke {
+                tenant: tenant.to_string(),
+                user: user.to_string(),
+                before,
+                ttl: ttl.as_secs().max(1),
+            };
+            let n = acted_on(st, command).await?;
             Ok((
                 json!({ "revoked": true, "before": before, "disconnected": n }),
                 n,
@@ -303,17 +277,12 @@ pub async fn leave_room(
                 .parse_room(name)
                 .and_then(|r| policy.check_leave(&r).map(|()| r))
                 .map_err(|e| bad(e.code, "room", e.message))?;
-            let (answers, _) = control::request(
-                st,
-                Command::Leave {
-                    tenant: tenant.to_string(),
-                    user: user.to_string(),
-                    room: room.to_string(),
-                },
-            )
-            .await
-            .map_err(bus_error)?;
-            let n: usize = answers.iter().map(|a| a.count).sum();
+            let command = Command::Leave {
+                tenant: tenant.to_string(),
+                user: user.to_string(),
+                room: room.to_string(),
+            };
+            let n = acted_on(st, command).await?;
             Ok((json!({ "left": n }), n))
         },
     )
