@@ -192,19 +192,10 @@ fn init_logs(args: &ServeArgs) {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    if args.check_config {
-        return match args.into_config() {
-            Ok(_) => {
-                println!("configuration ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        };
+    let check_only = args.check_config;
+    if !check_only {
+        init_logs(&args);
     }
-    init_logs(&args);
     let (config, dev) = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -212,6 +203,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
     if let Some(secret) = &dev.jwt_secret {
         tracing::warn!("DEVELOPMENT MODE: generated JWT_SECRET={secret} (tokens die with this process; never use --dev in production)");
     }
@@ -229,18 +224,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     tracing::info!(cors_origins = %config.cors_origins, "browser origins allowed");
     runtime().block_on(async move {
-        let bind = |addr: std::net::SocketAddr, setting: &'static str| async move {
+        let bind = |addr: std::net::SocketAddr, setting: &str| {
             listen(addr)
                 .map_err(|e| format!("invalid setting {setting}: cannot listen on {addr}: {e}"))
         };
-        let public = match bind(config.listen, "--listen / GATEWAY_LISTEN").await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        let admin = match bind(config.admin_listen, "--admin-listen / GATEWAY_ADMIN_LISTEN").await {
+        let listeners = bind(config.listen, "--listen / GATEWAY_LISTEN").and_then(|public| {
+            let admin = bind(config.admin_listen, "--admin-listen / GATEWAY_ADMIN_LISTEN")?;
+            Ok((public, admin))
+        });
+        let (public, admin) = match listeners {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -284,12 +276,10 @@ fn dev_banner(dev: &DevSecrets, addr: std::net::SocketAddr) {
 }
 
 fn catalog(args: CatalogArgs) -> ExitCode {
-    let loaded = match (&args.check, &args.catalog) {
-        (Some(path), _) => Catalog::from_file(path).map(std::sync::Arc::new),
-        (None, Some(path)) if !path.as_os_str().is_empty() => {
-            Catalog::from_file(path).map(std::sync::Arc::new)
-        }
-        (None, _) => Ok(Catalog::elms()),
+    let path = args.check.as_ref().or(args.catalog.as_ref());
+    let loaded = match path.filter(|p| !p.as_os_str().is_empty()) {
+        Some(path) => Catalog::from_file(path).map(std::sync::Arc::new),
+        None => Ok(Catalog::elms()),
     };
     match loaded {
         Ok(c) if args.check.is_some() => {
