@@ -48,36 +48,28 @@ impl Audit {
     }
 }
 
-fn bad(code: &'static str, field: &str, message: impl Into<String>) -> ApiError {
-    let mut e = ApiError::new(StatusCode::BAD_REQUEST, code, message);
-    e.field = Some(field.to_string());
-    e
-}
-
 /// `institutionId` and `userId` of a control request (body or query).
 fn target(obj: &Map<String, Value>) -> Result<(TenantId, UserId), ApiError> {
     let get = |field: &str| {
-        obj.get(field)
-            .filter(|v| !v.is_null())
-            .ok_or_else(|| bad("missing_field", field, format!("{field} is required")))
+        obj.get(field).filter(|v| !v.is_null()).ok_or_else(|| {
+            ApiError::invalid("missing_field", field, format!("{field} is required"))
+        })
     };
     let tenant = TenantId::from_json(get("institutionId")?)
-        .map_err(|e| bad("invalid_field", "institutionId", e.0))?;
-    let user =
-        UserId::from_json(get("userId")?).map_err(|e| bad("invalid_field", "userId", e.0))?;
+        .map_err(|e| ApiError::invalid("invalid_field", "institutionId", e.0))?;
+    let user = UserId::from_json(get("userId")?)
+        .map_err(|e| ApiError::invalid("invalid_field", "userId", e.0))?;
     Ok((tenant, user))
 }
 
 fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        Ok(_) => Err(ApiError::bad_request(
             "invalid_body",
             "the body must be a JSON object",
         )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        Err(e) => Err(ApiError::bad_request(
             "invalid_json",
             format!("the body is not valid JSON: {e}"),
         )),
@@ -183,7 +175,7 @@ pub async fn disconnect(
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s.len() <= 200 => Some(s.clone()),
                 Some(_) => {
-                    return Err(bad(
+                    return Err(ApiError::invalid(
                         "invalid_field",
                         "reason",
                         "reason must be a string of at most 200 characters",
@@ -221,7 +213,7 @@ pub async fn revoke(
             let before = match obj.get("before") {
                 None | Some(Value::Null) => now,
                 Some(v) => v.as_u64().filter(|b| *b <= now + 60).ok_or_else(|| {
-                    bad(
+                    ApiError::invalid(
                         "invalid_field",
                         "before",
                         "before must be seconds since the epoch, not in the future (default: now)",
@@ -266,7 +258,7 @@ pub async fn leave_room(
         body_object(&body),
         move |tenant, user, obj| async move {
             let name = obj.get("room").and_then(Value::as_str).ok_or_else(|| {
-                bad(
+                ApiError::invalid(
                     "missing_field",
                     "room",
                     "room is required, e.g. \"batch:456\"",
@@ -276,7 +268,7 @@ pub async fn leave_room(
             let room = policy
                 .parse_room(name)
                 .and_then(|r| policy.check_leave(&r).map(|()| r))
-                .map_err(|e| bad(e.code, "room", e.message))?;
+                .map_err(|e| ApiError::invalid(e.code, "room", e.message))?;
             let command = Command::Leave {
                 tenant: tenant.to_string(),
                 user: user.to_string(),
