@@ -76,9 +76,16 @@ fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// Sends `command` to every gateway and adds up how many sockets they acted on.
-async fn acted_on(st: &AppState, command: Command) -> Result<usize, ApiError> {
-    let (answers, _) = control::request(st, command).await.map_err(bus_error)?;
+/// Sends `command` for `user`'s sockets to every gateway and adds up how many they acted on.
+async fn acted_on(
+    st: &AppState,
+    tenant: &TenantId,
+    user: &UserId,
+    command: Command,
+) -> Result<usize, ApiError> {
+    let (answers, _) = control::request(st, tenant, user, command)
+        .await
+        .map_err(bus_error)?;
     Ok(answers.iter().map(|a| a.count).sum())
 }
 
@@ -141,15 +148,9 @@ pub async fn connections(
         &headers,
         fields,
         move |tenant, user, _| async move {
-            let (answers, _) = control::request(
-                st,
-                Command::List {
-                    tenant: tenant.to_string(),
-                    user: user.to_string(),
-                },
-            )
-            .await
-            .map_err(bus_error)?;
+            let (answers, _) = control::request(st, &tenant, &user, Command::List)
+                .await
+                .map_err(bus_error)?;
             let connections: Vec<_> = answers.into_iter().flat_map(|a| a.connections).collect();
             let n = connections.len();
             Ok((json!({ "connections": connections }), n))
@@ -182,12 +183,7 @@ pub async fn disconnect(
                     ))
                 }
             };
-            let command = Command::Disconnect {
-                tenant: tenant.to_string(),
-                user: user.to_string(),
-                reason,
-            };
-            let n = acted_on(st, command).await?;
+            let n = acted_on(st, &tenant, &user, Command::Disconnect { reason }).await?;
             Ok((json!({ "disconnected": n }), n))
         },
     )
@@ -228,13 +224,8 @@ pub async fn revoke(
                     .map_err(bus_error)?,
                 None => before,
             };
-            let command = Command::Revoke {
-                tenant: tenant.to_string(),
-                user: user.to_string(),
-                before,
-                ttl: ttl.as_secs().max(1),
-            };
-            let n = acted_on(st, command).await?;
+            let ttl = ttl.as_secs().max(1);
+            let n = acted_on(st, &tenant, &user, Command::Revoke { before, ttl }).await?;
             Ok((
                 json!({ "revoked": true, "before": before, "disconnected": n }),
                 n,
@@ -269,12 +260,8 @@ pub async fn leave_room(
                 .parse_room(name)
                 .and_then(|r| policy.check_leave(&r).map(|()| r))
                 .map_err(|e| ApiError::invalid(e.code, "room", e.message))?;
-            let command = Command::Leave {
-                tenant: tenant.to_string(),
-                user: user.to_string(),
-                room: room.to_string(),
-            };
-            let n = acted_on(st, command).await?;
+            let room = room.to_string();
+            let n = acted_on(st, &tenant, &user, Command::Leave { room }).await?;
             Ok((json!({ "left": n }), n))
         },
     )
