@@ -163,16 +163,13 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .unwrap_or_else(|e| {
             eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    }
+            std::process::exit(1)
+        })
 }
 
 fn init_logs(args: &ServeArgs) {

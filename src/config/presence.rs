@@ -54,17 +54,15 @@ fn on_off(s: &str) -> Result<bool, String> {
 }
 
 fn kinds(setting: &'static str, kinds: &str) -> Result<HashSet<String>, ConfigError> {
-    let mut out = HashSet::new();
-    for k in list(kinds) {
-        if RoomName::parse(&format!("{k}:x"), usize::MAX).is_err() || k == USER_KIND {
-            return Err(bad(
+    list(kinds)
+        .map(|k| match RoomName::parse(&format!("{k}:x"), usize::MAX) {
+            Ok(_) if k != USER_KIND => Ok(k.to_string()),
+            _ => Err(bad(
                 setting,
                 format!("'{k}' is not a room kind presence can track (a-z and '_'; not user)"),
-            ));
-        }
-        out.insert(k.to_string());
-    }
-    Ok(out)
+            )),
+        })
+        .collect()
 }
 
 /// A name usable inside Redis keys: the host name, or `gateway`.

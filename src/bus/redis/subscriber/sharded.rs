@@ -454,20 +454,10 @@ impl Subscriber {
 
     /// Gap-reads the rooms that were subscribed again since they left their node.
     async fn heal_moved(&self, sh: &mut Shards, publisher: &Publisher) {
-        if sh.gaps.is_empty() {
-            return;
+        let ready: HashSet<RoomKey> = sh.gaps.extract_if(|r| sh.placed.contains_key(r)).collect();
+        if !ready.is_empty() {
+            self.heal_rooms(publisher, Some(&ready)).await;
         }
-        let ready: HashSet<RoomKey> = sh
-            .gaps
-            .iter()
-            .filter(|r| sh.placed.contains_key(*r))
-            .cloned()
-            .collect();
-        if ready.is_empty() {
-            return;
-        }
-        sh.gaps.retain(|r| !ready.contains(r));
-        self.heal_rooms(publisher, Some(&ready)).await;
     }
 
     async fn on_push(&self, sh: &mut Shards, id: u64, push: PushInfo) {
