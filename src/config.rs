@@ -102,6 +102,14 @@ fn redis_prefix(s: &str) -> Result<String, String> {
     }
 }
 
+/// A gateway's name in the fleet (blank: not set, so generated).
+fn gateway_id(s: &str) -> Result<String, String> {
+    match s.trim().is_empty() || crate::events::TenantId::parse(s).is_ok() {
+        true => Ok(s.to_string()),
+        false => Err("must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'".into()),
+    }
+}
+
 /// The items of a comma-separated list, trimmed, without empty ones.
 fn list(s: &str) -> impl Iterator<Item = &str> {
     s.split(',').map(str::trim).filter(|k| !k.is_empty())
@@ -197,7 +205,7 @@ pub struct ServeArgs {
     )]
     pub revocation_ttl: Duration,
     /// This gateway's name in the fleet (connection listings); default: generated.
-    #[arg(long, env = "GATEWAY_ID")]
+    #[arg(long, env = "GATEWAY_ID", value_parser = gateway_id)]
     pub gateway_id: Option<String>,
     /// Redis URL (redis://host:port/db). Absent: the embedded single-node bus.
     #[arg(long, env = "REDIS_URL")]
@@ -532,16 +540,9 @@ impl ServeArgs {
             .map_err(|m| bad("--api-keys-file / GATEWAY_API_KEYS_FILE", m))?;
         crate::tenancy::Quotas::load(tenancy.tenants_file.as_deref())
             .map_err(|m| bad("--tenants-file / GATEWAY_TENANTS_FILE", m))?;
-        let gateway_id = match self.gateway_id {
-            Some(id) if crate::events::TenantId::parse(&id).is_ok() => id,
-            Some(_) => {
-                return Err(bad(
-                    "--gateway-id / GATEWAY_ID",
-                    "must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
-                ))
-            }
-            None => format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()),
-        };
+        let gateway_id = self
+            .gateway_id
+            .unwrap_or_else(|| format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()));
 
         let (url, cluster_nodes) = match (self.redis_url, self.redis_cluster_nodes) {
             (None, None) => (None, Vec::new()),
