@@ -269,11 +269,21 @@ const KNOWN: &[(&str, &str, &str)] = &[
         buffer_overflow bus_unavailable"),
     (CLIENT_PROTOCOL_ERRORS, "reason", "unknown_event event_before_connect"),
     (API_KEY_REFUSALS, "reason", "missing invalid scope tenant"),
+    (UPGRADES, "result", "upgraded timeout refused"),
     (PRESENCE_WRITES, "result", "ok lapsed error"),
     (PRESENCE_REFUSED, "reason", "invalid_request invalid_room invalid_field not_authenticated \
         room_kind_not_allowed presence_not_enabled forbidden_room presence_unavailable \
         missing_api_key invalid_api_key publish_disabled scope_not_allowed tenant_not_allowed"),
 ];
+
+/// Exports each `(counter, label, values)` at 0 for every one of its space-separated values.
+fn zero(known: &[(&'static str, &'static str, &'static str)]) {
+    for (name, label, values) in known {
+        for v in values.split_whitespace() {
+            metrics::counter!(*name, *label => v).absolute(0);
+        }
+    }
+}
 
 /// Exports every counter and gauge whose label values are known in advance, at 0, and
 /// registers the histograms, so that a gateway that has seen no traffic yet shows them all.
@@ -296,16 +306,9 @@ fn register_known() {
         metrics::counter!(CONNECTIONS_TOTAL, "transport" => t).absolute(0);
         metrics::counter!(SLOW_CONSUMERS, "transport" => t).absolute(0);
     }
-    for result in ["upgraded", "timeout", "refused"] {
-        metrics::counter!(UPGRADES, "result" => result).absolute(0);
-    }
     // The catalog's channels are registered as they are allowed (`allow_channel_labels`).
     register_channel("other");
-    for (name, label, values) in KNOWN {
-        for v in values.split_whitespace() {
-            metrics::counter!(*name, *label => v).absolute(0);
-        }
-    }
+    zero(KNOWN);
     for action in ["list", "disconnect", "revoke", "leave"] {
         metrics::counter!(CONTROL_REQUESTS, "action" => action, "result" => "ok").absolute(0);
     }
@@ -331,22 +334,15 @@ pub fn register_redis() {
     for c in [LEASE_EXPIRIES, PRESENCE_REAPED, LIFECYCLE_ENTRIES] {
         metrics::counter!(c).absolute(0);
     }
-    for result in ["ok", "lapsed", "error"] {
-        metrics::counter!(LEASE_RENEWALS, "result" => result).absolute(0);
-    }
-    for reason in ["queue_full", "bus_unavailable"] {
-        metrics::counter!(LIFECYCLE_DROPPED, "reason" => reason).absolute(0);
-    }
-    for result in [
-        "recovered",
-        "epoch_changed",
-        "future_offset",
-        "too_old",
-        "too_many",
-        "error",
-    ] {
-        metrics::counter!(GAP_READS, "result" => result).absolute(0);
-    }
+    zero(&[
+        (LEASE_RENEWALS, "result", "ok lapsed error"),
+        (LIFECYCLE_DROPPED, "reason", "queue_full bus_unavailable"),
+        (
+            GAP_READS,
+            "result",
+            "recovered epoch_changed future_offset too_old too_many error",
+        ),
+    ]);
     let _ = metrics::histogram!(REDIS_PUBLISH_DURATION);
     let _ = metrics::histogram!(REDIS_POOL_WAIT);
 }
