@@ -99,17 +99,13 @@ fn bus_error(e: BusError) -> ApiError {
 }
 
 /// Runs one control call: key and scope, body, tenant, then `act`; audits whatever happens.
-async fn call<F, Fut>(
+async fn call(
     state: &AppState,
     action: &'static str,
     headers: &HeaderMap,
     fields: Result<Map<String, Value>, ApiError>,
-    act: F,
-) -> Result<Json<Value>, ApiError>
-where
-    F: FnOnce(TenantId, UserId, Map<String, Value>) -> Fut,
-    Fut: std::future::Future<Output = Result<(Value, usize), ApiError>>,
-{
+    act: impl AsyncFnOnce(TenantId, UserId, Map<String, Value>) -> Result<(Value, usize), ApiError>,
+) -> Result<Json<Value>, ApiError> {
     let mut audit = Audit {
         action,
         key: keys::key_name(state, headers),
@@ -141,21 +137,14 @@ pub async fn connections(
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))
         .collect());
-    let st: &AppState = &state;
-    call(
-        st,
-        "list",
-        &headers,
-        fields,
-        move |tenant, user, _| async move {
-            let (answers, _) = control::request(st, &tenant, &user, Command::List)
-                .await
-                .map_err(bus_error)?;
-            let connections: Vec<_> = answers.into_iter().flat_map(|a| a.connections).collect();
-            let n = connections.len();
-            Ok((json!({ "connections": connections }), n))
-        },
-    )
+    call(&state, "list", &headers, fields, async |tenant, user, _| {
+        let (answers, _) = control::request(&state, &tenant, &user, Command::List)
+            .await
+            .map_err(bus_error)?;
+        let connections: Vec<_> = answers.into_iter().flat_map(|a| a.connections).collect();
+        let n = connections.len();
+        Ok((json!({ "connections": connections }), n))
+    })
     .await
 }
 
@@ -165,13 +154,12 @@ pub async fn disconnect(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let st: &AppState = &state;
     call(
-        st,
+        &state,
         "disconnect",
         &headers,
         body_object(&body),
-        move |tenant, user, obj| async move {
+        async |tenant, user, obj| {
             let reason = match obj.get("reason") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s.len() <= 200 => Some(s.clone()),
@@ -183,7 +171,7 @@ pub async fn disconnect(
                     ))
                 }
             };
-            let n = acted_on(st, &tenant, &user, Command::Disconnect { reason }).await?;
+            let n = acted_on(&state, &tenant, &user, Command::Disconnect { reason }).await?;
             Ok((json!({ "disconnected": n }), n))
         },
     )
@@ -198,13 +186,12 @@ pub async fn revoke(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let st: &AppState = &state;
     call(
-        st,
+        &state,
         "revoke",
         &headers,
         body_object(&body),
-        move |tenant, user, obj| async move {
+        async |tenant, user, obj| {
             let now = control::now_secs();
             let before = match obj.get("before") {
                 None | Some(Value::Null) => now,
@@ -216,8 +203,8 @@ pub async fn revoke(
                     )
                 })?,
             };
-            let ttl = st.tenancy.revocation_ttl;
-            let before = match &st.tenancy.fleet {
+            let ttl = state.tenancy.revocation_ttl;
+            let before = match &state.tenancy.fleet {
                 Some(fleet) => fleet
                     .revoke(&tenant, &user, before, ttl)
                     .await
@@ -225,7 +212,7 @@ pub async fn revoke(
                 None => before,
             };
             let ttl = ttl.as_secs().max(1);
-            let n = acted_on(st, &tenant, &user, Command::Revoke { before, ttl }).await?;
+            let n = acted_on(&state, &tenant, &user, Command::Revoke { before, ttl }).await?;
             Ok((
                 json!({ "revoked": true, "before": before, "disconnected": n }),
                 n,
@@ -241,13 +228,12 @@ pub async fn leave_room(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let st: &AppState = &state;
     call(
-        st,
+        &state,
         "leave",
         &headers,
         body_object(&body),
-        move |tenant, user, obj| async move {
+        async |tenant, user, obj| {
             let name = obj.get("room").and_then(Value::as_str).ok_or_else(|| {
                 ApiError::invalid(
                     "missing_field",
@@ -255,13 +241,13 @@ pub async fn leave_room(
                     "room is required, e.g. \"batch:456\"",
                 )
             })?;
-            let policy = &st.config.policy;
+            let policy = &state.config.policy;
             let room = policy
                 .parse_room(name)
                 .and_then(|r| policy.check_leave(&r).map(|()| r))
                 .map_err(|e| ApiError::invalid(e.code, "room", e.message))?;
             let room = room.to_string();
-            let n = acted_on(st, &tenant, &user, Command::Leave { room }).await?;
+            let n = acted_on(&state, &tenant, &user, Command::Leave { room }).await?;
             Ok((json!({ "left": n }), n))
         },
     )
