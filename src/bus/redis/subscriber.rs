@@ -412,19 +412,15 @@ impl Subscriber {
     async fn deliver(&self, room: RoomKey, epoch: Arc<str>, offset: u64, event: Arc<Event>) {
         let restarted = {
             let mut last = lock(&self.last);
-            let restarted = match last.get(&room) {
-                Some((last_epoch, last_offset)) if *last_epoch == epoch => {
-                    if offset <= *last_offset {
-                        ::metrics::counter!(metrics::BUS_DUPLICATES).increment(1);
-                        return;
-                    }
-                    false
-                }
-                Some(_) => true,
-                None => false,
-            };
-            last.insert(room.clone(), (epoch.clone(), offset));
-            restarted
+            if last
+                .get(&room)
+                .is_some_and(|(e, o)| *e == epoch && offset <= *o)
+            {
+                ::metrics::counter!(metrics::BUS_DUPLICATES).increment(1);
+                return;
+            }
+            let previous = last.insert(room.clone(), (epoch.clone(), offset));
+            previous.is_some_and(|(e, _)| e != epoch)
         };
         if restarted {
             // A new epoch arrived live without a gap read saying so (the read failed during a
