@@ -218,13 +218,8 @@ fn document_order(text: &str, channels: &Map<String, Value>) -> Order {
 }
 
 /// The entries of a JSON object, in document order.
+#[derive(Default)]
 struct Keys<T>(Vec<(String, T)>);
-
-impl<T> Default for Keys<T> {
-    fn default() -> Self {
-        Keys(Vec::new())
-    }
-}
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Keys<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
