@@ -65,9 +65,9 @@ fn kinds(setting: &'static str, kinds: &str) -> Result<HashSet<String>, ConfigEr
         .collect()
 }
 
-/// A name usable inside Redis keys: the host name, or `gateway`.
+/// A name usable inside Redis keys: the host name (its usable characters), or `gateway`.
 fn default_name() -> String {
-    std::env::var("HOSTNAME")
+    let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
@@ -75,8 +75,16 @@ fn default_name() -> String {
                 .ok()
                 .map(|h| h.trim().to_string())
         })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "gateway".into())
+        .unwrap_or_default();
+    let name: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    match name.is_empty() {
+        true => "gateway".into(),
+        false => name,
+    }
 }
 
 impl PresenceArgs {
@@ -130,11 +138,7 @@ impl PresenceArgs {
                 }
                 n
             }
-            None => default_name()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-                .take(64)
-                .collect(),
+            None => default_name(),
         };
         Ok(PresenceConfig {
             kinds: kinds_set,
@@ -143,11 +147,7 @@ impl PresenceArgs {
             lease: self.presence_lease,
             lifecycle: self.lifecycle,
             lifecycle_max_len: self.lifecycle_max_len,
-            gateway_name: if gateway_name.is_empty() {
-                "gateway".into()
-            } else {
-                gateway_name
-            },
+            gateway_name,
         })
     }
 }

@@ -151,8 +151,7 @@ impl Shards {
     fn address_of_id(&self, id: u64) -> Option<String> {
         self.nodes
             .iter()
-            .find(|(_, n)| n.id == id)
-            .map(|(a, _)| a.clone())
+            .find_map(|(a, n)| (n.id == id).then(|| a.clone()))
     }
 }
 
