@@ -162,6 +162,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Says what went wrong on stderr and gives the exit code.
+fn failed(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -195,10 +201,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     let (config, dev) = match args.into_config() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return failed(2, e),
     };
     if check_only {
         println!("configuration ok");
@@ -231,10 +234,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         });
         let (public, admin) = match listeners {
             Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return failed(2, e),
         };
         if let Ok(addr) = public.local_addr() {
             dev_banner(&dev, addr);
@@ -243,10 +243,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         realtime_gateway::on_signals(shutdown.clone());
         match realtime_gateway::run(config, public, admin, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
+            Err(e) => failed(1, format_args!("{e:#}")),
         }
     })
 }
@@ -293,10 +290,7 @@ fn catalog(args: CatalogArgs) -> ExitCode {
             println!("{}", c.json());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: invalid catalog {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => failed(2, format_args!("invalid catalog {e}")),
     }
 }
 
@@ -316,20 +310,14 @@ fn token(args: TokenArgs) -> ExitCode {
             println!("{}", t.token);
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: cannot sign the token: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(1, format_args!("cannot sign the token: {e}")),
     }
 }
 
 async fn publish(args: PublishArgs) -> ExitCode {
     let payload: Value = match serde_json::from_str(&args.payload) {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: --payload is not valid JSON: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return failed(2, format_args!("--payload is not valid JSON: {e}")),
     };
     let institution = args
         .institution
@@ -367,10 +355,7 @@ async fn publish(args: PublishArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Err(e) => {
-            eprintln!("error: cannot reach {url}: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(1, format_args!("cannot reach {url}: {e}")),
     }
 }
 
