@@ -70,7 +70,8 @@ fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, 
     }
 }
 
-/// A duration of at least `min` (see [`parse_duration`]); `min` is spelled as the message shows it.
+/// A duration of at least `min` (see [`parse_duration`]), which the message spells as
+/// `spelled`.
 fn at_least(
     min: Duration,
     spelled: &'static str,
