@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use crate::auth::{AllowedOrigins, ClaimNames, DevTokens, RoomPolicy, Verifier};
 use crate::bus::redis::RedisSettings;
 use crate::events::catalog::Catalog;
+use crate::events::ids::{INSTITUTION_KIND, USER_KIND};
 use crate::events::PublishRules;
 use crate::presence::PresenceConfig;
 pub use presence::PresenceArgs;
@@ -67,6 +68,52 @@ fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, 
         Ok(v) if v >= T::from(1) => Ok(v),
         _ => Err(format!("'{s}' is not a whole number of at least 1")),
     }
+}
+
+/// A duration of at least `min` (see [`parse_duration`]), which the message spells as
+/// `spelled`.
+fn at_least(
+    min: Duration,
+    spelled: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        parse_duration(s).and_then(|d| match d < min {
+            true => Err(format!("must be at least {spelled}")),
+            false => Ok(d),
+        })
+    }
+}
+
+/// A claim name: not blank.
+fn claim_name(s: &str) -> Result<String, String> {
+    match s.trim().is_empty() {
+        true => Err("must name a claim".into()),
+        false => Ok(s.to_string()),
+    }
+}
+
+/// A prefix of Redis keys and channels.
+fn redis_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':'));
+    match ok {
+        true => Ok(s.to_string()),
+        false => Err("must be letters, digits, '_', '-', '.' or ':'".into()),
+    }
+}
+
+/// A gateway's name in the fleet (blank: not set, so generated).
+fn gateway_id(s: &str) -> Result<String, String> {
+    match s.trim().is_empty() || crate::events::TenantId::parse(s).is_ok() {
+        true => Ok(s.to_string()),
+        false => Err("must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'".into()),
+    }
+}
+
+/// The items of a comma-separated list, trimmed, without empty ones.
+fn list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|k| !k.is_empty())
 }
 
 /// A room name length limit: 16 to 1024.
@@ -132,13 +179,13 @@ pub struct ServeArgs {
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// Claim that holds the user id.
-    #[arg(long, env = "JWT_CLAIM_USER", default_value = "sub")]
+    #[arg(long, env = "JWT_CLAIM_USER", default_value = "sub", value_parser = claim_name)]
     pub jwt_claim_user: String,
     /// Claim that holds the tenant (institution) id.
-    #[arg(long, env = "JWT_CLAIM_TENANT", default_value = "institutionId")]
+    #[arg(long, env = "JWT_CLAIM_TENANT", default_value = "institutionId", value_parser = claim_name)]
     pub jwt_claim_tenant: String,
     /// Claim that holds the role.
-    #[arg(long, env = "JWT_CLAIM_ROLE", default_value = "role")]
+    #[arg(long, env = "JWT_CLAIM_ROLE", default_value = "role", value_parser = claim_name)]
     pub jwt_claim_role: String,
     /// API keys accepted by the publish API, comma separated (each at least 16 characters).
     #[arg(long, env = "PUBLISH_API_KEYS", hide_env_values = true)]
@@ -151,10 +198,15 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_TENANTS_FILE")]
     pub tenants_file: Option<PathBuf>,
     /// How long a revocation is kept: at least the longest token lifetime.
-    #[arg(long, env = "GATEWAY_REVOCATION_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "GATEWAY_REVOCATION_TTL",
+        default_value = "24h",
+        value_parser = at_least(Duration::from_secs(1), "1s (and at least the longest token lifetime)")
+    )]
     pub revocation_ttl: Duration,
     /// This gateway's name in the fleet (connection listings); default: generated.
-    #[arg(long, env = "GATEWAY_ID")]
+    #[arg(long, env = "GATEWAY_ID", value_parser = gateway_id)]
     pub gateway_id: Option<String>,
     /// Redis URL (redis://host:port/db). Absent: the embedded single-node bus.
     #[arg(long, env = "REDIS_URL")]
@@ -164,19 +216,19 @@ pub struct ServeArgs {
     #[arg(long, env = "REDIS_CLUSTER_NODES")]
     pub redis_cluster_nodes: Option<String>,
     /// Prefix of every Redis key and channel.
-    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "rtg")]
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "rtg", value_parser = redis_prefix)]
     pub redis_prefix: String,
     /// Connections in the Redis publish and history pool.
-    #[arg(long, env = "GATEWAY_REDIS_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "GATEWAY_REDIS_POOL_SIZE", default_value_t = 16, value_parser = positive::<usize>)]
     pub redis_pool_size: usize,
     /// Deadline of one Redis operation (connect, pool wait, command).
-    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "2s", value_parser = at_least(Duration::from_millis(50), "50ms"))]
     pub redis_timeout: Duration,
     /// Most events kept in a room's history.
     #[arg(long, env = "GATEWAY_HISTORY_MAX_LEN", default_value_t = 1000, value_parser = positive::<u64>)]
     pub history_max_len: u64,
     /// How long a room's history lives after its last event.
-    #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "6h", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "6h", value_parser = at_least(Duration::from_secs(1), "1s"))]
     pub history_ttl: Duration,
     /// How long a room stays subscribed after its last local member left.
     #[arg(long, env = "GATEWAY_UNSUBSCRIBE_DELAY", default_value = "2s", value_parser = parse_duration)]
@@ -348,7 +400,7 @@ pub struct Config {
 }
 
 /// Secrets generated for `--dev`, to be shown to the developer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DevSecrets {
     /// The generated HS256 secret.
     pub jwt_secret: Option<String>,
@@ -376,35 +428,22 @@ impl ServeArgs {
             &mut self.gateway_id,
             &mut self.redis_cluster_nodes,
         ] {
-            if opt.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                *opt = None;
-            }
+            opt.take_if(|v| v.trim().is_empty());
         }
-        if self
-            .jwt_public_key_file
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            self.jwt_public_key_file = None;
-        }
-        let mut dev = DevSecrets {
-            jwt_secret: None,
-            publish_key: None,
-        };
-        let claims = ClaimNames {
-            user: self.jwt_claim_user.clone(),
-            tenant: self.jwt_claim_tenant.clone(),
-            role: self.jwt_claim_role.clone(),
-        };
-        for (setting, v) in [
-            ("--jwt-claim-user / JWT_CLAIM_USER", &claims.user),
-            ("--jwt-claim-tenant / JWT_CLAIM_TENANT", &claims.tenant),
-            ("--jwt-claim-role / JWT_CLAIM_ROLE", &claims.role),
+        for path in [
+            &mut self.jwt_public_key_file,
+            &mut self.api_keys_file,
+            &mut self.tenants_file,
+            &mut self.catalog,
         ] {
-            if v.trim().is_empty() {
-                return Err(bad(setting, "must name a claim"));
-            }
+            path.take_if(|p| p.as_os_str().is_empty());
         }
+        let mut dev = DevSecrets::default();
+        let claims = ClaimNames {
+            user: self.jwt_claim_user,
+            tenant: self.jwt_claim_tenant,
+            role: self.jwt_claim_role,
+        };
         // The HS256 secret, if any, that `--dev` signs development tokens with.
         let mut dev_secret = None;
         let (key, algorithm) = match (&self.jwt_secret, &self.jwt_public_key_file) {
@@ -475,13 +514,7 @@ impl ServeArgs {
             self.jwt_audience.as_deref(),
         );
 
-        let mut publish_keys: Vec<String> = self
-            .publish_api_keys
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
+        let mut publish_keys: Vec<String> = list(self.publish_api_keys.as_deref().unwrap_or(""))
             .map(String::from)
             .collect();
         if let Some(short) = publish_keys.iter().find(|k| k.len() < 16) {
@@ -499,54 +532,58 @@ impl ServeArgs {
             publish_keys.push(key);
         }
 
-        for path in [&mut self.api_keys_file, &mut self.tenants_file] {
-            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-                *path = None;
-            }
-        }
         let tenancy = crate::tenancy::Sources {
             publish_keys: publish_keys.clone(),
-            keys_file: self.api_keys_file.clone(),
-            tenants_file: self.tenants_file.clone(),
+            keys_file: self.api_keys_file,
+            tenants_file: self.tenants_file,
         };
         crate::tenancy::Keyring::load(&tenancy.publish_keys, tenancy.keys_file.as_deref())
             .map_err(|m| bad("--api-keys-file / GATEWAY_API_KEYS_FILE", m))?;
         crate::tenancy::Quotas::load(tenancy.tenants_file.as_deref())
             .map_err(|m| bad("--tenants-file / GATEWAY_TENANTS_FILE", m))?;
-        if self.revocation_ttl < Duration::from_secs(1) {
-            return Err(bad(
-                "--revocation-ttl / GATEWAY_REVOCATION_TTL",
-                "must be at least 1s (and at least the longest token lifetime)",
-            ));
-        }
-        let gateway_id = match self.gateway_id.take() {
-            Some(id) if crate::events::TenantId::parse(&id).is_ok() => id,
-            Some(_) => {
-                return Err(bad(
-                    "--gateway-id / GATEWAY_ID",
-                    "must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
-                ))
-            }
-            None => format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()),
-        };
+        let gateway_id = self
+            .gateway_id
+            .unwrap_or_else(|| format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()));
 
-        let redis_settings = match (self.redis_url.clone(), self.redis_cluster_nodes.clone()) {
-            (None, None) => None,
-            (Some(url), None) => Some(self.redis_settings(url, Vec::new())?),
+        let (url, cluster_nodes) = match (self.redis_url, self.redis_cluster_nodes) {
+            (None, None) => (None, Vec::new()),
+            (Some(url), None) => {
+                if !["redis://", "rediss://", "redis+unix://", "unix://"]
+                    .iter()
+                    .any(|p| url.starts_with(p))
+                {
+                    return Err(bad(
+                        "--redis-url / REDIS_URL",
+                        "must start with redis://, rediss:// or unix://",
+                    ));
+                }
+                if redis::Client::open(url.as_str()).is_err() {
+                    return Err(bad(
+                        "--redis-url / REDIS_URL",
+                        "is not a valid Redis URL (redis://[user:password@]host:port/db)",
+                    ));
+                }
+                (Some(url), Vec::new())
+            }
             (None, Some(nodes)) => {
-                let nodes: Vec<String> = nodes
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|n| !n.is_empty())
-                    .map(String::from)
-                    .collect();
+                let nodes: Vec<String> = list(&nodes).map(String::from).collect();
                 let Some(first) = nodes.first().cloned() else {
                     return Err(bad(
                         "--redis-cluster-nodes / REDIS_CLUSTER_NODES",
                         "must list at least one redis:// node",
                     ));
                 };
-                Some(self.redis_settings(first, nodes)?)
+                let tcp = |n: &String| n.starts_with("redis://") || n.starts_with("rediss://");
+                if !nodes
+                    .iter()
+                    .all(|n| tcp(n) && crate::bus::redis::topology::address_of(n).is_some())
+                {
+                    return Err(bad(
+                        "--redis-cluster-nodes / REDIS_CLUSTER_NODES",
+                        "each node must be a redis://[user:password@]host:port URL",
+                    ));
+                }
+                (Some(first), nodes)
             }
             (Some(_), Some(_)) => {
                 return Err(bad(
@@ -555,24 +592,27 @@ impl ServeArgs {
                 ))
             }
         };
+        let redis_settings = url.map(|url| RedisSettings {
+            url,
+            cluster_nodes,
+            prefix: self.redis_prefix,
+            history_max_len: self.history_max_len,
+            history_ttl: self.history_ttl,
+            pool_size: self.redis_pool_size,
+            timeout: self.redis_timeout,
+            unsubscribe_delay: self.unsubscribe_delay,
+        });
 
-        let kinds: std::collections::HashSet<String> = self
-            .room_kinds
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(String::from)
-            .collect();
-        for k in &kinds {
-            if crate::events::RoomName::parse(&format!("{k}:x"), usize::MAX).is_err()
-                || k == "institution"
-                || k == "user"
-            {
-                return Err(bad(
-                    "--room-kinds / GATEWAY_ROOM_KINDS",
-                    format!("'{k}' is not a joinable room kind (a-z and '_'; institution and user are automatic)"),
-                ));
-            }
+        let kinds: std::collections::HashSet<String> =
+            list(&self.room_kinds).map(String::from).collect();
+        if let Some(k) = kinds.iter().find(|k| {
+            crate::events::RoomName::parse(&format!("{k}:x"), usize::MAX).is_err()
+                || [INSTITUTION_KIND, USER_KIND].contains(&k.as_str())
+        }) {
+            return Err(bad(
+                "--room-kinds / GATEWAY_ROOM_KINDS",
+                format!("'{k}' is not a joinable room kind (a-z and '_'; institution and user are automatic)"),
+            ));
         }
         let roles_per_kind = RoomPolicy::parse_roles_per_kind(&self.room_roles)
             .map_err(|m| bad("--room-roles / GATEWAY_ROOM_ROLES", m))?;
@@ -586,10 +626,14 @@ impl ServeArgs {
             ));
         }
 
-        let presence = self
-            .presence
-            .clone()
-            .into_config(redis_settings.is_some())?;
+        let presence = self.presence.into_config(redis_settings.is_some())?;
+        // A bad catalog file stops startup with one line naming the file and the JSON pointer.
+        let catalog = match &self.catalog {
+            None => Catalog::elms(),
+            Some(path) => Catalog::from_file(path)
+                .map(std::sync::Arc::new)
+                .map_err(|e| bad("--catalog / GATEWAY_CATALOG", e.to_string()))?,
+        };
         let config = Config {
             presence,
             listen: self.listen,
@@ -605,7 +649,7 @@ impl ServeArgs {
                 max_rooms: self.max_rooms_per_publish,
                 max_room_len: self.max_room_len,
                 strict_catalog: self.strict_catalog,
-                catalog: self.load_catalog()?,
+                catalog,
             },
             max_batch: self.max_batch,
             policy: RoomPolicy {
@@ -641,101 +685,6 @@ impl ServeArgs {
             dev_tokens,
         };
         Ok((config, dev))
-    }
-}
-
-impl ServeArgs {
-    /// The catalog of `--catalog`, or the built-in one. A bad file stops startup with one line
-    /// naming the file and the JSON pointer of the problem.
-    pub fn load_catalog(&self) -> Result<std::sync::Arc<Catalog>, ConfigError> {
-        match self
-            .catalog
-            .as_deref()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            None => Ok(Catalog::elms()),
-            Some(path) => Catalog::from_file(path)
-                .map(std::sync::Arc::new)
-                .map_err(|e| bad("--catalog / GATEWAY_CATALOG", e.to_string())),
-        }
-    }
-
-    fn redis_settings(
-        &self,
-        url: String,
-        cluster_nodes: Vec<String>,
-    ) -> Result<RedisSettings, ConfigError> {
-        if cluster_nodes.is_empty() {
-            if !["redis://", "rediss://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|p| url.starts_with(p))
-            {
-                return Err(bad(
-                    "--redis-url / REDIS_URL",
-                    "must start with redis://, rediss:// or unix://",
-                ));
-            }
-            if redis::Client::open(url.as_str()).is_err() {
-                return Err(bad(
-                    "--redis-url / REDIS_URL",
-                    "is not a valid Redis URL (redis://[user:password@]host:port/db)",
-                ));
-            }
-        }
-        for node in &cluster_nodes {
-            let tcp = node.starts_with("redis://") || node.starts_with("rediss://");
-            if !tcp || crate::bus::redis::topology::address_of(node).is_none() {
-                return Err(bad(
-                    "--redis-cluster-nodes / REDIS_CLUSTER_NODES",
-                    "each node must be a redis://[user:password@]host:port URL",
-                ));
-            }
-        }
-        let prefix_ok = !self.redis_prefix.is_empty()
-            && self
-                .redis_prefix
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':'));
-        if !prefix_ok {
-            return Err(bad(
-                "--redis-prefix / GATEWAY_REDIS_PREFIX",
-                "must be letters, digits, '_', '-', '.' or ':'",
-            ));
-        }
-        if self.redis_pool_size == 0 {
-            return Err(bad(
-                "--redis-pool-size / GATEWAY_REDIS_POOL_SIZE",
-                "must be at least 1",
-            ));
-        }
-        if self.redis_timeout < Duration::from_millis(50) {
-            return Err(bad(
-                "--redis-timeout / GATEWAY_REDIS_TIMEOUT",
-                "must be at least 50ms",
-            ));
-        }
-        if self.history_max_len == 0 {
-            return Err(bad(
-                "--history-max-len / GATEWAY_HISTORY_MAX_LEN",
-                "must be at least 1",
-            ));
-        }
-        if self.history_ttl < Duration::from_secs(1) {
-            return Err(bad(
-                "--history-ttl / GATEWAY_HISTORY_TTL",
-                "must be at least 1s",
-            ));
-        }
-        Ok(RedisSettings {
-            url,
-            cluster_nodes,
-            prefix: self.redis_prefix.clone(),
-            history_max_len: self.history_max_len,
-            history_ttl: self.history_ttl,
-            pool_size: self.redis_pool_size,
-            timeout: self.redis_timeout,
-            unsubscribe_delay: self.unsubscribe_delay,
-        })
     }
 }
 

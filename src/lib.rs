@@ -119,10 +119,7 @@ pub async fn run(
             .await?,
         ),
     };
-    let fleet = match &config.redis {
-        Some(settings) => Some(tenancy::Fleet::new(settings)?),
-        None => None,
-    };
+    let fleet = config.redis.as_ref().map(tenancy::Fleet::new).transpose()?;
     let tenancy = tenancy::Tenancy::new(
         config.tenancy.clone(),
         config.gateway_id.as_str().into(),

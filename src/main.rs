@@ -162,17 +162,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Says what went wrong on stderr and gives the exit code.
+fn failed(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .unwrap_or_else(|e| {
             eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    }
+            std::process::exit(1)
+        })
 }
 
 fn init_logs(args: &ServeArgs) {
@@ -192,26 +195,18 @@ fn init_logs(args: &ServeArgs) {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    if args.check_config {
-        return match args.into_config() {
-            Ok(_) => {
-                println!("configuration ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        };
+    let check_only = args.check_config;
+    if !check_only {
+        init_logs(&args);
     }
-    init_logs(&args);
     let (config, dev) = match args.into_config() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return failed(2, e),
     };
+    if check_only {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
     if let Some(secret) = &dev.jwt_secret {
         tracing::warn!("DEVELOPMENT MODE: generated JWT_SECRET={secret} (tokens die with this process; never use --dev in production)");
     }
@@ -229,23 +224,17 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     tracing::info!(cors_origins = %config.cors_origins, "browser origins allowed");
     runtime().block_on(async move {
-        let bind = |addr: std::net::SocketAddr, setting: &'static str| async move {
+        let bind = |addr: std::net::SocketAddr, setting: &str| {
             listen(addr)
                 .map_err(|e| format!("invalid setting {setting}: cannot listen on {addr}: {e}"))
         };
-        let public = match bind(config.listen, "--listen / GATEWAY_LISTEN").await {
+        let listeners = bind(config.listen, "--listen / GATEWAY_LISTEN").and_then(|public| {
+            let admin = bind(config.admin_listen, "--admin-listen / GATEWAY_ADMIN_LISTEN")?;
+            Ok((public, admin))
+        });
+        let (public, admin) = match listeners {
             Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        let admin = match bind(config.admin_listen, "--admin-listen / GATEWAY_ADMIN_LISTEN").await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return failed(2, e),
         };
         if let Ok(addr) = public.local_addr() {
             dev_banner(&dev, addr);
@@ -254,10 +243,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         realtime_gateway::on_signals(shutdown.clone());
         match realtime_gateway::run(config, public, admin, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
+            Err(e) => failed(1, format_args!("{e:#}")),
         }
     })
 }
@@ -284,12 +270,10 @@ fn dev_banner(dev: &DevSecrets, addr: std::net::SocketAddr) {
 }
 
 fn catalog(args: CatalogArgs) -> ExitCode {
-    let loaded = match (&args.check, &args.catalog) {
-        (Some(path), _) => Catalog::from_file(path).map(std::sync::Arc::new),
-        (None, Some(path)) if !path.as_os_str().is_empty() => {
-            Catalog::from_file(path).map(std::sync::Arc::new)
-        }
-        (None, _) => Ok(Catalog::elms()),
+    let path = args.check.as_ref().or(args.catalog.as_ref());
+    let loaded = match path.filter(|p| !p.as_os_str().is_empty()) {
+        Some(path) => Catalog::from_file(path).map(std::sync::Arc::new),
+        None => Ok(Catalog::elms()),
     };
     match loaded {
         Ok(c) if args.check.is_some() => {
@@ -306,10 +290,7 @@ fn catalog(args: CatalogArgs) -> ExitCode {
             println!("{}", c.json());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: invalid catalog {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => failed(2, format_args!("invalid catalog {e}")),
     }
 }
 
@@ -329,20 +310,14 @@ fn token(args: TokenArgs) -> ExitCode {
             println!("{}", t.token);
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: cannot sign the token: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(1, format_args!("cannot sign the token: {e}")),
     }
 }
 
 async fn publish(args: PublishArgs) -> ExitCode {
     let payload: Value = match serde_json::from_str(&args.payload) {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: --payload is not valid JSON: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return failed(2, format_args!("--payload is not valid JSON: {e}")),
     };
     let institution = args
         .institution
@@ -380,10 +355,7 @@ async fn publish(args: PublishArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Err(e) => {
-            eprintln!("error: cannot reach {url}: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(1, format_args!("cannot reach {url}: {e}")),
     }
 }
 

@@ -9,6 +9,7 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 
 use super::ClaimNames;
+use crate::events::envelope::now_millis;
 
 /// Signs development tokens with an HS256 secret, using the configured claim names.
 #[derive(Clone)]
@@ -53,10 +54,7 @@ impl DevTokens {
         role: &str,
         ttl: Duration,
     ) -> anyhow::Result<DevToken> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = (now_millis() / 1000) as u64;
         let id = |s: &str| {
             s.parse::<i64>()
                 .map(Value::from)

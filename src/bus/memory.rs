@@ -127,10 +127,6 @@ impl Bus for MemoryBus {
         .boxed()
     }
 
-    fn subscribe(&self, _room: &RoomKey) {}
-
-    fn unsubscribe(&self, _room: &RoomKey) {}
-
     fn position<'a>(&'a self, room: &'a RoomKey) -> BoxFuture<'a, Result<Position, BusError>> {
         async move { Ok(self.rooms.lock().await.room(room, self.ttl).position()) }.boxed()
     }

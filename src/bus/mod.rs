@@ -129,11 +129,12 @@ pub trait Bus: Send + Sync + 'static {
         rooms: Vec<RoomKey>,
     ) -> BoxFuture<'_, Result<Vec<u64>, BusError>>;
 
-    /// This gateway now has sockets in `room`: receive its events.
-    fn subscribe(&self, room: &RoomKey);
+    /// This gateway now has sockets in `room`: receive its events (the embedded bus delivers
+    /// every room's).
+    fn subscribe(&self, _room: &RoomKey) {}
 
     /// This gateway has no socket left in `room`.
-    fn unsubscribe(&self, room: &RoomKey);
+    fn unsubscribe(&self, _room: &RoomKey) {}
 
     /// Waits until deliveries of `room` flow to this gateway (its subscription is confirmed), up
     /// to `timeout`; false if they do not by then.

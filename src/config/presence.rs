@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{parse_duration, ConfigError};
+use super::{bad, list, parse_duration, positive, ConfigError};
 use crate::events::ids::{INSTITUTION_KIND, USER_KIND};
 use crate::events::RoomName;
 use crate::presence::PresenceConfig;
@@ -38,7 +38,7 @@ pub struct PresenceArgs {
     #[arg(long, env = "GATEWAY_LIFECYCLE", default_value = "off", value_parser = on_off, action = clap::ArgAction::Set)]
     pub lifecycle: bool,
     /// Approximate cap on the entries of each tenant's lifecycle stream.
-    #[arg(long, env = "GATEWAY_LIFECYCLE_MAX_LEN", default_value_t = 100_000)]
+    #[arg(long, env = "GATEWAY_LIFECYCLE_MAX_LEN", default_value_t = 100_000, value_parser = positive::<u64>)]
     pub lifecycle_max_len: u64,
     /// This gateway's name in lifecycle entries and leases (default: the host name).
     #[arg(long, env = "GATEWAY_NAME")]
@@ -53,25 +53,21 @@ fn on_off(s: &str) -> Result<bool, String> {
     }
 }
 
-fn kinds(setting: &'static str, list: &str) -> Result<HashSet<String>, ConfigError> {
-    let mut out = HashSet::new();
-    for k in list.split(',').map(str::trim).filter(|k| !k.is_empty()) {
-        if RoomName::parse(&format!("{k}:x"), usize::MAX).is_err() || k == USER_KIND {
-            return Err(ConfigError {
+fn kinds(setting: &'static str, kinds: &str) -> Result<HashSet<String>, ConfigError> {
+    list(kinds)
+        .map(|k| match RoomName::parse(&format!("{k}:x"), usize::MAX) {
+            Ok(_) if k != USER_KIND => Ok(k.to_string()),
+            _ => Err(bad(
                 setting,
-                message: format!(
-                    "'{k}' is not a room kind presence can track (a-z and '_'; not user)"
-                ),
-            });
-        }
-        out.insert(k.to_string());
-    }
-    Ok(out)
+                format!("'{k}' is not a room kind presence can track (a-z and '_'; not user)"),
+            )),
+        })
+        .collect()
 }
 
-/// A name usable inside Redis keys: the host name, or `gateway`.
+/// A name usable inside Redis keys: the host name (its usable characters), or `gateway`.
 fn default_name() -> String {
-    std::env::var("HOSTNAME")
+    let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
@@ -79,8 +75,16 @@ fn default_name() -> String {
                 .ok()
                 .map(|h| h.trim().to_string())
         })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "gateway".into())
+        .unwrap_or_default();
+    let name: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    match name.is_empty() {
+        true => "gateway".into(),
+        false => name,
+    }
 }
 
 impl PresenceArgs {
@@ -98,36 +102,28 @@ impl PresenceArgs {
             .iter()
             .find(|k| !kinds_set.contains(*k) || *k == INSTITUTION_KIND)
         {
-            return Err(ConfigError {
-                setting: "--presence-events / GATEWAY_PRESENCE_EVENTS",
-                message: format!(
-                    "'{k}' must also be in GATEWAY_PRESENCE_KINDS, and institution presence is counts only"
-                ),
-            });
+            return Err(bad(
+                "--presence-events / GATEWAY_PRESENCE_EVENTS",
+                format!("'{k}' must also be in GATEWAY_PRESENCE_KINDS, and institution presence is counts only"),
+            ));
         }
         if self.presence_max_members == 0 {
-            return Err(ConfigError {
-                setting: "--presence-max-members / GATEWAY_PRESENCE_MAX_MEMBERS",
-                message: "must be at least 1".into(),
-            });
+            return Err(bad(
+                "--presence-max-members / GATEWAY_PRESENCE_MAX_MEMBERS",
+                "must be at least 1",
+            ));
         }
         if self.presence_lease < Duration::from_millis(300) {
-            return Err(ConfigError {
-                setting: "--presence-lease / GATEWAY_PRESENCE_LEASE",
-                message: "must be at least 300ms (it is renewed three times per period)".into(),
-            });
+            return Err(bad(
+                "--presence-lease / GATEWAY_PRESENCE_LEASE",
+                "must be at least 300ms (it is renewed three times per period)",
+            ));
         }
         if self.lifecycle && !redis {
-            return Err(ConfigError {
-                setting: "--lifecycle / GATEWAY_LIFECYCLE",
-                message: "the lifecycle stream lives in Redis: set REDIS_URL too".into(),
-            });
-        }
-        if self.lifecycle_max_len == 0 {
-            return Err(ConfigError {
-                setting: "--lifecycle-max-len / GATEWAY_LIFECYCLE_MAX_LEN",
-                message: "must be at least 1".into(),
-            });
+            return Err(bad(
+                "--lifecycle / GATEWAY_LIFECYCLE",
+                "the lifecycle stream lives in Redis: set REDIS_URL too",
+            ));
         }
         let gateway_name = match self.gateway_name.filter(|n| !n.trim().is_empty()) {
             Some(n) => {
@@ -135,18 +131,14 @@ impl PresenceArgs {
                     && n.bytes()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
                 if !ok {
-                    return Err(ConfigError {
-                        setting: "--gateway-name / GATEWAY_NAME",
-                        message: "must be 1-64 letters, digits, '.', '_' or '-'".into(),
-                    });
+                    return Err(bad(
+                        "--gateway-name / GATEWAY_NAME",
+                        "must be 1-64 letters, digits, '.', '_' or '-'",
+                    ));
                 }
                 n
             }
-            None => default_name()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-                .take(64)
-                .collect(),
+            None => default_name(),
         };
         Ok(PresenceConfig {
             kinds: kinds_set,
@@ -155,11 +147,7 @@ impl PresenceArgs {
             lease: self.presence_lease,
             lifecycle: self.lifecycle,
             lifecycle_max_len: self.lifecycle_max_len,
-            gateway_name: if gateway_name.is_empty() {
-                "gateway".into()
-            } else {
-                gateway_name
-            },
+            gateway_name,
         })
     }
 }

@@ -30,27 +30,14 @@ pub const DEADLINE: Duration = Duration::from_secs(1);
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// Describe them.
-    List {
-        /// Tenant.
-        tenant: String,
-        /// User.
-        user: String,
-    },
+    List,
     /// Disconnect them (`auth_error session_revoked`, then a server-side disconnect).
     Disconnect {
-        /// Tenant.
-        tenant: String,
-        /// User.
-        user: String,
         /// Shown to the client in the `auth_error` message.
         reason: Option<String>,
     },
     /// Refuse the user's tokens issued before `before` and disconnect sockets holding one.
     Revoke {
-        /// Tenant.
-        tenant: String,
-        /// User.
-        user: String,
         /// Seconds since the epoch.
         before: u64,
         /// How long the revocation lasts, in seconds.
@@ -58,18 +45,17 @@ pub enum Command {
     },
     /// Make them leave `room` (they get `left { room, reason }`).
     Leave {
-        /// Tenant.
-        tenant: String,
-        /// User.
-        user: String,
         /// Client-facing room name.
         room: String,
     },
 }
 
+/// A command for one user's sockets, as it travels on the control channel.
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
     id: String,
+    tenant: String,
+    user: String,
     #[serde(flatten)]
     command: Command,
 }
@@ -114,22 +100,12 @@ fn sockets_of(st: &AppState, tenant: &TenantId, user: &UserId) -> Vec<Peer> {
         .collect()
 }
 
-/// Applies `command` to the sockets of this gateway.
-pub fn apply(st: &AppState, command: &Command) -> Answer {
-    let ids = |t: &str, u: &str| Some((TenantId::parse(t).ok()?, UserId::parse(u).ok()?));
-    let (tenant, user) = match command {
-        Command::List { tenant, user }
-        | Command::Disconnect { tenant, user, .. }
-        | Command::Revoke { tenant, user, .. }
-        | Command::Leave { tenant, user, .. } => match ids(tenant, user) {
-            Some(ids) => ids,
-            None => return Answer::default(),
-        },
-    };
-    let peers = sockets_of(st, &tenant, &user);
+/// Applies `command` to `user`'s sockets on this gateway.
+fn apply(st: &AppState, tenant: &TenantId, user: &UserId, command: &Command) -> Answer {
+    let peers = sockets_of(st, tenant, user);
     let mut answer = Answer::default();
     match command {
-        Command::List { .. } => {
+        Command::List => {
             for p in &peers {
                 let session = p.session();
                 let state = session.state();
@@ -146,7 +122,7 @@ pub fn apply(st: &AppState, command: &Command) -> Answer {
             }
             answer.count = answer.connections.len();
         }
-        Command::Disconnect { reason, .. } => {
+        Command::Disconnect { reason } => {
             let message = reason.clone().unwrap_or_else(|| {
                 "this session was ended by an administrator; sign in again".into()
             });
@@ -155,7 +131,7 @@ pub fn apply(st: &AppState, command: &Command) -> Answer {
             }
             answer.count = peers.len();
         }
-        Command::Revoke { before, ttl, .. } => {
+        Command::Revoke { before, ttl } => {
             st.tenancy.revocations.insert(
                 tenant.clone(),
                 user.clone(),
@@ -176,7 +152,7 @@ pub fn apply(st: &AppState, command: &Command) -> Answer {
                 }
             }
         }
-        Command::Leave { room, .. } => {
+        Command::Leave { room } => {
             let Ok(room) = st.config.policy.parse_room(room) else {
                 return answer;
             };
@@ -194,17 +170,24 @@ pub fn apply(st: &AppState, command: &Command) -> Answer {
     answer
 }
 
-/// Sends `command` to every gateway (or applies it here on the embedded bus) and gathers the
-/// answers that arrive within [`DEADLINE`]. Returns the answers and how many gateways were
-/// asked.
-pub async fn request(st: &AppState, command: Command) -> Result<(Vec<Answer>, usize), BusError> {
+/// Sends `command` for `user`'s sockets to every gateway (or applies it here on the embedded
+/// bus) and gathers the answers that arrive within [`DEADLINE`]. Returns the answers and how
+/// many gateways were asked.
+pub async fn request(
+    st: &AppState,
+    tenant: &TenantId,
+    user: &UserId,
+    command: Command,
+) -> Result<(Vec<Answer>, usize), BusError> {
     let Some(fleet) = &st.tenancy.fleet else {
-        return Ok((vec![apply(st, &command)], 1));
+        return Ok((vec![apply(st, tenant, user, &command)], 1));
     };
     let id = ulid::Ulid::new().to_string();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let message = serde_json::to_string(&Request {
         id: id.clone(),
+        tenant: tenant.to_string(),
+        user: user.to_string(),
         command,
     })
     .map_err(|e| BusError::Rejected(e.to_string()))?;
@@ -265,7 +248,12 @@ pub async fn run(st: Arc<AppState>, shutdown: CancellationToken) {
                         continue;
                     }
                 };
-                let answer = apply(&st, &request.command);
+                let ids = TenantId::parse(&request.tenant)
+                    .and_then(|t| Ok((t, UserId::parse(&request.user)?)));
+                let answer = match ids {
+                    Ok((tenant, user)) => apply(&st, &tenant, &user, &request.command),
+                    Err(_) => Answer::default(),
+                };
                 let body = serde_json::to_string(&answer).unwrap_or_else(|_| "{}".into());
                 if let Err(e) = fleet.reply(&request.id, &body).await {
                     tracing::warn!(error = %e, "control answer not stored");

@@ -16,20 +16,19 @@ use crate::control::{self, Command};
 use crate::events::{TenantId, UserId};
 use crate::metrics;
 use crate::state::AppState;
-use crate::tenancy::{Caller, Scope};
+use crate::tenancy::Scope;
 
 /// One control call, for the audit line and the counter.
-struct Audit<'a> {
+struct Audit {
     action: &'static str,
     /// The key's name, also when the call was refused for its scope.
     key: Option<Arc<str>>,
-    caller: Option<&'a Caller>,
-    tenant: Option<&'a TenantId>,
-    user: Option<&'a UserId>,
+    tenant: Option<TenantId>,
+    user: Option<UserId>,
 }
 
-impl Audit<'_> {
-    fn record<T>(&self, result: &Result<T, ApiError>, count: Option<usize>) {
+impl Audit {
+    fn record(&self, result: &Result<(Value, usize), ApiError>) {
         let outcome = match result {
             Ok(_) => "ok",
             Err(e) => e.code,
@@ -39,54 +38,55 @@ impl Audit<'_> {
         tracing::info!(
             target: "realtime_gateway::audit",
             action = self.action,
-            key = self
-                .caller
-                .map(|c| &*c.name)
-                .or(self.key.as_deref())
-                .unwrap_or("-"),
-            tenant = self.tenant.map(|t| t.as_str()).unwrap_or("-"),
-            user = self.user.map(|u| u.as_str()).unwrap_or("-"),
+            key = self.key.as_deref().unwrap_or("-"),
+            tenant = self.tenant.as_ref().map_or("-", |t| t.as_str()),
+            user = self.user.as_ref().map_or("-", |u| u.as_str()),
             result = outcome,
-            count,
+            count = result.as_ref().ok().map(|(_, n)| *n),
             "control call"
         );
     }
 }
 
-fn bad(code: &'static str, field: &str, message: impl Into<String>) -> ApiError {
-    let mut e = ApiError::new(StatusCode::BAD_REQUEST, code, message);
-    e.field = Some(field.to_string());
-    e
-}
-
 /// `institutionId` and `userId` of a control request (body or query).
 fn target(obj: &Map<String, Value>) -> Result<(TenantId, UserId), ApiError> {
     let get = |field: &str| {
-        obj.get(field)
-            .filter(|v| !v.is_null())
-            .ok_or_else(|| bad("missing_field", field, format!("{field} is required")))
+        obj.get(field).filter(|v| !v.is_null()).ok_or_else(|| {
+            ApiError::invalid("missing_field", field, format!("{field} is required"))
+        })
     };
     let tenant = TenantId::from_json(get("institutionId")?)
-        .map_err(|e| bad("invalid_field", "institutionId", e.0))?;
-    let user =
-        UserId::from_json(get("userId")?).map_err(|e| bad("invalid_field", "userId", e.0))?;
+        .map_err(|e| ApiError::invalid("invalid_field", "institutionId", e.0))?;
+    let user = UserId::from_json(get("userId")?)
+        .map_err(|e| ApiError::invalid("invalid_field", "userId", e.0))?;
     Ok((tenant, user))
 }
 
 fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        Ok(_) => Err(ApiError::bad_request(
             "invalid_body",
             "the body must be a JSON object",
         )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        Err(e) => Err(ApiError::bad_request(
             "invalid_json",
             format!("the body is not valid JSON: {e}"),
         )),
     }
+}
+
+/// Sends `command` for `user`'s sockets to every gateway and adds up how many they acted on.
+async fn acted_on(
+    st: &AppState,
+    tenant: &TenantId,
+    user: &UserId,
+    command: Command,
+) -> Result<usize, ApiError> {
+    let (answers, _) = control::request(st, tenant, user, command)
+        .await
+        .map_err(bus_error)?;
+    Ok(answers.iter().map(|a| a.count).sum())
 }
 
 fn bus_error(e: BusError) -> ApiError {
@@ -99,52 +99,31 @@ fn bus_error(e: BusError) -> ApiError {
 }
 
 /// Runs one control call: key and scope, body, tenant, then `act`; audits whatever happens.
-async fn call<F, Fut>(
+async fn call(
     state: &AppState,
     action: &'static str,
     headers: &HeaderMap,
     fields: Result<Map<String, Value>, ApiError>,
-    act: F,
-) -> Result<Json<Value>, ApiError>
-where
-    F: FnOnce(TenantId, UserId, Map<String, Value>) -> Fut,
-    Fut: std::future::Future<Output = Result<(Value, usize), ApiError>>,
-{
+    act: impl AsyncFnOnce(TenantId, UserId, Map<String, Value>) -> Result<(Value, usize), ApiError>,
+) -> Result<Json<Value>, ApiError> {
     let mut audit = Audit {
         action,
         key: keys::key_name(state, headers),
-        caller: None,
         tenant: None,
         user: None,
     };
-    let caller = match keys::caller(state, headers, Scope::Control) {
-        Ok(c) => c,
-        Err(e) => {
-            let r = Err(e);
-            audit.record(&r, None);
-            return r;
-        }
-    };
-    audit.caller = Some(&caller);
-    let parsed = fields.and_then(|obj| target(&obj).map(|(t, u)| (t, u, obj)));
-    let (tenant, user, obj) = match parsed {
-        Ok(p) => p,
-        Err(e) => {
-            let r = Err(e);
-            audit.record(&r, None);
-            return r;
-        }
-    };
-    audit.tenant = Some(&tenant);
-    audit.user = Some(&user);
-    if let Err(e) = keys::require_tenant(&caller, &tenant, "institutionId") {
-        let r = Err(e);
-        audit.record(&r, None);
-        return r;
+    let result = async {
+        let caller = keys::caller(state, headers, Scope::Control)?;
+        audit.key = Some(caller.name.clone());
+        let obj = fields?;
+        let (tenant, user) = target(&obj)?;
+        audit.tenant = Some(tenant.clone());
+        audit.user = Some(user.clone());
+        keys::require_tenant(&caller, &tenant, "institutionId")?;
+        act(tenant, user, obj).await
     }
-    let result = act(tenant.clone(), user.clone(), obj).await;
-    let count = result.as_ref().ok().map(|(_, n)| *n);
-    audit.record(&result, count);
+    .await;
+    audit.record(&result);
     result.map(|(body, _)| Json(body))
 }
 
@@ -158,27 +137,14 @@ pub async fn connections(
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))
         .collect());
-    let st: &AppState = &state;
-    call(
-        st,
-        "list",
-        &headers,
-        fields,
-        move |tenant, user, _| async move {
-            let (answers, _) = control::request(
-                st,
-                Command::List {
-                    tenant: tenant.to_string(),
-                    user: user.to_string(),
-                },
-            )
+    call(&state, "list", &headers, fields, async |tenant, user, _| {
+        let (answers, _) = control::request(&state, &tenant, &user, Command::List)
             .await
             .map_err(bus_error)?;
-            let connections: Vec<_> = answers.into_iter().flat_map(|a| a.connections).collect();
-            let n = connections.len();
-            Ok((json!({ "connections": connections }), n))
-        },
-    )
+        let connections: Vec<_> = answers.into_iter().flat_map(|a| a.connections).collect();
+        let n = connections.len();
+        Ok((json!({ "connections": connections }), n))
+    })
     .await
 }
 
@@ -188,35 +154,24 @@ pub async fn disconnect(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let st: &AppState = &state;
     call(
-        st,
+        &state,
         "disconnect",
         &headers,
         body_object(&body),
-        move |tenant, user, obj| async move {
+        async |tenant, user, obj| {
             let reason = match obj.get("reason") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s.len() <= 200 => Some(s.clone()),
                 Some(_) => {
-                    return Err(bad(
+                    return Err(ApiError::invalid(
                         "invalid_field",
                         "reason",
                         "reason must be a string of at most 200 characters",
                     ))
                 }
             };
-            let (answers, _) = control::request(
-                st,
-                Command::Disconnect {
-                    tenant: tenant.to_string(),
-                    user: user.to_string(),
-                    reason,
-                },
-            )
-            .await
-            .map_err(bus_error)?;
-            let n: usize = answers.iter().map(|a| a.count).sum();
+            let n = acted_on(&state, &tenant, &user, Command::Disconnect { reason }).await?;
             Ok((json!({ "disconnected": n }), n))
         },
     )
@@ -231,44 +186,33 @@ pub async fn revoke(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let st: &AppState = &state;
     call(
-        st,
+        &state,
         "revoke",
         &headers,
         body_object(&body),
-        move |tenant, user, obj| async move {
+        async |tenant, user, obj| {
             let now = control::now_secs();
             let before = match obj.get("before") {
                 None | Some(Value::Null) => now,
                 Some(v) => v.as_u64().filter(|b| *b <= now + 60).ok_or_else(|| {
-                    bad(
+                    ApiError::invalid(
                         "invalid_field",
                         "before",
                         "before must be seconds since the epoch, not in the future (default: now)",
                     )
                 })?,
             };
-            let ttl = st.tenancy.revocation_ttl;
-            let before = match &st.tenancy.fleet {
+            let ttl = state.tenancy.revocation_ttl;
+            let before = match &state.tenancy.fleet {
                 Some(fleet) => fleet
                     .revoke(&tenant, &user, before, ttl)
                     .await
                     .map_err(bus_error)?,
                 None => before,
             };
-            let (answers, _) = control::request(
-                st,
-                Command::Revoke {
-                    tenant: tenant.to_string(),
-                    user: user.to_string(),
-                    before,
-                    ttl: ttl.as_secs().max(1),
-                },
-            )
-            .await
-            .map_err(bus_error)?;
-            let n: usize = answers.iter().map(|a| a.count).sum();
+            let ttl = ttl.as_secs().max(1);
+            let n = acted_on(&state, &tenant, &user, Command::Revoke { before, ttl }).await?;
             Ok((
                 json!({ "revoked": true, "before": before, "disconnected": n }),
                 n,
@@ -284,36 +228,26 @@ pub async fn leave_room(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let st: &AppState = &state;
     call(
-        st,
+        &state,
         "leave",
         &headers,
         body_object(&body),
-        move |tenant, user, obj| async move {
+        async |tenant, user, obj| {
             let name = obj.get("room").and_then(Value::as_str).ok_or_else(|| {
-                bad(
+                ApiError::invalid(
                     "missing_field",
                     "room",
                     "room is required, e.g. \"batch:456\"",
                 )
             })?;
-            let policy = &st.config.policy;
+            let policy = &state.config.policy;
             let room = policy
                 .parse_room(name)
                 .and_then(|r| policy.check_leave(&r).map(|()| r))
-                .map_err(|e| bad(e.code, "room", e.message))?;
-            let (answers, _) = control::request(
-                st,
-                Command::Leave {
-                    tenant: tenant.to_string(),
-                    user: user.to_string(),
-                    room: room.to_string(),
-                },
-            )
-            .await
-            .map_err(bus_error)?;
-            let n: usize = answers.iter().map(|a| a.count).sum();
+                .map_err(|e| ApiError::invalid(e.code, "room", e.message))?;
+            let room = room.to_string();
+            let n = acted_on(&state, &tenant, &user, Command::Leave { room }).await?;
             Ok((json!({ "left": n }), n))
         },
     )

@@ -84,8 +84,6 @@ pub async fn browser_access(
     if !access.origins.is_open() {
         return next.run(req).await;
     }
-    match access.cors.layer(next).oneshot(req).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    let Ok(response) = access.cors.layer(next).oneshot(req).await;
+    response
 }

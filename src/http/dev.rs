@@ -36,13 +36,6 @@ pub fn router() -> Router<Arc<AppState>> {
     Router::new().route(TOKEN_PATH, get(token))
 }
 
-fn invalid(field: &str, message: String) -> ApiError {
-    ApiError {
-        field: Some(field.to_owned()),
-        ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
-    }
-}
-
 async fn token(
     State(st): State<Arc<AppState>>,
     Query(q): Query<TokenQuery>,
@@ -56,7 +49,8 @@ async fn token(
     };
     let required = |v: Option<String>, field: &str| {
         v.filter(|v| !v.is_empty()).ok_or_else(|| {
-            invalid(
+            ApiError::invalid(
+                "invalid_query",
                 field,
                 format!("{field} is required, e.g. ?sub=10&institution=1&role=ADMIN"),
             )
@@ -67,10 +61,14 @@ async fn token(
     let role = q.role.unwrap_or_else(|| "STUDENT".to_owned());
     let ttl = match q.ttl {
         None => DEFAULT_TTL,
-        Some(t) => parse_duration(&t).map_err(|m| invalid("ttl", m))?,
+        Some(t) => parse_duration(&t).map_err(|m| ApiError::invalid("invalid_query", "ttl", m))?,
     };
     if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(invalid("ttl", "must be between 1s and 7d".to_owned()));
+        return Err(ApiError::invalid(
+            "invalid_query",
+            "ttl",
+            "must be between 1s and 7d".to_owned(),
+        ));
     }
     let minted = tokens.mint(&sub, &institution, &role, ttl).map_err(|e| {
         ApiError::new(
@@ -81,8 +79,7 @@ async fn token(
     })?;
     // Never hand out a token this gateway would refuse (a user id with bad characters, ...).
     st.config.verifier.verify(&minted.token).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
+        ApiError::bad_request(
             e.code(),
             format!("the gateway would refuse this token ({e}); check sub, institution and role"),
         )

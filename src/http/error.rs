@@ -33,6 +33,19 @@ impl ApiError {
             retry_after: None,
         }
     }
+
+    /// A 400 about the request as a whole.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// A 400 naming the request field at fault.
+    pub fn invalid(code: &'static str, field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.to_owned()),
+            ..Self::bad_request(code, message)
+        }
+    }
 }
 
 impl From<PublishError> for ApiError {

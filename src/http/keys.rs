@@ -70,22 +70,17 @@ pub fn caller(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Cal
     })
 }
 
-fn tenant_refused() -> ApiError {
-    refused("tenant");
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "tenant_not_allowed",
-        "this API key may not act in this institution",
-    )
-}
-
 /// Refuses a caller outside its tenants (`field` names the request field holding the tenant).
 pub fn require_tenant(caller: &Caller, tenant: &TenantId, field: &str) -> Result<(), ApiError> {
     if caller.has_tenant(tenant) {
-        Ok(())
-    } else {
-        let mut e = tenant_refused();
-        e.field = Some(field.to_string());
-        Err(e)
+        return Ok(());
     }
+    refused("tenant");
+    let mut e = ApiError::new(
+        StatusCode::FORBIDDEN,
+        "tenant_not_allowed",
+        "this API key may not act in this institution",
+    );
+    e.field = Some(field.to_string());
+    Err(e)
 }

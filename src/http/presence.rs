@@ -23,10 +23,7 @@ fn refused(mut e: ApiError, field: Option<&str>) -> ApiError {
 }
 
 fn bad(code: &'static str, field: &str, message: impl Into<String>) -> ApiError {
-    refused(
-        ApiError::new(StatusCode::BAD_REQUEST, code, message),
-        Some(field),
-    )
+    refused(ApiError::invalid(code, field, message), Some(field))
 }
 
 impl From<PresenceError> for ApiError {

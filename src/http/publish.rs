@@ -101,11 +101,7 @@ impl<const BATCH: bool> FromRequest<Arc<AppState>> for JsonBody<BATCH> {
         let mut seen = 0usize;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    format!("the body could not be read: {e}"),
-                )
+                ApiError::bad_request("invalid_body", format!("the body could not be read: {e}"))
             })?;
             seen += chunk.len();
             if seen <= limit {
@@ -122,11 +118,7 @@ impl<const BATCH: bool> FromRequest<Arc<AppState>> for JsonBody<BATCH> {
             ));
         }
         let raw = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not valid JSON: {e}"),
-            )
+            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
         })?;
         Ok(JsonBody(raw))
     }
@@ -276,18 +268,13 @@ pub async fn publish_batch(
 ) -> Result<Json<BatchPublished>, ApiError> {
     let max = state.config.max_batch;
     let items: Vec<Box<RawValue>> = serde_json::from_str(raw.get()).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
+        ApiError::bad_request(
             "invalid_body",
             "the batch body must be a JSON array of publish requests",
         )
     })?;
     if items.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "the batch is empty",
-        ));
+        return Err(ApiError::bad_request("invalid_body", "the batch is empty"));
     }
     if items.len() > max {
         return Err(ApiError::new(

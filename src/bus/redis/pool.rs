@@ -62,18 +62,11 @@ impl RedisPool {
 
     /// A connection from the pool.
     pub async fn get(&self) -> Result<PooledConnection, String> {
-        match self {
-            Self::Single(p) => p
-                .get()
-                .await
-                .map(PooledConnection::Single)
-                .map_err(|e| e.to_string()),
-            Self::Cluster(p) => p
-                .get()
-                .await
-                .map(PooledConnection::Cluster)
-                .map_err(|e| e.to_string()),
-        }
+        let conn = match self {
+            Self::Single(p) => p.get().await.map(PooledConnection::Single),
+            Self::Cluster(p) => p.get().await.map(PooledConnection::Cluster),
+        };
+        conn.map_err(|e| e.to_string())
     }
 }
 

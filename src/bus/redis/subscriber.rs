@@ -68,6 +68,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Waits out `backoff` (with jitter, so a fleet does not reconnect in lockstep) and doubles it
+/// up to [`BACKOFF_MAX`]; false when shutdown came first.
+async fn back_off(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
+    let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
 /// Why a bus message was dropped (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invalid {
@@ -227,13 +238,8 @@ impl Subscriber {
                     first = false;
                 }
             }
-            // Capped exponential backoff with jitter, so a fleet does not reconnect in lockstep.
-            let jitter = rand::thread_rng().gen_range(0.5..1.0);
-            let wait = backoff.mul_f64(jitter);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            if !back_off(&mut backoff, &shutdown).await {
+                return;
             }
             ::metrics::counter!(metrics::REDIS_RECONNECTS).increment(1);
         }
@@ -264,7 +270,7 @@ impl Subscriber {
         self.reconcile(&mut sink).await?;
         // Messages that arrive meanwhile wait in the stream; the gap reads go first, so a room's
         // events stay in offset order and the duplicates check drops what both paths saw.
-        self.heal_gaps(publisher).await;
+        self.heal_rooms(publisher, None).await;
         self.up.store(true, Ordering::SeqCst);
         ::metrics::gauge!(metrics::REDIS_UP).set(1.0);
         *backoff = BACKOFF_MIN;
@@ -289,31 +295,34 @@ impl Subscriber {
     /// Brings the connection's subscriptions in line with the wanted set.
     async fn reconcile(&self, sink: &mut redis::aio::PubSubSink) -> Result<(), String> {
         let (to_sub, to_unsub) = self.take_changes();
+        let timed_out = |command: &str| format!("{command} timed out");
         for chunk in to_sub.chunks(BATCH) {
-            let channels: Vec<String> = chunk
-                .iter()
-                .map(|r| self.settings.names(r).channel)
-                .collect();
-            tokio::time::timeout(self.settings.timeout, sink.subscribe(&channels))
+            let subscribed = sink.subscribe(self.channels(chunk));
+            tokio::time::timeout(self.settings.timeout, subscribed)
                 .await
-                .map_err(|_| "SUBSCRIBE timed out".to_string())?
+                .map_err(|_| timed_out("SUBSCRIBE"))?
                 .map_err(|e| e.to_string())?;
             lock(&self.subscribed).extend(chunk.iter().cloned());
         }
         for chunk in to_unsub.chunks(BATCH) {
-            let channels: Vec<String> = chunk
-                .iter()
-                .map(|r| self.settings.names(r).channel)
-                .collect();
-            tokio::time::timeout(self.settings.timeout, sink.unsubscribe(&channels))
+            let unsubscribed = sink.unsubscribe(self.channels(chunk));
+            tokio::time::timeout(self.settings.timeout, unsubscribed)
                 .await
-                .map_err(|_| "UNSUBSCRIBE timed out".to_string())?
+                .map_err(|_| timed_out("UNSUBSCRIBE"))?
                 .map_err(|e| e.to_string())?;
         }
         if !to_sub.is_empty() || !to_unsub.is_empty() {
             self.subscriptions_changed();
         }
         Ok(())
+    }
+
+    /// The pub/sub channels of `rooms`.
+    fn channels<'a>(&self, rooms: impl IntoIterator<Item = &'a RoomKey>) -> Vec<String> {
+        rooms
+            .into_iter()
+            .map(|r| self.settings.names(r).channel)
+            .collect()
     }
 
     /// Tells waiters and the gauge that the subscribed set changed.
@@ -326,44 +335,35 @@ impl Subscriber {
     /// now. Released rooms leave `subscribed` here, before their UNSUBSCRIBE goes out.
     fn take_changes(&self) -> (Vec<RoomKey>, Vec<RoomKey>) {
         let now = Instant::now();
-        {
-            let mut w = lock(&self.wants);
-            let mut subscribed = lock(&self.subscribed);
-            let pending = std::mem::take(&mut w.to_subscribe);
-            let to_sub: Vec<RoomKey> = pending
-                .into_iter()
-                .filter(|r| w.wanted.contains_key(r) && !subscribed.contains(r))
-                .collect();
-            let mut to_unsub = Vec::new();
-            let mut last = lock(&self.last);
-            while w.releases.front().is_some_and(|(t, _)| *t <= now) {
-                let Some((_, room)) = w.releases.pop_front() else {
-                    break;
-                };
-                // Wanted again since, or released again later: not due yet.
-                if !matches!(w.wanted.get(&room), Some(Some(t)) if *t <= now) {
-                    continue;
-                }
-                w.wanted.remove(&room);
-                // Stop counting it as subscribed before the UNSUBSCRIBE goes out, so a socket
-                // that enters it meanwhile waits for the next SUBSCRIBE instead of trusting a
-                // subscription that is about to end.
-                if subscribed.remove(&room) {
-                    last.remove(&room);
-                    to_unsub.push(room);
-                }
+        let mut w = lock(&self.wants);
+        let mut subscribed = lock(&self.subscribed);
+        let pending = std::mem::take(&mut w.to_subscribe);
+        let to_sub: Vec<RoomKey> = pending
+            .into_iter()
+            .filter(|r| w.wanted.contains_key(r) && !subscribed.contains(r))
+            .collect();
+        let mut to_unsub = Vec::new();
+        let mut last = lock(&self.last);
+        while let Some((_, room)) = w.releases.pop_front_if(|(t, _)| *t <= now) {
+            // Wanted again since, or released again later: not due yet.
+            if !matches!(w.wanted.get(&room), Some(Some(t)) if *t <= now) {
+                continue;
             }
-            (to_sub, to_unsub)
+            w.wanted.remove(&room);
+            // Stop counting it as subscribed before the UNSUBSCRIBE goes out, so a socket
+            // that enters it meanwhile waits for the next SUBSCRIBE instead of trusting a
+            // subscription that is about to end.
+            if subscribed.remove(&room) {
+                last.remove(&room);
+                to_unsub.push(room);
+            }
         }
+        (to_sub, to_unsub)
     }
 
-    /// After a reconnect: for every room relayed before, reads what was published while this
-    /// gateway was cut off and relays it; a room whose history was lost gets a resync.
-    async fn heal_gaps(&self, publisher: &Publisher) {
-        self.heal_rooms(publisher, None).await;
-    }
-
-    /// The gap read of [`Self::heal_gaps`], for `only` these rooms when given.
+    /// After a reconnect: for every room relayed before (`only` these when given), reads what
+    /// was published while this gateway was cut off and relays it; a room whose history was
+    /// lost gets a resync.
     async fn heal_rooms(&self, publisher: &Publisher, only: Option<&HashSet<RoomKey>>) {
         let rooms: Vec<(RoomKey, (Arc<str>, u64))> = {
             let subscribed = lock(&self.subscribed);
@@ -412,19 +412,15 @@ impl Subscriber {
     async fn deliver(&self, room: RoomKey, epoch: Arc<str>, offset: u64, event: Arc<Event>) {
         let restarted = {
             let mut last = lock(&self.last);
-            let restarted = match last.get(&room) {
-                Some((last_epoch, last_offset)) if *last_epoch == epoch => {
-                    if offset <= *last_offset {
-                        ::metrics::counter!(metrics::BUS_DUPLICATES).increment(1);
-                        return;
-                    }
-                    false
-                }
-                Some(_) => true,
-                None => false,
-            };
-            last.insert(room.clone(), (epoch.clone(), offset));
-            restarted
+            if last
+                .get(&room)
+                .is_some_and(|(e, o)| *e == epoch && offset <= *o)
+            {
+                ::metrics::counter!(metrics::BUS_DUPLICATES).increment(1);
+                return;
+            }
+            let previous = last.insert(room.clone(), (epoch.clone(), offset));
+            previous.is_some_and(|(e, _)| e != epoch)
         };
         if restarted {
             // A new epoch arrived live without a gap read saying so (the read failed during a
@@ -435,13 +431,11 @@ impl Subscriber {
                 epoch: epoch.clone(),
                 offset: offset - 1,
             };
-            let _ = self
-                .deliveries
-                .send(BusMessage::Resync {
-                    key: room.clone(),
-                    now,
-                })
-                .await;
+            let resync = BusMessage::Resync {
+                key: room.clone(),
+                now,
+            };
+            let _ = self.deliveries.send(resync).await;
         }
         let delivery = Delivery {
             key: room,

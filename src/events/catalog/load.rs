@@ -218,13 +218,8 @@ fn document_order(text: &str, channels: &Map<String, Value>) -> Order {
 }
 
 /// The entries of a JSON object, in document order.
+#[derive(Default)]
 struct Keys<T>(Vec<(String, T)>);
-
-impl<T> Default for Keys<T> {
-    fn default() -> Self {
-        Keys(Vec::new())
-    }
-}
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Keys<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -264,24 +259,18 @@ fn effective_json(doc: &Value, order: &Order) -> String {
             }
         }
     }
-    let empty = Map::new();
-    let top = doc.as_object().unwrap_or(&empty);
-    let channels = top
-        .get("channels")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
+    fn members(v: Option<&Value>) -> &Map<String, Value> {
+        static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+        v.and_then(Value::as_object).unwrap_or(&EMPTY)
+    }
+    let top = members(Some(doc));
+    let channels = members(top.get("channels"));
     let mut out = String::from("{");
     fixed(&mut out, top, TOP_KEYS, "channels");
     let mut chs = String::from("{");
     for (name, events) in order {
-        let spec = channels
-            .get(name)
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
-        let defs = spec
-            .get("events")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
+        let spec = members(channels.get(name));
+        let defs = members(spec.get("events"));
         let mut ch = String::from("{");
         fixed(&mut ch, spec, CHANNEL_KEYS, "events");
         let mut evs = String::from("{");

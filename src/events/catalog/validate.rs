@@ -7,7 +7,7 @@ use std::fmt;
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::paths::LocationSegment;
 use jsonschema::{ValidationError, Validator};
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -59,30 +59,29 @@ impl ParsedPayload {
     }
 }
 
-/// Parses a payload that must be a JSON object.
+/// Parses a payload that must be a JSON object. Anything else is parsed again, only to say
+/// what it was.
 pub fn parse_payload(payload: &RawValue) -> Result<ParsedPayload, PayloadError> {
     let mut de = serde_json::Deserializer::from_str(payload.get());
-    match de.deserialize_any(ObjectVisitor) {
-        Ok(Ok(parsed)) => Ok(parsed),
-        Ok(Err(found)) => Err(PayloadError::whole(format!(
-            "expected a JSON object, found {}",
-            describe(&found)
-        ))),
-        Err(e) => Err(PayloadError::whole(format!(
-            "is not valid JSON: {}",
-            strip_position(&e)
-        ))),
-    }
+    de.deserialize_any(ObjectVisitor).map_err(|_| {
+        match serde_json::from_str::<Value>(payload.get()) {
+            Ok(found) => PayloadError::whole(format!(
+                "expected a JSON object, found {}",
+                describe(&found)
+            )),
+            Err(e) => PayloadError::whole(format!("is not valid JSON: {}", strip_position(&e))),
+        }
+    })
 }
 
-/// Reads a top-level object noting repeated keys; anything else comes back as `Err(value)`.
+/// Reads a top-level object noting repeated keys (any other value is a type error).
 struct ObjectVisitor;
 
 impl<'de> Visitor<'de> for ObjectVisitor {
-    type Value = Result<ParsedPayload, Value>;
+    type Value = ParsedPayload;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
+        f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
@@ -93,39 +92,10 @@ impl<'de> Visitor<'de> for ObjectVisitor {
                 duplicate.get_or_insert(key);
             }
         }
-        Ok(Ok(ParsedPayload {
+        Ok(ParsedPayload {
             object: Value::Object(fields),
             duplicate,
-        }))
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-        while access.next_element::<de::IgnoredAny>()?.is_some() {}
-        Ok(Err(Value::Array(Vec::new())))
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Err(Value::Null))
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Err(Value::Bool(v)))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Err(Value::from(v)))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Err(Value::from(v)))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Err(Value::from(v)))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Err(Value::from(v)))
+        })
     }
 }
 
@@ -194,8 +164,7 @@ impl PayloadSchema {
     }
 
     fn phrase(&self, error: &ValidationError) -> PayloadError {
-        let (path, instance) = walk(error, &self.source);
-        let field = path.unwrap_or_else(|| "payload".to_owned());
+        let (field, instance) = walk(error, &self.source);
         let found = describe(error.instance());
         let message = match error.kind() {
             ValidationErrorKind::Required { property } => {
@@ -239,7 +208,7 @@ impl PayloadSchema {
 
 /// The dotted path of the error's instance (`payload.items[2].id`) and the schema that applies
 /// to it, found by following `properties` and `items` from the payload schema.
-fn walk<'s>(error: &ValidationError, root: &'s Value) -> (Option<String>, Option<&'s Value>) {
+fn walk<'s>(error: &ValidationError, root: &'s Value) -> (String, Option<&'s Value>) {
     let mut path = String::from("payload");
     let mut schema = Some(root);
     for segment in error.instance_path().iter() {
@@ -260,7 +229,7 @@ fn walk<'s>(error: &ValidationError, root: &'s Value) -> (Option<String>, Option
             }
         }
     }
-    (Some(path), schema)
+    (path, schema)
 }
 
 /// Follows `$ref`s into the schema's own `$defs` (the only references a catalog may hold).

@@ -18,13 +18,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{lock, Subscriber, BACKOFF_MAX, BACKOFF_MIN, BATCH, RECONCILE_TICK};
+use super::{back_off, lock, Subscriber, BACKOFF_MIN, BATCH, RECONCILE_TICK};
 use crate::bus::redis::topology::{self, SlotMap};
 use crate::bus::redis::Publisher;
 use crate::events::RoomKey;
@@ -119,23 +118,40 @@ impl Shards {
     fn drop_node(&mut self, sub: &Subscriber, address: &str) {
         if let Some(node) = self.nodes.remove(address) {
             for room in &node.rooms {
-                self.placed.remove(room);
-                lock(&sub.subscribed).remove(room);
-                if lock(&sub.wants).wanted.contains_key(room) {
-                    self.pending.insert(room.clone());
-                    self.gaps.insert(room.clone());
-                }
+                self.unplace(sub, room);
             }
             self.stale = true;
             sub.subscriptions_changed();
         }
     }
 
+    /// Ends the subscriptions of `channels` on `address`; drops the connection (false) if the
+    /// node does not take the commands.
+    async fn sunsubscribe(&mut self, sub: &Subscriber, address: &str, channels: &[String]) -> bool {
+        let Some(node) = self.nodes.get_mut(address) else {
+            return true;
+        };
+        let mut pipe = redis::pipe();
+        for channel in channels {
+            pipe.cmd("SUNSUBSCRIBE").arg(channel);
+        }
+        pipe.ignore_errors();
+        let sent = tokio::time::timeout(
+            sub.settings.timeout,
+            pipe.query_async::<Vec<Value>>(&mut node.conn),
+        )
+        .await;
+        let ok = matches!(sent, Ok(Ok(_)));
+        if !ok {
+            self.drop_node(sub, address);
+        }
+        ok
+    }
+
     fn address_of_id(&self, id: u64) -> Option<String> {
         self.nodes
             .iter()
-            .find(|(_, n)| n.id == id)
-            .map(|(a, _)| a.clone())
+            .find_map(|(a, n)| (n.id == id).then(|| a.clone()))
     }
 }
 
@@ -190,12 +206,10 @@ impl Subscriber {
                             tracing::warn!(error = %e, "cannot read the Redis Cluster slot map; retrying");
                             warned = true;
                         }
-                        let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(wait) => continue,
+                        if !back_off(&mut backoff, &shutdown).await {
+                            return;
                         }
+                        continue;
                     }
                 }
             }
@@ -262,21 +276,7 @@ impl Subscriber {
         }
         // The old owner might keep the subscription; end it so the room has one source.
         for (address, channels) in stale_subscriptions {
-            if let Some(node) = sh.nodes.get_mut(&address) {
-                let mut pipe = redis::pipe();
-                for channel in &channels {
-                    pipe.cmd("SUNSUBSCRIBE").arg(channel);
-                }
-                pipe.ignore_errors();
-                let sent = tokio::time::timeout(
-                    self.settings.timeout,
-                    pipe.query_async::<Vec<Value>>(&mut node.conn),
-                )
-                .await;
-                if !matches!(sent, Ok(Ok(_))) {
-                    sh.drop_node(self, &address);
-                }
-            }
+            sh.sunsubscribe(self, &address, &channels).await;
         }
         if !moved.is_empty() {
             self.subscriptions_changed();
@@ -347,22 +347,8 @@ impl Subscriber {
             }
         }
         for (address, channels) in leaving {
-            let Some(node) = sh.nodes.get_mut(&address) else {
-                continue;
-            };
             for chunk in channels.chunks(BATCH) {
-                let mut pipe = redis::pipe();
-                for channel in chunk {
-                    pipe.cmd("SUNSUBSCRIBE").arg(channel);
-                }
-                pipe.ignore_errors();
-                let sent = tokio::time::timeout(
-                    self.settings.timeout,
-                    pipe.query_async::<Vec<Value>>(&mut node.conn),
-                )
-                .await;
-                if !matches!(sent, Ok(Ok(_))) {
-                    sh.drop_node(self, &address);
+                if !sh.sunsubscribe(self, &address, chunk).await {
                     break;
                 }
             }
@@ -419,10 +405,7 @@ impl Subscriber {
         address: &str,
         rooms: &[(u16, RoomKey)],
     ) -> Result<usize, String> {
-        let channels: Vec<String> = rooms
-            .iter()
-            .map(|(_, r)| self.settings.names(r).channel)
-            .collect();
+        let channels = self.channels(rooms.iter().map(|(_, r)| r));
         let mut pipe = redis::pipe();
         for channel in &channels {
             pipe.cmd("SSUBSCRIBE").arg(channel);
@@ -470,20 +453,10 @@ impl Subscriber {
 
     /// Gap-reads the rooms that were subscribed again since they left their node.
     async fn heal_moved(&self, sh: &mut Shards, publisher: &Publisher) {
-        if sh.gaps.is_empty() {
-            return;
+        let ready: HashSet<RoomKey> = sh.gaps.extract_if(|r| sh.placed.contains_key(r)).collect();
+        if !ready.is_empty() {
+            self.heal_rooms(publisher, Some(&ready)).await;
         }
-        let ready: HashSet<RoomKey> = sh
-            .gaps
-            .iter()
-            .filter(|r| sh.placed.contains_key(*r))
-            .cloned()
-            .collect();
-        if ready.is_empty() {
-            return;
-        }
-        sh.gaps.retain(|r| !ready.contains(r));
-        self.heal_rooms(publisher, Some(&ready)).await;
     }
 
     async fn on_push(&self, sh: &mut Shards, id: u64, push: PushInfo) {
