@@ -406,22 +406,30 @@ async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     );
-    let early = head[end..].to_vec();
-    if let Some(conn) = session {
-        let max = h.settings().max_packet as usize;
-        tokio::spawn(conn.take_over(
-            stream,
-            response,
-            early,
-            codec.deflate_min.map(|m| m.get()),
-            max,
-        ));
-        return;
-    }
     // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
     // here instead of staying alive (and allocated) for the whole session. The 101 goes out
     // with the Engine.IO open packet, in one write.
-    tokio::spawn(conn::serve(h, stream, response, early, codec));
+    let early = head[end..].to_vec();
+    tokio::spawn(open(h, stream, response, early, codec, session));
+}
+
+/// Runs the WebSocket of an agreed handshake (`response`: the 101 to write first, empty when
+/// the HTTP server sent it): the upgrade of its long-polling `session`, or a new session.
+async fn open<H: Handler>(
+    h: Arc<H>,
+    stream: TrackedStream,
+    response: String,
+    early: Vec<u8>,
+    codec: codec::Codec,
+    session: Option<Arc<Conn<H::User>>>,
+) {
+    match session {
+        Some(conn) => {
+            let max = h.settings().max_packet as usize;
+            conn.take_over(stream, response, early, codec, max).await
+        }
+        None => conn::serve(h, stream, response, early, codec).await,
+    }
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {

@@ -460,7 +460,6 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
         Err(refusal) => return Answer::refusal(refusal).into_response(),
     };
     let upgrading = hyper::upgrade::on(&mut req);
-    let max = h.settings().max_packet as usize;
     let (codec, session) = (agreed.codec, agreed.session);
     tokio::spawn(async move {
         let upgraded = match upgrading.await {
@@ -474,16 +473,8 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
             tracing::error!("an upgraded connection is not the gateway's own stream; closed");
             return;
         };
-        let stream = parts.io.into_inner();
-        let early = parts.read_buf.to_vec();
-        match session {
-            Some(c) => {
-                let deflate = codec.deflate_min.map(|m| m.get());
-                c.take_over(stream, String::new(), early, deflate, max)
-                    .await
-            }
-            None => conn::serve(h, stream, String::new(), early, codec).await,
-        }
+        let (stream, early) = (parts.io.into_inner(), parts.read_buf.to_vec());
+        super::open(h, stream, String::new(), early, codec, session).await
     });
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
