@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::polling::{self, Answer, Step};
-use super::{Handler, Route, ToHttp, MAX_HEAD};
+use super::{Handler, Route, ToHttp};
 use crate::drain::TrackedStream;
 use crate::metrics;
 
@@ -93,7 +93,11 @@ async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head)
             let max = h.settings().max_packet as usize;
             // Without Content-Length and Transfer-Encoding a request has no body.
             if head.chunked {
-                return (length_required(), false);
+                ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "bad_request")
+                    .increment(1);
+                let why = "a long-polling POST needs a Content-Length";
+                let r = super::refuse(StatusCode::LENGTH_REQUIRED, "bad_request", why);
+                return (Answer::refusal(r), false);
             }
             let len = head.content_length.unwrap_or(0);
             if len > max {
@@ -112,30 +116,15 @@ async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head)
                 Ok(Ok(_)) => (polling::post(&**h, &conn, &body), true),
                 _ => {
                     conn.end_polling("transport_error");
-                    (incomplete(), false)
+                    let why = "the request body did not arrive in time";
+                    let r = super::refuse(StatusCode::BAD_REQUEST, "bad_request", why);
+                    (Answer::refusal(r), false)
                 }
             }
         }
         // The request line said long-polling; only a forged query gets here.
         Step::WebSocket => (polling::EioError::BadRequest.answer(), false),
     }
-}
-
-fn length_required() -> Answer {
-    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "bad_request").increment(1);
-    Answer::refusal(super::refuse(
-        StatusCode::LENGTH_REQUIRED,
-        "bad_request",
-        "a long-polling POST needs a Content-Length",
-    ))
-}
-
-fn incomplete() -> Answer {
-    Answer::refusal(super::refuse(
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "the request body did not arrive in time",
-    ))
 }
 
 /// Completes when the client closes the connection (or it breaks).
@@ -151,35 +140,12 @@ async fn gone(tcp: &TcpStream) {
 
 /// Reads one request head; `Ok(None)` when the connection closed before one came.
 async fn read_head(stream: &mut TrackedStream) -> Result<Option<Head>, Answer> {
-    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-    let mut buf = vec![0u8; 512];
-    let end = loop {
-        let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
-            Ok(Ok(n)) => n,
-        };
-        if let Some(at) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        if n == buf.len() {
-            if buf.len() >= MAX_HEAD {
-                return Err(Answer::refusal(super::refuse(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request_too_large",
-                    "the request head is larger than 8 KiB",
-                )));
-            }
-            buf.resize(buf.len() * 2, 0);
-        } else {
-            // Part of a head: wait for the rest.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    buf.truncate(end);
-    if stream.read_exact(&mut buf).await.is_err() {
-        return Ok(None);
+    let too_large = "the request head is larger than 8 KiB";
+    match super::read_head(stream, too_large).await {
+        Ok(Some(buf)) => parse_head(&buf).map(Some),
+        Ok(None) => Ok(None),
+        Err(r) => Err(Answer::refusal(r)),
     }
-    parse_head(&buf).map(Some)
 }
 
 fn parse_head(buf: &[u8]) -> Result<Head, Answer> {

@@ -349,31 +349,15 @@ pub fn agree<'r, H: Handler>(
 /// Reads the request head, answers the upgrade (or refuses it with a JSON error) and runs the
 /// session.
 async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
-    let mut head = Vec::with_capacity(1024);
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
-    let end = loop {
-        let mut chunk = [0u8; 1024];
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => return,
-        };
-        head.extend_from_slice(&chunk[..n]);
-        let end = head.windows(4).position(|w| w == b"\r\n\r\n");
-        if let Some(at) = end.filter(|at| at + 4 <= MAX_HEAD) {
-            break at + 4;
-        }
-        if end.is_some() || head.len() > MAX_HEAD {
-            let r = refuse(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request_too_large",
-                "the handshake request head is larger than 8 KiB",
-            );
-            return answer_refusal(stream, r).await;
-        }
+    let too_large = "the handshake request head is larger than 8 KiB";
+    let head = match read_head(&mut stream, too_large).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return,
+        Err(r) => return answer_refusal(stream, r).await,
     };
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
-    let agreed = match req.parse(&head[..end]) {
+    let agreed = match req.parse(&head) {
         Ok(httparse::Status::Complete(_)) => {
             let query = req
                 .path
@@ -409,8 +393,42 @@ async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
     // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
     // here instead of staying alive (and allocated) for the whole session. The 101 goes out
     // with the Engine.IO open packet, in one write.
-    let early = head[end..].to_vec();
-    tokio::spawn(open(h, stream, response, early, codec, session));
+    tokio::spawn(open(h, stream, response, Vec::new(), codec, session));
+}
+
+/// Reads the next request head, through its blank line and nothing after it, waiting at most
+/// [`HEAD_TIMEOUT`]; `Ok(None)` when the connection closed or stayed silent, `Err` (431, with
+/// `too_large` to say so) for a head larger than [`MAX_HEAD`].
+async fn read_head(
+    stream: &mut TrackedStream,
+    too_large: &'static str,
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let mut buf = vec![0u8; 512];
+    let end = loop {
+        let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
+            Ok(Ok(n)) => n,
+        };
+        if let Some(at) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if n == buf.len() {
+            if buf.len() >= MAX_HEAD {
+                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                return Err(refuse(status, "request_too_large", too_large));
+            }
+            buf.resize(buf.len() * 2, 0);
+        } else {
+            // Part of a head: wait for the rest.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    buf.truncate(end);
+    if stream.read_exact(&mut buf).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some(buf))
 }
 
 /// Runs the WebSocket of an agreed handshake (`response`: the 101 to write first, empty when

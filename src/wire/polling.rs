@@ -106,8 +106,9 @@ pub enum EioError {
 }
 
 impl EioError {
-    fn parts(self) -> (u8, &'static str, &'static str) {
-        match self {
+    /// The answer: 400 with the reference server's body.
+    pub fn answer(self) -> Answer {
+        let (code, message, label) = match self {
             EioError::UnknownTransport => (0, "Transport unknown", "unknown_transport"),
             EioError::UnknownSid => (1, "Session ID unknown", "unknown_sid"),
             EioError::BadHandshakeMethod => (2, "Bad handshake method", "bad_handshake_method"),
@@ -117,14 +118,7 @@ impl EioError {
                 "Unsupported protocol version",
                 "unsupported_protocol_version",
             ),
-        }
-    }
-}
-
-impl EioError {
-    /// The answer: 400 with the reference server's body.
-    pub fn answer(self) -> Answer {
-        let (code, message, label) = self.parts();
+        };
         ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => label).increment(1);
         tracing::debug!(code, message, "Engine.IO request refused");
         let body = serde_json::json!({ "code": code, "message": message }).to_string();
@@ -169,16 +163,6 @@ impl Answer {
         ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
         let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } });
         Self::new(r.status, JSON, Bytes::from(body.to_string()))
-    }
-
-    /// A POST body larger than `maxPayload`.
-    pub fn too_large() -> Self {
-        let body = serde_json::json!({ "code": 3, "message": "Payload too large" });
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            JSON,
-            Bytes::from(body.to_string()),
-        )
     }
 }
 
@@ -376,7 +360,8 @@ pub fn oversized<U: Send + Sync + 'static>(conn: &Arc<Conn<U>>, max: usize) -> A
         "a POST larger than maxPayload ends the session"
     );
     conn.end_polling("transport_error");
-    Answer::too_large()
+    let body = serde_json::json!({ "code": 3, "message": "Payload too large" });
+    Answer::new(StatusCode::PAYLOAD_TOO_LARGE, JSON, body.to_string().into())
 }
 
 /// A POST: the client's packets, joined by `\x1e`.
