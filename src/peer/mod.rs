@@ -157,8 +157,6 @@ pub struct Outgoing {
     /// The two frames compressed (`None`: below the threshold or no smaller; sent plain). The
     /// threshold is the gateway's, the same for every session.
     deflated: [OnceLock<Option<Bytes>>; 2],
-    /// The argument parsed, for MessagePack sessions.
-    value: OnceLock<Value>,
 }
 
 impl Outgoing {
@@ -170,7 +168,6 @@ impl Outgoing {
             frame: OnceLock::new(),
             msgpack: OnceLock::new(),
             deflated: Default::default(),
-            value: OnceLock::new(),
         }
     }
 
@@ -180,25 +177,17 @@ impl Outgoing {
             .get_or_init(|| packet::event_raw(&self.name, self.json.get()))
     }
 
-    /// The argument as a value (parsed once).
-    pub fn value(&self) -> &Value {
-        self.value
-            .get_or_init(|| match serde_json::from_str(self.json.get()) {
-                Ok(v) => v,
-                Err(e) => {
-                    // Valid JSON by construction; only a nesting past serde_json's limit fails.
-                    ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode")
-                        .increment(1);
-                    tracing::error!(event = %self.name, error = %e, "event could not be read back for MessagePack");
-                    Value::Null
-                }
-            })
-    }
-
-    /// The MessagePack WebSocket frame of this event.
+    /// The MessagePack WebSocket frame of this event, from the argument parsed back into a
+    /// value (raw JSON means nothing to the MessagePack encoder).
     pub fn msgpack_frame(&self) -> &Bytes {
-        self.msgpack
-            .get_or_init(|| match msgpack::event(&self.name, self.value()) {
+        self.msgpack.get_or_init(|| {
+            let value = serde_json::from_str(self.json.get()).unwrap_or_else(|e| {
+                // Valid JSON by construction; only a nesting past serde_json's limit fails.
+                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode").increment(1);
+                tracing::error!(event = %self.name, error = %e, "event could not be read back for MessagePack");
+                Value::Null
+            });
+            match msgpack::event(&self.name, &value) {
                 Ok(frame) => frame,
                 Err(e) => {
                     ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode")
@@ -206,7 +195,8 @@ impl Outgoing {
                     tracing::error!(event = %self.name, error = %e, "event could not be encoded as MessagePack");
                     Bytes::new()
                 }
-            })
+            }
+        })
     }
 
     /// The frame of this event for a session with `codec`.

@@ -215,17 +215,6 @@ async fn prepare_auto(
     futures_util::future::join_all(entries).await
 }
 
-/// Runs a client event's handler (in its own task when it waits on the bus).
-pub fn dispatch(
-    st: Arc<AppState>,
-    peer: Peer,
-    name: String,
-    data: Option<Value>,
-    ack: Option<Ack>,
-) {
-    handlers::dispatch(st, peer, name, data, ack);
-}
-
 /// After the client was told it is connected: completes a handshake identity (sending what its
 /// rooms owe it and `authenticated`), or starts the grace period for `authenticate`.
 pub async fn on_connect(st: Arc<AppState>, peer: Peer, entries: Vec<rooms::Prepared>) {

@@ -40,6 +40,20 @@ pub struct RoomEntry {
     pub replayed: Option<usize>,
 }
 
+impl RoomEntry {
+    /// An entry of `key` at `now` (unknown when the bus could not be read).
+    fn at(key: &RoomKey, now: Option<Position>) -> Self {
+        RoomEntry {
+            room: key.room().clone(),
+            epoch: now.as_ref().map(|p| p.epoch.clone()),
+            offset: now.map(|p| p.offset),
+            recovered: None,
+            reason: None,
+            replayed: None,
+        }
+    }
+}
+
 /// A position a client asked to recover from, or why it could not be read.
 pub type Since = Result<Position, &'static str>;
 
@@ -125,33 +139,19 @@ pub async fn finish(st: &AppState, peer: &Peer, p: Prepared) -> RoomEntry {
     let Prepared { key, since, read } = p;
     let key = &key;
     let id = peer.id();
-    let mut entry = RoomEntry {
-        room: key.room().clone(),
-        epoch: None,
-        offset: None,
-        recovered: None,
-        reason: None,
-        replayed: None,
-    };
     let read = match read {
-        Read::Already => {
-            // Live delivery already reaches the socket: report where the room stands.
-            let now = st.bus.position(key).await.ok();
-            entry.epoch = now.as_ref().map(|p| p.epoch.clone());
-            entry.offset = now.map(|p| p.offset);
-            return entry;
-        }
+        // Live delivery already reaches the socket: report where the room stands.
+        Read::Already => return RoomEntry::at(key, st.bus.position(key).await.ok()),
         Read::Head(now) => {
             tracing::debug!(peer = id, room = %key, offset = now.offset, "room entered at the relay's head");
             st.relay
                 .finish(key, id, Some(now.epoch.clone()), now.offset, Vec::new())
                 .await;
-            entry.epoch = Some(now.epoch);
-            entry.offset = Some(now.offset);
-            return entry;
+            return RoomEntry::at(key, Some(now));
         }
         Read::Bus(read) => read,
     };
+    let mut entry = RoomEntry::at(key, None);
     match read {
         Ok(Recovery::Replay { events, now }) => {
             let after = match &since {
@@ -160,8 +160,7 @@ pub async fn finish(st: &AppState, peer: &Peer, p: Prepared) -> RoomEntry {
             };
             let epoch = Some(now.epoch.clone());
             let done = st.relay.finish(key, id, epoch, after, events).await;
-            entry.epoch = Some(now.epoch);
-            entry.offset = Some(now.offset);
+            entry = RoomEntry::at(key, Some(now));
             if since.is_some() {
                 entry.recovered = Some(!done.overflowed);
                 entry.replayed = Some(done.replayed + done.buffered);
@@ -183,8 +182,7 @@ pub async fn finish(st: &AppState, peer: &Peer, p: Prepared) -> RoomEntry {
                 _ => reason.as_str(),
             };
             ::metrics::counter!(metrics::RECOVERIES, "result" => reason).increment(1);
-            entry.epoch = Some(now.epoch);
-            entry.offset = Some(now.offset);
+            entry = RoomEntry::at(key, Some(now));
             entry.recovered = Some(false);
             entry.reason = Some(reason);
         }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use serde_json::Value;
 
-use super::{dispatch, handshake, on_connect, on_disconnect};
+use super::handlers::dispatch;
+use super::{handshake, on_connect, on_disconnect};
 use crate::peer::session::Session;
 use crate::peer::{Ack, Peer};
 use crate::state::AppState;
