@@ -537,14 +537,14 @@ pub async fn serve<H: Handler>(
     conn.drive(h, early).await;
 }
 
-/// Starts a long-polling session: registers it, starts its task and returns it with the
-/// Engine.IO open packet framed (the handshake GET answers with its payload).
-pub fn start_polling<H: Handler>(h: &Arc<H>, codec: Codec) -> (Arc<Conn<H::User>>, Bytes) {
+/// Starts a long-polling session: registers it, starts its task and returns the Engine.IO
+/// open packet framed (the handshake GET answers with its payload).
+pub fn start_polling<H: Handler>(h: &Arc<H>, codec: Codec) -> Bytes {
     let conn = Arc::new(Conn::new(&**h, None, codec));
     let open = conn.open_packet(&**h, true);
     h.polls().insert(conn.clone());
-    tokio::spawn(conn.clone().drive(h.clone(), Vec::new()));
-    (conn, open)
+    tokio::spawn(conn.drive(h.clone(), Vec::new()));
+    open
 }
 
 impl<U: Send + Sync + 'static> Conn<U> {

@@ -113,11 +113,18 @@ const MAX_HEAD: usize = 8192;
 
 /// The handshake query's `parser`: `Ok(true)` for `msgpack`, `Ok(false)` when absent (JSON).
 pub fn wants_msgpack(query: &str) -> Result<bool, &'static str> {
-    match query.split('&').find_map(|kv| kv.strip_prefix("parser=")) {
+    match param(query, "parser") {
         None => Ok(false),
         Some("msgpack") => Ok(true),
         Some(_) => Err("parser must be msgpack (socket.io-msgpack-parser) or left out (JSON)"),
     }
+}
+
+/// The value of `name` in a request's `query` (its first occurrence).
+fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// A connection for the HTTP server, with the client's address.
@@ -143,7 +150,7 @@ pub async fn route<H: Handler>(
     addr: SocketAddr,
     to_http: ToHttp,
 ) {
-    match classify(&stream).await {
+    match classify_within(&stream, HEAD_TIMEOUT).await {
         // Each boxed, so a connection's task holds only the state of what it became (a
         // long-polling connection waits here for as long as its GET).
         Route::WebSocket => Box::pin(upgrade(h, stream)).await,
@@ -157,12 +164,7 @@ pub async fn route<H: Handler>(
     }
 }
 
-/// Peeks at the request line without consuming it.
-async fn classify(stream: &TrackedStream) -> Route {
-    classify_within(stream, HEAD_TIMEOUT).await
-}
-
-/// Peeks at the next request line, waiting at most `wait` for it.
+/// Peeks at the next request line without consuming it, waiting at most `wait` for it.
 async fn classify_within(stream: &TrackedStream, wait: Duration) -> Route {
     let deadline = tokio::time::Instant::now() + wait;
     // Small: it is part of every connection's task while it waits for a request (a longer
@@ -298,7 +300,7 @@ pub fn agree<'r, H: Handler>(
         ));
     };
     let origin = first("origin").map(str::as_bytes);
-    let sid = query.split('&').find_map(|kv| kv.strip_prefix("sid="));
+    let sid = param(query, "sid");
     let session = match sid {
         None => {
             h.admit(origin)?;

@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use super::codec::Codec;
 use super::conn::{self, Conn, Polled};
 use super::frame;
-use super::{msgpack, packet, Handler};
+use super::{msgpack, packet, param, Handler};
 use crate::drain::TrackedStream;
 use crate::metrics;
 
@@ -178,29 +178,6 @@ impl IntoResponse for Answer {
     }
 }
 
-/// The query parameters Engine.IO uses.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Query<'a> {
-    eio: Option<&'a str>,
-    transport: Option<&'a str>,
-    sid: Option<&'a str>,
-}
-
-impl<'a> Query<'a> {
-    fn parse(query: &'a str) -> Self {
-        let mut q = Query::default();
-        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
-            match k {
-                "EIO" => q.eio = Some(v),
-                "transport" => q.transport = Some(v),
-                "sid" => q.sid = Some(v),
-                _ => {}
-            }
-        }
-        q
-    }
-}
-
 /// What an Engine.IO request asks for, once its query is read.
 pub enum Step<U> {
     /// Answered already.
@@ -216,8 +193,7 @@ pub enum Step<U> {
 
 /// Reads an Engine.IO request's method and query; starts a session for a handshake.
 pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Step<H::User> {
-    let q = Query::parse(query);
-    if q.eio != Some("4") {
+    if param(query, "EIO") != Some("4") {
         return Step::Done(EioError::UnsupportedProtocolVersion.answer());
     }
     let msgpack = match super::wants_msgpack(query) {
@@ -230,19 +206,19 @@ pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Step<H::Use
             )))
         }
     };
-    match q.transport {
+    match param(query, "transport") {
         Some("polling") => {}
         Some("websocket") => return Step::WebSocket,
         _ => return Step::Done(EioError::UnknownTransport.answer()),
     }
-    let Some(sid) = q.sid else {
+    let Some(sid) = param(query, "sid") else {
         if method != Method::GET {
             return Step::Done(EioError::BadHandshakeMethod.answer());
         }
         if let Err(refusal) = h.admit(None) {
             return Step::Done(Answer::refusal(refusal));
         }
-        let (_, open) = conn::start_polling(h, Codec::new(msgpack, None));
+        let open = conn::start_polling(h, Codec::new(msgpack, None));
         return Step::Done(Answer::payload(payload(&[(open, 0)])));
     };
     let Some(conn) = h.polls().get(sid).filter(|c| !c.has_ended()) else {
@@ -503,10 +479,10 @@ mod tests {
 
     #[test]
     fn queries_are_read_like_the_reference_server() {
-        let q = Query::parse("EIO=4&transport=polling&t=abc&sid=xyz");
-        assert_eq!(q.eio, Some("4"));
-        assert_eq!(q.transport, Some("polling"));
-        assert_eq!(q.sid, Some("xyz"));
-        assert_eq!(Query::parse(""), Query::default());
+        let q = "EIO=4&transport=polling&t=abc&sid=xyz&sids=no";
+        assert_eq!(param(q, "EIO"), Some("4"));
+        assert_eq!(param(q, "transport"), Some("polling"));
+        assert_eq!(param(q, "sid"), Some("xyz"));
+        assert_eq!(param("", "sid"), None);
     }
 }
