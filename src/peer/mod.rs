@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::metrics;
-use crate::wire::codec::Codec;
+use crate::wire::codec::{Codec, EncodeError};
 pub use crate::wire::Sent;
 use crate::wire::{deflate, msgpack, packet, Conn};
 use session::Session;
@@ -86,14 +86,7 @@ impl Peer {
     /// Sends an event built by the gateway (not relayed), plain like every per-socket packet
     /// (see [`Peer::send_replay`]); failures are counted and logged.
     pub fn emit(&self, event: &str, data: &impl Serialize) {
-        let sent = match self.0.codec().event(event, data) {
-            Ok(frame) => self.0.send(frame, 0),
-            Err(e) => {
-                tracing::error!(event, error = %e, "event could not be encoded");
-                Sent::Closed
-            }
-        };
-        count_failure(sent, self.id(), event);
+        send_own(&self.0, event, self.0.codec().event(event, data));
     }
 
     /// Ends the Socket.IO session from the server side (the stock client then stays offline
@@ -109,14 +102,23 @@ impl Peer {
     }
 }
 
-fn count_failure(sent: Sent, peer: PeerId, what: &str) {
+/// Sends `frame`, a packet the gateway built for this one client (`what`: the event's name, or
+/// `ack`); a failure to encode or send it is counted and logged.
+fn send_own(conn: &Conn<Arc<Session>>, what: &str, frame: Result<Bytes, EncodeError>) {
+    let sent = match frame {
+        Ok(frame) => conn.send(frame, 0),
+        Err(e) => {
+            tracing::error!(what, error = %e, "packet could not be encoded");
+            Sent::Closed
+        }
+    };
     let reason = match sent {
         Sent::Ok => return,
         Sent::Full => "buffer_full",
         Sent::Closed => "closed",
     };
     ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => reason).increment(1);
-    tracing::debug!(peer, what, reason, "emit failed");
+    tracing::debug!(peer = conn.user().id, what, reason, "emit failed");
 }
 
 /// The ack a client asked for with an event: its session and the ack's id.
@@ -131,14 +133,7 @@ impl Ack {
     /// Answers the client's ack (plain, like every per-socket packet); a failure (the socket
     /// is gone) is counted.
     pub fn send(self, body: &impl Serialize) {
-        let sent = match self.0.codec().ack(self.1, body) {
-            Ok(frame) => self.0.send(frame, 0),
-            Err(e) => {
-                tracing::error!(error = %e, "ack could not be encoded");
-                Sent::Closed
-            }
-        };
-        count_failure(sent, 0, "ack");
+        send_own(&self.0, "ack", self.0.codec().ack(self.1, body));
     }
 }
 

@@ -85,9 +85,8 @@ pub struct Prepared {
 enum Read {
     /// The socket is in the room already (or entering it): only where the room stands is read.
     Already,
-    /// The relay knew it (the room has local members): no bus read.
-    Head(Position),
-    /// Read from the bus after its subscription was confirmed.
+    /// Where the room stands: the relay's head when it knew it (the room has local members;
+    /// no bus read), else read from the bus after its subscription was confirmed.
     Bus(Result<Recovery, BusError>),
 }
 
@@ -108,7 +107,13 @@ pub async fn prepare(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Si
         (Entering::Already, _) => Read::Already,
         // A room with local members: its subscription is live and the relay knows where it
         // stands, no read needed.
-        (Entering::Held(Some(head)), None) => Read::Head(head),
+        (Entering::Held(Some(now)), None) => {
+            tracing::debug!(peer = peer.id(), room = %key, offset = now.offset, "room entered at the relay's head");
+            Read::Bus(Ok(Recovery::Replay {
+                events: Vec::new(),
+                now,
+            }))
+        }
         (Entering::Held(_), _) => {
             if !st.bus.wait_subscribed(key, SUBSCRIBE_WAIT).await {
                 tracing::warn!(room = %key, "bus subscription not confirmed in time; entering anyway");
@@ -142,13 +147,6 @@ pub async fn finish(st: &AppState, peer: &Peer, p: Prepared) -> RoomEntry {
     let read = match read {
         // Live delivery already reaches the socket: report where the room stands.
         Read::Already => return RoomEntry::at(key, st.bus.position(key).await.ok()),
-        Read::Head(now) => {
-            tracing::debug!(peer = id, room = %key, offset = now.offset, "room entered at the relay's head");
-            st.relay
-                .finish(key, id, Some(now.epoch.clone()), now.offset, Vec::new())
-                .await;
-            return RoomEntry::at(key, Some(now));
-        }
         Read::Bus(read) => read,
     };
     let mut entry = RoomEntry::at(key, None);

@@ -7,7 +7,6 @@
 //! nothing read from it, to the HTTP server. Answers are [`polling::Answer`]s, the same as
 //! through the HTTP server, with the same CORS headers for browser pages.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,13 +15,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::polling::{self, Answer, Step};
-use super::{Handler, Route, ToHttp};
+use super::Handler;
 use crate::drain::TrackedStream;
 use crate::metrics;
 
 /// How long a kept-alive connection may stay idle between two requests: longer than a proxy
 /// keeps its idle upstream connections (nginx template: 60 s), so the proxy closes them first.
-const IDLE: Duration = Duration::from_secs(75);
+pub(super) const IDLE: Duration = Duration::from_secs(75);
 /// How long a request may take to arrive once it started.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,46 +36,29 @@ struct Head {
     expect_continue: bool,
 }
 
-/// Serves long-polling requests on `stream` until the client closes it, a request of another
-/// kind comes, or it stays idle for [`IDLE`].
-pub async fn serve<H: Handler>(
-    h: Arc<H>,
-    mut stream: TrackedStream,
-    addr: SocketAddr,
-    to_http: ToHttp,
-) {
-    loop {
-        let head = match read_head(&mut stream).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return,
-            Err(answer) => {
-                let _ = write_answer(&*h, &mut stream, None, false, answer).await;
-                return;
-            }
-        };
-        let (answer, keep) = answer(&h, &mut stream, &head).await;
-        let keep = keep && head.keep_alive;
-        if write_answer(&*h, &mut stream, head.origin.as_deref(), keep, answer)
-            .await
-            .is_err()
-            || !keep
-        {
-            let _ = stream.shutdown().await;
-            return;
+/// Serves one long-polling request on `stream`; whether the connection may serve another
+/// (the caller waits up to [`IDLE`] for it).
+pub async fn serve<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream) -> bool {
+    let head = match read_head(stream).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return false,
+        Err(answer) => {
+            let _ = write_answer(&**h, stream, None, false, answer).await;
+            return false;
         }
-        match super::classify_within(&stream, IDLE).await {
-            Route::Polling => {}
-            // Boxed: its buffers are not part of this (long-lived) task's state.
-            Route::WebSocket => return Box::pin(super::upgrade(h, stream)).await,
-            Route::Http => {
-                if to_http.send((stream, addr)).await.is_err() {
-                    tracing::debug!(%addr, "HTTP server stopped; connection dropped");
-                }
-                return;
-            }
-            Route::Nowhere => return,
-        }
+    };
+    let (answer, keep) = answer(h, stream, &head).await;
+    let keep = keep && head.keep_alive;
+    let origin = head.origin.as_deref();
+    if write_answer(&**h, stream, origin, keep, answer)
+        .await
+        .is_err()
+        || !keep
+    {
+        let _ = stream.shutdown().await;
+        return false;
     }
+    true
 }
 
 /// The answer to one request, and whether the connection may serve another.

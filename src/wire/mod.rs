@@ -144,23 +144,35 @@ enum Route {
 }
 
 /// Serves one accepted connection: upgrades it here or hands it to the HTTP server.
+/// A long-polling connection is served here one request at a time ([`http1`]), each next
+/// request routed again, until the client closes it, a request of another kind comes, or it
+/// stays idle for [`http1::IDLE`].
 pub async fn route<H: Handler>(
     h: Arc<H>,
-    stream: TrackedStream,
+    mut stream: TrackedStream,
     addr: SocketAddr,
     to_http: ToHttp,
 ) {
-    match classify_within(&stream, HEAD_TIMEOUT).await {
-        // Each boxed, so a connection's task holds only the state of what it became (a
-        // long-polling connection waits here for as long as its GET).
-        Route::WebSocket => Box::pin(upgrade(h, stream)).await,
-        Route::Polling => Box::pin(http1::serve(h, stream, addr, to_http)).await,
-        Route::Http => {
-            if to_http.send((stream, addr)).await.is_err() {
-                tracing::debug!(%addr, "HTTP server stopped; connection dropped");
+    let mut wait = HEAD_TIMEOUT;
+    loop {
+        match classify_within(&stream, wait).await {
+            // Each boxed, so a connection's task holds only the state of what it became (a
+            // long-polling connection waits here for as long as its GET).
+            Route::WebSocket => return Box::pin(upgrade(h, stream)).await,
+            Route::Polling => {
+                if !Box::pin(http1::serve(&h, &mut stream)).await {
+                    return;
+                }
+                wait = http1::IDLE;
+            }
+            Route::Nowhere => return,
+            Route::Http => {
+                if to_http.send((stream, addr)).await.is_err() {
+                    tracing::debug!(%addr, "HTTP server stopped; connection dropped");
+                }
+                return;
             }
         }
-        Route::Nowhere => {}
     }
 }
 
