@@ -103,10 +103,9 @@ pub async fn handshake(
         auth_failed(&e);
         e.code()
     };
-    let verified = match token_of(&auth).map_err(refuse)? {
-        Some(token) => Some(verify_token(st, &token).map_err(refuse)?),
-        None => None,
-    };
+    let verified = token_of(&auth)
+        .and_then(|token| token.map(|t| verify_token(st, &t)).transpose())
+        .map_err(refuse)?;
     if let Some(verified) = &verified {
         admit(st, session, &verified.identity.tenant).await?;
     }

@@ -27,7 +27,7 @@ use super::codec::Codec;
 use super::deflate::{InflateError, Inflater};
 use super::frame::{self, Frame, FrameError, Opcode};
 use super::msgpack;
-use super::packet::{self, Incoming};
+use super::packet::{self, Incoming, PacketError};
 use super::{Handler, Sent};
 use crate::drain::TrackedStream;
 use crate::metrics;
@@ -146,6 +146,13 @@ impl Stop {
             reason,
             close: Some((code, why)),
         }
+    }
+}
+
+/// A packet the client may not send ends its session (close 1002).
+impl From<PacketError> for Stop {
+    fn from(e: PacketError) -> Self {
+        Stop::protocol("bad_packet", 1002, e.0)
     }
 }
 
@@ -810,10 +817,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 Err(_) => return Err(Stop::protocol("bad_packet", 1007, "invalid_utf8")),
             },
         };
-        match parsed {
-            Ok(p) => self.on_packet(h, p),
-            Err(e) => Err(Stop::protocol("bad_packet", 1002, e.0)),
-        }
+        self.on_packet(h, parsed?)
     }
 
     /// Handles one packet from the client, whichever transport brought it; `Ok(true)` for a

@@ -163,15 +163,14 @@ fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
                 .any(|t| t.trim().eq_ignore_ascii_case(token))
         })
     };
-    let content_length = match header("content-length") {
-        None => None,
-        Some(v) => Some(
-            std::str::from_utf8(v)
+    let content_length = header("content-length")
+        .map(|v| {
+            let n = std::str::from_utf8(v)
                 .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(bad)?,
-        ),
-    };
+                .and_then(|v| v.trim().parse().ok());
+            n.ok_or_else(bad)
+        })
+        .transpose()?;
     let keep_alive = if req.version == Some(0) {
         has_token("connection", "keep-alive")
     } else {

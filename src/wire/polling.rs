@@ -356,11 +356,10 @@ pub fn post<H: Handler>(h: &H, conn: &Arc<Conn<H::User>>, body: &[u8]) -> Answer
                 .map_err(|_| packet::PacketError("invalid_utf8"))
                 .and_then(packet::parse),
         };
-        let handled = match parsed {
-            Ok(p) => conn.on_packet(h, p),
-            Err(e) => Err(conn::Stop::protocol("bad_packet", 1002, e.0)),
-        };
-        match handled {
+        match parsed
+            .map_err(conn::Stop::from)
+            .and_then(|p| conn.on_packet(h, p))
+        {
             Ok(true) => conn.polled_pong(),
             Ok(false) => {}
             Err(stop) => {
