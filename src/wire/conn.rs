@@ -658,7 +658,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
                     Err(stop) => return stop,
                 },
                 ready = tcp.writable(), if backlog => {
-                    match ready.map_err(|_| Stop::quiet("transport_error")).and_then(|()| self.write_queue()) {
+                    let ready = ready.map_err(|_| Stop::quiet("transport_error"));
+                    match ready.and_then(|()| self.write_queue()) {
                         Ok(left) => backlog = left,
                         Err(stop) => return stop,
                     }

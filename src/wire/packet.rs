@@ -64,11 +64,7 @@ pub fn parse(text: &str) -> Result<Incoming, PacketError> {
 }
 
 fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
-    let kind = text
-        .as_bytes()
-        .first()
-        .copied()
-        .ok_or(PacketError("empty"))?;
+    let kind = *text.as_bytes().first().ok_or(PacketError("empty"))?;
     let mut rest = &text[1..];
     let nsp = if rest.starts_with('/') {
         let end = rest.find(',').unwrap_or(rest.len());
