@@ -32,12 +32,6 @@ pub struct Connections {
     open: Mutex<HashMap<u64, Arc<TcpStream>>>,
 }
 
-impl Default for Connections {
-    fn default() -> Self {
-        Self::with_limit(usize::MAX)
-    }
-}
-
 impl Connections {
     /// An empty registry that holds at most `max` connections.
     pub fn with_limit(max: usize) -> Self {
@@ -153,24 +147,32 @@ impl Drop for TrackedStream {
 }
 
 // The socket is shared with the registry, so reads and writes go through `&TcpStream`:
-// readiness, then a non-blocking attempt.
+// readiness (`ready`), then a non-blocking attempt (`op`), again until it does not block.
+fn poll_io<T>(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    ready: fn(&TcpStream, &mut Context<'_>) -> Poll<io::Result<()>>,
+    mut op: impl FnMut(&TcpStream) -> io::Result<T>,
+) -> Poll<io::Result<T>> {
+    loop {
+        std::task::ready!(ready(tcp, cx))?;
+        match op(tcp) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return Poll::Ready(done),
+        }
+    }
+}
+
 impl AsyncRead for TrackedStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            std::task::ready!(self.inner.poll_read_ready(cx))?;
-            match self.inner.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let read = |tcp: &TcpStream| tcp.try_read(buf.initialize_unfilled());
+        let n = std::task::ready!(poll_io(&self.inner, cx, TcpStream::poll_read_ready, read))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -180,13 +182,9 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            std::task::ready!(self.inner.poll_write_ready(cx))?;
-            match self.inner.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                done => return Poll::Ready(done),
-            }
-        }
+        poll_io(&self.inner, cx, TcpStream::poll_write_ready, |tcp| {
+            tcp.try_write(buf)
+        })
     }
 
     fn poll_write_vectored(
@@ -194,13 +192,9 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            std::task::ready!(self.inner.poll_write_ready(cx))?;
-            match self.inner.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                done => return Poll::Ready(done),
-            }
-        }
+        poll_io(&self.inner, cx, TcpStream::poll_write_ready, |tcp| {
+            tcp.try_write_vectored(bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {

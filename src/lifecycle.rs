@@ -74,8 +74,9 @@ pub struct Socket<'a> {
 pub struct Lifecycle {
     queue: Option<mpsc::Sender<Entry>>,
     receiver: Mutex<Option<mpsc::Receiver<Entry>>>,
-    /// Open connections, for asserting them again under a new incarnation.
-    live: Mutex<HashMap<u64, (TenantId, UserId, &'static str)>>,
+    /// Open connections (each one's `connect` entry), for asserting them again under a new
+    /// incarnation.
+    live: Mutex<HashMap<u64, Entry>>,
 }
 
 fn dropped(reason: &'static str, n: usize) {
@@ -98,7 +99,7 @@ impl Lifecycle {
         }
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (TenantId, UserId, &'static str)>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -122,6 +123,9 @@ impl Lifecycle {
             reason,
             timestamp: now_millis(),
         };
+        if op == Op::Open {
+            self.live().insert(s.id, entry.clone());
+        }
         if queue.try_send(entry).is_err() {
             dropped("queue_full", 1);
             tracing::warn!(
@@ -134,17 +138,6 @@ impl Lifecycle {
 
     /// A socket authenticated: `connect` (recording the connection) and `authenticate`.
     pub fn authenticated(&self, s: Socket<'_>) {
-        if self.queue.is_none() {
-            return;
-        }
-        self.live().insert(
-            s.id,
-            (
-                s.identity.tenant.clone(),
-                s.identity.user_id.clone(),
-                s.transport,
-            ),
-        );
         self.push(s, "connect", Op::Open, None, None);
         self.push(s, "authenticate", Op::None, None, None);
     }
@@ -213,17 +206,11 @@ impl Lifecycle {
     fn reassert(&self) -> Vec<Entry> {
         let now = now_millis();
         self.live()
-            .iter()
-            .map(|(id, (tenant, user, transport))| Entry {
-                tenant: tenant.clone(),
-                op: Op::Open,
-                socket: *id,
-                user: user.clone(),
-                transport,
-                kind: "connect",
-                room: None,
+            .values()
+            .map(|connect| Entry {
                 reason: Some("reasserted"),
                 timestamp: now,
+                ..connect.clone()
             })
             .collect()
     }

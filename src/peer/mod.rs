@@ -4,8 +4,8 @@
 //! ([`deadlines`]).
 //!
 //! Every session (WebSocket, long-polling, and long-polling upgraded to WebSocket) runs on the
-//! gateway's own transport ([`crate::wire`]), which implements [`Link`]; the layers above see
-//! only a [`Peer`], never the transport.
+//! gateway's own transport ([`crate::wire`]); the layers above see only a [`Peer`], never the
+//! transport.
 
 pub mod deadlines;
 pub mod session;
@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::metrics;
-use crate::wire::codec::Codec;
+use crate::wire::codec::{Codec, EncodeError};
 pub use crate::wire::Sent;
 use crate::wire::{deflate, msgpack, packet, Conn};
 use session::Session;
@@ -27,116 +27,113 @@ use session::Session;
 /// Gateway-wide id of a connected client.
 pub type PeerId = u64;
 
-/// One transport's side of a connected client.
-pub trait Link: Send + Sync + 'static {
-    /// The client's session.
-    fn session(&self) -> &Arc<Session>;
-    /// `websocket` or `polling` now (a metric label).
-    fn transport(&self) -> &'static str;
-    /// The Engine.IO session id the client knows.
-    fn sid(&self) -> String;
-    /// Whether the client can still be written to.
-    fn is_open(&self) -> bool;
-    /// Sends a relayed event, refused ([`Sent::Full`]) when the client's queue is full.
-    fn send(&self, ev: &Outgoing) -> Sent;
-    /// Sends several relayed events of one room at once, to every member of the room in turn;
-    /// `shared` keeps their frames back to back in each shape built so far, for a transport
-    /// that writes them in one go.
-    fn send_all(&self, shared: &mut SharedFrames, events: &[Outgoing]) -> Sent {
-        let _ = shared;
-        for ev in events {
-            let sent = self.send(ev);
-            if sent != Sent::Ok {
-                return sent;
-            }
-        }
-        Sent::Ok
-    }
-    /// Sends a replayed event: never refused for a full queue (a replay is bounded by
-    /// `GATEWAY_MAX_REPLAY`).
-    fn send_replay(&self, ev: &Outgoing) -> Sent;
-    /// Sends an event the gateway built (not relayed); see [`Peer::emit`].
-    fn emit_raw(&self, event: &str, data: &RawValue) -> Sent;
-    /// Ends the Socket.IO session from the server side (the stock client then stays offline
-    /// until the application reconnects it).
-    fn disconnect(&self);
-    /// Cuts a client that cannot keep up at the transport level, so the stock client sees a
-    /// lost transport, reconnects and recovers. Counted by the transport; false if it was gone.
-    fn cut(&self) -> bool;
-}
-
-/// A connected client, whichever transport carries it.
+/// A connected client, on the gateway's own transport ([`crate::wire`]).
 #[derive(Clone)]
-pub struct Peer(Arc<dyn Link>);
+pub struct Peer(Arc<Conn<Arc<Session>>>);
 
 impl Peer {
-    /// A peer over `link`.
-    pub fn new(link: Arc<dyn Link>) -> Self {
-        Self(link)
+    /// A peer over the transport's session `conn`.
+    pub fn new(conn: Arc<Conn<Arc<Session>>>) -> Self {
+        Self(conn)
     }
 
     /// The peer's id.
     pub fn id(&self) -> PeerId {
-        self.0.session().id
+        self.session().id
     }
 
-    /// Sends an event built by the gateway (not relayed); failures are counted and logged.
+    /// The client's session.
+    pub fn session(&self) -> &Arc<Session> {
+        self.0.user()
+    }
+
+    /// `websocket` or `polling` now (a metric label).
+    pub fn transport(&self) -> &'static str {
+        self.0.transport()
+    }
+
+    /// The Engine.IO session id the client knows.
+    pub fn sid(&self) -> String {
+        self.0.sid().to_string()
+    }
+
+    /// Whether the client can still be written to.
+    pub fn is_open(&self) -> bool {
+        self.0.is_open()
+    }
+
+    /// Sends a relayed event, refused ([`Sent::Full`]) when the client's queue is full.
+    pub fn send(&self, ev: &Outgoing) -> Sent {
+        self.0.send(ev.frame_for(self.0.codec()).clone(), 1)
+    }
+
+    /// Sends several relayed events of one room at once, to every member of the room in turn;
+    /// `shared` keeps their frames back to back in each shape built so far, so each member
+    /// gets them in one write.
+    pub fn send_all(&self, shared: &mut SharedFrames, events: &[Outgoing]) -> Sent {
+        let frames = shared.get(self.0.codec(), events).clone();
+        self.0.send(frames, events.len())
+    }
+
+    /// Sends a replayed event: never refused for a full queue (a replay is bounded by
+    /// `GATEWAY_MAX_REPLAY`). Replays are encoded for one socket, so they go uncompressed:
+    /// compressing them would be work per socket, at the worst time (a reconnect storm).
+    pub fn send_replay(&self, ev: &Outgoing) -> Sent {
+        self.0
+            .send_replay(ev.frame_for(self.0.codec().uncompressed()).clone())
+    }
+
+    /// Sends an event built by the gateway (not relayed), plain like every per-socket packet
+    /// (see [`Peer::send_replay`]); failures are counted and logged.
     pub fn emit(&self, event: &str, data: &impl Serialize) {
-        let sent = match serde_json::value::to_raw_value(data) {
-            Ok(raw) => self.0.emit_raw(event, &raw),
-            Err(e) => {
-                tracing::error!(event, error = %e, "event could not be encoded");
-                Sent::Closed
-            }
-        };
-        count_failure(sent, self.id(), event);
+        send_own(&self.0, event, self.0.codec().event(event, data));
+    }
+
+    /// Ends the Socket.IO session from the server side (the stock client then stays offline
+    /// until the application reconnects it).
+    pub fn disconnect(&self) {
+        self.0.disconnect()
+    }
+
+    /// Cuts a client that cannot keep up at the transport level, so the stock client sees a
+    /// lost transport, reconnects and recovers. Counted by the transport; false if it was gone.
+    pub fn cut(&self) -> bool {
+        self.0.cut("buffer_full")
     }
 }
 
-/// Everything else a peer does is its transport's [`Link`].
-impl std::ops::Deref for Peer {
-    type Target = dyn Link;
-
-    fn deref(&self) -> &dyn Link {
-        &*self.0
-    }
-}
-
-fn count_failure(sent: Sent, peer: PeerId, what: &str) {
+/// Sends `frame`, a packet the gateway built for this one client (`what`: the event's name, or
+/// `ack`); a failure to encode or send it is counted and logged.
+fn send_own(conn: &Conn<Arc<Session>>, what: &str, frame: Result<Bytes, EncodeError>) {
+    let sent = match frame {
+        Ok(frame) => conn.send(frame, 0),
+        Err(e) => {
+            tracing::error!(what, error = %e, "packet could not be encoded");
+            Sent::Closed
+        }
+    };
     let reason = match sent {
         Sent::Ok => return,
         Sent::Full => "buffer_full",
         Sent::Closed => "closed",
     };
     ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => reason).increment(1);
-    tracing::debug!(peer, what, reason, "emit failed");
+    tracing::debug!(peer = conn.user().id, what, reason, "emit failed");
 }
 
-/// Where one ack goes: implemented by each transport.
-pub trait AckSink: Send {
-    /// Sends the ack's one argument.
-    fn send(self: Box<Self>, body: &RawValue) -> Sent;
-}
-
-/// The ack a client asked for with an event.
-pub struct Ack(Box<dyn AckSink>);
+/// The ack a client asked for with an event: its session and the ack's id.
+pub struct Ack(Arc<Conn<Arc<Session>>>, u64);
 
 impl Ack {
-    /// An ack sent through `sink`.
-    pub fn new(sink: impl AckSink + 'static) -> Self {
-        Self(Box::new(sink))
+    /// The ack `id` of the session `conn`.
+    pub fn new(conn: Arc<Conn<Arc<Session>>>, id: u64) -> Self {
+        Self(conn, id)
     }
 
-    /// Answers the client's ack; a failure (the socket is gone) is counted.
+    /// Answers the client's ack (plain, like every per-socket packet); a failure (the socket
+    /// is gone) is counted.
     pub fn send(self, body: &impl Serialize) {
-        let sent = match serde_json::value::to_raw_value(body) {
-            Ok(raw) => self.0.send(&raw),
-            Err(e) => {
-                tracing::error!(error = %e, "ack could not be encoded");
-                Sent::Closed
-            }
-        };
-        count_failure(sent, 0, "ack");
+        send_own(&self.0, "ack", self.0.codec().ack(self.1, body));
     }
 }
 
@@ -155,8 +152,6 @@ pub struct Outgoing {
     /// The two frames compressed (`None`: below the threshold or no smaller; sent plain). The
     /// threshold is the gateway's, the same for every session.
     deflated: [OnceLock<Option<Bytes>>; 2],
-    /// The argument parsed, for MessagePack sessions.
-    value: OnceLock<Value>,
 }
 
 impl Outgoing {
@@ -168,7 +163,6 @@ impl Outgoing {
             frame: OnceLock::new(),
             msgpack: OnceLock::new(),
             deflated: Default::default(),
-            value: OnceLock::new(),
         }
     }
 
@@ -178,25 +172,17 @@ impl Outgoing {
             .get_or_init(|| packet::event_raw(&self.name, self.json.get()))
     }
 
-    /// The argument as a value (parsed once).
-    pub fn value(&self) -> &Value {
-        self.value
-            .get_or_init(|| match serde_json::from_str(self.json.get()) {
-                Ok(v) => v,
-                Err(e) => {
-                    // Valid JSON by construction; only a nesting past serde_json's limit fails.
-                    ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode")
-                        .increment(1);
-                    tracing::error!(event = %self.name, error = %e, "event could not be read back for MessagePack");
-                    Value::Null
-                }
-            })
-    }
-
-    /// The MessagePack WebSocket frame of this event.
+    /// The MessagePack WebSocket frame of this event, from the argument parsed back into a
+    /// value (raw JSON means nothing to the MessagePack encoder).
     pub fn msgpack_frame(&self) -> &Bytes {
-        self.msgpack
-            .get_or_init(|| match msgpack::event(&self.name, self.value()) {
+        self.msgpack.get_or_init(|| {
+            let value = serde_json::from_str(self.json.get()).unwrap_or_else(|e| {
+                // Valid JSON by construction; only a nesting past serde_json's limit fails.
+                ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode").increment(1);
+                tracing::error!(event = %self.name, error = %e, "event could not be read back for MessagePack");
+                Value::Null
+            });
+            match msgpack::event(&self.name, &value) {
                 Ok(frame) => frame,
                 Err(e) => {
                     ::metrics::counter!(metrics::DELIVERY_FAILURES, "reason" => "encode")
@@ -204,7 +190,8 @@ impl Outgoing {
                     tracing::error!(event = %self.name, error = %e, "event could not be encoded as MessagePack");
                     Bytes::new()
                 }
-            })
+            }
+        })
     }
 
     /// The frame of this event for a session with `codec`.
@@ -243,91 +230,6 @@ impl SharedFrames {
             }
         })
     }
-}
-
-/// The gateway's own transport, as a [`Link`].
-impl Link for Conn<Arc<Session>> {
-    fn session(&self) -> &Arc<Session> {
-        self.user()
-    }
-
-    fn transport(&self) -> &'static str {
-        Conn::transport(self)
-    }
-
-    fn sid(&self) -> String {
-        Conn::sid(self).to_string()
-    }
-
-    fn is_open(&self) -> bool {
-        Conn::is_open(self)
-    }
-
-    fn send(&self, ev: &Outgoing) -> Sent {
-        Conn::send(self, ev.frame_for(self.codec()).clone(), 1)
-    }
-
-    fn send_all(&self, shared: &mut SharedFrames, events: &[Outgoing]) -> Sent {
-        Conn::send(self, shared.get(self.codec(), events).clone(), events.len())
-    }
-
-    /// Replays are encoded for one socket, so they go uncompressed: compressing them would be
-    /// work per socket, at the worst time (a reconnect storm).
-    fn send_replay(&self, ev: &Outgoing) -> Sent {
-        Conn::send_replay(self, ev.frame_for(self.codec().uncompressed()).clone())
-    }
-
-    /// The gateway's own per-socket packets go plain (see [`Link::send_replay`]).
-    fn emit_raw(&self, event: &str, data: &RawValue) -> Sent {
-        let codec = self.codec();
-        let frame = if codec.msgpack {
-            read_back(data).and_then(|v| codec.event(event, &v))
-        } else {
-            codec.event(event, &data)
-        };
-        match frame {
-            Ok(frame) => Conn::send(self, frame, 0),
-            Err(e) => {
-                tracing::error!(event, error = %e, "event could not be encoded");
-                Sent::Closed
-            }
-        }
-    }
-
-    fn disconnect(&self) {
-        Conn::disconnect(self)
-    }
-
-    fn cut(&self) -> bool {
-        Conn::cut(self, "buffer_full")
-    }
-}
-
-/// An ack on the gateway's own transport: the session and the ack's id.
-pub struct WsAck(pub Arc<Conn<Arc<Session>>>, pub u64);
-
-impl AckSink for WsAck {
-    fn send(self: Box<Self>, body: &RawValue) -> Sent {
-        let codec = self.0.codec();
-        let frame = if codec.msgpack {
-            read_back(body).and_then(|v| codec.ack(self.1, &v))
-        } else {
-            codec.ack(self.1, &body)
-        };
-        match frame {
-            Ok(frame) => self.0.send(frame, 0),
-            Err(e) => {
-                tracing::error!(error = %e, "ack could not be encoded");
-                Sent::Closed
-            }
-        }
-    }
-}
-
-/// `raw` as a value, for a MessagePack encoder: raw JSON means nothing to it (it would be
-/// written as a string).
-pub fn read_back(raw: &RawValue) -> Result<Value, crate::wire::codec::EncodeError> {
-    Ok(serde_json::from_str(raw.get())?)
 }
 
 /// Connected peers by id, for the timers.

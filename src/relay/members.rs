@@ -38,9 +38,7 @@ impl Members {
             Some(_) => None,
         };
     }
-}
 
-impl Members {
     fn position(&self, id: PeerId) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(&id).copied(),

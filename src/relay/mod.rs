@@ -138,16 +138,9 @@ impl RelayHandle {
     /// event comes through here). [`RelayHandle::finish`] makes the peer a member. A peer that
     /// is a member already, or entering, is left as it is ([`Entering::Already`]).
     pub async fn enter(&self, key: &RoomKey, peer: Peer) -> Entering {
-        let (done, wait) = oneshot::channel();
-        let msg = Control::Enter {
-            key: key.clone(),
-            peer,
-            done,
-        };
-        if self.control.send(msg).is_err() {
-            return Entering::Held(None);
-        }
-        wait.await.unwrap_or(Entering::Held(None))
+        let key = key.clone();
+        let asked = self.ask(|done| Control::Enter { key, peer, done });
+        asked.await.unwrap_or(Entering::Held(None))
     }
 
     /// Sends `replay` (events after `after`), then buffered live events after them, then adds
@@ -160,19 +153,23 @@ impl RelayHandle {
         after: u64,
         replay: Vec<(u64, Arc<Event>)>,
     ) -> Finished {
-        let (done, wait) = oneshot::channel();
-        let msg = Control::Finish {
-            key: key.clone(),
+        let key = key.clone();
+        let asked = self.ask(|done| Control::Finish {
+            key,
             id,
             epoch,
             after,
             replay,
             done,
-        };
-        if self.control.send(msg).is_err() {
-            return Finished::default();
-        }
-        wait.await.unwrap_or_default()
+        });
+        asked.await.unwrap_or_default()
+    }
+
+    /// Sends the relay task a request and waits for its answer (`None` if the task is gone).
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> Control) -> Option<T> {
+        let (done, wait) = oneshot::channel();
+        self.control.send(request(done)).ok()?;
+        wait.await.ok()
     }
 
     /// Takes socket `who` out of one room it left; the bus unsubscribes after the last.
@@ -286,16 +283,12 @@ impl Relay {
                     run.push(d);
                 }
                 BusMessage::Resync { key, now } => {
-                    if !run.is_empty() {
-                        self.relay_run(std::mem::take(&mut run));
-                    }
+                    self.relay_run(std::mem::take(&mut run));
                     self.resync(&key, &now);
                 }
             }
         }
-        if !run.is_empty() {
-            self.relay_run(run);
-        }
+        self.relay_run(run);
         tokio::task::yield_now().await;
     }
 
@@ -413,9 +406,12 @@ impl Relay {
         skip
     }
 
-    /// Delivers consecutive live events of one room to its members and to sockets entering it.
+    /// Delivers consecutive live events of one room (if any) to its members and to sockets
+    /// entering it.
     fn relay_run(&mut self, run: Vec<Delivery>) {
-        let key = run[0].key.clone();
+        let Some(key) = run.first().map(|d| d.key.clone()) else {
+            return;
+        };
         let skips: Vec<Vec<PeerId>> = run.iter().map(|d| self.skip_for(&key, d.offset)).collect();
         if let Some(members) = self.rooms.get_mut(&key) {
             let encoded: Vec<Outgoing> = run.iter().filter_map(encode).collect();

@@ -103,10 +103,9 @@ pub async fn handshake(
         auth_failed(&e);
         e.code()
     };
-    let verified = match token_of(&auth).map_err(refuse)? {
-        Some(token) => Some(verify_token(st, &token).map_err(refuse)?),
-        None => None,
-    };
+    let verified = token_of(&auth)
+        .and_then(|token| token.map(|t| verify_token(st, &t)).transpose())
+        .map_err(refuse)?;
     if let Some(verified) = &verified {
         admit(st, session, &verified.identity.tenant).await?;
     }
@@ -213,17 +212,6 @@ async fn prepare_auto(
         rooms::prepare(st, peer, key, wanted)
     });
     futures_util::future::join_all(entries).await
-}
-
-/// Runs a client event's handler (in its own task when it waits on the bus).
-pub fn dispatch(
-    st: Arc<AppState>,
-    peer: Peer,
-    name: String,
-    data: Option<Value>,
-    ack: Option<Ack>,
-) {
-    handlers::dispatch(st, peer, name, data, ack);
 }
 
 /// After the client was told it is connected: completes a handshake identity (sending what its

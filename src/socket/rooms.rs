@@ -40,6 +40,20 @@ pub struct RoomEntry {
     pub replayed: Option<usize>,
 }
 
+impl RoomEntry {
+    /// An entry of `key` at `now` (unknown when the bus could not be read).
+    fn at(key: &RoomKey, now: Option<Position>) -> Self {
+        RoomEntry {
+            room: key.room().clone(),
+            epoch: now.as_ref().map(|p| p.epoch.clone()),
+            offset: now.map(|p| p.offset),
+            recovered: None,
+            reason: None,
+            replayed: None,
+        }
+    }
+}
+
 /// A position a client asked to recover from, or why it could not be read.
 pub type Since = Result<Position, &'static str>;
 
@@ -71,9 +85,8 @@ pub struct Prepared {
 enum Read {
     /// The socket is in the room already (or entering it): only where the room stands is read.
     Already,
-    /// The relay knew it (the room has local members): no bus read.
-    Head(Position),
-    /// Read from the bus after its subscription was confirmed.
+    /// Where the room stands: the relay's head when it knew it (the room has local members;
+    /// no bus read), else read from the bus after its subscription was confirmed.
     Bus(Result<Recovery, BusError>),
 }
 
@@ -94,7 +107,13 @@ pub async fn prepare(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Si
         (Entering::Already, _) => Read::Already,
         // A room with local members: its subscription is live and the relay knows where it
         // stands, no read needed.
-        (Entering::Held(Some(head)), None) => Read::Head(head),
+        (Entering::Held(Some(now)), None) => {
+            tracing::debug!(peer = peer.id(), room = %key, offset = now.offset, "room entered at the relay's head");
+            Read::Bus(Ok(Recovery::Replay {
+                events: Vec::new(),
+                now,
+            }))
+        }
         (Entering::Held(_), _) => {
             if !st.bus.wait_subscribed(key, SUBSCRIBE_WAIT).await {
                 tracing::warn!(room = %key, "bus subscription not confirmed in time; entering anyway");
@@ -125,33 +144,12 @@ pub async fn finish(st: &AppState, peer: &Peer, p: Prepared) -> RoomEntry {
     let Prepared { key, since, read } = p;
     let key = &key;
     let id = peer.id();
-    let mut entry = RoomEntry {
-        room: key.room().clone(),
-        epoch: None,
-        offset: None,
-        recovered: None,
-        reason: None,
-        replayed: None,
-    };
     let read = match read {
-        Read::Already => {
-            // Live delivery already reaches the socket: report where the room stands.
-            let now = st.bus.position(key).await.ok();
-            entry.epoch = now.as_ref().map(|p| p.epoch.clone());
-            entry.offset = now.map(|p| p.offset);
-            return entry;
-        }
-        Read::Head(now) => {
-            tracing::debug!(peer = id, room = %key, offset = now.offset, "room entered at the relay's head");
-            st.relay
-                .finish(key, id, Some(now.epoch.clone()), now.offset, Vec::new())
-                .await;
-            entry.epoch = Some(now.epoch);
-            entry.offset = Some(now.offset);
-            return entry;
-        }
+        // Live delivery already reaches the socket: report where the room stands.
+        Read::Already => return RoomEntry::at(key, st.bus.position(key).await.ok()),
         Read::Bus(read) => read,
     };
+    let mut entry = RoomEntry::at(key, None);
     match read {
         Ok(Recovery::Replay { events, now }) => {
             let after = match &since {
@@ -160,8 +158,7 @@ pub async fn finish(st: &AppState, peer: &Peer, p: Prepared) -> RoomEntry {
             };
             let epoch = Some(now.epoch.clone());
             let done = st.relay.finish(key, id, epoch, after, events).await;
-            entry.epoch = Some(now.epoch);
-            entry.offset = Some(now.offset);
+            entry = RoomEntry::at(key, Some(now));
             if since.is_some() {
                 entry.recovered = Some(!done.overflowed);
                 entry.replayed = Some(done.replayed + done.buffered);
@@ -183,8 +180,7 @@ pub async fn finish(st: &AppState, peer: &Peer, p: Prepared) -> RoomEntry {
                 _ => reason.as_str(),
             };
             ::metrics::counter!(metrics::RECOVERIES, "result" => reason).increment(1);
-            entry.epoch = Some(now.epoch);
-            entry.offset = Some(now.offset);
+            entry = RoomEntry::at(key, Some(now));
             entry.recovered = Some(false);
             entry.reason = Some(reason);
         }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use serde_json::Value;
 
-use super::{dispatch, handshake, on_connect, on_disconnect};
+use super::handlers::dispatch;
+use super::{handshake, on_connect, on_disconnect};
 use crate::peer::session::Session;
-use crate::peer::{Ack, Peer, WsAck};
+use crate::peer::{Ack, Peer};
 use crate::state::AppState;
 use crate::wire::polling::Polls;
 use crate::wire::{self, refuse, Conn, Refusal, Settings};
@@ -39,9 +40,7 @@ impl Transport {
             polls: Polls::default(),
         })
     }
-}
 
-impl Transport {
     /// Ends every session still on long-polling (the drain), giving their pending GETs up to a
     /// second to carry the Engine.IO close; returns how many.
     pub async fn close_polling(&self) -> usize {
@@ -119,7 +118,7 @@ impl wire::Handler for Transport {
         data: Option<Value>,
         ack: Option<u64>,
     ) {
-        let ack = ack.map(|id| Ack::new(WsAck(conn.clone(), id)));
+        let ack = ack.map(|id| Ack::new(conn.clone(), id));
         dispatch(self.st.clone(), Peer::new(conn.clone()), name, data, ack);
     }
 

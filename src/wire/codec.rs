@@ -96,19 +96,20 @@ impl Codec {
     // and go plain: compressing them would be work per socket (and per connect in a reconnect
     // storm) for a few dozen bytes. Only relayed events, shared by every socket, are compressed.
 
-    /// An event built by the gateway for this one session.
+    /// An event built by the gateway for this one session. MessagePack encodes `data` as its
+    /// JSON value, so numbers keep their JSON meaning (and raw JSON is not written as a string).
     pub fn event(self, name: &str, data: &impl Serialize) -> Result<Bytes, EncodeError> {
         Ok(if self.msgpack {
-            msgpack::event(name, data)?
+            msgpack::event(name, &serde_json::to_value(data)?)?
         } else {
             packet::event_raw(name, &serde_json::to_string(data)?)
         })
     }
 
-    /// An ack for this session.
+    /// An ack for this session (MessagePack: as [`Codec::event`]).
     pub fn ack(self, id: u64, data: &impl Serialize) -> Result<Bytes, EncodeError> {
         Ok(if self.msgpack {
-            msgpack::ack(id, data)?
+            msgpack::ack(id, &serde_json::to_value(data)?)?
         } else {
             packet::ack(id, data)?
         })

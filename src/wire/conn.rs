@@ -27,7 +27,7 @@ use super::codec::Codec;
 use super::deflate::{InflateError, Inflater};
 use super::frame::{self, Frame, FrameError, Opcode};
 use super::msgpack;
-use super::packet::{self, Incoming};
+use super::packet::{self, Incoming, PacketError};
 use super::{Handler, Sent};
 use crate::drain::TrackedStream;
 use crate::metrics;
@@ -131,6 +131,14 @@ impl Stop {
         }
     }
 
+    /// A normal end, with a normal close frame.
+    fn closed(reason: &'static str) -> Self {
+        Self {
+            reason,
+            close: Some((1000, "")),
+        }
+    }
+
     pub(super) fn protocol(reason: &'static str, code: u16, why: &'static str) -> Self {
         ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => why).increment(1);
         tracing::debug!(why, "closing a WebSocket session: protocol error");
@@ -138,6 +146,13 @@ impl Stop {
             reason,
             close: Some((code, why)),
         }
+    }
+}
+
+/// A packet the client may not send ends its session (close 1002).
+impl From<PacketError> for Stop {
+    fn from(e: PacketError) -> Self {
+        Stop::protocol("bad_packet", 1002, e.0)
     }
 }
 
@@ -196,6 +211,28 @@ struct Local {
     message: Option<(Opcode, Body)>,
     /// An incomplete frame.
     partial: Vec<u8>,
+}
+
+impl Local {
+    fn new(next_timer: Instant, partial: Vec<u8>) -> Self {
+        let now = Instant::now();
+        Local {
+            waiting_pong: false,
+            ping_sent: now,
+            next_timer,
+            opened: now,
+            message: None,
+            partial,
+        }
+    }
+
+    /// The client answered the last ping: the next one is due a ping interval after it.
+    fn ponged(&mut self, ping_interval: Duration) {
+        if self.waiting_pong {
+            self.waiting_pong = false;
+            self.next_timer = self.ping_sent + ping_interval;
+        }
+    }
 }
 
 impl<U: Send + Sync + 'static> Conn<U> {
@@ -507,14 +544,14 @@ pub async fn serve<H: Handler>(
     conn.drive(h, early).await;
 }
 
-/// Starts a long-polling session: registers it, starts its task and returns it with the
-/// Engine.IO open packet framed (the handshake GET answers with its payload).
-pub fn start_polling<H: Handler>(h: &Arc<H>, codec: Codec) -> (Arc<Conn<H::User>>, Bytes) {
+/// Starts a long-polling session: registers it, starts its task and returns the Engine.IO
+/// open packet framed (the handshake GET answers with its payload).
+pub fn start_polling<H: Handler>(h: &Arc<H>, codec: Codec) -> Bytes {
     let conn = Arc::new(Conn::new(&**h, None, codec));
     let open = conn.open_packet(&**h, true);
     h.polls().insert(conn.clone());
-    tokio::spawn(conn.clone().drive(h.clone(), Vec::new()));
-    (conn, open)
+    tokio::spawn(conn.drive(h.clone(), Vec::new()));
+    open
 }
 
 impl<U: Send + Sync + 'static> Conn<U> {
@@ -532,15 +569,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// The session's task, from its start to its end (and through an upgrade).
     async fn drive<H: Handler<User = U>>(self: Arc<Self>, h: Arc<H>, early: Vec<u8>) {
         let cfg = h.settings();
-        let now = Instant::now();
-        let mut local = Local {
-            waiting_pong: false,
-            ping_sent: now,
-            next_timer: now + cfg.ping_interval.min(cfg.connect_timeout),
-            opened: now,
-            message: None,
-            partial: early,
-        };
+        let first_timer = Instant::now() + cfg.ping_interval.min(cfg.connect_timeout);
+        let mut local = Local::new(first_timer, early);
         let polled = match self.stream.get() {
             Some(_) => Ok(()),
             None => self.poll_phase(&*h, &mut local).await,
@@ -580,9 +610,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
             }
             if let Some(poll) = out.poll.take_if(|p| p.upgraded) {
                 drop(out);
-                if poll.ponged && l.waiting_pong {
-                    l.waiting_pong = false;
-                    l.next_timer = l.ping_sent + h.settings().ping_interval;
+                if poll.ponged {
+                    l.ponged(h.settings().ping_interval);
                 }
                 // A GET still pending answers with a noop.
                 poll.ready.notify_one();
@@ -599,9 +628,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
             .poll
             .as_mut()
             .is_some_and(|p| std::mem::take(&mut p.ponged));
-        if ponged && l.waiting_pong {
-            l.waiting_pong = false;
-            l.next_timer = l.ping_sent + h.settings().ping_interval;
+        if ponged {
+            l.ponged(h.settings().ping_interval);
         }
     }
 
@@ -611,9 +639,9 @@ impl<U: Send + Sync + 'static> Conn<U> {
         };
         let tcp = stream.tcp();
         // Whatever was queued before the socket was there (a session upgraded from polling).
-        let mut backlog = match self.flush() {
-            Ok(empty) => !empty,
-            Err(_) => return Stop::quiet("transport_error"),
+        let mut backlog = match self.write_queue() {
+            Ok(left) => left,
+            Err(stop) => return stop,
         };
         loop {
             tokio::select! {
@@ -625,25 +653,15 @@ impl<U: Send + Sync + 'static> Conn<U> {
                         return stop;
                     }
                 }
-                _ = self.wake.notified() => {
-                    match self.flush() {
-                        Ok(empty) => backlog = !empty,
-                        Err(_) => return Stop::quiet("transport_error"),
-                    }
-                    if !backlog && self.closing() {
-                        return Stop { reason: "server_disconnect", close: Some((1000, "")) };
-                    }
-                }
+                _ = self.wake.notified() => match self.write_queue() {
+                    Ok(left) => backlog = left,
+                    Err(stop) => return stop,
+                },
                 ready = tcp.writable(), if backlog => {
-                    if ready.is_err() {
-                        return Stop::quiet("transport_error");
-                    }
-                    match self.flush() {
-                        Ok(empty) => backlog = !empty,
-                        Err(_) => return Stop::quiet("transport_error"),
-                    }
-                    if !backlog && self.closing() {
-                        return Stop { reason: "server_disconnect", close: Some((1000, "")) };
+                    let ready = ready.map_err(|_| Stop::quiet("transport_error"));
+                    match ready.and_then(|()| self.write_queue()) {
+                        Ok(left) => backlog = left,
+                        Err(stop) => return stop,
                     }
                 }
                 _ = tokio::time::sleep_until(l.next_timer) => {
@@ -653,6 +671,16 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 }
             }
         }
+    }
+
+    /// Writes as much of the queue as the socket takes: whether some is left. A closing
+    /// session ends once all of it is out.
+    fn write_queue(&self) -> Result<bool, Stop> {
+        let empty = self.flush().map_err(|_| Stop::quiet("transport_error"))?;
+        if empty && self.closing() {
+            return Err(Stop::closed("server_disconnect"));
+        }
+        Ok(!empty)
     }
 
     fn on_timer<H: Handler<User = U>>(&self, h: &H, l: &mut Local) -> Option<Stop> {
@@ -730,9 +758,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 Ok(Some((f, used))) => {
                     at += used;
                     if let Some(message) = self.on_frame(l, f, max)? {
-                        if self.on_message(h, message)? && l.waiting_pong {
-                            l.waiting_pong = false;
-                            l.next_timer = l.ping_sent + h.settings().ping_interval;
+                        if self.on_message(h, message)? {
+                            l.ponged(h.settings().ping_interval);
                         }
                     }
                 }
@@ -745,48 +772,34 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// Assembles messages from frames and answers control frames: a complete message, if
     /// this frame ended one.
     fn on_frame(&self, l: &mut Local, f: Frame, max: usize) -> Result<Option<Message>, Stop> {
-        let (opcode, payload) = match f.opcode {
+        let (opcode, mut body) = match f.opcode {
             Opcode::Ping => {
                 self.send(frame::encode(Opcode::Pong, &f.payload), 0);
                 return Ok(None);
             }
             Opcode::Pong => return Ok(None),
-            Opcode::Close => {
-                return Err(Stop {
-                    reason: "transport_close",
-                    close: Some((1000, "")),
-                })
+            Opcode::Close => return Err(Stop::closed("transport_close")),
+            Opcode::Continuation => l
+                .message
+                .take()
+                .ok_or_else(|| frame_error(FrameError::Protocol("continuation_without_message")))?,
+            _ if l.message.is_some() => {
+                return Err(frame_error(FrameError::Protocol("interleaved_message")))
             }
-            Opcode::Continuation => {
-                let Some((opcode, mut body)) = l.message.take() else {
-                    return Err(frame_error(FrameError::Protocol(
-                        "continuation_without_message",
-                    )));
-                };
-                body.push(&f.payload, max)?;
-                if !f.fin {
-                    l.message = Some((opcode, body));
-                    return Ok(None);
-                }
-                (opcode, body.finish()?)
+            opcode if f.fin && !f.rsv1 => {
+                return Ok(Some(Message {
+                    opcode,
+                    payload: f.payload,
+                }))
             }
-            opcode => {
-                if l.message.is_some() {
-                    return Err(frame_error(FrameError::Protocol("interleaved_message")));
-                }
-                if f.fin && !f.rsv1 {
-                    (opcode, f.payload)
-                } else {
-                    let mut body = Body::new(f.rsv1, max);
-                    body.push(&f.payload, max)?;
-                    if !f.fin {
-                        l.message = Some((opcode, body));
-                        return Ok(None);
-                    }
-                    (opcode, body.finish()?)
-                }
-            }
+            opcode => (opcode, Body::new(f.rsv1, max)),
         };
+        body.push(&f.payload, max)?;
+        if !f.fin {
+            l.message = Some((opcode, body));
+            return Ok(None);
+        }
+        let payload = body.finish()?;
         Ok(Some(Message { opcode, payload }))
     }
 
@@ -805,10 +818,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 Err(_) => return Err(Stop::protocol("bad_packet", 1007, "invalid_utf8")),
             },
         };
-        match parsed {
-            Ok(p) => self.on_packet(h, p),
-            Err(e) => Err(Stop::protocol("bad_packet", 1002, e.0)),
-        }
+        self.on_packet(h, parsed?)
     }
 
     /// Handles one packet from the client, whichever transport brought it; `Ok(true)` for a
@@ -928,7 +938,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
     }
 
     /// Upgrades this long-polling session to `stream`, a WebSocket the client opened with the
-    /// session's id (its 101 already written, or in `response` to write first): answers the
+    /// session's id (its 101 already written, or in `response` to write first) and agreed to
+    /// `codec` (the session's parser, and the WebSocket's compression): answers the
     /// probe (`2probe` → `3probe`), has the pending GET answered so the client can pause
     /// polling, and on the upgrade packet (`5`) makes the WebSocket the session's socket.
     /// Anything else, or no upgrade within [`UPGRADE_TIMEOUT`], closes the WebSocket and the
@@ -938,7 +949,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
         mut stream: TrackedStream,
         response: String,
         early: Vec<u8>,
-        deflate_min: Option<u32>,
+        codec: Codec,
         max_packet: usize,
     ) {
         if !response.is_empty() && stream.write_all(response.as_bytes()).await.is_err() {
@@ -947,57 +958,42 @@ impl<U: Send + Sync + 'static> Conn<U> {
         let deadline = Instant::now() + UPGRADE_TIMEOUT;
         let outcome = tokio::time::timeout_at(
             deadline,
-            self.probe(&mut stream, early, deflate_min, max_packet),
+            self.probe(&mut stream, early, codec.deflate_min.is_some(), max_packet),
         )
         .await;
-        match outcome {
+        let (result, code, why, what) = match outcome {
             Ok(Ok(rest)) => {
-                let codec = Codec::new(self.codec().msgpack, deflate_min);
-                let taken = {
-                    let mut out = self.lock();
-                    let closed = out.closed;
-                    match out.poll.as_mut() {
-                        Some(poll) if !closed && !poll.upgraded => {
-                            self.codec.store(codec.pack(), Ordering::Release);
-                            match self.stream.set(stream) {
-                                Ok(()) => {
-                                    poll.upgraded = true;
-                                    poll.early = rest;
-                                    poll.ready.notify_one();
-                                    true
-                                }
-                                Err(_) => false,
-                            }
-                        }
-                        _ => false,
-                    }
+                let mut out = self.lock();
+                let closed = out.closed;
+                let Some(poll) = out.poll.as_mut().filter(|p| !closed && !p.upgraded) else {
+                    return;
                 };
-                if taken {
-                    ::metrics::counter!(metrics::UPGRADES, "result" => "upgraded").increment(1);
-                    self.wake.notify_one();
+                self.codec.store(codec.pack(), Ordering::Release);
+                if self.stream.set(stream).is_err() {
+                    return;
                 }
+                poll.upgraded = true;
+                poll.early = rest;
+                poll.ready.notify_one();
+                drop(out);
+                ::metrics::counter!(metrics::UPGRADES, "result" => "upgraded").increment(1);
+                self.wake.notify_one();
+                return;
             }
-            Ok(Err(why)) => {
-                self.stop_upgrading();
-                ::metrics::counter!(metrics::UPGRADES, "result" => "refused").increment(1);
-                tracing::debug!(sid = %self.sid, why, "upgrade refused; the session goes on polling");
-                let _ = stream.write_all(&frame::encode_close(1002, why)).await;
-            }
-            Err(_) => {
-                self.stop_upgrading();
-                ::metrics::counter!(metrics::UPGRADES, "result" => "timeout").increment(1);
-                tracing::debug!(sid = %self.sid, "upgrade not completed in time; the session goes on polling");
-                let _ = stream
-                    .write_all(&frame::encode_close(1008, "upgrade_timeout"))
-                    .await;
-            }
-        }
-    }
-
-    fn stop_upgrading(&self) {
+            Ok(Err(why)) => ("refused", 1002, why, "upgrade refused"),
+            Err(_) => (
+                "timeout",
+                1008,
+                "upgrade_timeout",
+                "upgrade not completed in time",
+            ),
+        };
         if let Some(poll) = self.lock().poll.as_mut() {
             poll.upgrading = false;
         }
+        ::metrics::counter!(metrics::UPGRADES, "result" => result).increment(1);
+        tracing::debug!(sid = %self.sid, why, "{what}; the session goes on polling");
+        let _ = stream.write_all(&frame::encode_close(code, why)).await;
     }
 
     /// The probe and the upgrade packet; `Ok` holds the bytes read after it.
@@ -1005,23 +1001,15 @@ impl<U: Send + Sync + 'static> Conn<U> {
         &self,
         stream: &mut TrackedStream,
         mut data: Vec<u8>,
-        deflate_min: Option<u32>,
+        deflate: bool,
         max: usize,
     ) -> Result<Vec<u8>, &'static str> {
         use tokio::io::AsyncReadExt;
-        let mut local = Local {
-            waiting_pong: false,
-            ping_sent: Instant::now(),
-            next_timer: Instant::now(),
-            opened: Instant::now(),
-            message: None,
-            partial: Vec::new(),
-        };
+        let mut local = Local::new(Instant::now(), Vec::new());
         let mut probed = false;
         let mut at = 0;
         loop {
-            let decoded =
-                frame::decode(&data[at..], max, deflate_min.is_some()).map_err(|e| e.reason())?;
+            let decoded = frame::decode(&data[at..], max, deflate).map_err(|e| e.reason())?;
             let Some((f, used)) = decoded else {
                 data.drain(..at);
                 at = 0;
@@ -1033,12 +1021,17 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 continue;
             };
             at += used;
-            if f.opcode == Opcode::Ping {
-                let pong = frame::encode(Opcode::Pong, &f.payload);
-                stream.write_all(&pong).await.map_err(|_| "closed")?;
-                continue;
+            match f.opcode {
+                Opcode::Ping => {
+                    let pong = frame::encode(Opcode::Pong, &f.payload);
+                    stream.write_all(&pong).await.map_err(|_| "closed")?;
+                    continue;
+                }
+                // Other control frames end a WebSocket that is not (yet) the session's.
+                Opcode::Pong | Opcode::Close => return Err("bad_frame"),
+                _ => {}
             }
-            let message = match self.on_frame_alone(&mut local, f, max) {
+            let message = match self.on_frame(&mut local, f, max) {
                 Ok(Some(m)) => m,
                 Ok(None) => continue,
                 Err(_) => return Err("bad_frame"),
@@ -1063,15 +1056,6 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 _ => return Err("unexpected_packet"),
             }
         }
-    }
-
-    /// [`Conn::on_frame`] for a WebSocket that is not (yet) the session's: control frames
-    /// other than ping end it.
-    fn on_frame_alone(&self, l: &mut Local, f: Frame, max: usize) -> Result<Option<Message>, Stop> {
-        if matches!(f.opcode, Opcode::Pong | Opcode::Close) {
-            return Err(Stop::quiet("transport_close"));
-        }
-        self.on_frame(l, f, max)
     }
 }
 

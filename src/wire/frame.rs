@@ -9,21 +9,22 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Frame opcodes we handle.
+/// Frame opcodes we handle, with their value on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Opcode {
     /// Continuation of a fragmented message.
-    Continuation,
+    Continuation = 0,
     /// UTF-8 text.
-    Text,
+    Text = 1,
     /// Binary data.
-    Binary,
+    Binary = 2,
     /// Close (with an optional status code and reason).
-    Close,
+    Close = 8,
     /// Ping: answered with a pong carrying the same payload.
-    Ping,
+    Ping = 9,
     /// Pong.
-    Pong,
+    Pong = 10,
 }
 
 impl Opcode {
@@ -37,17 +38,6 @@ impl Opcode {
             10 => Self::Pong,
             _ => return None,
         })
-    }
-
-    fn as_u8(self) -> u8 {
-        match self {
-            Self::Continuation => 0,
-            Self::Text => 1,
-            Self::Binary => 2,
-            Self::Close => 8,
-            Self::Ping => 9,
-            Self::Pong => 10,
-        }
     }
 
     fn is_control(self) -> bool {
@@ -186,11 +176,11 @@ fn header_len(len: usize) -> usize {
     }
 }
 
-fn put_header(out: &mut BytesMut, opcode: Opcode, len: usize) {
-    put_header_bits(out, 0x80 | opcode.as_u8(), len);
-}
-
-fn put_header_bits(out: &mut BytesMut, first: u8, len: usize) {
+/// A complete unmasked server frame: `first` (FIN, RSV and opcode), then a payload that is the
+/// concatenation of `parts` (so a packet can be framed without assembling it first).
+fn encode_with(first: u8, parts: &[&[u8]]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = BytesMut::with_capacity(header_len(len) + len);
     out.put_u8(first);
     match len {
         0..=125 => out.put_u8(len as u8),
@@ -203,35 +193,26 @@ fn put_header_bits(out: &mut BytesMut, first: u8, len: usize) {
             out.put_u64(len as u64);
         }
     }
-}
-
-/// One complete unmasked server frame.
-pub fn encode(opcode: Opcode, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
-    put_header(&mut out, opcode, payload.len());
-    out.extend_from_slice(payload);
-    out.freeze()
-}
-
-/// A text frame whose payload is the concatenation of `parts` (so a packet can be framed
-/// without assembling it first).
-pub fn encode_text_parts(parts: &[&[u8]]) -> Bytes {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out = BytesMut::with_capacity(header_len(len) + len);
-    put_header(&mut out, Opcode::Text, len);
     for p in parts {
         out.extend_from_slice(p);
     }
     out.freeze()
 }
 
+/// One complete unmasked server frame.
+pub fn encode(opcode: Opcode, payload: &[u8]) -> Bytes {
+    encode_with(0x80 | opcode as u8, &[payload])
+}
+
+/// A text frame whose payload is the concatenation of `parts`.
+pub fn encode_text_parts(parts: &[&[u8]]) -> Bytes {
+    encode_with(0x80 | Opcode::Text as u8, parts)
+}
+
 /// A complete server frame whose payload is compressed (RSV1 set), of the same opcode as
 /// `plain`, the server frame it stands for.
 pub fn encode_compressed(plain_first_byte: u8, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
-    put_header_bits(&mut out, plain_first_byte | 0x40, payload.len());
-    out.extend_from_slice(payload);
-    out.freeze()
+    encode_with(plain_first_byte | 0x40, &[payload])
 }
 
 /// The first byte (FIN, RSV and opcode) and the payload of a complete unmasked server frame

@@ -7,7 +7,6 @@
 //! nothing read from it, to the HTTP server. Answers are [`polling::Answer`]s, the same as
 //! through the HTTP server, with the same CORS headers for browser pages.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,13 +15,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::polling::{self, Answer, Step};
-use super::{Handler, Route, ToHttp, MAX_HEAD};
+use super::Handler;
 use crate::drain::TrackedStream;
 use crate::metrics;
 
 /// How long a kept-alive connection may stay idle between two requests: longer than a proxy
 /// keeps its idle upstream connections (nginx template: 60 s), so the proxy closes them first.
-const IDLE: Duration = Duration::from_secs(75);
+pub(super) const IDLE: Duration = Duration::from_secs(75);
 /// How long a request may take to arrive once it started.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,46 +36,29 @@ struct Head {
     expect_continue: bool,
 }
 
-/// Serves long-polling requests on `stream` until the client closes it, a request of another
-/// kind comes, or it stays idle for [`IDLE`].
-pub async fn serve<H: Handler>(
-    h: Arc<H>,
-    mut stream: TrackedStream,
-    addr: SocketAddr,
-    to_http: ToHttp,
-) {
-    loop {
-        let head = match read_head(&mut stream).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return,
-            Err(answer) => {
-                let _ = write_answer(&*h, &mut stream, None, false, answer).await;
-                return;
-            }
-        };
-        let (answer, keep) = answer(&h, &mut stream, &head).await;
-        let keep = keep && head.keep_alive;
-        if write_answer(&*h, &mut stream, head.origin.as_deref(), keep, answer)
-            .await
-            .is_err()
-            || !keep
-        {
-            let _ = stream.shutdown().await;
-            return;
+/// Serves one long-polling request on `stream`; whether the connection may serve another
+/// (the caller waits up to [`IDLE`] for it).
+pub async fn serve<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream) -> bool {
+    let head = match read_head(stream).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return false,
+        Err(answer) => {
+            let _ = write_answer(&**h, stream, None, false, answer).await;
+            return false;
         }
-        match super::classify_within(&stream, IDLE).await {
-            Route::Polling => {}
-            // Boxed: its buffers are not part of this (long-lived) task's state.
-            Route::WebSocket => return Box::pin(super::upgrade(h, stream)).await,
-            Route::Http => {
-                if to_http.send((stream, addr)).await.is_err() {
-                    tracing::debug!(%addr, "HTTP server stopped; connection dropped");
-                }
-                return;
-            }
-            Route::Nowhere => return,
-        }
+    };
+    let (answer, keep) = answer(h, stream, &head).await;
+    let keep = keep && head.keep_alive;
+    let origin = head.origin.as_deref();
+    if write_answer(&**h, stream, origin, keep, answer)
+        .await
+        .is_err()
+        || !keep
+    {
+        let _ = stream.shutdown().await;
+        return false;
     }
+    true
 }
 
 /// The answer to one request, and whether the connection may serve another.
@@ -93,7 +75,11 @@ async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head)
             let max = h.settings().max_packet as usize;
             // Without Content-Length and Transfer-Encoding a request has no body.
             if head.chunked {
-                return (length_required(), false);
+                ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "bad_request")
+                    .increment(1);
+                let why = "a long-polling POST needs a Content-Length";
+                let r = super::refuse(StatusCode::LENGTH_REQUIRED, "bad_request", why);
+                return (Answer::refusal(r), false);
             }
             let len = head.content_length.unwrap_or(0);
             if len > max {
@@ -112,30 +98,15 @@ async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head)
                 Ok(Ok(_)) => (polling::post(&**h, &conn, &body), true),
                 _ => {
                     conn.end_polling("transport_error");
-                    (incomplete(), false)
+                    let why = "the request body did not arrive in time";
+                    let r = super::refuse(StatusCode::BAD_REQUEST, "bad_request", why);
+                    (Answer::refusal(r), false)
                 }
             }
         }
         // The request line said long-polling; only a forged query gets here.
         Step::WebSocket => (polling::EioError::BadRequest.answer(), false),
     }
-}
-
-fn length_required() -> Answer {
-    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "bad_request").increment(1);
-    Answer::refusal(super::refuse(
-        StatusCode::LENGTH_REQUIRED,
-        "bad_request",
-        "a long-polling POST needs a Content-Length",
-    ))
-}
-
-fn incomplete() -> Answer {
-    Answer::refusal(super::refuse(
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "the request body did not arrive in time",
-    ))
 }
 
 /// Completes when the client closes the connection (or it breaks).
@@ -151,35 +122,12 @@ async fn gone(tcp: &TcpStream) {
 
 /// Reads one request head; `Ok(None)` when the connection closed before one came.
 async fn read_head(stream: &mut TrackedStream) -> Result<Option<Head>, Answer> {
-    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-    let mut buf = vec![0u8; 512];
-    let end = loop {
-        let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
-            Ok(Ok(n)) => n,
-        };
-        if let Some(at) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        if n == buf.len() {
-            if buf.len() >= MAX_HEAD {
-                return Err(Answer::refusal(super::refuse(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request_too_large",
-                    "the request head is larger than 8 KiB",
-                )));
-            }
-            buf.resize(buf.len() * 2, 0);
-        } else {
-            // Part of a head: wait for the rest.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    buf.truncate(end);
-    if stream.read_exact(&mut buf).await.is_err() {
-        return Ok(None);
+    let too_large = "the request head is larger than 8 KiB";
+    match super::read_head(stream, too_large).await {
+        Ok(Some(buf)) => parse_head(&buf).map(Some),
+        Ok(None) => Ok(None),
+        Err(r) => Err(Answer::refusal(r)),
     }
-    parse_head(&buf).map(Some)
 }
 
 fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
@@ -215,15 +163,14 @@ fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
                 .any(|t| t.trim().eq_ignore_ascii_case(token))
         })
     };
-    let content_length = match header("content-length") {
-        None => None,
-        Some(v) => Some(
-            std::str::from_utf8(v)
+    let content_length = header("content-length")
+        .map(|v| {
+            let n = std::str::from_utf8(v)
                 .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(bad)?,
-        ),
-    };
+                .and_then(|v| v.trim().parse().ok());
+            n.ok_or_else(bad)
+        })
+        .transpose()?;
     let keep_alive = if req.version == Some(0) {
         has_token("connection", "keep-alive")
     } else {

@@ -113,11 +113,18 @@ const MAX_HEAD: usize = 8192;
 
 /// The handshake query's `parser`: `Ok(true)` for `msgpack`, `Ok(false)` when absent (JSON).
 pub fn wants_msgpack(query: &str) -> Result<bool, &'static str> {
-    match query.split('&').find_map(|kv| kv.strip_prefix("parser=")) {
+    match param(query, "parser") {
         None => Ok(false),
         Some("msgpack") => Ok(true),
         Some(_) => Err("parser must be msgpack (socket.io-msgpack-parser) or left out (JSON)"),
     }
+}
+
+/// The value of `name` in a request's `query` (its first occurrence).
+fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// A connection for the HTTP server, with the client's address.
@@ -137,32 +144,39 @@ enum Route {
 }
 
 /// Serves one accepted connection: upgrades it here or hands it to the HTTP server.
+/// A long-polling connection is served here one request at a time ([`http1`]), each next
+/// request routed again, until the client closes it, a request of another kind comes, or it
+/// stays idle for [`http1::IDLE`].
 pub async fn route<H: Handler>(
     h: Arc<H>,
-    stream: TrackedStream,
+    mut stream: TrackedStream,
     addr: SocketAddr,
     to_http: ToHttp,
 ) {
-    match classify(&stream).await {
-        // Each boxed, so a connection's task holds only the state of what it became (a
-        // long-polling connection waits here for as long as its GET).
-        Route::WebSocket => Box::pin(upgrade(h, stream)).await,
-        Route::Polling => Box::pin(http1::serve(h, stream, addr, to_http)).await,
-        Route::Http => {
-            if to_http.send((stream, addr)).await.is_err() {
-                tracing::debug!(%addr, "HTTP server stopped; connection dropped");
+    let mut wait = HEAD_TIMEOUT;
+    loop {
+        match classify_within(&stream, wait).await {
+            // Each boxed, so a connection's task holds only the state of what it became (a
+            // long-polling connection waits here for as long as its GET).
+            Route::WebSocket => return Box::pin(upgrade(h, stream)).await,
+            Route::Polling => {
+                if !Box::pin(http1::serve(&h, &mut stream)).await {
+                    return;
+                }
+                wait = http1::IDLE;
+            }
+            Route::Nowhere => return,
+            Route::Http => {
+                if to_http.send((stream, addr)).await.is_err() {
+                    tracing::debug!(%addr, "HTTP server stopped; connection dropped");
+                }
+                return;
             }
         }
-        Route::Nowhere => {}
     }
 }
 
-/// Peeks at the request line without consuming it.
-async fn classify(stream: &TrackedStream) -> Route {
-    classify_within(stream, HEAD_TIMEOUT).await
-}
-
-/// Peeks at the next request line, waiting at most `wait` for it.
+/// Peeks at the next request line without consuming it, waiting at most `wait` for it.
 async fn classify_within(stream: &TrackedStream, wait: Duration) -> Route {
     let deadline = tokio::time::Instant::now() + wait;
     // Small: it is part of every connection's task while it waits for a request (a longer
@@ -298,7 +312,7 @@ pub fn agree<'r, H: Handler>(
         ));
     };
     let origin = first("origin").map(str::as_bytes);
-    let sid = query.split('&').find_map(|kv| kv.strip_prefix("sid="));
+    let sid = param(query, "sid");
     let session = match sid {
         None => {
             h.admit(origin)?;
@@ -349,31 +363,15 @@ pub fn agree<'r, H: Handler>(
 /// Reads the request head, answers the upgrade (or refuses it with a JSON error) and runs the
 /// session.
 async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
-    let mut head = Vec::with_capacity(1024);
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
-    let end = loop {
-        let mut chunk = [0u8; 1024];
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => return,
-        };
-        head.extend_from_slice(&chunk[..n]);
-        let end = head.windows(4).position(|w| w == b"\r\n\r\n");
-        if let Some(at) = end.filter(|at| at + 4 <= MAX_HEAD) {
-            break at + 4;
-        }
-        if end.is_some() || head.len() > MAX_HEAD {
-            let r = refuse(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request_too_large",
-                "the handshake request head is larger than 8 KiB",
-            );
-            return answer_refusal(stream, r).await;
-        }
+    let too_large = "the handshake request head is larger than 8 KiB";
+    let head = match read_head(&mut stream, too_large).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return,
+        Err(r) => return answer_refusal(stream, r).await,
     };
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
-    let agreed = match req.parse(&head[..end]) {
+    let agreed = match req.parse(&head) {
         Ok(httparse::Status::Complete(_)) => {
             let query = req
                 .path
@@ -406,22 +404,64 @@ async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     );
-    let early = head[end..].to_vec();
-    if let Some(conn) = session {
-        let max = h.settings().max_packet as usize;
-        tokio::spawn(conn.take_over(
-            stream,
-            response,
-            early,
-            codec.deflate_min.map(|m| m.get()),
-            max,
-        ));
-        return;
-    }
     // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
     // here instead of staying alive (and allocated) for the whole session. The 101 goes out
     // with the Engine.IO open packet, in one write.
-    tokio::spawn(conn::serve(h, stream, response, early, codec));
+    tokio::spawn(open(h, stream, response, Vec::new(), codec, session));
+}
+
+/// Reads the next request head, through its blank line and nothing after it, waiting at most
+/// [`HEAD_TIMEOUT`]; `Ok(None)` when the connection closed or stayed silent, `Err` (431, with
+/// `too_large` to say so) for a head larger than [`MAX_HEAD`].
+async fn read_head(
+    stream: &mut TrackedStream,
+    too_large: &'static str,
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let mut buf = vec![0u8; 512];
+    let end = loop {
+        let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
+            Ok(Ok(n)) => n,
+        };
+        if let Some(at) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if n == buf.len() {
+            if buf.len() >= MAX_HEAD {
+                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                return Err(refuse(status, "request_too_large", too_large));
+            }
+            buf.resize(buf.len() * 2, 0);
+        } else {
+            // Part of a head: wait for the rest.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    buf.truncate(end);
+    if stream.read_exact(&mut buf).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some(buf))
+}
+
+/// Runs the WebSocket of an agreed handshake (`response`: the 101 to write first, empty when
+/// the HTTP server sent it): the upgrade of its long-polling `session`, or a new session.
+async fn open<H: Handler>(
+    h: Arc<H>,
+    stream: TrackedStream,
+    response: String,
+    early: Vec<u8>,
+    codec: codec::Codec,
+    session: Option<Arc<Conn<H::User>>>,
+) {
+    match session {
+        Some(conn) => {
+            let max = h.settings().max_packet as usize;
+            conn.take_over(stream, response, early, codec, max).await
+        }
+        None => conn::serve(h, stream, response, early, codec).await,
+    }
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {

@@ -49,10 +49,6 @@ pub enum Incoming {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacketError(pub &'static str);
 
-fn bad(code: &'static str) -> PacketError {
-    PacketError(code)
-}
-
 /// Reads one Engine.IO packet (the text of one WebSocket message).
 pub fn parse(text: &str) -> Result<Incoming, PacketError> {
     let mut chars = text.chars();
@@ -62,13 +58,13 @@ pub fn parse(text: &str) -> Result<Incoming, PacketError> {
         Some('1') => Ok(Incoming::Close),
         Some('5') | Some('6') => Ok(Incoming::Noop),
         Some('4') => parse_socketio(&text[1..]),
-        Some(_) => Err(bad("unknown_engine_packet")),
-        None => Err(bad("empty")),
+        Some(_) => Err(PacketError("unknown_engine_packet")),
+        None => Err(PacketError("empty")),
     }
 }
 
 fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
-    let kind = text.as_bytes().first().copied().ok_or(bad("empty"))?;
+    let kind = *text.as_bytes().first().ok_or(PacketError("empty"))?;
     let mut rest = &text[1..];
     let nsp = if rest.starts_with('/') {
         let end = rest.find(',').unwrap_or(rest.len());
@@ -82,7 +78,7 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
     let ack = if digits > 0 {
         let id = rest[..digits]
             .parse::<u64>()
-            .map_err(|_| bad("bad_ack_id"))?;
+            .map_err(|_| PacketError("bad_ack_id"))?;
         rest = &rest[digits..];
         Some(id)
     } else {
@@ -94,7 +90,7 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
         } else {
             serde_json::from_str(s)
                 .map(Some)
-                .map_err(|_| bad("bad_json"))
+                .map_err(|_| PacketError("bad_json"))
         }
     };
     match kind {
@@ -113,21 +109,21 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
             })
         }
         b'3' => Ok(Incoming::Ack),
-        b'5' | b'6' => Err(bad("binary_not_supported")),
-        _ => Err(bad("unknown_socketio_packet")),
+        b'5' | b'6' => Err(PacketError("binary_not_supported")),
+        _ => Err(PacketError("unknown_socketio_packet")),
     }
 }
 
 /// The event name and first argument of an event packet's data (`["name", arg, ...]`).
 pub(super) fn event_args(data: Option<Value>) -> Result<(String, Option<Value>), PacketError> {
     let Some(Value::Array(mut args)) = data else {
-        return Err(bad("event_not_array"));
+        return Err(PacketError("event_not_array"));
     };
     if args.is_empty() {
-        return Err(bad("event_without_name"));
+        return Err(PacketError("event_without_name"));
     }
     let Value::String(name) = args.remove(0) else {
-        return Err(bad("event_without_name"));
+        return Err(PacketError("event_without_name"));
     };
     let data = (!args.is_empty()).then(|| args.swap_remove(0));
     Ok((name, data))

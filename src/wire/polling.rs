@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use super::codec::Codec;
 use super::conn::{self, Conn, Polled};
 use super::frame;
-use super::{msgpack, packet, Handler};
+use super::{msgpack, packet, param, Handler};
 use crate::drain::TrackedStream;
 use crate::metrics;
 
@@ -106,8 +106,9 @@ pub enum EioError {
 }
 
 impl EioError {
-    fn parts(self) -> (u8, &'static str, &'static str) {
-        match self {
+    /// The answer: 400 with the reference server's body.
+    pub fn answer(self) -> Answer {
+        let (code, message, label) = match self {
             EioError::UnknownTransport => (0, "Transport unknown", "unknown_transport"),
             EioError::UnknownSid => (1, "Session ID unknown", "unknown_sid"),
             EioError::BadHandshakeMethod => (2, "Bad handshake method", "bad_handshake_method"),
@@ -117,14 +118,7 @@ impl EioError {
                 "Unsupported protocol version",
                 "unsupported_protocol_version",
             ),
-        }
-    }
-}
-
-impl EioError {
-    /// The answer: 400 with the reference server's body.
-    pub fn answer(self) -> Answer {
-        let (code, message, label) = self.parts();
+        };
         ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => label).increment(1);
         tracing::debug!(code, message, "Engine.IO request refused");
         let body = serde_json::json!({ "code": code, "message": message }).to_string();
@@ -170,16 +164,6 @@ impl Answer {
         let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } });
         Self::new(r.status, JSON, Bytes::from(body.to_string()))
     }
-
-    /// A POST body larger than `maxPayload`.
-    pub fn too_large() -> Self {
-        let body = serde_json::json!({ "code": 3, "message": "Payload too large" });
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            JSON,
-            Bytes::from(body.to_string()),
-        )
-    }
 }
 
 impl IntoResponse for Answer {
@@ -191,29 +175,6 @@ impl IntoResponse for Answer {
             HeaderValue::from_static(self.content_type),
         );
         res
-    }
-}
-
-/// The query parameters Engine.IO uses.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Query<'a> {
-    eio: Option<&'a str>,
-    transport: Option<&'a str>,
-    sid: Option<&'a str>,
-}
-
-impl<'a> Query<'a> {
-    fn parse(query: &'a str) -> Self {
-        let mut q = Query::default();
-        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
-            match k {
-                "EIO" => q.eio = Some(v),
-                "transport" => q.transport = Some(v),
-                "sid" => q.sid = Some(v),
-                _ => {}
-            }
-        }
-        q
     }
 }
 
@@ -232,8 +193,7 @@ pub enum Step<U> {
 
 /// Reads an Engine.IO request's method and query; starts a session for a handshake.
 pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Step<H::User> {
-    let q = Query::parse(query);
-    if q.eio != Some("4") {
+    if param(query, "EIO") != Some("4") {
         return Step::Done(EioError::UnsupportedProtocolVersion.answer());
     }
     let msgpack = match super::wants_msgpack(query) {
@@ -246,19 +206,19 @@ pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Step<H::Use
             )))
         }
     };
-    match q.transport {
+    match param(query, "transport") {
         Some("polling") => {}
         Some("websocket") => return Step::WebSocket,
         _ => return Step::Done(EioError::UnknownTransport.answer()),
     }
-    let Some(sid) = q.sid else {
+    let Some(sid) = param(query, "sid") else {
         if method != Method::GET {
             return Step::Done(EioError::BadHandshakeMethod.answer());
         }
         if let Err(refusal) = h.admit(None) {
             return Step::Done(Answer::refusal(refusal));
         }
-        let (_, open) = conn::start_polling(h, Codec::new(msgpack, None));
+        let open = conn::start_polling(h, Codec::new(msgpack, None));
         return Step::Done(Answer::payload(payload(&[(open, 0)])));
     };
     let Some(conn) = h.polls().get(sid).filter(|c| !c.has_ended()) else {
@@ -376,7 +336,8 @@ pub fn oversized<U: Send + Sync + 'static>(conn: &Arc<Conn<U>>, max: usize) -> A
         "a POST larger than maxPayload ends the session"
     );
     conn.end_polling("transport_error");
-    Answer::too_large()
+    let body = serde_json::json!({ "code": 3, "message": "Payload too large" });
+    Answer::new(StatusCode::PAYLOAD_TOO_LARGE, JSON, body.to_string().into())
 }
 
 /// A POST: the client's packets, joined by `\x1e`.
@@ -395,11 +356,10 @@ pub fn post<H: Handler>(h: &H, conn: &Arc<Conn<H::User>>, body: &[u8]) -> Answer
                 .map_err(|_| packet::PacketError("invalid_utf8"))
                 .and_then(packet::parse),
         };
-        let handled = match parsed {
-            Ok(p) => conn.on_packet(h, p),
-            Err(e) => Err(conn::Stop::protocol("bad_packet", 1002, e.0)),
-        };
-        match handled {
+        match parsed
+            .map_err(conn::Stop::from)
+            .and_then(|p| conn.on_packet(h, p))
+        {
             Ok(true) => conn.polled_pong(),
             Ok(false) => {}
             Err(stop) => {
@@ -460,7 +420,6 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
         Err(refusal) => return Answer::refusal(refusal).into_response(),
     };
     let upgrading = hyper::upgrade::on(&mut req);
-    let max = h.settings().max_packet as usize;
     let (codec, session) = (agreed.codec, agreed.session);
     tokio::spawn(async move {
         let upgraded = match upgrading.await {
@@ -474,16 +433,8 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
             tracing::error!("an upgraded connection is not the gateway's own stream; closed");
             return;
         };
-        let stream = parts.io.into_inner();
-        let early = parts.read_buf.to_vec();
-        match session {
-            Some(c) => {
-                let deflate = codec.deflate_min.map(|m| m.get());
-                c.take_over(stream, String::new(), early, deflate, max)
-                    .await
-            }
-            None => conn::serve(h, stream, String::new(), early, codec).await,
-        }
+        let (stream, early) = (parts.io.into_inner(), parts.read_buf.to_vec());
+        super::open(h, stream, String::new(), early, codec, session).await
     });
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -527,10 +478,10 @@ mod tests {
 
     #[test]
     fn queries_are_read_like_the_reference_server() {
-        let q = Query::parse("EIO=4&transport=polling&t=abc&sid=xyz");
-        assert_eq!(q.eio, Some("4"));
-        assert_eq!(q.transport, Some("polling"));
-        assert_eq!(q.sid, Some("xyz"));
-        assert_eq!(Query::parse(""), Query::default());
+        let q = "EIO=4&transport=polling&t=abc&sid=xyz&sids=no";
+        assert_eq!(param(q, "EIO"), Some("4"));
+        assert_eq!(param(q, "transport"), Some("polling"));
+        assert_eq!(param(q, "sid"), Some("xyz"));
+        assert_eq!(param("", "sid"), None);
     }
 }
