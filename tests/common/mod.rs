@@ -69,6 +69,8 @@ pub struct Gateway {
     /// Admin address (`/metrics`).
     pub admin: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// The thread copying stderr into `log`; it ends when the process's stderr closes.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The gateway binary built by cargo for these tests.
@@ -106,7 +108,7 @@ impl Gateway {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let line = strip_ansi(&line);
                 if line.contains("listening") {
@@ -134,6 +136,7 @@ impl Gateway {
                 public,
                 admin,
                 log,
+                reader: Some(reader),
             },
             Err(_) => {
                 let _ = child.kill();
@@ -200,6 +203,10 @@ impl Gateway {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
+                // Its last lines may still be in the pipe: the log is whole once stderr closed.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             assert!(
