@@ -201,6 +201,32 @@ async fn an_oversized_post_is_413_and_ends_the_session() {
     );
     let later = s.post("3").await;
     assert_eio_error(&later, 1, "Session ID unknown", "a post after the 413");
+
+    // A chunked POST cannot be held to maxPayload before it is read: 411, counted once.
+    let (s, _) = Polling::open(&gw).await;
+    let before = metric(
+        &gw.metrics().await,
+        "gateway_client_protocol_errors_total",
+        "bad_request",
+    );
+    let mut tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    let request = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={} HTTP/1.1\r\nHost: gw\r\n\
+         Transfer-Encoding: chunked\r\n\r\n1\r\n3\r\n0\r\n\r\n",
+        s.sid
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until(&mut tcp, b"}}", "a chunked POST").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+    let after = metric(
+        &gw.metrics().await,
+        "gateway_client_protocol_errors_total",
+        "bad_request",
+    );
+    assert_eq!(after - before, 1.0, "one refusal, counted once");
 }
 
 // ---------------------------------------------------------------------------------------------

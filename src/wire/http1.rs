@@ -17,7 +17,6 @@ use tokio::net::TcpStream;
 use super::polling::{self, Answer, Step};
 use super::Handler;
 use crate::drain::TrackedStream;
-use crate::metrics;
 
 /// How long a kept-alive connection may stay idle between two requests: longer than a proxy
 /// keeps its idle upstream connections (nginx template: 60 s), so the proxy closes them first.
@@ -75,8 +74,6 @@ async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head)
             let max = h.settings().max_packet as usize;
             // Without Content-Length and Transfer-Encoding a request has no body.
             if head.chunked {
-                ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "bad_request")
-                    .increment(1);
                 let why = "a long-polling POST needs a Content-Length";
                 let r = super::refuse(StatusCode::LENGTH_REQUIRED, "bad_request", why);
                 return (Answer::refusal(r), false);
