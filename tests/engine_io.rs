@@ -546,6 +546,22 @@ async fn a_draining_gateway_sends_sessions_it_does_not_hold_to_the_next_one() {
         let v: Value = serde_json::from_str(&body).expect("JSON error body");
         assert_eq!(v["error"]["code"], "draining", "{what}: {v}");
     }
+    // The same for the WebSocket upgrade of a session it does not hold.
+    let mut tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    let upgrade = "GET /socket.io/?EIO=4&transport=websocket&sid=a-session-of-another-gateway \
+         HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, upgrade.as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until(
+        &mut tcp,
+        b"draining",
+        "an upgrade of another gateway's session",
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     // Its own sessions go on until the connections are closed.
     own.post_ok("3").await;
 }

@@ -332,11 +332,14 @@ pub fn agree<'r, H: Handler>(
                     ))
                 }
                 None => {
+                    // As for long-polling: a draining gateway answers 503, which the load
+                    // balancer retries on the session's own gateway.
+                    h.admit(None)?;
                     return Err(refuse(
                         StatusCode::BAD_REQUEST,
                         "unknown_sid",
                         "Session ID unknown: start a new session without sid",
-                    ))
+                    ));
                 }
             }
         }

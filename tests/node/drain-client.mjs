@@ -35,8 +35,11 @@ socket.on("connect", () => {
   const report = () => say({ step: "connect", n, transport: engine.transport.name });
   if (config !== "default" || engine.transport.name === "websocket") return report();
   engine.once("upgrade", report);
-  engine.once("upgradeError", (err) => {
-    say({ step: "failed", why: `connect ${n}: the upgrade to websocket failed: ${err?.message ?? err}` });
+});
+// Watched from the engine's open on, so an upgrade that fails before `connect` is seen too.
+socket.io.on("open", () => {
+  socket.io.engine.once("upgradeError", (err) => {
+    say({ step: "failed", why: `connect ${connects + 1}: the upgrade to websocket failed: ${err?.message ?? err}` });
     process.exit(1);
   });
 });
