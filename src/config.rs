@@ -246,9 +246,6 @@ pub struct ServeArgs {
     /// connections are closed at once and /readyz answers 503.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
-    /// Read buffer of each WebSocket connection, in bytes (client packets are small).
-    #[arg(long, env = "GATEWAY_WS_READ_BUFFER", default_value_t = 1024)]
-    pub ws_read_buffer: usize,
     /// Outgoing packets queued per socket before it counts as a slow consumer.
     #[arg(long, env = "GATEWAY_SOCKET_BUFFER", default_value_t = 512)]
     pub socket_buffer: usize,
@@ -377,8 +374,6 @@ pub struct Config {
     pub max_replay: u64,
     /// Outgoing packets queued per socket.
     pub socket_buffer: usize,
-    /// WebSocket read buffer per connection.
-    pub ws_read_buffer: usize,
     /// Most client connections held at once.
     pub max_connections: usize,
     /// Joins per second per socket.
@@ -668,7 +663,6 @@ impl ServeArgs {
             history_ttl: self.history_ttl,
             max_replay: self.max_replay,
             socket_buffer: self.socket_buffer,
-            ws_read_buffer: self.ws_read_buffer,
             join_rate: self.join_rate,
             publish_rate: self.publish_rate,
             max_connections: match self.max_connections {

@@ -132,4 +132,12 @@ impl AppState {
             && self.tenancy.control_ready()
             && !self.connections.is_full()
     }
+
+    /// Sets the readiness gauges to what [`AppState::is_ready`] and the bus say now (at each
+    /// scrape of `/metrics`).
+    pub fn gauge_readiness(&self) {
+        let as_gauge = |up: bool| if up { 1.0 } else { 0.0 };
+        ::metrics::gauge!(crate::metrics::READY).set(as_gauge(self.is_ready()));
+        ::metrics::gauge!(crate::metrics::BUS_UP).set(as_gauge(self.bus.is_ready()));
+    }
 }

@@ -905,7 +905,7 @@ async fn a_full_gateway_refuses_new_connections_at_once() {
         metric(&m, "gateway_connections_refused_total", "") >= 1.0,
         "{m}"
     );
-    // The readiness gauge is refreshed by the gateway's ticker.
+    // The readiness gauge is read at each scrape.
     gw.wait_metrics("a full gateway not ready", |m| {
         metric(m, "gateway_ready", "") == 0.0
     })

@@ -49,13 +49,13 @@ pub struct ClientsArgs {
     /// Connections started per second.
     #[arg(long, default_value_t = 2000.0)]
     pub ramp: f64,
-    /// Source addresses to bind: 127.0.0.<source-base> .. +<sources> (one share each).
+    /// Source addresses to bind: 127.0.0.SOURCE_BASE and the next SOURCES - 1 (one share each).
     #[arg(long, default_value_t = 1)]
     pub sources: usize,
     /// Last byte of the first source address.
     #[arg(long, default_value_t = 2)]
     pub source_base: u8,
-    /// Second byte of the source addresses (127.<net>.0.x), so several generators differ.
+    /// Second byte of the source addresses (127.SOURCE_NET.0.x), so several generators differ.
     #[arg(long, default_value_t = 0)]
     pub source_net: u8,
     /// Global index of this generator's first connection; the user id (`sub`) of connection i

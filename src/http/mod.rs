@@ -67,15 +67,16 @@ pub async fn refuse_new_sessions_while_draining(
     next.run(req).await
 }
 
-/// Routes of the admin listener. Process figures (resident memory, CPU, open descriptors) are
-/// read from the OS at each scrape and exported beside the gateway's own metrics.
-pub fn admin_router(metrics: PrometheusHandle) -> Router {
+/// Routes of the admin listener. Process figures (resident memory, CPU, open descriptors) and
+/// the readiness gauges are read at each scrape and exported beside the gateway's own metrics.
+pub fn admin_router(metrics: PrometheusHandle, state: Arc<AppState>) -> Router {
     let process = std::sync::Arc::new(metrics_process::Collector::default());
     process.describe();
     Router::new().route(
         "/metrics",
         get(move || {
             process.collect();
+            state.gauge_readiness();
             std::future::ready(metrics.render())
         }),
     )
@@ -88,8 +89,6 @@ async fn healthz() -> Json<Value> {
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     let bus = state.bus.is_ready();
     let ready = state.is_ready();
-    ::metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });
-    ::metrics::gauge!(crate::metrics::BUS_UP).set(if bus { 1.0 } else { 0.0 });
     let status = if ready {
         StatusCode::OK
     } else {
@@ -100,7 +99,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>)
         "status": if ready { "ready" } else { "not_ready" },
         "bus": if bus { "up" } else { "down" },
         "control": if control { "up" } else { "down" },
-        "draining": !ready && bus && control,
+        "draining": state.is_draining(),
     });
     (status, Json(body))
 }
