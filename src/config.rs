@@ -14,6 +14,7 @@ use crate::events::catalog::Catalog;
 use crate::events::ids::{INSTITUTION_KIND, USER_KIND};
 use crate::events::PublishRules;
 use crate::presence::PresenceConfig;
+use crate::wire::Settings;
 pub use presence::PresenceArgs;
 
 mod presence;
@@ -357,23 +358,14 @@ pub struct Config {
     pub policy: RoomPolicy,
     /// Grace period for the seed's `authenticate` flow.
     pub auth_grace: Duration,
-    /// Time a new WebSocket session has to send its Socket.IO connect packet.
-    pub connect_timeout: Duration,
-    /// Largest client packet (after decompression).
-    pub max_client_packet_bytes: u64,
-    /// Smallest message compressed on WebSocket sessions that negotiated permessage-deflate;
-    /// `None`: compression is off.
-    pub ws_compression_min_bytes: Option<u32>,
-    /// Engine.IO ping interval.
-    pub ping_interval: Duration,
+    /// Limits and timers of the transport (both Engine.IO transports).
+    pub transport: Settings,
     /// Most events kept per room (embedded bus; the Redis bus has its own copy).
     pub history_max_len: u64,
     /// History lifetime after a room's last event.
     pub history_ttl: Duration,
     /// Most events one recovery may replay.
     pub max_replay: u64,
-    /// Outgoing packets queued per socket.
-    pub socket_buffer: usize,
     /// Most client connections held at once.
     pub max_connections: usize,
     /// Joins per second per socket.
@@ -384,8 +376,6 @@ pub struct Config {
     pub drain_delay: Duration,
     /// Drain: period over which connections are closed.
     pub drain_period: Duration,
-    /// Engine.IO ping timeout.
-    pub ping_timeout: Duration,
     /// Browser origins that get CORS answers on `/socket.io/` and may open WebSockets.
     pub cors_origins: AllowedOrigins,
     /// `--dev` with an HS256 secret: signs the tokens of `GET /dev/token` (absent otherwise).
@@ -654,15 +644,18 @@ impl ServeArgs {
                 max_room_len: self.max_room_len,
             },
             auth_grace: self.auth_grace,
-            connect_timeout: self.connect_timeout,
-            max_client_packet_bytes: self.max_client_packet_bytes,
-            ws_compression_min_bytes: self.ws_compression.then_some(self.ws_compression_min_bytes),
-            ping_interval: self.ping_interval,
-            ping_timeout: self.ping_timeout,
+            transport: Settings {
+                ping_interval: self.ping_interval,
+                ping_timeout: self.ping_timeout,
+                connect_timeout: self.connect_timeout,
+                max_packet: self.max_client_packet_bytes,
+                socket_buffer: self.socket_buffer,
+                max_replay: self.max_replay as usize,
+                compression_min: self.ws_compression.then_some(self.ws_compression_min_bytes),
+            },
             history_max_len: self.history_max_len,
             history_ttl: self.history_ttl,
             max_replay: self.max_replay,
-            socket_buffer: self.socket_buffer,
             join_rate: self.join_rate,
             publish_rate: self.publish_rate,
             max_connections: match self.max_connections {

@@ -24,19 +24,9 @@ pub struct Transport {
 impl Transport {
     /// The transport's handler for the gateway with state `st`.
     pub fn new(st: Arc<AppState>) -> Arc<Self> {
-        let c = &st.config;
-        let settings = Settings {
-            ping_interval: c.ping_interval,
-            ping_timeout: c.ping_timeout,
-            connect_timeout: c.connect_timeout,
-            max_packet: c.max_client_packet_bytes,
-            socket_buffer: c.socket_buffer,
-            max_replay: c.max_replay as usize,
-            compression_min: c.ws_compression_min_bytes,
-        };
         Arc::new(Self {
+            settings: st.config.transport.clone(),
             st,
-            settings,
             polls: Polls::default(),
         })
     }
