@@ -10,11 +10,15 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::events::catalog::Catalog;
 
-/// Declares each metric: its documented name constant, its kind and its help text (which
-/// [`describe`] registers), so that a metric is spelled out in one place.
+/// Declares each metric: its name constant, its kind and its help text, which is also the
+/// constant's documentation and which [`describe`] registers, so that a metric is spelled out
+/// in one place.
 macro_rules! metrics {
-    ($($(#[doc = $doc:literal])+ $name:ident: $kind:ident = $metric:literal, $help:literal;)+) => {
-        $($(#[doc = $doc])+ pub const $name: &str = $metric;)+
+    ($($name:ident: $kind:ident = $metric:literal, $help:literal;)+) => {
+        $(
+            #[doc = concat!("`", $metric, "` (", stringify!($kind), "): ", $help)]
+            pub const $name: &str = $metric;
+        )+
 
         /// Registers every metric's help text (and unit) with the recorder.
         fn describe() {
@@ -29,138 +33,91 @@ macro_rules! metrics {
 }
 
 metrics! {
-    /// Open Socket.IO connections (gauge), by `transport`.
     CONNECTIONS: gauge = "gateway_connections",
         "Open Socket.IO connections, by transport at connect time.";
-    /// Connections accepted (counter), by `transport`.
     CONNECTIONS_TOTAL: counter = "gateway_connections_total",
         "Socket.IO connections accepted, by transport.";
-    /// Disconnects (counter), by `reason`.
     DISCONNECTS: counter = "gateway_disconnects_total", "Disconnects, by reason.";
-    /// Refused authentications (counter), by `reason` (the error code).
     AUTH_FAILURES: counter = "gateway_auth_failures_total",
         "Refused authentications, by reason code.";
-    /// Rooms with at least one local socket (gauge).
     ROOMS: gauge = "gateway_rooms",
         "Rooms (tenant and room) with at least one socket on this gateway.";
-    /// Refused joins (counter), by `reason`.
     JOIN_REFUSED: counter = "gateway_join_refused_total", "Refused join requests, by reason code.";
-    /// Events received from the bus (counter), by `channel`.
     EVENTS_RECEIVED: counter = "gateway_events_received_total",
         "Events received from the bus, by channel.";
-    /// Event copies handed to sockets (counter), by `channel`.
     EVENTS_DELIVERED: counter = "gateway_events_delivered_total",
         "Event copies handed to sockets, by channel.";
-    /// Event copies a socket could not take (counter), by `reason` (`buffer_full`, `closed`).
     DELIVERY_FAILURES: counter = "gateway_delivery_failures_total",
         "Event copies a socket could not take, by reason.";
-    /// Time from the event's timestamp to its hand-off to sockets (histogram, seconds).
     DELIVERY_LAG: histogram = "gateway_delivery_lag_seconds",
         "Delay from an event's timestamp to its hand-off to this gateway's sockets.";
-    /// Invalid messages on the bus (counter), by `reason`.
     BUS_INVALID: counter = "gateway_bus_invalid_total",
         "Messages on the bus that were not valid events, by reason.";
-    /// Publish API requests (counter), by `result` (`ok` or an error code).
     PUBLISH_REQUESTS: counter = "gateway_publish_requests_total",
         "Publish API requests, by result (ok or error code).";
-    /// Events published (counter), by `channel`.
     EVENTS_PUBLISHED: counter = "gateway_events_published_total",
         "Events published through this gateway, by channel (one per room).";
-    /// 1 while the bus is usable, else 0 (gauge).
     BUS_UP: gauge = "gateway_bus_up", "1 while the bus is usable, else 0.";
-    /// 1 while the gateway is ready for new clients, else 0 (gauge).
     READY: gauge = "gateway_ready", "1 while this gateway accepts new clients, else 0.";
 
-    /// 1 while the Redis subscription connection is up, else 0 (gauge).
     REDIS_UP: gauge = "gateway_redis_up",
         "1 while the Redis subscription connection is up, else 0.";
-    /// Reconnect attempts of the Redis subscriber (counter).
     REDIS_RECONNECTS: counter = "gateway_redis_reconnects_total",
         "Reconnect attempts of the Redis subscriber.";
-    /// Redis channels this gateway is subscribed to (gauge).
     REDIS_SUBSCRIPTIONS: gauge = "gateway_redis_subscriptions",
         "Redis channels (rooms) this gateway is subscribed to.";
-    /// Time of one publish call to Redis, all rooms (histogram, seconds).
     REDIS_PUBLISH_DURATION: histogram = "gateway_redis_publish_duration_seconds",
         "Time of one publish call to Redis (all rooms of one event).";
-    /// Time spent waiting for a pooled Redis connection (histogram, seconds).
     REDIS_POOL_WAIT: histogram = "gateway_redis_pool_wait_duration_seconds",
         "Time spent waiting for a pooled Redis connection.";
-    /// Bus messages dropped because their offset was already relayed (counter).
     BUS_DUPLICATES: counter = "gateway_bus_duplicates_total",
         "Bus messages dropped because their offset was already relayed.";
 
-    /// Recoveries requested by clients (counter), by `result` (`recovered` or why not).
     RECOVERIES: counter = "gateway_recoveries_total",
         "Recoveries requested by clients, by result (recovered or why not).";
-    /// Events replayed to clients from history (counter).
     EVENTS_REPLAYED: counter = "gateway_events_replayed_total",
         "Events replayed to clients from history.";
-    /// Rooms told to resync because their history was lost (counter).
     RESYNCS: counter = "gateway_resyncs_total",
         "Rooms told to resync because their history was lost.";
-    /// History reads after a Redis reconnect (counter), by `result`.
     GAP_READS: counter = "gateway_gap_reads_total",
         "History reads after a Redis reconnect, by result.";
-    /// Sockets cut because their outgoing buffer was full (counter), by `transport`.
     SLOW_CONSUMERS: counter = "gateway_slow_consumer_disconnects_total",
         "Sockets cut because they could not keep up (outgoing buffer full), by transport.";
-    /// WebSockets opened to upgrade a long-polling session (counter), by `result`: `upgraded`,
-    /// `timeout` (no upgrade within 10 s) or `refused` (the probe went wrong; the log says how).
     UPGRADES: counter = "gateway_upgrades_total",
         "WebSockets opened to upgrade a long-polling session, by result (upgraded, timeout, refused).";
-    /// Connections refused because the gateway held GATEWAY_MAX_CONNECTIONS already (counter).
     CONNECTIONS_REFUSED: counter = "gateway_connections_refused_total",
         "TCP connections refused because the gateway was full (GATEWAY_MAX_CONNECTIONS).";
-    /// Failed accepts, e.g. out of file descriptors (counter).
     ACCEPT_ERRORS: counter = "gateway_accept_errors_total",
         "Failed accepts (for example out of file descriptors).";
-    /// Client protocol errors (bad frames or packets, refused handshakes, unknown events) by reason (counter).
     CLIENT_PROTOCOL_ERRORS: counter = "gateway_client_protocol_errors_total",
         "Client protocol errors (bad frames or packets, refused WebSocket handshakes, unknown events), by reason.";
-    /// Tenant quota checks (counter), by `quota` (`connections`, `publish_rate`), `outcome`
-    /// (`allowed`, `refused`) and `tenant` (`other` unless listed in the tenants file's
-    /// `metricsTenants`).
     TENANT_QUOTA: counter = "gateway_tenant_quota_total",
         "Tenant quota checks, by quota, outcome and tenant (other unless listed in metricsTenants).";
-    /// Control API calls (counter), by `action` and `result` (`ok` or an error code).
     CONTROL_REQUESTS: counter = "gateway_control_requests_total",
         "Control API calls (list, disconnect, revoke, rooms/leave), by action and result.";
-    /// API requests refused by the key check (counter), by `reason`.
     API_KEY_REFUSALS: counter = "gateway_api_key_refusals_total",
         "API requests refused by the key check, by reason (missing, invalid, scope, tenant).";
-    /// Connections closed by a drain (counter).
     DRAINED: counter = "gateway_drained_connections_total",
         "Connections closed by a graceful drain.";
 
-    /// (Room, user) pairs with a socket on this gateway in rooms with presence (gauge).
     PRESENCE_MEMBERS: gauge = "gateway_presence_members",
         "Room and user pairs with a socket on this gateway, in rooms with presence.";
-    /// Rooms with presence that have a socket on this gateway (gauge).
     PRESENCE_ROOMS: gauge = "gateway_presence_rooms",
         "Rooms with presence that have a socket on this gateway.";
-    /// Batches of presence writes (counter), by `result` (`ok`, `lapsed`, `error`).
     PRESENCE_WRITES: counter = "gateway_presence_writes_total",
         "Batches of presence writes, by result (ok, lapsed, error).";
-    /// Time to answer a presence question from the store (histogram, seconds).
     PRESENCE_READ_DURATION: histogram = "gateway_presence_read_duration_seconds",
         "Time to read a room's presence from the store.";
-    /// Refused or failed presence requests (counter), by `reason` (the error code).
     PRESENCE_REFUSED: counter = "gateway_presence_refused_total",
         "Refused or failed presence requests (socket and HTTP), by reason code.";
-    /// Members of lost gateways this gateway removed (counter).
     PRESENCE_REAPED: counter = "gateway_presence_reaped_members_total",
         "Members of lost gateways (lease expired) removed by this gateway.";
-    /// Renewals of this gateway's lease (counter), by `result` (`ok`, `lapsed`, `error`).
     LEASE_RENEWALS: counter = "gateway_presence_lease_renewals_total",
         "Renewals of this gateway's presence lease, by result (ok, lapsed, error).";
-    /// Gateways whose lease expired, reaped by this gateway (counter): a gateway vanished.
     LEASE_EXPIRIES: counter = "gateway_presence_lease_expiries_total",
         "Gateways whose lease expired (they vanished without a goodbye), reaped by this gateway.";
-    /// Lifecycle stream entries written (counter), `gateway_lost` ones included.
     LIFECYCLE_ENTRIES: counter = "gateway_lifecycle_entries_total",
         "Lifecycle stream entries written, gateway_lost disconnects included.";
-    /// Lifecycle entries dropped (counter), by `reason` (`queue_full`, `bus_unavailable`).
     LIFECYCLE_DROPPED: counter = "gateway_lifecycle_dropped_total",
         "Lifecycle entries dropped, by reason (queue_full, bus_unavailable).";
 }
