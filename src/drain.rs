@@ -12,10 +12,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -48,19 +49,15 @@ impl Connections {
         self.closing.load(Ordering::SeqCst) || self.len() >= self.max
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Connections open now.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.open.lock().len()
     }
 
     /// Shuts down up to `n` connections (both directions); returns how many.
     pub fn close_some(&self, n: usize) -> usize {
         let taken: Vec<Arc<TcpStream>> = {
-            let mut open = self.lock();
+            let mut open = self.open.lock();
             let ids: Vec<u64> = open.keys().take(n).copied().collect();
             ids.iter().filter_map(|id| open.remove(id)).collect()
         };
@@ -94,7 +91,7 @@ pub async fn accept_loop(
                 }
                 let id = connections.next.fetch_add(1, Ordering::Relaxed);
                 let stream = Arc::new(stream);
-                connections.lock().insert(id, stream.clone());
+                connections.open.lock().insert(id, stream.clone());
                 let io = TrackedStream {
                     inner: stream,
                     id,
@@ -128,7 +125,7 @@ impl TrackedStream {
     /// Shuts the connection down (both directions) and deregisters it, now, even while others
     /// still hold the stream (a cut, or the end of a session others may still write to).
     pub fn close(&self) {
-        self.connections.lock().remove(&self.id);
+        self.connections.open.lock().remove(&self.id);
         shutdown(&self.inner);
     }
 }
@@ -142,7 +139,7 @@ fn shutdown(tcp: &TcpStream) {
 
 impl Drop for TrackedStream {
     fn drop(&mut self) {
-        self.connections.lock().remove(&self.id);
+        self.connections.open.lock().remove(&self.id);
     }
 }
 

@@ -10,8 +10,9 @@
 //! socket.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -99,10 +100,6 @@ impl Lifecycle {
         }
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn push(
         &self,
         s: Socket<'_>,
@@ -124,7 +121,7 @@ impl Lifecycle {
             timestamp: now_millis(),
         };
         if op == Op::Open {
-            self.live().insert(s.id, entry.clone());
+            self.live.lock().insert(s.id, entry.clone());
         }
         if queue.try_send(entry).is_err() {
             dropped("queue_full", 1);
@@ -161,18 +158,13 @@ impl Lifecycle {
         if self.queue.is_none() {
             return;
         }
-        self.live().remove(&s.id);
+        self.live.lock().remove(&s.id);
         self.push(s, "disconnect", Op::Close, None, Some(reason));
     }
 
     /// Writes queued entries until `stop`, then what is left in the queue.
     pub async fn run(self: Arc<Self>, fleet: Arc<Fleet>, stop: CancellationToken) {
-        let Some(mut rx) = self
-            .receiver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(mut rx) = self.receiver.lock().take() else {
             return;
         };
         let mut generations = fleet.generations();
@@ -205,7 +197,8 @@ impl Lifecycle {
     /// `connect` entries (reason `reasserted`) recording every open connection again.
     fn reassert(&self) -> Vec<Entry> {
         let now = now_millis();
-        self.live()
+        self.live
+            .lock()
             .values()
             .map(|connect| Entry {
                 reason: Some("reasserted"),

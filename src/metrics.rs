@@ -3,10 +3,11 @@
 //! Labels only ever take values from bounded sets (a transport, a reason code, a catalog
 //! channel or `other`), never a room, a user or a raw path.
 
-use std::sync::{OnceLock, PoisonError, RwLock};
+use std::sync::OnceLock;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use parking_lot::RwLock;
 
 use crate::events::catalog::Catalog;
 
@@ -128,9 +129,7 @@ static CHANNEL_LABELS: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
 
 /// Lets the channels of `catalog` appear as `channel` labels (called once per gateway start).
 pub fn allow_channel_labels(catalog: &Catalog) {
-    let mut names = CHANNEL_LABELS
-        .write()
-        .unwrap_or_else(PoisonError::into_inner);
+    let mut names = CHANNEL_LABELS.write();
     for channel in catalog.channels() {
         if !names.contains(&channel.name()) {
             // Leaked once per distinct name in the process's catalogs: labels must be 'static.
@@ -151,9 +150,7 @@ fn register_channel(channel: &'static str) {
 /// Label value for a channel: its name if it is in a served catalog, else `other` (an event
 /// relayed from a gateway that runs another catalog).
 pub fn channel_label(channel: &str) -> &'static str {
-    let names = CHANNEL_LABELS
-        .read()
-        .unwrap_or_else(PoisonError::into_inner);
+    let names = CHANNEL_LABELS.read();
     names
         .iter()
         .find(|n| **n == channel)

@@ -3,8 +3,9 @@
 //! instead of a sleeping task per socket, which would cost a task's memory for every connection.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::PeerId as Sid;
 
@@ -32,7 +33,7 @@ pub struct Deadlines {
 impl Deadlines {
     /// Schedules `what` for socket `sid` at `when`.
     pub fn schedule(&self, when: Instant, sid: Sid, what: Deadline) {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.queue.lock();
         q.1 += 1;
         let seq = q.1;
         let first = q.0.first_key_value().is_none_or(|(&(at, _), _)| when < at);
@@ -47,7 +48,7 @@ impl Deadlines {
     /// ones (possibly none).
     pub async fn next_due(&self) -> Vec<(Sid, Deadline)> {
         let next = {
-            let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let q = self.queue.lock();
             q.0.first_key_value().map(|(&(at, _), _)| at)
         };
         // A day stands for "nothing scheduled"; a schedule wakes the wait.
@@ -61,7 +62,7 @@ impl Deadlines {
 
     /// Removes and returns every deadline due at `now`.
     pub fn take_due(&self, now: Instant) -> Vec<(Sid, Deadline)> {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.queue.lock();
         let later = q.0.split_off(&(now, u64::MAX));
         let due = std::mem::replace(&mut q.0, later);
         due.into_values().collect()

@@ -11,9 +11,10 @@ pub mod deadlines;
 pub mod session;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -239,27 +240,23 @@ pub struct Peers {
 }
 
 impl Peers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Peer>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Registers a connected peer.
     pub fn insert(&self, peer: Peer) {
-        self.lock().insert(peer.id(), peer);
+        self.map.lock().insert(peer.id(), peer);
     }
 
     /// Forgets a peer.
     pub fn remove(&self, id: PeerId) {
-        self.lock().remove(&id);
+        self.map.lock().remove(&id);
     }
 
     /// The peer with this id, if still connected.
     pub fn get(&self, id: PeerId) -> Option<Peer> {
-        self.lock().get(&id).cloned()
+        self.map.lock().get(&id).cloned()
     }
 
     /// Every connected peer (the control API looks through them).
     pub fn all(&self) -> Vec<Peer> {
-        self.lock().values().cloned().collect()
+        self.map.lock().values().cloned().collect()
     }
 }

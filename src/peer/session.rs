@@ -1,6 +1,8 @@
 //! Per-socket state: one state machine per connected client, whichever transport carries it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::auth::Identity;
 use crate::events::{RoomKey, RoomName};
@@ -127,7 +129,7 @@ impl Session {
 
     /// The session's state; held for short, await-free sections only.
     pub fn state(&self) -> MutexGuard<'_, SessionState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// This socket as presence and the lifecycle stream name it, as `identity`.

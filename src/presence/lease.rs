@@ -11,9 +11,10 @@
 //! A gateway that finds its own lease lapsed (Redis unreachable for longer than the lease, or
 //! a long stall) takes a new incarnation and asserts its members and connections again.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -147,10 +148,7 @@ impl Fleet {
 
     /// The incarnation to write under now.
     pub fn incarnation(&self) -> Incarnation {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.lock().clone()
     }
 
     /// A receiver that changes whenever the gateway takes a new incarnation.
@@ -225,7 +223,7 @@ impl Fleet {
     }
 
     fn set(&self, id: Arc<str>, deadline: i64) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Incarnation { id, deadline };
+        *self.current.lock() = Incarnation { id, deadline };
     }
 
     /// Reaps every incarnation whose lease ran out (other than this gateway's own); returns how

@@ -17,9 +17,10 @@ pub mod lease;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -139,11 +140,6 @@ impl Presence {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        // Updates are single map operations: a poisoned lock holds a consistent table.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A socket of `who` entered `key` (called once per entry, by the room membership).
     pub fn entered(&self, key: &RoomKey, who: &Identity) {
         self.change(key, who, true);
@@ -158,7 +154,7 @@ impl Presence {
         if !self.config.tracks(key.room()) {
             return;
         }
-        let mut t = self.lock();
+        let mut t = self.table.lock();
         let room = t.rooms.entry(key.clone()).or_default();
         let before = room.len();
         match room.get_mut(&who.user_id) {
@@ -210,7 +206,7 @@ impl Presence {
         let room = key.room();
         self.tracked(room)?;
         let start = Instant::now();
-        let want = self.lock().seq;
+        let want = self.table.lock().seq;
         let mut flushed = self.flushed.subscribe();
         let _ = tokio::time::timeout(READ_OWN_WRITES, flushed.wait_for(|&f| f >= want)).await;
         let listed = self.config.lists_members(room);
@@ -228,7 +224,7 @@ impl Presence {
 
     /// Marks every pair this gateway holds as changed (a new incarnation must assert them all).
     fn mark_all(&self) {
-        let mut t = self.lock();
+        let mut t = self.table.lock();
         let pairs: Vec<(RoomKey, UserId)> = t
             .rooms
             .iter()
@@ -242,7 +238,7 @@ impl Presence {
     /// Takes up to [`MAX_BATCH`] changed pairs with what this gateway holds of each now, and
     /// the change count that writing them completes (`None` if more are left).
     fn take_batch(&self) -> (Vec<Write>, Option<u64>) {
-        let mut t = self.lock();
+        let mut t = self.table.lock();
         let pairs: Vec<(RoomKey, UserId)> = t.dirty.iter().take(MAX_BATCH).cloned().collect();
         let mut writes = Vec::with_capacity(pairs.len());
         for pair in pairs {
@@ -266,7 +262,7 @@ impl Presence {
     }
 
     fn mark(&self, writes: impl IntoIterator<Item = Write>) {
-        let mut t = self.lock();
+        let mut t = self.table.lock();
         t.dirty.extend(writes.into_iter().map(|w| (w.key, w.user)));
     }
 

@@ -3,8 +3,9 @@
 //! of this user in this room", and answer the same reads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde_json::json;
 use serde_json::value::RawValue;
 
@@ -192,10 +193,6 @@ impl MemoryStore {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     async fn apply(
         &self,
         writes: &[Write],
@@ -204,7 +201,7 @@ impl MemoryStore {
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             let change = {
-                let mut rooms = self.lock();
+                let mut rooms = self.rooms.lock();
                 let room = rooms.entry(w.key.clone()).or_default();
                 let before = room.get(&w.user).cloned();
                 let change = if w.connections > 0 {
@@ -243,7 +240,7 @@ impl MemoryStore {
     }
 
     fn read(&self, key: &RoomKey, max: usize) -> Answer {
-        let rooms = self.lock();
+        let rooms = self.rooms.lock();
         let Some(room) = rooms.get(key) else {
             return Answer::listed(key, Vec::new());
         };

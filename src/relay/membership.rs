@@ -6,7 +6,9 @@
 //! lifecycle stream from here, the one place that sees them all.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::bus::Bus;
 use crate::events::RoomKey;
@@ -44,15 +46,10 @@ impl Membership {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, usize>> {
-        // A panic elsewhere cannot leave the counts half-updated, so a poisoned lock is usable.
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Socket `who` enters `key`; subscribes the bus on the first local socket.
     pub fn add(&self, key: &RoomKey, who: Socket<'_>) {
         {
-            let mut counts = self.lock();
+            let mut counts = self.counts.lock();
             let n = counts.entry(key.clone()).or_insert(0);
             *n += 1;
             if *n == 1 {
@@ -68,7 +65,7 @@ impl Membership {
     /// local socket.
     pub fn remove(&self, key: &RoomKey, who: Socket<'_>, why: Exit) {
         {
-            let mut counts = self.lock();
+            let mut counts = self.counts.lock();
             if let Some(n) = counts.get_mut(key) {
                 *n -= 1;
                 if *n == 0 {

@@ -14,8 +14,10 @@ pub mod revocations;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
 
 use crate::auth::{AuthError, Verified};
 use crate::events::TenantId;
@@ -94,10 +96,6 @@ pub struct Tenancy {
     control_up: std::sync::atomic::AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Tenancy {
     /// Loads keys and quotas from `sources`; the error names what is wrong (never a key).
     pub fn new(
@@ -137,18 +135,12 @@ impl Tenancy {
 
     /// The keys in force.
     pub fn keyring(&self) -> Arc<Keyring> {
-        self.keyring
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.keyring.read().clone()
     }
 
     /// The quotas in force.
     pub fn quotas(&self) -> Arc<Quotas> {
-        self.quotas
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.quotas.read().clone()
     }
 
     /// Re-reads the keys file and the tenants file. A file that does not load leaves the keys
@@ -162,8 +154,8 @@ impl Tenancy {
         let quotas = Quotas::load(self.sources.tenants_file.as_deref())
             .map_err(|e| format!("GATEWAY_TENANTS_FILE: {e}"))?;
         let keys = keyring.len();
-        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
-        *self.quotas.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(quotas);
+        *self.keyring.write() = Arc::new(keyring);
+        *self.quotas.write() = Arc::new(quotas);
         self.sync_limits().await;
         Ok((keys, self.held_count()))
     }
@@ -178,7 +170,7 @@ impl Tenancy {
     }
 
     fn held_count(&self) -> usize {
-        lock(&self.held).len()
+        self.held.lock().len()
     }
 
     /// Checks a presented API key (the `Authorization` header's bearer value) for `scope`.
@@ -218,7 +210,9 @@ impl Tenancy {
         let (admitted, counted) = match (limit, &self.fleet) {
             (None, _) => (true, false),
             (Some(limit), None) => {
-                let held = lock(&self.held)
+                let held = self
+                    .held
+                    .lock()
                     .values()
                     .filter(|h| h.tenant == *tenant)
                     .count() as u64;
@@ -238,7 +232,7 @@ impl Tenancy {
                 at: Instant::now(),
                 counted,
             };
-            lock(&self.held).insert(peer, held);
+            self.held.lock().insert(peer, held);
             if limit.is_some() {
                 self.count_quota("connections", "allowed", tenant);
             }
@@ -251,7 +245,7 @@ impl Tenancy {
 
     /// Connection `peer` is gone: its slot is given back (in Redis, in the background).
     pub fn release(&self, peer: u64) {
-        let held = lock(&self.held).remove(&peer);
+        let held = self.held.lock().remove(&peer);
         if let Some(h) = held {
             self.uncount(h);
         }
@@ -277,7 +271,7 @@ impl Tenancy {
             return;
         };
         let gone: Vec<Held> = {
-            let mut held = lock(&self.held);
+            let mut held = self.held.lock();
             let ids: Vec<u64> = held
                 .iter()
                 .filter(|(id, h)| h.at <= stale && !alive(**id))
@@ -331,7 +325,7 @@ impl Tenancy {
         let rate = rate.max(1) as f64;
         let need = (events as f64).clamp(1.0, rate);
         let now = Instant::now();
-        let mut buckets = lock(&self.buckets);
+        let mut buckets = self.buckets.lock();
         let b = buckets.entry(tenant.clone()).or_insert(Bucket {
             tokens: rate,
             at: now,
@@ -371,12 +365,12 @@ impl Tenancy {
         let Some(fleet) = &self.fleet else { return };
         let counts: Vec<(TenantId, u64)> = {
             let mut by_tenant: HashMap<TenantId, u64> = HashMap::new();
-            for h in lock(&self.held).values().filter(|h| h.counted) {
+            for h in self.held.lock().values().filter(|h| h.counted) {
                 *by_tenant.entry(h.tenant.clone()).or_default() += 1;
             }
             by_tenant.into_iter().collect()
         };
-        *lock(&self.beaten) = counts.iter().map(|(t, _)| t.clone()).collect();
+        *self.beaten.lock() = counts.iter().map(|(t, _)| t.clone()).collect();
         if let Err(e) = fleet.beat(&self.gateway, &counts).await {
             tracing::warn!(error = %e, "gateway lease not renewed");
         }
@@ -385,7 +379,7 @@ impl Tenancy {
     /// This gateway stops: its connections stop counting at once.
     pub async fn leave_fleet(&self) {
         let Some(fleet) = &self.fleet else { return };
-        let tenants = lock(&self.beaten).clone();
+        let tenants = self.beaten.lock().clone();
         if let Err(e) = fleet.leave(&self.gateway, &tenants).await {
             tracing::debug!(error = %e, "lease not released; it expires by itself");
         }
@@ -449,7 +443,7 @@ mod tests {
     #[test]
     fn the_embedded_rate_is_a_token_bucket_per_tenant() {
         let t = tenancy(&[]);
-        *t.quotas.write().unwrap() =
+        *t.quotas.write() =
             Arc::new(Quotas::parse(r#"{"tenants":{"1":{"publishRate":5}}}"#).unwrap());
         let (one, two) = (TenantId::parse("1").unwrap(), TenantId::parse("2").unwrap());
         assert!(t.take_publish(&one, 5).is_ok());

@@ -6,8 +6,9 @@
 //! within the control channel's delay and after a restart.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::auth::{AuthError, Identity};
 use crate::events::{TenantId, UserId};
@@ -20,15 +21,11 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(TenantId, UserId), (u64, Instant)>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Refuses the user's tokens issued before `before` (seconds since the epoch) for `ttl`.
     /// A later revocation of the same user wins over an earlier one.
     pub fn insert(&self, tenant: TenantId, user: UserId, before: u64, ttl: Duration) {
         let until = Instant::now() + ttl;
-        let mut map = self.lock();
+        let mut map = self.map.lock();
         let now = Instant::now();
         map.retain(|_, (_, until)| *until > now);
         let entry = map.entry((tenant, user)).or_insert((before, until));
@@ -39,7 +36,7 @@ impl Revocations {
 
     /// The revocation time in force for a user, if any.
     pub fn before(&self, tenant: &TenantId, user: &UserId) -> Option<u64> {
-        let map = self.lock();
+        let map = self.map.lock();
         map.get(&(tenant.clone(), user.clone()))
             .filter(|(_, until)| *until > Instant::now())
             .map(|(before, _)| *before)

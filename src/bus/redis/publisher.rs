@@ -1,9 +1,10 @@
 //! Publishing through the `rtg_publish` function, and loading that function.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::join_all;
+use parking_lot::Mutex;
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 
@@ -312,16 +313,16 @@ impl Publisher {
 
     /// The shared socket of history reads, taken from the pool when there is none.
     async fn read_handle(&self) -> Result<SharedConnection, BusError> {
-        if let Some(c) = self.reads.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(c) = self.reads.lock().clone() {
             return Ok(c);
         }
         let fresh = self.connection().await?.shared();
-        let mut held = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.reads.lock();
         Ok(held.get_or_insert(fresh).clone())
     }
 
     fn drop_read_handle(&self) {
-        *self.reads.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.reads.lock() = None;
     }
 
     /// The room's position (creating its epoch when it has no history).

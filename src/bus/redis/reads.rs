@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
+use parking_lot::Mutex;
 
 use crate::bus::{BusError, Position, Recovery};
 use crate::events::RoomKey;
@@ -57,7 +58,7 @@ impl Coalescer {
     {
         let key: ReadKey = (room.clone(), since.epoch.clone(), since.offset, max);
         let mine = {
-            let mut all = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            let mut all = self.flights.lock();
             let f = all.entry(key.clone()).or_default();
             match &f.next {
                 Some(next) if !next.started.load(Ordering::SeqCst) => next.clone(),
@@ -86,7 +87,7 @@ impl Coalescer {
             }
         };
         let result = mine.read.clone().await;
-        let mut all = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.flights.lock();
         if let Some(f) = all.get_mut(&key) {
             let is_mine =
                 |x: &Option<Flight>| x.as_ref().is_some_and(|x| x.read.ptr_eq(&mine.read));
@@ -153,6 +154,6 @@ mod tests {
         }
         // The first read, and one more for everyone who came while it ran.
         assert_eq!(reads.load(Ordering::SeqCst), 2);
-        assert!(c.flights.lock().unwrap().is_empty());
+        assert!(c.flights.lock().is_empty());
     }
 }

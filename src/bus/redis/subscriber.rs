@@ -8,10 +8,11 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -62,10 +63,6 @@ pub struct Subscriber {
     deliveries: DeliverySender,
     max_room_len: usize,
     strict_catalog: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Waits out `backoff` (with jitter, so a fleet does not reconnect in lockstep) and doubles it
@@ -175,7 +172,7 @@ impl Subscriber {
 
     /// `room` has members here.
     pub fn want(&self, room: &RoomKey) {
-        let mut w = lock(&self.wants);
+        let mut w = self.wants.lock();
         if w.wanted.insert(room.clone(), None) != Some(None) {
             w.to_subscribe.insert(room.clone());
             self.changed.notify_one();
@@ -185,7 +182,7 @@ impl Subscriber {
     /// `room` has no member left here: release it after the delay.
     pub fn release(&self, room: &RoomKey) {
         let at = Instant::now() + self.settings.unsubscribe_delay;
-        let mut w = lock(&self.wants);
+        let mut w = self.wants.lock();
         if let Some(slot) = w.wanted.get_mut(room) {
             *slot = Some(at);
             w.releases.push_back((at, room.clone()));
@@ -199,7 +196,7 @@ impl Subscriber {
             let notified = self.confirmed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if lock(&self.subscribed).contains(room) {
+            if self.subscribed.lock().contains(room) {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -228,7 +225,7 @@ impl Subscriber {
                 Err(e) => {
                     let was_up = self.up.swap(false, Ordering::SeqCst);
                     ::metrics::gauge!(metrics::REDIS_UP).set(0.0);
-                    lock(&self.subscribed).clear();
+                    self.subscribed.lock().clear();
                     ::metrics::gauge!(metrics::REDIS_SUBSCRIPTIONS).set(0.0);
                     if was_up || first {
                         tracing::warn!(error = %e, "Redis subscription lost; reconnecting");
@@ -263,7 +260,7 @@ impl Subscriber {
         let (mut sink, mut stream) = pubsub.split();
         {
             // A new connection has no subscription: everything wanted is to subscribe.
-            let mut w = lock(&self.wants);
+            let mut w = self.wants.lock();
             let all: Vec<RoomKey> = w.wanted.keys().cloned().collect();
             w.to_subscribe.extend(all);
         }
@@ -275,7 +272,7 @@ impl Subscriber {
         ::metrics::gauge!(metrics::REDIS_UP).set(1.0);
         *backoff = BACKOFF_MIN;
         tracing::info!(
-            rooms = lock(&self.subscribed).len(),
+            rooms = self.subscribed.lock().len(),
             "Redis subscription ready"
         );
         let mut tick = tokio::time::interval(RECONCILE_TICK);
@@ -302,7 +299,7 @@ impl Subscriber {
                 .await
                 .map_err(|_| timed_out("SUBSCRIBE"))?
                 .map_err(|e| e.to_string())?;
-            lock(&self.subscribed).extend(chunk.iter().cloned());
+            self.subscribed.lock().extend(chunk.iter().cloned());
         }
         for chunk in to_unsub.chunks(BATCH) {
             let unsubscribed = sink.unsubscribe(self.channels(chunk));
@@ -327,7 +324,7 @@ impl Subscriber {
 
     /// Tells waiters and the gauge that the subscribed set changed.
     fn subscriptions_changed(&self) {
-        ::metrics::gauge!(metrics::REDIS_SUBSCRIPTIONS).set(lock(&self.subscribed).len() as f64);
+        ::metrics::gauge!(metrics::REDIS_SUBSCRIPTIONS).set(self.subscribed.lock().len() as f64);
         self.confirmed.notify_waiters();
     }
 
@@ -335,15 +332,15 @@ impl Subscriber {
     /// now. Released rooms leave `subscribed` here, before their UNSUBSCRIBE goes out.
     fn take_changes(&self) -> (Vec<RoomKey>, Vec<RoomKey>) {
         let now = Instant::now();
-        let mut w = lock(&self.wants);
-        let mut subscribed = lock(&self.subscribed);
+        let mut w = self.wants.lock();
+        let mut subscribed = self.subscribed.lock();
         let pending = std::mem::take(&mut w.to_subscribe);
         let to_sub: Vec<RoomKey> = pending
             .into_iter()
             .filter(|r| w.wanted.contains_key(r) && !subscribed.contains(r))
             .collect();
         let mut to_unsub = Vec::new();
-        let mut last = lock(&self.last);
+        let mut last = self.last.lock();
         while let Some((_, room)) = w.releases.pop_front_if(|(t, _)| *t <= now) {
             // Wanted again since, or released again later: not due yet.
             if !matches!(w.wanted.get(&room), Some(Some(t)) if *t <= now) {
@@ -366,8 +363,9 @@ impl Subscriber {
     /// lost gets a resync.
     async fn heal_rooms(&self, publisher: &Publisher, only: Option<&HashSet<RoomKey>>) {
         let rooms: Vec<(RoomKey, (Arc<str>, u64))> = {
-            let subscribed = lock(&self.subscribed);
-            lock(&self.last)
+            let subscribed = self.subscribed.lock();
+            self.last
+                .lock()
                 .iter()
                 .filter(|(room, _)| subscribed.contains(*room))
                 .filter(|(room, _)| only.is_none_or(|o| o.contains(*room)))
@@ -394,7 +392,9 @@ impl Subscriber {
                     ::metrics::counter!(metrics::GAP_READS, "result" => reason.as_str())
                         .increment(1);
                     tracing::warn!(%room, reason = reason.as_str(), "history lost while Redis was unreachable; asking clients to resync");
-                    lock(&self.last).insert(room.clone(), (now.epoch.clone(), now.offset));
+                    self.last
+                        .lock()
+                        .insert(room.clone(), (now.epoch.clone(), now.offset));
                     let _ = self
                         .deliveries
                         .send(BusMessage::Resync { key: room, now })
@@ -411,7 +411,7 @@ impl Subscriber {
     /// Relays one event unless its offset was relayed already.
     async fn deliver(&self, room: RoomKey, epoch: Arc<str>, offset: u64, event: Arc<Event>) {
         let restarted = {
-            let mut last = lock(&self.last);
+            let mut last = self.last.lock();
             if last
                 .get(&room)
                 .is_some_and(|(e, o)| *e == epoch && offset <= *o)

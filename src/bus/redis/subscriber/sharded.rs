@@ -23,7 +23,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{back_off, lock, Subscriber, BACKOFF_MIN, BATCH, RECONCILE_TICK};
+use super::{back_off, Subscriber, BACKOFF_MIN, BATCH, RECONCILE_TICK};
 use crate::bus::redis::topology::{self, SlotMap};
 use crate::bus::redis::Publisher;
 use crate::events::RoomKey;
@@ -107,8 +107,8 @@ impl Shards {
                 node.rooms.remove(room);
             }
         }
-        lock(&sub.subscribed).remove(room);
-        if lock(&sub.wants).wanted.contains_key(room) {
+        sub.subscribed.lock().remove(room);
+        if sub.wants.lock().wanted.contains_key(room) {
             self.pending.insert(room.clone());
             self.gaps.insert(room.clone());
         }
@@ -329,7 +329,7 @@ impl Subscriber {
         let mut changed = !to_unsub.is_empty();
         sh.pending.extend(to_sub);
         {
-            let wants = lock(&self.wants);
+            let wants = self.wants.lock();
             sh.pending.retain(|r| wants.wanted.contains_key(r));
             sh.gaps.retain(|r| wants.wanted.contains_key(r));
         }
@@ -436,7 +436,7 @@ impl Subscriber {
                     }
                     sh.placed.insert(room.clone(), address.to_string());
                     sh.pending.remove(room);
-                    lock(&self.subscribed).insert(room.clone());
+                    self.subscribed.lock().insert(room.clone());
                     confirmed += 1;
                 }
                 Answer::Elsewhere => sh.stale = true,
