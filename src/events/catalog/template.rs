@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::events::ids::{RoomName, TenantId, INSTITUTION_KIND, MAX_KIND_LEN};
+use crate::events::ids::{self, RoomName, TenantId, INSTITUTION_KIND, MAX_KIND_LEN};
 
 /// The default room of a channel whose `defaultRoom` is absent: the tenant's room.
 pub const DEFAULT_ROOM: &str = "institution:{institutionId}";
@@ -42,10 +42,7 @@ impl RoomTemplate {
                 "{text:?} is not a room template; write kind:id, e.g. {DEFAULT_ROOM} or user:{{payload.userId}}"
             ));
         };
-        let kind_ok = !kind.is_empty()
-            && kind.len() <= MAX_KIND_LEN
-            && kind.bytes().all(|c| c.is_ascii_lowercase() || c == b'_');
-        if !kind_ok {
+        if !ids::kind_ok(kind) {
             return Err(format!(
                 "the room kind {kind:?} must be 1-{MAX_KIND_LEN} characters of a-z or '_'"
             ));
@@ -75,9 +72,7 @@ impl RoomTemplate {
             }
         }
         let literal_id_ok = parts[1..].iter().all(|p| match p {
-            Part::Literal(s) => s
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')),
+            Part::Literal(s) => s.bytes().all(ids::is_room_id_char),
             _ => true,
         });
         if parts.len() == 1 || !literal_id_ok {
