@@ -244,50 +244,32 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Keys<T> {
 /// The document as compact JSON with its channels and events in document order and the keys
 /// around them in a fixed order (name, version, description, $defs, channels).
 fn effective_json(doc: &Value, order: &Order) -> String {
-    fn entry(out: &mut String, key: &str, value: &str) {
-        if !out.ends_with('{') {
-            out.push(',');
-        }
-        out.push_str(&Value::from(key).to_string());
-        out.push(':');
-        out.push_str(value);
+    fn object<'k>(entries: impl Iterator<Item = (&'k str, String)>) -> String {
+        let entries: Vec<String> = entries
+            .map(|(key, value)| format!("{}:{value}", Value::from(key)))
+            .collect();
+        format!("{{{}}}", entries.join(","))
     }
-    fn fixed(out: &mut String, map: &Map<String, Value>, keys: &[&str], skip: &str) {
-        for key in keys.iter().filter(|k| **k != skip) {
-            if let Some(v) = map.get(*key) {
-                entry(out, key, &v.to_string());
-            }
-        }
+    fn fixed<'k>(
+        map: &'k Value,
+        keys: &'k [&str],
+        last: &'k str,
+    ) -> impl Iterator<Item = (&'k str, String)> {
+        keys.iter()
+            .filter(move |k| **k != last)
+            .filter_map(|k| Some((*k, map.get(*k)?.to_string())))
     }
-    fn members(v: Option<&Value>) -> &Map<String, Value> {
-        static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
-        v.and_then(Value::as_object).unwrap_or(&EMPTY)
-    }
-    let top = members(Some(doc));
-    let channels = members(top.get("channels"));
-    let mut out = String::from("{");
-    fixed(&mut out, top, TOP_KEYS, "channels");
-    let mut chs = String::from("{");
-    for (name, events) in order {
-        let spec = members(channels.get(name));
-        let defs = members(spec.get("events"));
-        let mut ch = String::from("{");
-        fixed(&mut ch, spec, CHANNEL_KEYS, "events");
-        let mut evs = String::from("{");
-        for event in events {
-            if let Some(def) = defs.get(event) {
-                entry(&mut evs, event, &def.to_string());
-            }
-        }
-        evs.push('}');
-        entry(&mut ch, "events", &evs);
-        ch.push('}');
-        entry(&mut chs, name, &ch);
-    }
-    chs.push('}');
-    entry(&mut out, "channels", &chs);
-    out.push('}');
-    out
+    let channels = order.iter().map(|(name, events)| {
+        let spec = &doc["channels"][name];
+        let events = events
+            .iter()
+            .filter_map(|e| Some((e.as_str(), spec["events"].get(e)?.to_string())));
+        let events = [("events", object(events))];
+        let channel = object(fixed(spec, CHANNEL_KEYS, "events").chain(events));
+        (name.as_str(), channel)
+    });
+    let channels = [("channels", object(channels))];
+    object(fixed(doc, TOP_KEYS, "channels").chain(channels))
 }
 
 /// Checks one schema (a payload or a `$defs` entry): valid JSON Schema 2020-12, and every
