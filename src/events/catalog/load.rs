@@ -45,6 +45,24 @@ fn object<'v>(
         .ok_or_else(|| problem(pointer, format!("{what} must be a JSON object")))
 }
 
+/// The member `key` of `map` (at `pointer`): required, a JSON object, and not empty (`empty`
+/// says why).
+fn entries<'v>(
+    map: &'v Map<String, Value>,
+    pointer: &str,
+    key: &str,
+    empty: &str,
+) -> Result<&'v Map<String, Value>, Problem> {
+    let at = format!("{pointer}/{key}");
+    let value = map
+        .get(key)
+        .ok_or_else(|| problem(&at, format!("{key} is required")))?;
+    match object(value, &at, key)? {
+        m if m.is_empty() => Err(problem(at, empty)),
+        m => Ok(m),
+    }
+}
+
 fn known_keys(map: &Map<String, Value>, pointer: &str, allowed: &[&str]) -> Result<(), Problem> {
     match map.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(problem(
@@ -76,15 +94,7 @@ pub(super) fn load(text: &str) -> Result<Catalog, Problem> {
     for (key, schema) in &defs {
         check_schema(schema, &format!("/$defs/{}", token(key)), &defs)?;
     }
-    let channels_doc = object(
-        top.get("channels")
-            .ok_or_else(|| problem("/channels", "channels is required"))?,
-        "/channels",
-        "channels",
-    )?;
-    if channels_doc.is_empty() {
-        return Err(problem("/channels", "a catalog needs at least one channel"));
-    }
+    let channels_doc = entries(top, "", "channels", "a catalog needs at least one channel")?;
 
     let order = document_order(text, channels_doc);
     let mut channels = Vec::with_capacity(channels_doc.len());
@@ -102,18 +112,7 @@ pub(super) fn load(text: &str) -> Result<Catalog, Problem> {
         }
         let spec = object(spec, &at, "a channel")?;
         known_keys(spec, &at, CHANNEL_KEYS)?;
-        let events_doc = object(
-            spec.get("events")
-                .ok_or_else(|| problem(format!("{at}/events"), "events is required"))?,
-            &format!("{at}/events"),
-            "events",
-        )?;
-        if events_doc.is_empty() {
-            return Err(problem(
-                format!("{at}/events"),
-                "a channel needs at least one event",
-            ));
-        }
+        let events_doc = entries(spec, &at, "events", "a channel needs at least one event")?;
         let mut events = Vec::with_capacity(events_doc.len());
         for event in event_order {
             let Some(def) = events_doc.get(event) else {
