@@ -350,7 +350,7 @@ impl PublishRules {
                 .map_err(|e| PublishError::new("invalid_payload", e.field, e.message))?;
         }
         // Whatever the mode, a payload may not claim another tenant than its envelope.
-        if let Some(v) = parsed.fields().get("institutionId") {
+        if let Some(v) = parsed.value().get("institutionId") {
             if TenantId::from_json(v).ok().as_ref() != Some(tenant) {
                 return Err(PublishError::new(
                     "tenant_mismatch",
@@ -375,7 +375,7 @@ impl PublishRules {
         };
         channel
             .default_room()
-            .fill(tenant, payload.fields(), self.max_room_len)
+            .fill(tenant, payload.value(), self.max_room_len)
             .map_err(|e| PublishError::new(e.code, e.field, e.message))
     }
 

@@ -349,7 +349,7 @@ fn compile(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Catalog, ELMS_JSON};
+    use super::super::{Catalog, RoomTemplate, ELMS_JSON};
     use serde_json::{json, Value};
 
     fn elms() -> Value {
@@ -423,13 +423,14 @@ mod tests {
                 ),
             ]
         );
+        let room = |t| RoomTemplate::parse(t).unwrap();
         assert_eq!(
-            c.channel("notification").unwrap().default_room().as_str(),
-            "user:{payload.userId}"
+            c.channel("notification").unwrap().default_room(),
+            &room("user:{payload.userId}")
         );
         assert_eq!(
-            c.channel("incident").unwrap().default_room().as_str(),
-            "institution:{institutionId}"
+            c.channel("incident").unwrap().default_room(),
+            &room("institution:{institutionId}")
         );
         assert!(c.channel("Incident").is_none());
         assert!(c

@@ -49,13 +49,9 @@ pub struct ParsedPayload {
 }
 
 impl ParsedPayload {
-    /// The payload's fields (a repeated key keeps its last value, as JSON parsers do).
-    pub fn fields(&self) -> &Map<String, Value> {
-        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-        match &self.object {
-            Value::Object(m) => m,
-            _ => EMPTY.get_or_init(Map::new),
-        }
+    /// The payload, a JSON object (a repeated key keeps its last value, as JSON parsers do).
+    pub fn value(&self) -> &Value {
+        &self.object
     }
 }
 
