@@ -339,11 +339,8 @@ impl PublishRules {
                 ),
             ));
         }
-        let not_object = || PublishError::invalid("payload", "payload must be a JSON object");
-        if !payload.get().trim_start().starts_with('{') {
-            return Err(not_object());
-        }
-        let parsed = catalog::parse_payload(payload).map_err(|_| not_object())?;
+        let parsed = catalog::parse_payload(payload)
+            .map_err(|_| PublishError::invalid("payload", "payload must be a JSON object"))?;
         if let Some(event) = known {
             event
                 .validate(&parsed)

@@ -168,11 +168,8 @@ pub(super) fn load(text: &str) -> Result<Catalog, Problem> {
 
     // The effective document: what `GET /v1/catalog` serves, defaults spelled out.
     if let Some(Value::Object(chs)) = doc.get_mut("channels") {
-        for spec in chs.values_mut() {
-            if let Value::Object(spec) = spec {
-                spec.entry("defaultRoom")
-                    .or_insert_with(|| Value::from(DEFAULT_ROOM));
-            }
+        for spec in chs.values_mut().filter_map(Value::as_object_mut) {
+            spec.entry("defaultRoom").or_insert(DEFAULT_ROOM.into());
         }
     }
     let json = effective_json(&doc, &order);
@@ -344,7 +341,7 @@ fn compile(
                 format!("cannot compile the schema: {}", e.masked()),
             )
         })?;
-    Ok(PayloadSchema::new(validator, source))
+    Ok(PayloadSchema { validator, source })
 }
 
 #[cfg(test)]

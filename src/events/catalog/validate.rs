@@ -97,9 +97,9 @@ impl<'de> Visitor<'de> for ObjectVisitor {
 
 /// A compiled payload schema and the source it was compiled from (for error messages).
 pub(super) struct PayloadSchema {
-    validator: Validator,
+    pub(super) validator: Validator,
     /// The payload schema with the catalog's `$defs` merged in.
-    source: Value,
+    pub(super) source: Value,
 }
 
 impl fmt::Debug for PayloadSchema {
@@ -111,10 +111,6 @@ impl fmt::Debug for PayloadSchema {
 }
 
 impl PayloadSchema {
-    pub(super) fn new(validator: Validator, source: Value) -> Self {
-        PayloadSchema { validator, source }
-    }
-
     pub(super) fn required_fields(&self) -> impl Iterator<Item = &str> {
         self.source
             .get("required")
