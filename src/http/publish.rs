@@ -124,29 +124,28 @@ impl<const BATCH: bool> FromRequest<Arc<AppState>> for JsonBody<BATCH> {
     }
 }
 
-impl From<BusError> for ApiError {
-    fn from(e: BusError) -> Self {
-        match e {
-            BusError::Unavailable(m) => {
-                tracing::warn!(error = %m, "publish refused: bus unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "bus_unavailable",
-                    format!(
-                        "the event bus is unavailable, nothing was published; retry later ({m})"
-                    ),
-                )
-            }
-            // Callers that know the tenant name it (`publish_valid`).
-            BusError::TenantRateLimited(wait) => tenant_limited("the institution", wait),
-            BusError::Rejected(m) | BusError::Config(m) => {
-                tracing::error!(error = %m, "the bus refused a validated event");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "bus_rejected",
-                    "the event bus refused the event; it was not published (see the gateway log)",
-                )
-            }
+/// The answer to a validated event the bus refused; a tenant over its rate is counted.
+fn bus_refused(state: &AppState, tenant: &TenantId, e: BusError) -> ApiError {
+    match e {
+        BusError::Unavailable(m) => {
+            tracing::warn!(error = %m, "publish refused: bus unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bus_unavailable",
+                format!("the event bus is unavailable, nothing was published; retry later ({m})"),
+            )
+        }
+        BusError::TenantRateLimited(wait) => {
+            state.tenancy.publish_refused(tenant);
+            tenant_limited(tenant, wait)
+        }
+        BusError::Rejected(m) | BusError::Config(m) => {
+            tracing::error!(error = %m, "the bus refused a validated event");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bus_rejected",
+                "the event bus refused the event; it was not published (see the gateway log)",
+            )
         }
     }
 }
@@ -163,13 +162,7 @@ async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, A
         .bus
         .publish(Arc::new(p.event), keys)
         .await
-        .map_err(|e| match e {
-            BusError::TenantRateLimited(wait) => {
-                state.tenancy.publish_refused(&p.tenant);
-                tenant_limited(&format!("institution {}", p.tenant), wait)
-            }
-            e => ApiError::from(e),
-        })?;
+        .map_err(|e| bus_refused(state, &p.tenant, e))?;
     ::metrics::counter!(metrics::EVENTS_PUBLISHED, "channel" => channel)
         .increment(offsets.len() as u64);
     state.tenancy.publish_allowed(&p.tenant);
@@ -182,15 +175,15 @@ async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, A
     Ok(Published { id, rooms })
 }
 
-/// `who` (e.g. "institution 42") is over its publish rate.
-fn tenant_limited(who: &str, wait: std::time::Duration) -> ApiError {
+/// `tenant` is over its publish rate.
+fn tenant_limited(tenant: &TenantId, wait: std::time::Duration) -> ApiError {
     ApiError {
         retry_after: Some(wait),
         ..ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "tenant_rate_limited",
             format!(
-                "{who} is over its publish rate (events per second, across the fleet); nothing was published; retry in {} ms",
+                "institution {tenant} is over its publish rate (events per second, across the fleet); nothing was published; retry in {} ms",
                 wait.as_millis().max(1)
             ),
         )
@@ -218,7 +211,7 @@ async fn check_rates(
             .tenancy
             .take_publish_rate(tenant, n)
             .await
-            .map_err(|wait| tenant_limited(&format!("institution {tenant}"), wait))?;
+            .map_err(|wait| tenant_limited(tenant, wait))?;
     }
     Ok(())
 }
