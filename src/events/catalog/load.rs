@@ -3,6 +3,7 @@
 //! into the document's `$defs`, so a catalog can never make the gateway fetch anything.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use jsonschema::Draft;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -10,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::template::{RoomTemplate, DEFAULT_ROOM};
 use super::validate::PayloadSchema;
-use super::{assemble, name_ok, Catalog, ChannelSpec, EventSpec, RESERVED_EVENT_NAMES};
+use super::{name_ok, Catalog, ChannelSpec, EventSpec, RESERVED_EVENT_NAMES};
 
 /// A problem: the JSON pointer where it is, and what is wrong.
 pub(super) type Problem = (String, String);
@@ -173,7 +174,23 @@ pub(super) fn load(text: &str) -> Result<Catalog, Problem> {
         }
     }
     let json = effective_json(&doc, &order);
-    Ok(assemble(name, version, channels, json))
+    let by_name = channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect();
+    // SipHash with fixed keys: the same document gives the same tag on every gateway.
+    let mut h = std::hash::DefaultHasher::new();
+    json.hash(&mut h);
+    let etag = format!("\"{name}-{version}-{:016x}\"", h.finish());
+    Ok(Catalog {
+        name,
+        version,
+        channels,
+        by_name,
+        json,
+        etag,
+    })
 }
 
 /// Channel names and, for each, its event names, in the order the document lists them
