@@ -252,12 +252,8 @@ impl Verifier {
             .get("alg")
             .and_then(|a| a.as_str())
             .ok_or(AuthError::Malformed)?;
-        let allowed = self
-            .validation
-            .algorithms
-            .iter()
-            .any(|a| format!("{a:?}") == alg);
-        if !allowed {
+        let allowed = alg.parse::<Algorithm>();
+        if !allowed.is_ok_and(|a| self.validation.algorithms.contains(&a)) {
             return Err(AuthError::AlgorithmNotAllowed(format!(
                 "{alg} is not accepted"
             )));

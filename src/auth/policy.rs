@@ -83,16 +83,17 @@ impl RoomPolicy {
                     format!("rooms of kind {kind} cannot be joined; joinable kinds are {}", kinds.join(", ")),
                 ));
             }
-            kind => {
-                if let Some(roles) = self.roles_per_kind.get(kind) {
-                    if !roles.contains(&who.role) {
-                        return Err(RoomError::new(
-                            "forbidden_role",
-                            format!("role {} may not join {kind} rooms", who.role),
-                        ));
-                    }
-                }
+            kind if self
+                .roles_per_kind
+                .get(kind)
+                .is_some_and(|roles| !roles.contains(&who.role)) =>
+            {
+                return Err(RoomError::new(
+                    "forbidden_role",
+                    format!("role {} may not join {kind} rooms", who.role),
+                ));
             }
+            _ => {}
         }
         if joined >= self.max_rooms_per_socket {
             return Err(RoomError::new(
@@ -157,30 +158,15 @@ mod tests {
         let p = RoomPolicy::default();
         let r = |s| p.parse_room(s).unwrap();
         assert!(p.check_join(&who("STUDENT"), &r("batch:1"), 0).is_ok());
-        assert_eq!(
-            p.check_join(&who("ADMIN"), &r("user:11"), 0)
-                .unwrap_err()
-                .code,
-            "forbidden_room"
-        );
-        assert_eq!(
-            p.check_join(&who("ADMIN"), &r("institution:2"), 0)
-                .unwrap_err()
-                .code,
-            "forbidden_room"
-        );
-        assert_eq!(
-            p.check_join(&who("ADMIN"), &r("secret:1"), 0)
-                .unwrap_err()
-                .code,
-            "room_kind_not_allowed"
-        );
-        assert_eq!(
-            p.check_join(&who("ADMIN"), &r("batch:1"), 50)
-                .unwrap_err()
-                .code,
-            "too_many_rooms"
-        );
+        for (room, joined, code) in [
+            ("user:11", 0, "forbidden_room"),
+            ("institution:2", 0, "forbidden_room"),
+            ("secret:1", 0, "room_kind_not_allowed"),
+            ("batch:1", 50, "too_many_rooms"),
+        ] {
+            let e = p.check_join(&who("ADMIN"), &r(room), joined).unwrap_err();
+            assert_eq!(e.code, code, "{room}");
+        }
         assert_eq!(p.parse_room("nope").unwrap_err().code, "invalid_room");
         assert!(p.check_leave(&r("user:10")).is_err());
     }

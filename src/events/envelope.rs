@@ -129,6 +129,11 @@ impl PublishError {
         }
     }
 
+    /// An `invalid_field` error: the field has the wrong kind or form.
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new("invalid_field", field, message)
+    }
+
     /// True when the request was refused for its size (HTTP 413) rather than its content.
     pub fn is_too_large(&self) -> bool {
         self.code == "payload_too_large"
@@ -169,13 +174,8 @@ fn parse_field<'a, T: Deserialize<'a>>(
     field: &str,
     expected: &str,
 ) -> Result<T, PublishError> {
-    serde_json::from_str(raw.get()).map_err(|_| {
-        PublishError::new(
-            "invalid_field",
-            field,
-            format!("{field} must be {expected}"),
-        )
-    })
+    serde_json::from_str(raw.get())
+        .map_err(|_| PublishError::invalid(field, format!("{field} must be {expected}")))
 }
 
 impl PublishRules {
@@ -213,7 +213,7 @@ impl PublishRules {
             "an integer or a string",
         )?;
         let tenant = TenantId::from_json(&tenant_json)
-            .map_err(|e| PublishError::new("invalid_field", "institutionId", e.0))?;
+            .map_err(|e| PublishError::invalid("institutionId", e.0))?;
         let payload = get("payload")?;
 
         let (known_channel, known_event) = self.check_channel_and_event(&channel, &event)?;
@@ -229,8 +229,7 @@ impl PublishRules {
                         c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':')
                     });
                 if !ok {
-                    return Err(PublishError::new(
-                        "invalid_field",
+                    return Err(PublishError::invalid(
                         "id",
                         format!("id must be 1-{MAX_EVENT_ID_LEN} characters of letters, digits, '_', '-', '.' or ':'"),
                     ));
@@ -279,15 +278,13 @@ impl PublishRules {
             || RESERVED_EVENT_NAMES.contains(&channel)
             || GATEWAY_CHANNELS.contains(&channel)
         {
-            return Err(PublishError::new(
-                "invalid_field",
+            return Err(PublishError::invalid(
                 "channel",
                 "channel must be 1-64 characters of a-z, 0-9 or '_', starting with a letter, and not a reserved Socket.IO event name or a gateway channel (presence_join, presence_leave)",
             ));
         }
         if !catalog::name_ok(event) {
-            return Err(PublishError::new(
-                "invalid_field",
+            return Err(PublishError::invalid(
                 "event",
                 "event must be 1-64 characters of a-z, 0-9 or '_', starting with a letter",
             ));
@@ -342,19 +339,15 @@ impl PublishRules {
                 ),
             ));
         }
-        let not_object =
-            || PublishError::new("invalid_field", "payload", "payload must be a JSON object");
-        if !payload.get().trim_start().starts_with('{') {
-            return Err(not_object());
-        }
-        let parsed = catalog::parse_payload(payload).map_err(|_| not_object())?;
+        let parsed = catalog::parse_payload(payload)
+            .map_err(|_| PublishError::invalid("payload", "payload must be a JSON object"))?;
         if let Some(event) = known {
             event
                 .validate(&parsed)
                 .map_err(|e| PublishError::new("invalid_payload", e.field, e.message))?;
         }
         // Whatever the mode, a payload may not claim another tenant than its envelope.
-        if let Some(v) = parsed.fields().get("institutionId") {
+        if let Some(v) = parsed.value().get("institutionId") {
             if TenantId::from_json(v).ok().as_ref() != Some(tenant) {
                 return Err(PublishError::new(
                     "tenant_mismatch",
@@ -379,7 +372,7 @@ impl PublishRules {
         };
         channel
             .default_room()
-            .fill(tenant, payload.fields(), self.max_room_len)
+            .fill(tenant, payload.value(), self.max_room_len)
             .map_err(|e| PublishError::new(e.code, e.field, e.message))
     }
 
@@ -388,10 +381,9 @@ impl PublishRules {
         raw: &RawValue,
         tenant: &TenantId,
     ) -> Result<Vec<RoomName>, PublishError> {
-        let names: Vec<serde_json::Value> = parse_field(raw, "rooms", "an array of room names")?;
+        let names: Vec<&RawValue> = parse_field(raw, "rooms", "an array of room names")?;
         if names.is_empty() {
-            return Err(PublishError::new(
-                "invalid_field",
+            return Err(PublishError::invalid(
                 "rooms",
                 "rooms must not be empty; leave it out for the channel's default route",
             ));
@@ -411,14 +403,8 @@ impl PublishRules {
         let mut rooms = Vec::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
             let field = format!("rooms[{i}]");
-            let s = name.as_str().ok_or_else(|| {
-                PublishError::new(
-                    "invalid_field",
-                    field.clone(),
-                    format!("{field} must be a string"),
-                )
-            })?;
-            let room = RoomName::parse(s, self.max_room_len)
+            let s: String = parse_field(name, &field, "a string")?;
+            let room = RoomName::parse(&s, self.max_room_len)
                 .map_err(|e| PublishError::new("invalid_room", field.clone(), e.0))?;
             if room.kind() == INSTITUTION_KIND && room.id() != tenant.as_str() {
                 return Err(PublishError::new(

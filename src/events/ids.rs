@@ -95,6 +95,18 @@ pub const USER_KIND: &str = "user";
 /// Longest room kind accepted, in bytes.
 pub const MAX_KIND_LEN: usize = 32;
 
+/// Whether `kind` is a well-formed room kind: 1-[`MAX_KIND_LEN`] bytes of a-z or `_`.
+pub(crate) fn kind_ok(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= MAX_KIND_LEN
+        && kind.bytes().all(|c| c.is_ascii_lowercase() || c == b'_')
+}
+
+/// Whether `c` may appear in a room id: letters, digits, `_`, `-` and `.`.
+pub(crate) fn is_room_id_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')
+}
+
 /// A client-facing room name `kind:id`, such as `batch:456` or `user:10`.
 ///
 /// The kind is lowercase letters and `_`; the id is letters, digits, `_`, `-` and `.`.
@@ -120,19 +132,12 @@ impl RoomName {
             ));
         };
         let (kind, id) = (&s[..colon], &s[colon + 1..]);
-        let kind_ok = !kind.is_empty()
-            && kind.len() <= MAX_KIND_LEN
-            && kind.bytes().all(|c| c.is_ascii_lowercase() || c == b'_');
-        if !kind_ok {
+        if !kind_ok(kind) {
             return Err(InvalidId(format!(
                 "room kind must be 1-{MAX_KIND_LEN} characters of a-z or '_'"
             )));
         }
-        let id_ok = !id.is_empty()
-            && id
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
-        if !id_ok {
+        if id.is_empty() || !id.bytes().all(is_room_id_char) {
             return Err(InvalidId(
                 "room id must be letters, digits, '_', '-' or '.'".into(),
             ));

@@ -59,17 +59,11 @@ async fn token(
     let sub = required(q.sub, "sub")?;
     let institution = required(q.institution, "institution")?;
     let role = q.role.unwrap_or_else(|| "STUDENT".to_owned());
-    let ttl = match q.ttl {
-        None => DEFAULT_TTL,
-        Some(t) => parse_duration(&t).map_err(|m| ApiError::invalid("invalid_query", "ttl", m))?,
-    };
-    if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(ApiError::invalid(
-            "invalid_query",
-            "ttl",
-            "must be between 1s and 7d".to_owned(),
-        ));
+    let ttl = match q.ttl.as_deref().map_or(Ok(DEFAULT_TTL), parse_duration) {
+        Ok(t) if t.is_zero() || t > MAX_TTL => Err("must be between 1s and 7d".to_owned()),
+        ttl => ttl,
     }
+    .map_err(|m| ApiError::invalid("invalid_query", "ttl", m))?;
     let minted = tokens.mint(&sub, &institution, &role, ttl).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

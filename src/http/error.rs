@@ -56,23 +56,9 @@ impl From<PublishError> for ApiError {
             StatusCode::BAD_REQUEST
         };
         Self {
-            status,
-            code: e.code,
-            message: e.message,
             field: e.field,
-            retry_after: None,
+            ..Self::new(status, e.code, e.message)
         }
-    }
-}
-
-impl ApiError {
-    /// The JSON body: `{ error: { code, message, field? } }`.
-    pub fn body(&self) -> serde_json::Value {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = &self.field {
-            error["field"] = json!(field);
-        }
-        json!({ "error": error })
     }
 }
 
@@ -82,8 +68,11 @@ pub struct ErrorCode(pub &'static str);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = self.body();
-        let mut response = (self.status, Json(body)).into_response();
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(field) = &self.field {
+            error["field"] = json!(field);
+        }
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
         response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(retry) = self.retry_after {
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);

@@ -76,11 +76,12 @@ pub fn require_tenant(caller: &Caller, tenant: &TenantId, field: &str) -> Result
         return Ok(());
     }
     refused("tenant");
-    let mut e = ApiError::new(
-        StatusCode::FORBIDDEN,
-        "tenant_not_allowed",
-        "this API key may not act in this institution",
-    );
-    e.field = Some(field.to_string());
-    Err(e)
+    Err(ApiError {
+        field: Some(field.to_string()),
+        ..ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant_not_allowed",
+            "this API key may not act in this institution",
+        )
+    })
 }

@@ -43,27 +43,23 @@ pub async fn presence(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Answer>, ApiError> {
     let caller = keys::caller(&state, &headers, Scope::Presence).map_err(|e| refused(e, None))?;
-    let tenant = query.get("institutionId").ok_or_else(|| {
-        bad(
-            "invalid_request",
-            "institutionId",
-            "give ?institutionId=<tenant>&room=<kind:id>",
-        )
-    })?;
-    let tenant = TenantId::parse(tenant).map_err(|e| bad("invalid_field", "institutionId", e.0))?;
+    let param = |name: &str| {
+        query.get(name).ok_or_else(|| {
+            bad(
+                "invalid_request",
+                name,
+                "give ?institutionId=<tenant>&room=<kind:id>",
+            )
+        })
+    };
+    let tenant = TenantId::parse(param("institutionId")?)
+        .map_err(|e| bad("invalid_field", "institutionId", e.0))?;
     keys::require_tenant(&caller, &tenant, "institutionId")
         .map_err(|e| refused(e, Some("institutionId")))?;
-    let room = query.get("room").ok_or_else(|| {
-        bad(
-            "invalid_request",
-            "room",
-            "give ?institutionId=<tenant>&room=<kind:id>",
-        )
-    })?;
     let room = state
         .config
         .policy
-        .parse_room(room)
+        .parse_room(param("room")?)
         .map_err(|e| bad(e.code, "room", e.message))?;
     Ok(Json(
         state.presence.read(&RoomKey::new(tenant, room)).await?,

@@ -124,29 +124,28 @@ impl<const BATCH: bool> FromRequest<Arc<AppState>> for JsonBody<BATCH> {
     }
 }
 
-impl From<BusError> for ApiError {
-    fn from(e: BusError) -> Self {
-        match e {
-            BusError::Unavailable(m) => {
-                tracing::warn!(error = %m, "publish refused: bus unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "bus_unavailable",
-                    format!(
-                        "the event bus is unavailable, nothing was published; retry later ({m})"
-                    ),
-                )
-            }
-            // Callers that know the tenant name it (`publish_valid`).
-            BusError::TenantRateLimited(wait) => tenant_limited("the institution", wait),
-            BusError::Rejected(m) | BusError::Config(m) => {
-                tracing::error!(error = %m, "the bus refused a validated event");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "bus_rejected",
-                    "the event bus refused the event; it was not published (see the gateway log)",
-                )
-            }
+/// The answer to a validated event the bus refused; a tenant over its rate is counted.
+fn bus_refused(state: &AppState, tenant: &TenantId, e: BusError) -> ApiError {
+    match e {
+        BusError::Unavailable(m) => {
+            tracing::warn!(error = %m, "publish refused: bus unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bus_unavailable",
+                format!("the event bus is unavailable, nothing was published; retry later ({m})"),
+            )
+        }
+        BusError::TenantRateLimited(wait) => {
+            state.tenancy.publish_refused(tenant);
+            tenant_limited(tenant, wait)
+        }
+        BusError::Rejected(m) | BusError::Config(m) => {
+            tracing::error!(error = %m, "the bus refused a validated event");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bus_rejected",
+                "the event bus refused the event; it was not published (see the gateway log)",
+            )
         }
     }
 }
@@ -163,13 +162,7 @@ async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, A
         .bus
         .publish(Arc::new(p.event), keys)
         .await
-        .map_err(|e| match e {
-            BusError::TenantRateLimited(wait) => {
-                state.tenancy.publish_refused(&p.tenant);
-                tenant_limited(&format!("institution {}", p.tenant), wait)
-            }
-            e => ApiError::from(e),
-        })?;
+        .map_err(|e| bus_refused(state, &p.tenant, e))?;
     ::metrics::counter!(metrics::EVENTS_PUBLISHED, "channel" => channel)
         .increment(offsets.len() as u64);
     state.tenancy.publish_allowed(&p.tenant);
@@ -182,23 +175,30 @@ async fn publish_valid(state: &AppState, p: ValidPublish) -> Result<Published, A
     Ok(Published { id, rooms })
 }
 
-/// `who` (e.g. "institution 42") is over its publish rate.
-fn tenant_limited(who: &str, wait: std::time::Duration) -> ApiError {
-    let mut e = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "tenant_rate_limited",
-        format!(
-            "{who} is over its publish rate (events per second, across the fleet); nothing was published; retry in {} ms",
-            wait.as_millis().max(1)
-        ),
-    );
-    e.retry_after = Some(wait);
-    e
+/// `tenant` is over its publish rate.
+fn tenant_limited(tenant: &TenantId, wait: std::time::Duration) -> ApiError {
+    ApiError {
+        retry_after: Some(wait),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "tenant_rate_limited",
+            format!(
+                "institution {tenant} is over its publish rate (events per second, across the fleet); nothing was published; retry in {} ms",
+                wait.as_millis().max(1)
+            ),
+        )
+    }
 }
 
-/// The tenants' publish rates where `rtg_publish` does not take them (the embedded bus, a Redis
+/// Takes `events` from the key's publish budget (`GATEWAY_PUBLISH_RATE` per second), then from
+/// the tenants' publish rates where `rtg_publish` does not take them (the embedded bus, a Redis
 /// Cluster): an event costs one per room.
-async fn check_tenant_rates(state: &AppState, events: &[ValidPublish]) -> Result<(), ApiError> {
+async fn check_rates(
+    state: &AppState,
+    key: &Caller,
+    events: &[ValidPublish],
+) -> Result<(), ApiError> {
+    check_key_rate(state, key, events.len())?;
     let mut per_tenant: Vec<(&TenantId, usize)> = Vec::new();
     for p in events {
         match per_tenant.iter_mut().find(|(t, _)| *t == &p.tenant) {
@@ -211,15 +211,15 @@ async fn check_tenant_rates(state: &AppState, events: &[ValidPublish]) -> Result
             .tenancy
             .take_publish_rate(tenant, n)
             .await
-            .map_err(|wait| tenant_limited(&format!("institution {tenant}"), wait))?;
+            .map_err(|wait| tenant_limited(tenant, wait))?;
     }
     Ok(())
 }
 
-/// Takes `events` from the key's publish budget (`GATEWAY_PUBLISH_RATE` per second).
-fn check_rate(state: &AppState, key: &Caller, events: usize) -> Result<(), ApiError> {
-    let limited = |retry: Option<std::time::Duration>| {
-        let mut e = ApiError::new(
+fn check_key_rate(state: &AppState, key: &Caller, events: usize) -> Result<(), ApiError> {
+    let limited = |retry: Option<std::time::Duration>| ApiError {
+        retry_after: retry,
+        ..ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!(
@@ -229,9 +229,7 @@ fn check_rate(state: &AppState, key: &Caller, events: usize) -> Result<(), ApiEr
                     .map(|d| format!(" (retry in {} ms)", d.as_millis().max(1)))
                     .unwrap_or_default()
             ),
-        );
-        e.retry_after = retry;
-        e
+        )
     };
     let n = std::num::NonZeroU32::new(u32::try_from(events).unwrap_or(u32::MAX))
         .unwrap_or(std::num::NonZeroU32::MIN);
@@ -245,18 +243,21 @@ fn check_rate(state: &AppState, key: &Caller, events: usize) -> Result<(), ApiEr
     }
 }
 
+/// One publish request, validated and within the key's tenants.
+fn validate(state: &AppState, key: &Caller, raw: &RawValue) -> Result<ValidPublish, ApiError> {
+    let valid = state.config.publish.validate(raw)?;
+    keys::require_tenant(key, &valid.tenant, "institutionId")?;
+    Ok(valid)
+}
+
 /// `POST /v1/publish`: one event.
 pub async fn publish(
     State(state): State<Arc<AppState>>,
     PublishKey(key): PublishKey,
     JsonBody(raw): JsonBody<false>,
 ) -> Result<Json<Published>, ApiError> {
-    let valid = state.config.publish.validate(&raw)?;
-    keys::require_tenant(&key, &valid.tenant, "institutionId")?;
-    check_rate(&state, &key, 1)?;
-    let valid = [valid];
-    check_tenant_rates(&state, &valid).await?;
-    let [valid] = valid;
+    let valid = validate(&state, &key, &raw)?;
+    check_rates(&state, &key, std::slice::from_ref(&valid)).await?;
     Ok(Json(publish_valid(&state, valid).await?))
 }
 
@@ -285,19 +286,15 @@ pub async fn publish_batch(
     }
     let mut valid = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let p = state.config.publish.validate(item).map_err(|e| {
-            let mut e = ApiError::from(e);
+        valid.push(validate(&state, &key, item).map_err(|mut e| {
             e.field = Some(match e.field {
                 Some(f) => format!("[{i}].{f}"),
                 None => format!("[{i}]"),
             });
             e
-        })?;
-        keys::require_tenant(&key, &p.tenant, &format!("[{i}].institutionId"))?;
-        valid.push(p);
+        })?);
     }
-    check_rate(&state, &key, valid.len())?;
-    check_tenant_rates(&state, &valid).await?;
+    check_rates(&state, &key, &valid).await?;
     let mut results = Vec::with_capacity(valid.len());
     for p in valid {
         results.push(publish_valid(&state, p).await?);

@@ -3,6 +3,7 @@
 //! into the document's `$defs`, so a catalog can never make the gateway fetch anything.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use jsonschema::Draft;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -10,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::template::{RoomTemplate, DEFAULT_ROOM};
 use super::validate::PayloadSchema;
-use super::{assemble, name_ok, Catalog, ChannelSpec, EventSpec, RESERVED_EVENT_NAMES};
+use super::{name_ok, Catalog, ChannelSpec, EventSpec, RESERVED_EVENT_NAMES};
 
 /// A problem: the JSON pointer where it is, and what is wrong.
 pub(super) type Problem = (String, String);
@@ -45,6 +46,24 @@ fn object<'v>(
         .ok_or_else(|| problem(pointer, format!("{what} must be a JSON object")))
 }
 
+/// The member `key` of `map` (at `pointer`): required, a JSON object, and not empty (`empty`
+/// says why).
+fn entries<'v>(
+    map: &'v Map<String, Value>,
+    pointer: &str,
+    key: &str,
+    empty: &str,
+) -> Result<&'v Map<String, Value>, Problem> {
+    let at = format!("{pointer}/{key}");
+    let value = map
+        .get(key)
+        .ok_or_else(|| problem(&at, format!("{key} is required")))?;
+    match object(value, &at, key)? {
+        m if m.is_empty() => Err(problem(at, empty)),
+        m => Ok(m),
+    }
+}
+
 fn known_keys(map: &Map<String, Value>, pointer: &str, allowed: &[&str]) -> Result<(), Problem> {
     match map.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(problem(
@@ -76,15 +95,7 @@ pub(super) fn load(text: &str) -> Result<Catalog, Problem> {
     for (key, schema) in &defs {
         check_schema(schema, &format!("/$defs/{}", token(key)), &defs)?;
     }
-    let channels_doc = object(
-        top.get("channels")
-            .ok_or_else(|| problem("/channels", "channels is required"))?,
-        "/channels",
-        "channels",
-    )?;
-    if channels_doc.is_empty() {
-        return Err(problem("/channels", "a catalog needs at least one channel"));
-    }
+    let channels_doc = entries(top, "", "channels", "a catalog needs at least one channel")?;
 
     let order = document_order(text, channels_doc);
     let mut channels = Vec::with_capacity(channels_doc.len());
@@ -102,18 +113,7 @@ pub(super) fn load(text: &str) -> Result<Catalog, Problem> {
         }
         let spec = object(spec, &at, "a channel")?;
         known_keys(spec, &at, CHANNEL_KEYS)?;
-        let events_doc = object(
-            spec.get("events")
-                .ok_or_else(|| problem(format!("{at}/events"), "events is required"))?,
-            &format!("{at}/events"),
-            "events",
-        )?;
-        if events_doc.is_empty() {
-            return Err(problem(
-                format!("{at}/events"),
-                "a channel needs at least one event",
-            ));
-        }
+        let events_doc = entries(spec, &at, "events", "a channel needs at least one event")?;
         let mut events = Vec::with_capacity(events_doc.len());
         for event in event_order {
             let Some(def) = events_doc.get(event) else {
@@ -169,15 +169,28 @@ pub(super) fn load(text: &str) -> Result<Catalog, Problem> {
 
     // The effective document: what `GET /v1/catalog` serves, defaults spelled out.
     if let Some(Value::Object(chs)) = doc.get_mut("channels") {
-        for spec in chs.values_mut() {
-            if let Value::Object(spec) = spec {
-                spec.entry("defaultRoom")
-                    .or_insert_with(|| Value::from(DEFAULT_ROOM));
-            }
+        for spec in chs.values_mut().filter_map(Value::as_object_mut) {
+            spec.entry("defaultRoom").or_insert(DEFAULT_ROOM.into());
         }
     }
     let json = effective_json(&doc, &order);
-    Ok(assemble(name, version, channels, json))
+    let by_name = channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect();
+    // SipHash with fixed keys: the same document gives the same tag on every gateway.
+    let mut h = std::hash::DefaultHasher::new();
+    json.hash(&mut h);
+    let etag = format!("\"{name}-{version}-{:016x}\"", h.finish());
+    Ok(Catalog {
+        name,
+        version,
+        channels,
+        by_name,
+        json,
+        etag,
+    })
 }
 
 /// Channel names and, for each, its event names, in the order the document lists them
@@ -244,50 +257,32 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Keys<T> {
 /// The document as compact JSON with its channels and events in document order and the keys
 /// around them in a fixed order (name, version, description, $defs, channels).
 fn effective_json(doc: &Value, order: &Order) -> String {
-    fn entry(out: &mut String, key: &str, value: &str) {
-        if !out.ends_with('{') {
-            out.push(',');
-        }
-        out.push_str(&Value::from(key).to_string());
-        out.push(':');
-        out.push_str(value);
+    fn object<'k>(entries: impl Iterator<Item = (&'k str, String)>) -> String {
+        let entries: Vec<String> = entries
+            .map(|(key, value)| format!("{}:{value}", Value::from(key)))
+            .collect();
+        format!("{{{}}}", entries.join(","))
     }
-    fn fixed(out: &mut String, map: &Map<String, Value>, keys: &[&str], skip: &str) {
-        for key in keys.iter().filter(|k| **k != skip) {
-            if let Some(v) = map.get(*key) {
-                entry(out, key, &v.to_string());
-            }
-        }
+    fn fixed<'k>(
+        map: &'k Value,
+        keys: &'k [&str],
+        last: &'k str,
+    ) -> impl Iterator<Item = (&'k str, String)> {
+        keys.iter()
+            .filter(move |k| **k != last)
+            .filter_map(|k| Some((*k, map.get(*k)?.to_string())))
     }
-    fn members(v: Option<&Value>) -> &Map<String, Value> {
-        static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
-        v.and_then(Value::as_object).unwrap_or(&EMPTY)
-    }
-    let top = members(Some(doc));
-    let channels = members(top.get("channels"));
-    let mut out = String::from("{");
-    fixed(&mut out, top, TOP_KEYS, "channels");
-    let mut chs = String::from("{");
-    for (name, events) in order {
-        let spec = members(channels.get(name));
-        let defs = members(spec.get("events"));
-        let mut ch = String::from("{");
-        fixed(&mut ch, spec, CHANNEL_KEYS, "events");
-        let mut evs = String::from("{");
-        for event in events {
-            if let Some(def) = defs.get(event) {
-                entry(&mut evs, event, &def.to_string());
-            }
-        }
-        evs.push('}');
-        entry(&mut ch, "events", &evs);
-        ch.push('}');
-        entry(&mut chs, name, &ch);
-    }
-    chs.push('}');
-    entry(&mut out, "channels", &chs);
-    out.push('}');
-    out
+    let channels = order.iter().map(|(name, events)| {
+        let spec = &doc["channels"][name];
+        let events = events
+            .iter()
+            .filter_map(|e| Some((e.as_str(), spec["events"].get(e)?.to_string())));
+        let events = [("events", object(events))];
+        let channel = object(fixed(spec, CHANNEL_KEYS, "events").chain(events));
+        (name.as_str(), channel)
+    });
+    let channels = [("channels", object(channels))];
+    object(fixed(doc, TOP_KEYS, "channels").chain(channels))
 }
 
 /// Checks one schema (a payload or a `$defs` entry): valid JSON Schema 2020-12, and every
@@ -363,12 +358,12 @@ fn compile(
                 format!("cannot compile the schema: {}", e.masked()),
             )
         })?;
-    Ok(PayloadSchema::new(validator, source))
+    Ok(PayloadSchema { validator, source })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Catalog, ELMS_JSON};
+    use super::super::{Catalog, RoomTemplate, ELMS_JSON};
     use serde_json::{json, Value};
 
     fn elms() -> Value {
@@ -442,13 +437,14 @@ mod tests {
                 ),
             ]
         );
+        let room = |t| RoomTemplate::parse(t).unwrap();
         assert_eq!(
-            c.channel("notification").unwrap().default_room().as_str(),
-            "user:{payload.userId}"
+            c.channel("notification").unwrap().default_room(),
+            &room("user:{payload.userId}")
         );
         assert_eq!(
-            c.channel("incident").unwrap().default_room().as_str(),
-            "institution:{institutionId}"
+            c.channel("incident").unwrap().default_room(),
+            &room("institution:{institutionId}")
         );
         assert!(c.channel("Incident").is_none());
         assert!(c

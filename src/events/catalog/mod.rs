@@ -209,25 +209,3 @@ impl EventSpec {
         self.schema.required_fields()
     }
 }
-
-/// Builds the pieces `load` checked into a catalog.
-fn assemble(name: String, version: i64, channels: Vec<ChannelSpec>, json: String) -> Catalog {
-    use std::hash::{Hash, Hasher};
-    let by_name = channels
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.clone(), i))
-        .collect();
-    // SipHash with fixed keys: the same document gives the same tag on every gateway.
-    let mut h = std::hash::DefaultHasher::new();
-    json.hash(&mut h);
-    let etag = format!("\"{name}-{version}-{:016x}\"", h.finish());
-    Catalog {
-        name,
-        version,
-        channels,
-        by_name,
-        json,
-        etag,
-    }
-}

@@ -2,9 +2,9 @@
 //! `exam:{payload.examId}`. A template is a room kind, a colon, and an id made of literal text
 //! and placeholders; it is checked when the catalog loads and filled in per event.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::events::ids::{RoomName, TenantId, INSTITUTION_KIND, MAX_KIND_LEN};
+use crate::events::ids::{self, RoomName, TenantId, INSTITUTION_KIND, MAX_KIND_LEN};
 
 /// The default room of a channel whose `defaultRoom` is absent: the tenant's room.
 pub const DEFAULT_ROOM: &str = "institution:{institutionId}";
@@ -42,42 +42,34 @@ impl RoomTemplate {
                 "{text:?} is not a room template; write kind:id, e.g. {DEFAULT_ROOM} or user:{{payload.userId}}"
             ));
         };
-        let kind_ok = !kind.is_empty()
-            && kind.len() <= MAX_KIND_LEN
-            && kind.bytes().all(|c| c.is_ascii_lowercase() || c == b'_');
-        if !kind_ok {
+        if !ids::kind_ok(kind) {
             return Err(format!(
                 "the room kind {kind:?} must be 1-{MAX_KIND_LEN} characters of a-z or '_'"
             ));
         }
         let mut parts = vec![Part::Literal(format!("{kind}:"))];
         let mut rest = id;
-        while !rest.is_empty() {
-            match rest.find(['{', '}']) {
-                Some(i) if rest.as_bytes()[i] == b'}' => {
-                    return Err(format!("unmatched '}}' in {text:?}"));
-                }
-                Some(i) => {
-                    if i > 0 {
-                        parts.push(Part::Literal(rest[..i].to_owned()));
-                    }
-                    let Some(end) = rest[i..].find('}') else {
-                        return Err(format!("unclosed '{{' in {text:?}"));
-                    };
-                    let name = &rest[i + 1..i + end];
-                    parts.push(placeholder(name)?);
-                    rest = &rest[i + end + 1..];
-                }
-                None => {
-                    parts.push(Part::Literal(rest.to_owned()));
-                    rest = "";
-                }
+        while let Some((literal, after)) = rest.split_once('{') {
+            if literal.contains('}') {
+                return Err(format!("unmatched '}}' in {text:?}"));
             }
+            if !literal.is_empty() {
+                parts.push(Part::Literal(literal.to_owned()));
+            }
+            let Some((name, tail)) = after.split_once('}') else {
+                return Err(format!("unclosed '{{' in {text:?}"));
+            };
+            parts.push(placeholder(name)?);
+            rest = tail;
+        }
+        if rest.contains('}') {
+            return Err(format!("unmatched '}}' in {text:?}"));
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_owned()));
         }
         let literal_id_ok = parts[1..].iter().all(|p| match p {
-            Part::Literal(s) => s
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')),
+            Part::Literal(s) => s.bytes().all(ids::is_room_id_char),
             _ => true,
         });
         if parts.len() == 1 || !literal_id_ok {
@@ -96,11 +88,6 @@ impl RoomTemplate {
         })
     }
 
-    /// The template as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
     /// The payload fields the template reads.
     pub fn payload_fields(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
@@ -113,7 +100,7 @@ impl RoomTemplate {
     pub fn fill(
         &self,
         tenant: &TenantId,
-        payload: &Map<String, Value>,
+        payload: &Value,
         max_room_len: usize,
     ) -> Result<RoomName, FillError> {
         if let [Part::Literal(kind), Part::Tenant] = self.parts.as_slice() {
@@ -181,7 +168,7 @@ mod tests {
         TenantId::parse("3").unwrap()
     }
 
-    fn payload(json: &str) -> Map<String, Value> {
+    fn payload(json: &str) -> Value {
         serde_json::from_str(json).unwrap()
     }
 
@@ -189,7 +176,7 @@ mod tests {
     fn templates_fill_from_tenant_and_payload() {
         let t = RoomTemplate::parse(DEFAULT_ROOM).unwrap();
         assert_eq!(
-            t.fill(&tenant(), &Map::new(), 64).unwrap().as_str(),
+            t.fill(&tenant(), &payload("{}"), 64).unwrap().as_str(),
             "institution:3"
         );
         let t = RoomTemplate::parse("user:{payload.userId}").unwrap();
@@ -207,7 +194,7 @@ mod tests {
     #[test]
     fn unusable_values_name_the_field() {
         let t = RoomTemplate::parse("user:{payload.userId}").unwrap();
-        let e = t.fill(&tenant(), &Map::new(), 64).unwrap_err();
+        let e = t.fill(&tenant(), &payload("{}"), 64).unwrap_err();
         assert_eq!(
             (e.code, e.field.as_str()),
             ("missing_field", "payload.userId")
