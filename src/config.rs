@@ -11,7 +11,6 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use crate::auth::{AllowedOrigins, ClaimNames, DevTokens, RoomPolicy, Verifier};
 use crate::bus::redis::RedisSettings;
 use crate::events::catalog::Catalog;
-use crate::events::ids::{INSTITUTION_KIND, USER_KIND};
 use crate::events::PublishRules;
 use crate::presence::PresenceConfig;
 use crate::wire::Settings;
@@ -592,7 +591,7 @@ impl ServeArgs {
             list(&self.room_kinds).map(String::from).collect();
         if let Some(k) = kinds.iter().find(|k| {
             crate::events::RoomName::parse(&format!("{k}:x"), usize::MAX).is_err()
-                || [INSTITUTION_KIND, USER_KIND].contains(&k.as_str())
+                || crate::events::ids::is_automatic_kind(k)
         }) {
             return Err(bad(
                 "--room-kinds / GATEWAY_ROOM_KINDS",

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::events::envelope::now_millis;
-use crate::events::ids::{INSTITUTION_KIND, USER_KIND};
+use crate::events::ids::is_automatic_kind;
 use crate::events::{RoomKey, TenantId, UserId};
 use crate::metrics;
 use crate::presence::lease::Fleet;
@@ -141,14 +141,14 @@ impl Lifecycle {
 
     /// A socket entered a room it asked for (automatic rooms are implied by `connect`).
     pub fn joined(&self, s: Socket<'_>, key: &RoomKey) {
-        if !is_automatic(key) {
+        if !is_automatic_kind(key.room().kind()) {
             self.push(s, "join", Op::None, Some(key), None);
         }
     }
 
     /// A socket left a room it had asked for.
     pub fn left(&self, s: Socket<'_>, key: &RoomKey) {
-        if !is_automatic(key) {
+        if !is_automatic_kind(key.room().kind()) {
             self.push(s, "leave", Op::None, Some(key), None);
         }
     }
@@ -207,10 +207,6 @@ impl Lifecycle {
             })
             .collect()
     }
-}
-
-fn is_automatic(key: &RoomKey) -> bool {
-    matches!(key.room().kind(), INSTITUTION_KIND | USER_KIND)
 }
 
 /// Writes one batch in order; tenants new to this incarnation are indexed first, so a reaper

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::Identity;
-use crate::events::ids::{InvalidId, INSTITUTION_KIND, USER_KIND};
+use crate::events::ids::{is_automatic_kind, InvalidId};
 use crate::events::RoomName;
 
 /// Room kinds any authenticated socket may join unless the deployment says otherwise.
@@ -67,7 +67,7 @@ impl RoomPolicy {
         joined: usize,
     ) -> Result<(), RoomError> {
         match room.kind() {
-            INSTITUTION_KIND | USER_KIND => {
+            kind if is_automatic_kind(kind) => {
                 return Err(RoomError::new(
                     "forbidden_room",
                     format!(
@@ -109,7 +109,7 @@ impl RoomPolicy {
 
     /// Whether `room` may be left on request (the automatic rooms may not).
     pub fn check_leave(&self, room: &RoomName) -> Result<(), RoomError> {
-        if matches!(room.kind(), INSTITUTION_KIND | USER_KIND) {
+        if is_automatic_kind(room.kind()) {
             return Err(RoomError::new(
                 "forbidden_room",
                 format!("{room} is an automatic room and cannot be left"),

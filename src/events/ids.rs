@@ -92,6 +92,12 @@ id_type!(
 pub const INSTITUTION_KIND: &str = "institution";
 /// Room kind of the automatic per-user room.
 pub const USER_KIND: &str = "user";
+
+/// Whether rooms of `kind` are automatic: every socket is in them by its identity, and none
+/// joins or leaves them on request.
+pub fn is_automatic_kind(kind: &str) -> bool {
+    matches!(kind, INSTITUTION_KIND | USER_KIND)
+}
 /// Longest room kind accepted, in bytes.
 pub const MAX_KIND_LEN: usize = 32;
 

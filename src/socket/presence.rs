@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::handlers::requested_room;
 use crate::auth::RoomError;
-use crate::events::ids::{INSTITUTION_KIND, USER_KIND};
+use crate::events::ids::is_automatic_kind;
 use crate::events::{RoomKey, RoomName};
 use crate::metrics;
 use crate::peer::Peer;
@@ -35,7 +35,7 @@ fn check(st: &AppState, peer: &Peer, data: Option<Value>) -> Result<RoomKey, Roo
     })?;
     let identity = &auth.identity;
     let kind = room.kind();
-    if !matches!(kind, INSTITUTION_KIND | USER_KIND) && !policy.kinds.contains(kind) {
+    if !is_automatic_kind(kind) && !policy.kinds.contains(kind) {
         return Err(RoomError::new(
             "room_kind_not_allowed",
             format!("there are no rooms of kind {kind} on this gateway"),
