@@ -91,19 +91,34 @@ struct PollOut {
     ready: Arc<Notify>,
     /// A GET is pending.
     getting: bool,
-    /// A WebSocket completed the probe: a GET is answered at once (a noop when nothing waits)
-    /// so the client can pause polling and finish the upgrade.
-    upgrading: bool,
-    /// The GET pending when the probe came is answered with a noop.
-    noop: bool,
-    /// The WebSocket took over; the session's task collects `early` and drops this.
-    upgraded: bool,
     /// The client answered the last ping (by POST).
     ponged: bool,
+    /// How far a WebSocket got in taking the session over.
+    upgrade: Upgrade,
     /// Why a request ended the session.
     ended: Option<&'static str>,
-    /// Bytes that followed the upgrade packet on the WebSocket.
-    early: Vec<u8>,
+}
+
+/// How far a WebSocket got in taking a long-polling session over.
+#[derive(Default)]
+enum Upgrade {
+    /// Not at all (or its upgrade failed): a GET waits for something to carry.
+    #[default]
+    None,
+    /// It completed the probe: a GET is answered at once (a noop when nothing waits) so the
+    /// client can pause polling and finish the upgrade; `noop` until the GET pending when the
+    /// probe came was answered with one.
+    Probed { noop: bool },
+    /// It took over, with the bytes that followed its upgrade packet: the session's task
+    /// collects them and drops the long-polling side.
+    Done(Vec<u8>),
+}
+
+impl PollOut {
+    /// A WebSocket took the session over.
+    fn upgraded(&self) -> bool {
+        matches!(self.upgrade, Upgrade::Done(_))
+    }
 }
 /// The Socket.IO namespace connect of a session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +171,23 @@ impl From<PacketError> for Stop {
     }
 }
 
+/// So does a frame it may not send, with the close code for why.
+impl From<FrameError> for Stop {
+    fn from(e: FrameError) -> Self {
+        Stop::protocol("bad_packet", e.close_code(), e.reason())
+    }
+}
+
+/// And a compressed message that is too big once inflated (1009) or does not inflate (1007).
+impl From<InflateError> for Stop {
+    fn from(e: InflateError) -> Self {
+        match e {
+            InflateError::TooBig => FrameError::TooBig.into(),
+            InflateError::Corrupt => Stop::protocol("bad_packet", 1007, "invalid_deflate_data"),
+        }
+    }
+}
+
 /// A message being read: plain bytes, or a compressed message inflated frame by frame. The
 /// inflater is created when a compressed message starts and dropped when it ends, so an idle
 /// connection keeps none (see [`super::deflate`]).
@@ -177,27 +209,20 @@ impl Body {
         match self {
             Body::Plain(buf) => {
                 if buf.len() + payload.len() > max {
-                    return Err(frame_error(FrameError::TooBig));
+                    return Err(FrameError::TooBig.into());
                 }
                 buf.extend_from_slice(payload);
-                Ok(())
             }
-            Body::Deflated(inflater) => inflater.push(payload).map_err(inflate_error),
+            Body::Deflated(inflater) => inflater.push(payload)?,
         }
+        Ok(())
     }
 
     fn finish(self) -> Result<Vec<u8>, Stop> {
         match self {
             Body::Plain(buf) => Ok(buf),
-            Body::Deflated(inflater) => inflater.finish().map_err(inflate_error),
+            Body::Deflated(inflater) => Ok(inflater.finish()?),
         }
-    }
-}
-
-fn inflate_error(e: InflateError) -> Stop {
-    match e {
-        InflateError::TooBig => frame_error(FrameError::TooBig),
-        InflateError::Corrupt => Stop::protocol("bad_packet", 1007, "invalid_deflate_data"),
     }
 }
 
@@ -303,10 +328,10 @@ impl<U: Send + Sync + 'static> Conn<U> {
         if out.closed || out.closing {
             return Sent::Closed;
         }
-        let polling = out.poll.as_ref().is_some_and(|p| !p.upgraded);
+        // A session on long-polling has no socket yet (one that upgraded has it from then on).
         let stream = match self.stream.get() {
-            Some(stream) if !polling && out.queue.is_empty() => stream,
-            _ => {
+            Some(stream) if out.queue.is_empty() => stream,
+            stream => {
                 if limited && events > 0 && out.events + events > self.max_queue as usize {
                     return Sent::Full;
                 }
@@ -317,7 +342,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 }
                 out.events += events;
                 out.queue.push_back((frame, events));
-                if let Some(poll) = out.poll.as_ref().filter(|_| polling) {
+                if let Some(poll) = out.poll.as_ref().filter(|_| stream.is_none()) {
                     poll.ready.notify_one();
                 }
                 return Sent::Ok;
@@ -397,15 +422,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// task then ends it (a long-polling session's pending GET gets the Engine.IO close). The
     /// client reconnects and recovers from history. False if the session had ended already.
     pub fn cut(&self, why: &'static str) -> bool {
-        let first = {
-            let mut out = self.lock();
-            let first = !std::mem::replace(&mut out.closed, true);
-            if let Some(poll) = out.poll.as_mut().filter(|_| first) {
-                poll.ended = Some("transport_error");
-                poll.ready.notify_one();
-            }
-            first
-        };
+        let first = self.end("transport_error");
         if first {
             let transport = self.transport();
             match self.stream.get() {
@@ -428,10 +445,6 @@ impl<U: Send + Sync + 'static> Conn<U> {
         !out.closed && !out.closing
     }
 
-    fn closing(&self) -> bool {
-        self.lock().closing
-    }
-
     /// Whether the session ended (its task may not have released it yet).
     pub fn has_ended(&self) -> bool {
         self.lock().closed
@@ -440,16 +453,21 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// Ends a long-polling session because of a request (`reason` is the disconnect label):
     /// its pending GET gets the Engine.IO close, later requests an unknown session.
     pub(super) fn end_polling(&self, reason: &'static str) {
-        let mut out = self.lock();
-        if std::mem::replace(&mut out.closed, true) {
-            return;
+        if self.end(reason) {
+            self.wake.notify_one();
         }
-        if let Some(poll) = out.poll.as_mut() {
+    }
+
+    /// Takes no more writes, and has a pending GET answer with the Engine.IO close (`reason`:
+    /// the disconnect label). False if the session had ended already.
+    fn end(&self, reason: &'static str) -> bool {
+        let mut out = self.lock();
+        let first = !std::mem::replace(&mut out.closed, true);
+        if let Some(poll) = out.poll.as_mut().filter(|_| first) {
             poll.ended = Some(reason);
             poll.ready.notify_one();
         }
-        drop(out);
-        self.wake.notify_one();
+        first
     }
 
     /// Records a pong that came by POST; the session's task reads it at its next timer.
@@ -463,7 +481,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// session is not on long-polling.
     pub(super) fn begin_get(&self) -> Option<Arc<Notify>> {
         let mut out = self.lock();
-        let poll = out.poll.as_mut().filter(|p| !p.getting && !p.upgraded)?;
+        let poll = out.poll.as_mut().filter(|p| !p.getting && !p.upgraded())?;
         poll.getting = true;
         Some(poll.ready.clone())
     }
@@ -493,17 +511,16 @@ impl<U: Send + Sync + 'static> Conn<U> {
             return Polled::Frames(taken);
         }
         if out.closed {
-            return Polled::Closed;
+            return Polled::Packet(b"1");
         }
-        match out.poll.as_mut() {
-            Some(p) if !p.upgraded && !p.noop => Polled::Wait {
-                upgrading: p.upgrading,
-            },
-            Some(p) => {
-                p.noop = false;
-                Polled::Noop
+        match out.poll.as_mut().map(|p| &mut p.upgrade) {
+            Some(Upgrade::None) => Polled::Wait { upgrading: false },
+            Some(Upgrade::Probed { noop: false }) => Polled::Wait { upgrading: true },
+            Some(Upgrade::Probed { noop }) => {
+                *noop = false;
+                Polled::Packet(b"6")
             }
-            None => Polled::Noop,
+            Some(Upgrade::Done(_)) | None => Polled::Packet(b"6"),
         }
     }
 }
@@ -512,10 +529,9 @@ impl<U: Send + Sync + 'static> Conn<U> {
 pub(super) enum Polled {
     /// The queued frames.
     Frames(VecDeque<(Bytes, usize)>),
-    /// The session ended: the Engine.IO close.
-    Closed,
-    /// A WebSocket is taking over: a noop, so the client can pause polling.
-    Noop,
+    /// An Engine.IO packet: the close once the session ended, a noop while a WebSocket takes
+    /// it over (so the client can pause polling).
+    Packet(&'static [u8]),
     /// Nothing yet (`upgrading`: a WebSocket completed the probe, so the client is about to
     /// pause polling; a GET does not wait long then).
     Wait {
@@ -575,7 +591,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
             Some(_) => Ok(()),
             None => self.poll_phase(&*h, &mut local).await,
         };
-        let stop = match polled.and_then(|()| self.decode_partial(&*h, &mut local)) {
+        let stop = match polled.and_then(|()| self.decode(&*h, &mut local, &[])) {
             Err(stop) => stop,
             Ok(()) => self.run(&*h, &mut local).await,
         };
@@ -589,7 +605,10 @@ impl<U: Send + Sync + 'static> Conn<U> {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(l.next_timer) => {
-                    self.take_pong(h, l);
+                    // A pong that came by POST.
+                    if self.lock().poll.as_mut().is_some_and(|p| std::mem::take(&mut p.ponged)) {
+                        l.ponged(h.settings().ping_interval);
+                    }
                     if l.next_timer <= Instant::now() {
                         if let Some(stop) = self.on_timer(h, l) {
                             self.end_polling(stop.reason);
@@ -608,28 +627,18 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 self.end_polling("server_disconnect");
                 return Err(Stop::quiet("server_disconnect"));
             }
-            if let Some(poll) = out.poll.take_if(|p| p.upgraded) {
+            if let Some(poll) = out.poll.take_if(|p| p.upgraded()) {
                 drop(out);
                 if poll.ponged {
                     l.ponged(h.settings().ping_interval);
                 }
                 // A GET still pending answers with a noop.
                 poll.ready.notify_one();
-                l.partial = poll.early;
+                if let Upgrade::Done(early) = poll.upgrade {
+                    l.partial = early;
+                }
                 return Ok(());
             }
-        }
-    }
-
-    /// Applies a pong that came by POST.
-    fn take_pong<H: Handler<User = U>>(&self, h: &H, l: &mut Local) {
-        let ponged = self
-            .lock()
-            .poll
-            .as_mut()
-            .is_some_and(|p| std::mem::take(&mut p.ponged));
-        if ponged {
-            l.ponged(h.settings().ping_interval);
         }
     }
 
@@ -677,7 +686,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// session ends once all of it is out.
     fn write_queue(&self) -> Result<bool, Stop> {
         let empty = self.flush().map_err(|_| Stop::quiet("transport_error"))?;
-        if empty && self.closing() {
+        if empty && self.lock().closing {
             return Err(Stop::closed("server_disconnect"));
         }
         Ok(!empty)
@@ -715,58 +724,39 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(_) => return Err(Stop::quiet("transport_error")),
             };
-            if l.partial.is_empty() {
-                let used = self.decode_all(h, l, &buf[..n])?;
-                l.partial.extend_from_slice(&buf[used..n]);
-            } else {
-                l.partial.extend_from_slice(&buf[..n]);
-                self.decode_partial(h, l)?;
-            }
+            self.decode(h, l, &buf[..n])?;
         }
         Ok(())
     }
 
-    /// Handles the complete frames at the start of the kept partial bytes.
-    fn decode_partial<H: Handler<User = U>>(
-        self: &Arc<Self>,
-        h: &H,
-        l: &mut Local,
-    ) -> Result<(), Stop> {
-        if l.partial.is_empty() {
-            return Ok(());
-        }
-        let data = std::mem::take(&mut l.partial);
-        let used = self.decode_all(h, l, &data)?;
-        if used < data.len() {
-            l.partial = data[used..].to_vec();
-        }
-        Ok(())
-    }
-
-    /// Handles every complete frame in `data`; returns how many bytes they used.
-    fn decode_all<H: Handler<User = U>>(
+    /// Handles every complete frame in the kept partial bytes followed by `data`, and keeps
+    /// what is left of an incomplete one.
+    fn decode<H: Handler<User = U>>(
         self: &Arc<Self>,
         h: &H,
         l: &mut Local,
         data: &[u8],
-    ) -> Result<usize, Stop> {
+    ) -> Result<(), Stop> {
+        let mut kept = std::mem::take(&mut l.partial);
+        let data = if kept.is_empty() {
+            data
+        } else {
+            kept.extend_from_slice(data);
+            &kept
+        };
         let max = h.settings().max_packet as usize;
         let deflate = self.codec().deflate_min.is_some();
         let mut at = 0;
-        loop {
-            match frame::decode(&data[at..], max, deflate) {
-                Ok(Some((f, used))) => {
-                    at += used;
-                    if let Some(message) = self.on_frame(l, f, max)? {
-                        if self.on_message(h, message)? {
-                            l.ponged(h.settings().ping_interval);
-                        }
-                    }
+        while let Some((f, used)) = frame::decode(&data[at..], max, deflate)? {
+            at += used;
+            if let Some(message) = self.on_frame(l, f, max)? {
+                if self.on_message(h, message)? {
+                    l.ponged(h.settings().ping_interval);
                 }
-                Ok(None) => return Ok(at),
-                Err(e) => return Err(frame_error(e)),
             }
         }
+        l.partial = data[at..].to_vec();
+        Ok(())
     }
 
     /// Assembles messages from frames and answers control frames: a complete message, if
@@ -782,9 +772,9 @@ impl<U: Send + Sync + 'static> Conn<U> {
             Opcode::Continuation => l
                 .message
                 .take()
-                .ok_or_else(|| frame_error(FrameError::Protocol("continuation_without_message")))?,
+                .ok_or(FrameError::Protocol("continuation_without_message"))?,
             _ if l.message.is_some() => {
-                return Err(frame_error(FrameError::Protocol("interleaved_message")))
+                return Err(FrameError::Protocol("interleaved_message").into())
             }
             opcode if f.fin && !f.rsv1 => {
                 return Ok(Some(Message {
@@ -965,15 +955,14 @@ impl<U: Send + Sync + 'static> Conn<U> {
             Ok(Ok(rest)) => {
                 let mut out = self.lock();
                 let closed = out.closed;
-                let Some(poll) = out.poll.as_mut().filter(|p| !closed && !p.upgraded) else {
+                let Some(poll) = out.poll.as_mut().filter(|p| !closed && !p.upgraded()) else {
                     return;
                 };
                 self.codec.store(codec.pack(), Ordering::Release);
                 if self.stream.set(stream).is_err() {
                     return;
                 }
-                poll.upgraded = true;
-                poll.early = rest;
+                poll.upgrade = Upgrade::Done(rest);
                 poll.ready.notify_one();
                 drop(out);
                 ::metrics::counter!(metrics::UPGRADES, "result" => "upgraded").increment(1);
@@ -988,8 +977,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 "upgrade not completed in time",
             ),
         };
-        if let Some(poll) = self.lock().poll.as_mut() {
-            poll.upgrading = false;
+        if let Some(poll) = self.lock().poll.as_mut().filter(|p| !p.upgraded()) {
+            poll.upgrade = Upgrade::None;
         }
         ::metrics::counter!(metrics::UPGRADES, "result" => result).increment(1);
         tracing::debug!(sid = %self.sid, why, "{what}; the session goes on polling");
@@ -1045,8 +1034,9 @@ impl<U: Send + Sync + 'static> Conn<U> {
                     let closed = out.closed;
                     match out.poll.as_mut() {
                         Some(poll) if !closed => {
-                            poll.upgrading = true;
-                            poll.noop = poll.getting;
+                            if !poll.upgraded() {
+                                poll.upgrade = Upgrade::Probed { noop: poll.getting };
+                            }
                             poll.ready.notify_one();
                         }
                         _ => return Err("session_ended"),
@@ -1063,10 +1053,6 @@ impl<U: Send + Sync + 'static> Conn<U> {
 struct Message {
     opcode: Opcode,
     payload: Vec<u8>,
-}
-
-fn frame_error(e: FrameError) -> Stop {
-    Stop::protocol("bad_packet", e.close_code(), e.reason())
 }
 
 #[cfg(test)]

@@ -293,8 +293,7 @@ pub async fn poll<U: Send + Sync + 'static>(
         notified.as_mut().enable();
         let wait = match conn.poll_now() {
             Polled::Frames(mut taken) => return Answer::payload(payload(taken.make_contiguous())),
-            Polled::Closed => return Answer::payload(Bytes::from_static(b"1")),
-            Polled::Noop => return Answer::payload(Bytes::from_static(b"6")),
+            Polled::Packet(packet) => return Answer::payload(Bytes::from_static(packet)),
             Polled::Wait { upgrading: true } if waited_upgrading => {
                 return Answer::payload(Bytes::from_static(b"6"))
             }
