@@ -13,6 +13,7 @@
 //! write buffer: reads go through a buffer on the stack and only an incomplete frame is kept.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -540,16 +541,22 @@ pub(super) enum Polled {
     },
 }
 
-/// Runs a WebSocket session: writes `response` (the 101 answering the upgrade, empty when the
-/// HTTP server sent it) followed by the Engine.IO open packet; `early` holds bytes the client
-/// sent after its request, if any.
+/// Runs the WebSocket of an agreed handshake (`response`: the 101 to write first, empty when
+/// the HTTP server sent it; `early`: bytes the client sent after its request, if any): the
+/// upgrade of its long-polling `session`, or a new session, greeted with the Engine.IO open
+/// packet written with the 101.
 pub async fn serve<H: Handler>(
     h: Arc<H>,
     stream: TrackedStream,
     response: String,
     early: Vec<u8>,
     codec: Codec,
+    session: Option<Arc<Conn<H::User>>>,
 ) {
+    if let Some(conn) = session {
+        let max = h.settings().max_packet as usize;
+        return conn.take_over(stream, response, early, codec, max).await;
+    }
     let conn = Arc::new(Conn::new(&*h, Some(stream), codec));
     let open = conn.open_packet(&*h, false);
     let mut greeting = bytes::BytesMut::with_capacity(response.len() + open.len());
@@ -587,14 +594,14 @@ impl<U: Send + Sync + 'static> Conn<U> {
         let cfg = h.settings();
         let first_timer = Instant::now() + cfg.ping_interval.min(cfg.connect_timeout);
         let mut local = Local::new(first_timer, early);
-        let polled = match self.stream.get() {
-            Some(_) => Ok(()),
-            None => self.poll_phase(&*h, &mut local).await,
-        };
-        let stop = match polled.and_then(|()| self.decode(&*h, &mut local, &[])) {
-            Err(stop) => stop,
-            Ok(()) => self.run(&*h, &mut local).await,
-        };
+        let Err(stop) = async {
+            if self.stream.get().is_none() {
+                self.poll_phase(&*h, &mut local).await?;
+            }
+            self.decode(&*h, &mut local, &[])?;
+            self.run(&*h, &mut local).await
+        }
+        .await;
         self.finish(&*h, stop).await;
     }
 
@@ -610,7 +617,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                         l.ponged(h.settings().ping_interval);
                     }
                     if l.next_timer <= Instant::now() {
-                        if let Some(stop) = self.on_timer(h, l) {
+                        if let Err(stop) = self.on_timer(h, l) {
                             self.end_polling(stop.reason);
                             return Err(stop);
                         }
@@ -642,42 +649,31 @@ impl<U: Send + Sync + 'static> Conn<U> {
         }
     }
 
-    async fn run<H: Handler<User = U>>(self: &Arc<Self>, h: &H, l: &mut Local) -> Stop {
+    /// The task of a session on its WebSocket, until it ends.
+    async fn run<H: Handler<User = U>>(
+        self: &Arc<Self>,
+        h: &H,
+        l: &mut Local,
+    ) -> Result<Infallible, Stop> {
         let Some(stream) = self.stream.get() else {
-            return Stop::quiet("transport_close");
+            return Err(Stop::quiet("transport_close"));
         };
         let tcp = stream.tcp();
+        let broken = |_: io::Error| Stop::quiet("transport_error");
         // Whatever was queued before the socket was there (a session upgraded from polling).
-        let mut backlog = match self.write_queue() {
-            Ok(left) => left,
-            Err(stop) => return stop,
-        };
+        let mut backlog = self.write_queue()?;
         loop {
             tokio::select! {
                 ready = tcp.readable() => {
-                    if ready.is_err() {
-                        return Stop::quiet("transport_error");
-                    }
-                    if let Err(stop) = self.read_available(h, l) {
-                        return stop;
-                    }
+                    ready.map_err(broken)?;
+                    self.read_available(h, l)?;
                 }
-                _ = self.wake.notified() => match self.write_queue() {
-                    Ok(left) => backlog = left,
-                    Err(stop) => return stop,
-                },
+                _ = self.wake.notified() => backlog = self.write_queue()?,
                 ready = tcp.writable(), if backlog => {
-                    let ready = ready.map_err(|_| Stop::quiet("transport_error"));
-                    match ready.and_then(|()| self.write_queue()) {
-                        Ok(left) => backlog = left,
-                        Err(stop) => return stop,
-                    }
+                    ready.map_err(broken)?;
+                    backlog = self.write_queue()?;
                 }
-                _ = tokio::time::sleep_until(l.next_timer) => {
-                    if let Some(stop) = self.on_timer(h, l) {
-                        return stop;
-                    }
-                }
+                _ = tokio::time::sleep_until(l.next_timer) => self.on_timer(h, l)?,
             }
         }
     }
@@ -692,19 +688,19 @@ impl<U: Send + Sync + 'static> Conn<U> {
         Ok(!empty)
     }
 
-    fn on_timer<H: Handler<User = U>>(&self, h: &H, l: &mut Local) -> Option<Stop> {
+    fn on_timer<H: Handler<User = U>>(&self, h: &H, l: &mut Local) -> Result<(), Stop> {
         let now = Instant::now();
         if self.ns() == Ns::None && now.duration_since(l.opened) >= h.settings().connect_timeout {
-            return Some(Stop::protocol("connect_timeout", 1008, "connect_timeout"));
+            return Err(Stop::protocol("connect_timeout", 1008, "connect_timeout"));
         }
         if l.waiting_pong {
-            return Some(Stop::quiet("heartbeat_timeout"));
+            return Err(Stop::quiet("heartbeat_timeout"));
         }
         self.send(packet::ping(), 0);
         l.waiting_pong = true;
         l.ping_sent = now;
         l.next_timer = now + h.settings().ping_timeout;
-        None
+        Ok(())
     }
 
     /// Reads what the socket has (through a stack buffer) and handles every complete frame.

@@ -122,22 +122,8 @@ pub fn decode(
     if b1 & 0x80 == 0 {
         return Err(FrameError::Protocol("unmasked_frame"));
     }
-    let (len, mut at) = match b1 & 0x7f {
-        126 => {
-            if buf.len() < 4 {
-                return Ok(None);
-            }
-            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
-        }
-        127 => {
-            if buf.len() < 10 {
-                return Ok(None);
-            }
-            let mut n = [0u8; 8];
-            n.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(n), 10)
-        }
-        n => (n as u64, 2),
+    let Some((len, mut at)) = payload_len(buf) else {
+        return Ok(None);
     };
     if opcode.is_control() && (len > 125 || !fin) {
         return Err(FrameError::Protocol("bad_control_frame"));
@@ -165,6 +151,19 @@ pub fn decode(
         },
         at + len,
     )))
+}
+
+/// The payload length the header at the start of `buf` gives (its 7-bit length, or the 16- or
+/// 64-bit one that follows), and where that length ends; `None` until those bytes are there.
+fn payload_len(buf: &[u8]) -> Option<(u64, usize)> {
+    Some(match buf.get(1)? & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?).into(),
+            4,
+        ),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
+        n => (n.into(), 2),
+    })
 }
 
 /// Length of the header of an unmasked frame carrying `len` bytes.
@@ -226,22 +225,10 @@ pub fn server_frame_parts(frame: &[u8]) -> Option<(u8, &[u8])> {
 /// The first of the unmasked server frames built by this module at the start of `frames`: its
 /// first byte, its payload and its whole length; `None` if no complete one is there.
 pub fn split_server_frame(frames: &[u8]) -> Option<(u8, &[u8], usize)> {
-    let (&b0, rest) = frames.split_first()?;
-    let (&b1, rest) = rest.split_first()?;
-    let (len, header): (usize, usize) = match b1 {
-        126 => (
-            u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize,
-            4,
-        ),
-        127 => (
-            usize::try_from(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?)).ok()?,
-            10,
-        ),
-        n if n < 126 => (n as usize, 2),
-        _ => return None,
-    };
-    let payload = frames.get(header..header.checked_add(len)?)?;
-    Some((b0, payload, header + len))
+    // Ours are never masked.
+    let (len, header) = payload_len(frames).filter(|_| frames[1] & 0x80 == 0)?;
+    let end = header.checked_add(usize::try_from(len).ok()?)?;
+    Some((frames[0], frames.get(header..end)?, end))
 }
 
 /// A close frame with a status code and a reason (truncated to fit a control frame).

@@ -127,9 +127,6 @@ fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// A connection for the HTTP server, with the client's address.
-pub type ToHttp = mpsc::Sender<(TrackedStream, SocketAddr)>;
-
 /// Where a new connection goes.
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
@@ -151,7 +148,7 @@ pub async fn route<H: Handler>(
     h: Arc<H>,
     mut stream: TrackedStream,
     addr: SocketAddr,
-    to_http: ToHttp,
+    to_http: mpsc::Sender<(TrackedStream, SocketAddr)>,
 ) {
     let mut wait = HEAD_TIMEOUT;
     loop {
@@ -410,7 +407,7 @@ async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
     // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
     // here instead of staying alive (and allocated) for the whole session. The 101 goes out
     // with the Engine.IO open packet, in one write.
-    tokio::spawn(open(h, stream, response, Vec::new(), codec, session));
+    tokio::spawn(conn::serve(h, stream, response, Vec::new(), codec, session));
 }
 
 /// Reads the next request head, through its blank line and nothing after it, waiting at most
@@ -446,25 +443,6 @@ async fn read_head(
         return Ok(None);
     }
     Ok(Some(buf))
-}
-
-/// Runs the WebSocket of an agreed handshake (`response`: the 101 to write first, empty when
-/// the HTTP server sent it): the upgrade of its long-polling `session`, or a new session.
-async fn open<H: Handler>(
-    h: Arc<H>,
-    stream: TrackedStream,
-    response: String,
-    early: Vec<u8>,
-    codec: codec::Codec,
-    session: Option<Arc<Conn<H::User>>>,
-) {
-    match session {
-        Some(conn) => {
-            let max = h.settings().max_packet as usize;
-            conn.take_over(stream, response, early, codec, max).await
-        }
-        None => conn::serve(h, stream, response, early, codec).await,
-    }
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {

@@ -433,7 +433,7 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
             return;
         };
         let (stream, early) = (parts.io.into_inner(), parts.read_buf.to_vec());
-        super::open(h, stream, String::new(), early, codec, session).await
+        conn::serve(h, stream, String::new(), early, codec, session).await
     });
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
