@@ -558,7 +558,7 @@ pub async fn serve<H: Handler>(
         return conn.take_over(stream, response, early, codec, max).await;
     }
     let conn = Arc::new(Conn::new(&*h, Some(stream), codec));
-    let open = conn.open_packet(&*h, false);
+    let open = packet::open(&conn.sid, false, h.settings());
     let mut greeting = bytes::BytesMut::with_capacity(response.len() + open.len());
     greeting.extend_from_slice(response.as_bytes());
     greeting.extend_from_slice(&open);
@@ -571,24 +571,13 @@ pub async fn serve<H: Handler>(
 /// open packet framed (the handshake GET answers with its payload).
 pub fn start_polling<H: Handler>(h: &Arc<H>, codec: Codec) -> Bytes {
     let conn = Arc::new(Conn::new(&**h, None, codec));
-    let open = conn.open_packet(&**h, true);
+    let open = packet::open(&conn.sid, true, h.settings());
     h.polls().insert(conn.clone());
     tokio::spawn(conn.drive(h.clone(), Vec::new()));
     open
 }
 
 impl<U: Send + Sync + 'static> Conn<U> {
-    fn open_packet<H: Handler<User = U>>(&self, h: &H, upgrades: bool) -> Bytes {
-        let cfg = h.settings();
-        packet::open(
-            &self.sid,
-            upgrades,
-            cfg.ping_interval.as_millis() as u64,
-            cfg.ping_timeout.as_millis() as u64,
-            cfg.max_packet,
-        )
-    }
-
     /// The session's task, from its start to its end (and through an upgrade).
     async fn drive<H: Handler<User = U>>(self: Arc<Self>, h: Arc<H>, early: Vec<u8>) {
         let cfg = h.settings();
@@ -941,12 +930,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
         if !response.is_empty() && stream.write_all(response.as_bytes()).await.is_err() {
             return;
         }
-        let deadline = Instant::now() + UPGRADE_TIMEOUT;
-        let outcome = tokio::time::timeout_at(
-            deadline,
-            self.probe(&mut stream, early, codec.deflate_min.is_some(), max_packet),
-        )
-        .await;
+        let probe = self.probe(&mut stream, early, codec.deflate_min.is_some(), max_packet);
+        let outcome = tokio::time::timeout(UPGRADE_TIMEOUT, probe).await;
         let (result, code, why, what) = match outcome {
             Ok(Ok(rest)) => {
                 let mut out = self.lock();
@@ -998,10 +983,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
             let Some((f, used)) = decoded else {
                 data.drain(..at);
                 at = 0;
-                let mut chunk = [0u8; 1024];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return Err("closed"),
-                    Ok(n) => data.extend_from_slice(&chunk[..n]),
+                if let Ok(0) | Err(_) = stream.read_buf(&mut data).await {
+                    return Err("closed");
                 }
                 continue;
             };

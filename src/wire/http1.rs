@@ -38,9 +38,14 @@ struct Head {
 /// Serves one long-polling request on `stream`; whether the connection may serve another
 /// (the caller waits up to [`IDLE`] for it).
 pub async fn serve<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream) -> bool {
-    let head = match read_head(stream).await {
-        Ok(Some(head)) => head,
+    let too_large = "the request head is larger than 8 KiB";
+    let head = match super::read_head(stream, too_large).await {
+        Ok(Some(buf)) => parse_head(&buf),
         Ok(None) => return false,
+        Err(r) => Err(Answer::refusal(r)),
+    };
+    let head = match head {
+        Ok(head) => head,
         Err(answer) => {
             let _ = write_answer(&**h, stream, None, false, answer).await;
             return false;
@@ -114,16 +119,6 @@ async fn gone(tcp: &TcpStream) {
         // The client sent more while its GET waits (a pipelined request): it is read after
         // the answer; until then nothing tells us it left.
         Ok(_) => std::future::pending().await,
-    }
-}
-
-/// Reads one request head; `Ok(None)` when the connection closed before one came.
-async fn read_head(stream: &mut TrackedStream) -> Result<Option<Head>, Answer> {
-    let too_large = "the request head is larger than 8 KiB";
-    match super::read_head(stream, too_large).await {
-        Ok(Some(buf)) => parse_head(&buf).map(Some),
-        Ok(None) => Ok(None),
-        Err(r) => Err(Answer::refusal(r)),
     }
 }
 

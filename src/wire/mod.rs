@@ -236,17 +236,14 @@ pub struct Refusal {
     pub code: &'static str,
     /// What to do about it.
     pub message: &'static str,
-    /// Extra response headers, each ending in CRLF.
-    pub extra: &'static str,
 }
 
-/// A refusal without extra headers.
+/// A refusal.
 pub fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> Refusal {
     Refusal {
         status,
         code,
         message,
-        extra: "",
     }
 }
 
@@ -292,14 +289,11 @@ pub fn agree<'r, H: Handler>(
         ));
     }
     if first("sec-websocket-version") != Some("13") {
-        return Err(Refusal {
-            extra: "Sec-WebSocket-Version: 13\r\n",
-            ..refuse(
-                StatusCode::UPGRADE_REQUIRED,
-                "unsupported_websocket_version",
-                "only WebSocket version 13 is supported",
-            )
-        });
+        return Err(refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported_websocket_version",
+            "only WebSocket version 13 is supported",
+        ));
     }
     let Some(key) = first("sec-websocket-key").filter(|k| !k.is_empty()) else {
         return Err(refuse(
@@ -450,12 +444,17 @@ async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
     tracing::debug!(code = r.code, "WebSocket handshake refused");
     // The same body as every HTTP error of the gateway.
     let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } }).to_string();
+    // A refused WebSocket version names the one spoken (RFC 6455 §4.4).
+    let extra = match r.status {
+        StatusCode::UPGRADE_REQUIRED => "Sec-WebSocket-Version: 13\r\n",
+        _ => "",
+    };
     let response = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}",
         r.status.as_str(),
         r.status.canonical_reason().unwrap_or(""),
         body.len(),
-        r.extra,
+        extra,
         body
     );
     let _ = stream.write_all(response.as_bytes()).await;

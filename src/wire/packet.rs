@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::frame;
+use super::{frame, Settings};
 
 /// A packet received from a client.
 #[derive(Debug, PartialEq)]
@@ -129,22 +129,16 @@ pub(super) fn event_args(data: Option<Value>) -> Result<(String, Option<Value>),
     Ok((name, data))
 }
 
-/// Engine.IO open packet of a session, framed; `upgrades` offers the WebSocket (to a session
-/// on long-polling).
-pub fn open(
-    sid: &str,
-    upgrades: bool,
-    ping_interval_ms: u64,
-    ping_timeout_ms: u64,
-    max_payload: u64,
-) -> Bytes {
+/// Engine.IO open packet of a session, framed, with the timers and limit of `cfg`; `upgrades`
+/// offers the WebSocket (to a session on long-polling).
+pub fn open(sid: &str, upgrades: bool, cfg: &Settings) -> Bytes {
     let upgrades: &[&str] = if upgrades { &["websocket"] } else { &[] };
     let body = serde_json::json!({
         "sid": sid,
         "upgrades": upgrades,
-        "pingInterval": ping_interval_ms,
-        "pingTimeout": ping_timeout_ms,
-        "maxPayload": max_payload,
+        "pingInterval": cfg.ping_interval.as_millis() as u64,
+        "pingTimeout": cfg.ping_timeout.as_millis() as u64,
+        "maxPayload": cfg.max_packet,
     });
     frame::encode_text_parts(&[b"0", body.to_string().as_bytes()])
 }
@@ -288,8 +282,16 @@ mod tests {
             text(&ack(7, &json!({"ok": true})).unwrap()),
             r#"437[{"ok":true}]"#
         );
-        let open: Value =
-            serde_json::from_str(&text(&open("s1", false, 25000, 20000, 1000))[1..]).unwrap();
+        let cfg = Settings {
+            ping_interval: std::time::Duration::from_secs(25),
+            ping_timeout: std::time::Duration::from_secs(20),
+            connect_timeout: std::time::Duration::from_secs(5),
+            max_packet: 1000,
+            socket_buffer: 0,
+            max_replay: 0,
+            compression_min: None,
+        };
+        let open: Value = serde_json::from_str(&text(&open("s1", false, &cfg))[1..]).unwrap();
         assert_eq!(open["upgrades"], json!([]));
         assert_eq!(open["pingInterval"], json!(25000));
         assert_eq!(text(&disconnect()), "41");

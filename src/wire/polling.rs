@@ -15,10 +15,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 
@@ -37,21 +36,17 @@ const SEPARATOR: u8 = 0x1e;
 const BINARY_OPCODE: u8 = 0x2;
 
 /// Long-polling sessions (and the sessions that upgraded from it) by session id.
-pub struct Polls<U> {
-    map: Mutex<HashMap<Box<str>, Arc<Conn<U>>>>,
-}
+pub struct Polls<U>(Mutex<HashMap<Box<str>, Arc<Conn<U>>>>);
 
 impl<U> Default for Polls<U> {
     fn default() -> Self {
-        Self {
-            map: Mutex::new(HashMap::new()),
-        }
+        Self(Mutex::default())
     }
 }
 
 impl<U: Send + Sync + 'static> Polls<U> {
     fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<Conn<U>>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a session.
@@ -168,13 +163,12 @@ impl Answer {
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        let mut res = Response::new(Body::from(self.body));
-        *res.status_mut() = self.status;
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(self.content_type),
-        );
-        res
+        (
+            self.status,
+            [(header::CONTENT_TYPE, self.content_type)],
+            self.body,
+        )
+            .into_response()
     }
 }
 
@@ -435,24 +429,20 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
         let (stream, early) = (parts.io.into_inner(), parts.read_buf.to_vec());
         conn::serve(h, stream, String::new(), early, codec, session).await
     });
-    let mut res = Response::new(Body::empty());
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = res.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&agreed.accept) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
     // `extensions` is a whole response header line: keep its value.
-    if let Some(value) = agreed
-        .extensions
-        .split_once(':')
-        .map(|(_, v)| v.trim())
-        .and_then(|v| HeaderValue::from_str(v).ok())
-    {
-        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
-    }
-    res
+    let extensions = agreed.extensions.split_once(':').map(|(_, v)| v.trim());
+    let headers = [
+        (header::UPGRADE, "websocket"),
+        (header::CONNECTION, "Upgrade"),
+        (header::SEC_WEBSOCKET_ACCEPT, agreed.accept.as_str()),
+    ];
+    let extensions = extensions.map(|v| (header::SEC_WEBSOCKET_EXTENSIONS, v));
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        headers,
+        AppendHeaders(extensions),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
