@@ -378,7 +378,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
         let Some(stream) = self.stream.get() else {
             return Ok(true);
         };
-        let mut out = self.lock();
+        let mut guard = self.lock();
+        let out = &mut *guard;
         while !out.queue.is_empty() {
             let slices: Vec<IoSlice<'_>> = out
                 .queue
@@ -397,19 +398,14 @@ impl<U: Send + Sync + 'static> Conn<U> {
             };
             drop(slices);
             let mut left = written;
-            while left > 0 {
-                let Some((head, events)) = out.queue.front_mut() else {
-                    break;
-                };
-                if head.len() <= left {
-                    left -= head.len();
-                    let events = *events;
-                    out.events -= events;
-                    out.queue.pop_front();
-                } else {
+            while let Some((head, events)) = out.queue.front_mut().filter(|_| left > 0) {
+                if head.len() > left {
                     head.advance(left);
-                    left = 0;
+                    break;
                 }
+                left -= head.len();
+                out.events -= *events;
+                out.queue.pop_front();
             }
         }
         if out.queue.capacity() > 8 {
@@ -761,12 +757,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
             _ if l.message.is_some() => {
                 return Err(FrameError::Protocol("interleaved_message").into())
             }
-            opcode if f.fin && !f.rsv1 => {
-                return Ok(Some(Message {
-                    opcode,
-                    payload: f.payload,
-                }))
-            }
+            opcode if f.fin && !f.rsv1 => return Ok(Some((opcode, f.payload))),
             opcode => (opcode, Body::new(f.rsv1, max)),
         };
         body.push(&f.payload, max)?;
@@ -774,15 +765,14 @@ impl<U: Send + Sync + 'static> Conn<U> {
             l.message = Some((opcode, body));
             return Ok(None);
         }
-        let payload = body.finish()?;
-        Ok(Some(Message { opcode, payload }))
+        Ok(Some((opcode, body.finish()?)))
     }
 
     /// Handles one message of the WebSocket; `Ok(true)` for a pong.
     fn on_message<H: Handler<User = U>>(
         self: &Arc<Self>,
         h: &H,
-        Message { opcode, payload }: Message,
+        (opcode, payload): Message,
     ) -> Result<bool, Stop> {
         let parsed = match opcode {
             // Engine.IO over WebSocket: a binary message is a message packet's raw data.
@@ -999,12 +989,12 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 Opcode::Pong | Opcode::Close => return Err("bad_frame"),
                 _ => {}
             }
-            let message = match self.on_frame(&mut local, f, max) {
+            let (opcode, payload) = match self.on_frame(&mut local, f, max) {
                 Ok(Some(m)) => m,
                 Ok(None) => continue,
                 Err(_) => return Err("bad_frame"),
             };
-            match (probed, message.opcode, &message.payload[..]) {
+            match (probed, opcode, &payload[..]) {
                 (false, Opcode::Text, b"2probe") => {
                     let answer = frame::encode(Opcode::Text, b"3probe");
                     stream.write_all(&answer).await.map_err(|_| "closed")?;
@@ -1028,11 +1018,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
     }
 }
 
-/// A complete WebSocket message.
-struct Message {
-    opcode: Opcode,
-    payload: Vec<u8>,
-}
+/// A complete WebSocket message: its opcode and payload.
+type Message = (Opcode, Vec<u8>);
 
 #[cfg(test)]
 mod tests {
