@@ -198,14 +198,6 @@ enum Body {
 }
 
 impl Body {
-    fn new(compressed: bool, max: usize) -> Self {
-        if compressed {
-            Body::Deflated(Box::new(Inflater::new(max)))
-        } else {
-            Body::Plain(Vec::new())
-        }
-    }
-
     fn push(&mut self, payload: &[u8], max: usize) -> Result<(), Stop> {
         match self {
             Body::Plain(buf) => {
@@ -758,7 +750,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 return Err(FrameError::Protocol("interleaved_message").into())
             }
             opcode if f.fin && !f.rsv1 => return Ok(Some((opcode, f.payload))),
-            opcode => (opcode, Body::new(f.rsv1, max)),
+            opcode if f.rsv1 => (opcode, Body::Deflated(Box::new(Inflater::new(max)))),
+            opcode => (opcode, Body::Plain(Vec::new())),
         };
         body.push(&f.payload, max)?;
         if !f.fin {

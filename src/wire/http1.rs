@@ -42,7 +42,7 @@ pub async fn serve<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream) -> bool {
     let head = match super::read_head(stream, too_large).await {
         Ok(Some(buf)) => parse_head(&buf),
         Ok(None) => return false,
-        Err(r) => Err(Answer::refusal(r)),
+        Err(r) => Err(Answer::from(r)),
     };
     let head = match head {
         Ok(head) => head,
@@ -67,21 +67,20 @@ pub async fn serve<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream) -> bool {
 
 /// The answer to one request, and whether the connection may serve another.
 async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head) -> (Answer, bool) {
-    let step = polling::step(h, &head.method, &head.query);
-    match step {
-        Step::Done(answer) => {
+    match polling::step(h, &head.method, &head.query) {
+        Err(answer) => {
             // A body nobody reads would be taken for the next request.
             let clean = head.content_length.unwrap_or(0) == 0 && !head.chunked;
             (answer, clean)
         }
-        Step::Get(conn) => (polling::poll(&conn, gone(stream.tcp())).await, true),
-        Step::Post(conn) => {
+        Ok(Step::Get(conn)) => (polling::poll(&conn, gone(stream.tcp())).await, true),
+        Ok(Step::Post(conn)) => {
             let max = h.settings().max_packet as usize;
             // Without Content-Length and Transfer-Encoding a request has no body.
             if head.chunked {
                 let why = "a long-polling POST needs a Content-Length";
                 let r = super::refuse(StatusCode::LENGTH_REQUIRED, "bad_request", why);
-                return (Answer::refusal(r), false);
+                return (r.into(), false);
             }
             let len = head.content_length.unwrap_or(0);
             if len > max {
@@ -102,12 +101,12 @@ async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head)
                     conn.end_polling("transport_error");
                     let why = "the request body did not arrive in time";
                     let r = super::refuse(StatusCode::BAD_REQUEST, "bad_request", why);
-                    (Answer::refusal(r), false)
+                    (r.into(), false)
                 }
             }
         }
         // The request line said long-polling; only a forged query gets here.
-        Step::WebSocket => (polling::EioError::BadRequest.answer(), false),
+        Ok(Step::WebSocket) => (polling::EioError::BadRequest.answer(), false),
     }
 }
 
@@ -124,7 +123,7 @@ async fn gone(tcp: &TcpStream) {
 
 fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
     let bad = || {
-        Answer::refusal(super::refuse(
+        Answer::from(super::refuse(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "the request could not be parsed as HTTP/1.1",

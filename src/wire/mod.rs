@@ -112,11 +112,15 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 8192;
 
 /// The handshake query's `parser`: `Ok(true)` for `msgpack`, `Ok(false)` when absent (JSON).
-pub fn wants_msgpack(query: &str) -> Result<bool, &'static str> {
+pub fn wants_msgpack(query: &str) -> Result<bool, Refusal> {
     match param(query, "parser") {
         None => Ok(false),
         Some("msgpack") => Ok(true),
-        Some(_) => Err("parser must be msgpack (socket.io-msgpack-parser) or left out (JSON)"),
+        Some(_) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported_parser",
+            "parser must be msgpack (socket.io-msgpack-parser) or left out (JSON)",
+        )),
     }
 }
 
@@ -338,8 +342,7 @@ pub fn agree<'r, H: Handler>(
     let msgpack = match &session {
         // An upgrade keeps the parser its session started with.
         Some(c) => c.codec().msgpack,
-        None => wants_msgpack(query)
-            .map_err(|message| refuse(StatusCode::BAD_REQUEST, "unsupported_parser", message))?,
+        None => wants_msgpack(query)?,
     };
     let offers = header("sec-websocket-extensions");
     let accepted = h

@@ -65,42 +65,26 @@ pub fn parse(text: &str) -> Result<Incoming, PacketError> {
 
 fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
     let kind = *text.as_bytes().first().ok_or(PacketError("empty"))?;
-    let mut rest = &text[1..];
-    let nsp = if rest.starts_with('/') {
-        let end = rest.find(',').unwrap_or(rest.len());
-        let nsp = rest[..end].to_owned();
-        rest = rest.get(end + 1..).unwrap_or("");
-        nsp
+    let rest = &text[1..];
+    let (nsp, rest) = if rest.starts_with('/') {
+        rest.split_once(',').unwrap_or((rest, ""))
     } else {
-        "/".to_owned()
+        ("/", rest)
     };
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    let ack = if digits > 0 {
-        let id = rest[..digits]
-            .parse::<u64>()
-            .map_err(|_| PacketError("bad_ack_id"))?;
-        rest = &rest[digits..];
-        Some(id)
-    } else {
-        None
-    };
-    let json = |s: &str| -> Result<Option<Value>, PacketError> {
-        if s.is_empty() {
-            Ok(None)
-        } else {
-            serde_json::from_str(s)
-                .map(Some)
-                .map_err(|_| PacketError("bad_json"))
-        }
+    let nsp = nsp.to_owned();
+    let (id, rest) = rest.split_at(rest.bytes().take_while(u8::is_ascii_digit).count());
+    let ack = (!id.is_empty()).then(|| id.parse::<u64>());
+    let ack = ack.transpose().map_err(|_| PacketError("bad_ack_id"))?;
+    // Read only by the packets that carry data.
+    let json = || {
+        let data = (!rest.is_empty()).then(|| serde_json::from_str(rest));
+        data.transpose().map_err(|_| PacketError("bad_json"))
     };
     match kind {
-        b'0' => Ok(Incoming::Connect {
-            nsp,
-            auth: json(rest)?,
-        }),
+        b'0' => Ok(Incoming::Connect { nsp, auth: json()? }),
         b'1' => Ok(Incoming::Disconnect),
         b'2' => {
-            let (name, data) = event_args(json(rest)?)?;
+            let (name, data) = event_args(json()?)?;
             Ok(Incoming::Event {
                 nsp,
                 ack,

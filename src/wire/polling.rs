@@ -152,9 +152,11 @@ impl Answer {
     fn ok() -> Self {
         Self::new(StatusCode::OK, "text/html", Bytes::from_static(b"ok"))
     }
+}
 
-    /// A refusal of the gateway (draining, a parser it does not speak): its JSON error body.
-    pub fn refusal(r: super::Refusal) -> Self {
+/// A refusal of the gateway (draining, a parser it does not speak): its JSON error body.
+impl From<super::Refusal> for Answer {
+    fn from(r: super::Refusal) -> Self {
         ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
         let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } });
         Self::new(r.status, JSON, Bytes::from(body.to_string()))
@@ -174,8 +176,6 @@ impl IntoResponse for Answer {
 
 /// What an Engine.IO request asks for, once its query is read.
 pub enum Step<U> {
-    /// Answered already.
-    Done(Answer),
     /// A GET of a long-polling session.
     Get(Arc<Conn<U>>),
     /// A POST of a long-polling session (its body is read next, up to [`Handler::settings`]'
@@ -185,52 +185,40 @@ pub enum Step<U> {
     WebSocket,
 }
 
-/// Reads an Engine.IO request's method and query; starts a session for a handshake.
-pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Step<H::User> {
+/// Reads an Engine.IO request's method and query; starts a session for a handshake. `Err`:
+/// the answer, when it is known at once (an error, a refusal, a new session's open packet).
+pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Result<Step<H::User>, Answer> {
     if param(query, "EIO") != Some("4") {
-        return Step::Done(EioError::UnsupportedProtocolVersion.answer());
+        return Err(EioError::UnsupportedProtocolVersion.answer());
     }
-    let msgpack = match super::wants_msgpack(query) {
-        Ok(m) => m,
-        Err(message) => {
-            return Step::Done(Answer::refusal(super::refuse(
-                StatusCode::BAD_REQUEST,
-                "unsupported_parser",
-                message,
-            )))
-        }
-    };
+    let msgpack = super::wants_msgpack(query)?;
     match param(query, "transport") {
         Some("polling") => {}
-        Some("websocket") => return Step::WebSocket,
-        _ => return Step::Done(EioError::UnknownTransport.answer()),
+        Some("websocket") => return Ok(Step::WebSocket),
+        _ => return Err(EioError::UnknownTransport.answer()),
     }
     let Some(sid) = param(query, "sid") else {
         if method != Method::GET {
-            return Step::Done(EioError::BadHandshakeMethod.answer());
+            return Err(EioError::BadHandshakeMethod.answer());
         }
-        if let Err(refusal) = h.admit(None) {
-            return Step::Done(Answer::refusal(refusal));
-        }
+        h.admit(None)?;
         let open = conn::start_polling(h, Codec::new(msgpack, None));
-        return Step::Done(Answer::payload(payload(&[(open, 0)])));
+        return Err(Answer::payload(payload(&[(open, 0)])));
     };
     let Some(conn) = h.polls().get(sid).filter(|c| !c.has_ended()) else {
         // A draining gateway answers a session it does not know with 503, which the load
         // balancer retries on the next gateway (the session's own, when affinity still points
         // here): nothing was done with the request.
-        if let Err(refusal) = h.admit(None) {
-            return Step::Done(Answer::refusal(refusal));
-        }
-        return Step::Done(EioError::UnknownSid.answer());
+        h.admit(None)?;
+        return Err(EioError::UnknownSid.answer());
     };
     if conn.transport() != "polling" {
-        return Step::Done(EioError::BadRequest.answer());
+        return Err(EioError::BadRequest.answer());
     }
     match *method {
-        Method::GET => Step::Get(conn),
-        Method::POST => Step::Post(conn),
-        _ => Step::Done(EioError::BadRequest.answer()),
+        Method::GET => Ok(Step::Get(conn)),
+        Method::POST => Ok(Step::Post(conn)),
+        _ => Err(EioError::BadRequest.answer()),
     }
 }
 
@@ -238,10 +226,10 @@ pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Step<H::Use
 pub async fn handle<H: Handler>(h: Arc<H>, req: Request) -> Response {
     let query = req.uri().query().unwrap_or("").to_owned();
     match step(&h, req.method(), &query) {
-        Step::Done(answer) => answer.into_response(),
-        Step::WebSocket => websocket(h.clone(), req).await,
-        Step::Get(conn) => poll(&conn, std::future::pending()).await.into_response(),
-        Step::Post(conn) => {
+        Err(answer) => answer.into_response(),
+        Ok(Step::WebSocket) => websocket(h.clone(), req).await,
+        Ok(Step::Get(conn)) => poll(&conn, std::future::pending()).await.into_response(),
+        Ok(Step::Post(conn)) => {
             let max = h.settings().max_packet as usize;
             let declared = req
                 .headers()
@@ -410,7 +398,7 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
     };
     let agreed = match super::agree(&*h, &query, header) {
         Ok(agreed) => agreed,
-        Err(refusal) => return Answer::refusal(refusal).into_response(),
+        Err(refusal) => return Answer::from(refusal).into_response(),
     };
     let upgrading = hyper::upgrade::on(&mut req);
     let (codec, session) = (agreed.codec, agreed.session);
