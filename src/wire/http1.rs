@@ -178,6 +178,17 @@ fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
     })
 }
 
+/// The status line and the content headers of `answer`.
+pub(super) fn head(answer: &Answer) -> String {
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        answer.status.as_str(),
+        answer.status.canonical_reason().unwrap_or(""),
+        answer.content_type,
+        answer.body.len()
+    )
+}
+
 /// Writes `answer` with the CORS headers a page of `origin` gets.
 async fn write_answer<H: Handler>(
     h: &H,
@@ -186,13 +197,7 @@ async fn write_answer<H: Handler>(
     keep: bool,
     answer: Answer,
 ) -> std::io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        answer.status.as_str(),
-        answer.status.canonical_reason().unwrap_or(""),
-        answer.content_type,
-        answer.body.len()
-    );
+    let mut head = head(&answer);
     if h.cors_open() {
         head.push_str(
             "Vary: origin, access-control-request-method, access-control-request-headers\r\n",

@@ -36,7 +36,6 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use crate::drain::TrackedStream;
-use crate::metrics;
 pub use conn::Conn;
 
 /// What the transport hands decoded packets to.
@@ -389,21 +388,18 @@ async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
             "the handshake request could not be parsed as HTTP/1.1",
         )),
     };
-    let Agreed {
-        accept,
-        codec,
-        extensions,
-        session,
-    } = match agreed {
+    let agreed = match agreed {
         Ok(agreed) => agreed,
         Err(r) => return answer_refusal(stream, r).await,
     };
     let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{}\r\n",
+        agreed.accept, agreed.extensions
     );
     // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
     // here instead of staying alive (and allocated) for the whole session. The 101 goes out
     // with the Engine.IO open packet, in one write.
+    let (codec, session) = (agreed.codec, agreed.session);
     tokio::spawn(conn::serve(h, stream, response, Vec::new(), codec, session));
 }
 
@@ -443,24 +439,18 @@ async fn read_head(
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
-    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
     tracing::debug!(code = r.code, "WebSocket handshake refused");
-    // The same body as every HTTP error of the gateway.
-    let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } }).to_string();
     // A refused WebSocket version names the one spoken (RFC 6455 §4.4).
     let extra = match r.status {
         StatusCode::UPGRADE_REQUIRED => "Sec-WebSocket-Version: 13\r\n",
         _ => "",
     };
-    let response = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}",
-        r.status.as_str(),
-        r.status.canonical_reason().unwrap_or(""),
-        body.len(),
-        extra,
-        body
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
+    // The same answer as every HTTP error of the gateway.
+    let answer = polling::Answer::from(r);
+    let head = http1::head(&answer) + "Connection: close\r\n" + extra + "\r\n";
+    let _ = stream
+        .write_all(&[head.as_bytes(), &answer.body].concat())
+        .await;
     let _ = stream.shutdown().await;
 }
 
