@@ -234,10 +234,7 @@ pub fn split_server_frame(frames: &[u8]) -> Option<(u8, &[u8], usize)> {
 /// A close frame with a status code and a reason (truncated to fit a control frame).
 pub fn encode_close(code: u16, reason: &str) -> Bytes {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(reason);
-    encode(Opcode::Close, &payload)
+    encode_with(0x80 | Opcode::Close as u8, &[&code.to_be_bytes(), reason])
 }
 
 #[cfg(test)]

@@ -37,11 +37,8 @@ struct Out<'a, T: Serialize> {
 struct In {
     #[serde(rename = "type")]
     kind: u8,
-    #[serde(default)]
     nsp: Option<String>,
-    #[serde(default)]
     data: Option<Value>,
-    #[serde(default)]
     id: Option<u64>,
 }
 

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{AppendHeaders, IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 
@@ -273,18 +274,16 @@ pub async fn poll<U: Send + Sync + 'static>(
         let notified = ready.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let wait = match conn.poll_now() {
+        let limit = match conn.poll_now() {
             Polled::Frames(mut taken) => return Answer::payload(payload(taken.make_contiguous())),
             Polled::Packet(packet) => return Answer::payload(Bytes::from_static(packet)),
-            Polled::Wait { upgrading: true } if waited_upgrading => {
-                return Answer::payload(Bytes::from_static(b"6"))
-            }
-            Polled::Wait { upgrading } => upgrading,
+            Polled::Wait { upgrading: false } => FOREVER,
+            // A GET that came while the client was about to pause polling (sent before it got
+            // `3probe`) is answered soon, so the pause is not held up until the next ping; a
+            // client that never sends the upgrade packet polls ten times a second at most.
+            Polled::Wait { .. } if !waited_upgrading => UPGRADING_POLL,
+            Polled::Wait { .. } => return Answer::payload(Bytes::from_static(b"6")),
         };
-        // A GET that came while the client was about to pause polling (sent before it got
-        // `3probe`) is answered soon, so the pause is not held up until the next ping; a client
-        // that never sends the upgrade packet polls ten times a second at most.
-        let limit = if wait { UPGRADING_POLL } else { FOREVER };
         tokio::select! {
             woken = tokio::time::timeout(limit, notified) => waited_upgrading = woken.is_err(),
             () = &mut gone => {
@@ -329,7 +328,7 @@ pub fn post<H: Handler>(h: &H, conn: &Arc<Conn<H::User>>, body: &[u8]) -> Answer
     let parts = body.split(|b| *b == SEPARATOR).filter(|_| !body.is_empty());
     for part in parts {
         let parsed = match part.split_first() {
-            Some((b'b', data)) if msgpack => base64::engine::general_purpose::STANDARD
+            Some((b'b', data)) if msgpack => BASE64
                 .decode(data)
                 .map_err(|_| packet::PacketError("bad_base64"))
                 .and_then(|bytes| msgpack::parse(&bytes)),
@@ -368,11 +367,7 @@ fn payload(queued: &[(Bytes, usize)]) -> Bytes {
             }
             if first & 0x0f == BINARY_OPCODE {
                 out.extend_from_slice(b"b");
-                out.extend_from_slice(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(data)
-                        .as_bytes(),
-                );
+                out.extend_from_slice(BASE64.encode(data).as_bytes());
             } else {
                 out.extend_from_slice(data);
             }
