@@ -100,10 +100,9 @@ pub fn decode(
     max_payload: usize,
     deflate: bool,
 ) -> Result<Option<(Frame, usize)>, FrameError> {
-    if buf.len() < 2 {
+    let [b0, b1, ..] = *buf else {
         return Ok(None);
-    }
-    let (b0, b1) = (buf[0], buf[1]);
+    };
     let rsv1 = b0 & 0x40 != 0;
     if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(FrameError::Protocol("reserved_bits"));

@@ -23,6 +23,8 @@ use crate::drain::TrackedStream;
 pub(super) const IDLE: Duration = Duration::from_secs(75);
 /// How long a request may take to arrive once it started.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// One request's head, owned (the buffer it was read into is gone by the time it is answered).
 struct Head {
@@ -39,13 +41,12 @@ struct Head {
 /// (the caller waits up to [`IDLE`] for it).
 pub async fn serve<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream) -> bool {
     let too_large = "the request head is larger than 8 KiB";
-    let head = match super::read_head(stream, too_large).await {
-        Ok(Some(buf)) => parse_head(&buf),
+    let read = super::read_head(stream, too_large)
+        .await
+        .map_err(Answer::from);
+    let head = match read.and_then(|buf| buf.map(|buf| parse_head(&buf)).transpose()) {
+        Ok(Some(head)) => head,
         Ok(None) => return false,
-        Err(r) => Err(Answer::from(r)),
-    };
-    let head = match head {
-        Ok(head) => head,
         Err(answer) => {
             let _ = write_answer(&**h, stream, None, false, answer).await;
             return false;
@@ -54,11 +55,8 @@ pub async fn serve<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream) -> bool {
     let (answer, keep) = answer(h, stream, &head).await;
     let keep = keep && head.keep_alive;
     let origin = head.origin.as_deref();
-    if write_answer(&**h, stream, origin, keep, answer)
-        .await
-        .is_err()
-        || !keep
-    {
+    let written = write_answer(&**h, stream, origin, keep, answer).await;
+    if written.is_err() || !keep {
         let _ = stream.shutdown().await;
         return false;
     }
@@ -83,15 +81,7 @@ async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head)
                 return (r.into(), false);
             }
             let len = head.content_length.unwrap_or(0);
-            if len > max {
-                return (polling::oversized(&conn, max), false);
-            }
-            if head.expect_continue
-                && stream
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await
-                    .is_err()
-            {
+            if len > max || (head.expect_continue && stream.write_all(CONTINUE).await.is_err()) {
                 return (polling::oversized(&conn, max), false);
             }
             let mut body = vec![0u8; len];
