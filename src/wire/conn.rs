@@ -830,15 +830,13 @@ impl<U: Send + Sync + 'static> Conn<U> {
             self.lock().queue.push_back((frame, 0));
             let deadline = Instant::now() + CLOSE_FLUSH;
             while let Ok(false) = self.flush() {
-                if tokio::time::timeout_at(deadline, stream.tcp().writable())
-                    .await
-                    .is_err()
-                {
+                let writable = tokio::time::timeout_at(deadline, stream.tcp().writable()).await;
+                if writable.is_err() {
                     break;
                 }
             }
         }
-        let (connected, registered) = {
+        let connected = {
             let mut out = self.lock();
             out.closed = true;
             out.queue = VecDeque::new();
@@ -846,12 +844,12 @@ impl<U: Send + Sync + 'static> Conn<U> {
             if let Some(poll) = out.poll.as_ref() {
                 poll.ready.notify_one();
             }
-            (out.ns == Ns::Connected, self.born_polling)
+            out.ns == Ns::Connected
         };
         if let Some(stream) = self.stream.get() {
             stream.close();
         }
-        if registered {
+        if self.born_polling {
             h.polls().remove(&self.sid);
         }
         if connected {

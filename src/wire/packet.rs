@@ -182,8 +182,7 @@ mod tests {
     use serde_json::json;
 
     fn text(b: &Bytes) -> &str {
-        let at = if b[1] & 0x7f == 126 { 4 } else { 2 };
-        std::str::from_utf8(&b[at..]).unwrap()
+        std::str::from_utf8(frame::server_frame_parts(b).unwrap().1).unwrap()
     }
 
     #[test]
