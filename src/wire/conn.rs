@@ -291,11 +291,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
 
     /// `websocket` or `polling`: where the session is now.
     pub fn transport(&self) -> &'static str {
-        if self.stream.get().is_some() {
-            "websocket"
-        } else {
-            "polling"
-        }
+        self.stream.get().map_or("polling", |_| "websocket")
     }
 
     fn lock(&self) -> MutexGuard<'_, Out> {
