@@ -543,11 +543,9 @@ pub async fn serve<H: Handler>(
     }
     let conn = Arc::new(Conn::new(&*h, Some(stream), codec));
     let open = packet::open(&conn.sid, false, h.settings());
-    let mut greeting = bytes::BytesMut::with_capacity(response.len() + open.len());
-    greeting.extend_from_slice(response.as_bytes());
-    greeting.extend_from_slice(&open);
-    drop(response);
-    conn.send(greeting.freeze(), 0);
+    conn.send(Bytes::from([response.as_bytes(), &open].concat()), 0);
+    // Neither is kept for the session.
+    drop((response, open));
     conn.drive(h, early).await;
 }
 

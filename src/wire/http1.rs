@@ -203,10 +203,9 @@ async fn write_answer<H: Handler>(
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
-    let mut out = Vec::with_capacity(head.len() + answer.body.len());
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(&answer.body);
-    stream.write_all(&out).await
+    stream
+        .write_all(&[head.as_bytes(), &answer.body].concat())
+        .await
 }
 
 #[cfg(test)]
