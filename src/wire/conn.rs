@@ -499,8 +499,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
             return Polled::Packet(b"1");
         }
         match out.poll.as_mut().map(|p| &mut p.upgrade) {
-            Some(Upgrade::None) => Polled::Wait { upgrading: false },
-            Some(Upgrade::Probed { noop: false }) => Polled::Wait { upgrading: true },
+            Some(Upgrade::None) => Polled::Wait,
+            Some(Upgrade::Probed { noop: false }) => Polled::Upgrading,
             Some(Upgrade::Probed { noop }) => {
                 *noop = false;
                 Polled::Packet(b"6")
@@ -517,12 +517,11 @@ pub(super) enum Polled {
     /// An Engine.IO packet: the close once the session ended, a noop while a WebSocket takes
     /// it over (so the client can pause polling).
     Packet(&'static [u8]),
-    /// Nothing yet (`upgrading`: a WebSocket completed the probe, so the client is about to
-    /// pause polling; a GET does not wait long then).
-    Wait {
-        /// A WebSocket completed the probe.
-        upgrading: bool,
-    },
+    /// Nothing yet.
+    Wait,
+    /// Nothing yet, and a WebSocket completed the probe: the client is about to pause polling,
+    /// so a GET does not wait long.
+    Upgrading,
 }
 
 /// Runs the WebSocket of an agreed handshake (`response`: the 101 to write first, empty when

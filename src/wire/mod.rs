@@ -306,8 +306,7 @@ pub fn agree<'r, H: Handler>(
         ));
     };
     let origin = first("origin").map(str::as_bytes);
-    let sid = param(query, "sid");
-    let session = match sid {
+    let session = match param(query, "sid") {
         None => {
             h.admit(origin)?;
             None

@@ -277,12 +277,12 @@ pub async fn poll<U: Send + Sync + 'static>(
         let limit = match conn.poll_now() {
             Polled::Frames(mut taken) => return Answer::payload(payload(taken.make_contiguous())),
             Polled::Packet(packet) => return Answer::payload(Bytes::from_static(packet)),
-            Polled::Wait { upgrading: false } => FOREVER,
+            Polled::Wait => FOREVER,
             // A GET that came while the client was about to pause polling (sent before it got
             // `3probe`) is answered soon, so the pause is not held up until the next ping; a
             // client that never sends the upgrade packet polls ten times a second at most.
-            Polled::Wait { .. } if !waited_upgrading => UPGRADING_POLL,
-            Polled::Wait { .. } => return Answer::payload(Bytes::from_static(b"6")),
+            Polled::Upgrading if !waited_upgrading => UPGRADING_POLL,
+            Polled::Upgrading => return Answer::payload(Bytes::from_static(b"6")),
         };
         tokio::select! {
             woken = tokio::time::timeout(limit, notified) => waited_upgrading = woken.is_err(),
