@@ -139,8 +139,6 @@ enum Route {
     Polling,
     /// Everything else: the HTTP server.
     Http,
-    /// Closed or silent before sending a request line.
-    Nowhere,
 }
 
 /// Serves one accepted connection: upgrades it here or hands it to the HTTP server.
@@ -158,15 +156,16 @@ pub async fn route<H: Handler>(
         match classify_within(&stream, wait).await {
             // Each boxed, so a connection's task holds only the state of what it became (a
             // long-polling connection waits here for as long as its GET).
-            Route::WebSocket => return Box::pin(upgrade(h, stream)).await,
-            Route::Polling => {
+            Some(Route::WebSocket) => return Box::pin(upgrade(h, stream)).await,
+            Some(Route::Polling) => {
                 if !Box::pin(http1::serve(&h, &mut stream)).await {
                     return;
                 }
                 wait = http1::IDLE;
             }
-            Route::Nowhere => return,
-            Route::Http => {
+            // Closed or silent before sending a request line.
+            None => return,
+            Some(Route::Http) => {
                 if to_http.send((stream, addr)).await.is_err() {
                     tracing::debug!(%addr, "HTTP server stopped; connection dropped");
                 }
@@ -176,23 +175,24 @@ pub async fn route<H: Handler>(
     }
 }
 
-/// Peeks at the next request line without consuming it, waiting at most `wait` for it.
-async fn classify_within(stream: &TrackedStream, wait: Duration) -> Route {
+/// Peeks at the next request line without consuming it, waiting at most `wait` for it (`None`
+/// when none came).
+async fn classify_within(stream: &TrackedStream, wait: Duration) -> Option<Route> {
     let deadline = tokio::time::Instant::now() + wait;
     // Small: it is part of every connection's task while it waits for a request (a longer
     // request line goes to the HTTP server, which serves it the same way).
     let mut buf = [0u8; CLASSIFY_PEEK];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Route::Nowhere,
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
             Ok(Ok(n)) => n,
         };
         let seen = &buf[..n];
         if let Some(end) = seen.windows(2).position(|w| w == b"\r\n") {
-            return classify_line(&seen[..end]);
+            return Some(classify_line(&seen[..end]));
         }
         if n == buf.len() || (n >= 5 && !seen.starts_with(b"GET ") && !seen.starts_with(b"POST ")) {
-            return Route::Http;
+            return Some(Route::Http);
         }
         // Part of a request line: wait for the rest (rare: it nearly always comes in one piece).
         tokio::time::sleep(Duration::from_millis(1)).await;

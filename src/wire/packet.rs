@@ -100,17 +100,14 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
 
 /// The event name and first argument of an event packet's data (`["name", arg, ...]`).
 pub(super) fn event_args(data: Option<Value>) -> Result<(String, Option<Value>), PacketError> {
-    let Some(Value::Array(mut args)) = data else {
+    let Some(Value::Array(args)) = data else {
         return Err(PacketError("event_not_array"));
     };
-    if args.is_empty() {
-        return Err(PacketError("event_without_name"));
-    }
-    let Value::String(name) = args.remove(0) else {
+    let mut args = args.into_iter();
+    let Some(Value::String(name)) = args.next() else {
         return Err(PacketError("event_without_name"));
     };
-    let data = (!args.is_empty()).then(|| args.swap_remove(0));
-    Ok((name, data))
+    Ok((name, args.next()))
 }
 
 /// Engine.IO open packet of a session, framed, with the timers and limit of `cfg`; `upgrades`
