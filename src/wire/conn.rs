@@ -587,10 +587,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                         l.ponged(h.settings().ping_interval);
                     }
                     if l.next_timer <= Instant::now() {
-                        if let Err(stop) = self.on_timer(h, l) {
-                            self.end_polling(stop.reason);
-                            return Err(stop);
-                        }
+                        self.on_timer(h, l).inspect_err(|stop| self.end_polling(stop.reason))?;
                     }
                 }
             }
