@@ -81,10 +81,24 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
         data.transpose().map_err(|_| PacketError("bad_json"))
     };
     match kind {
-        b'0' => Ok(Incoming::Connect { nsp, auth: json()? }),
-        b'1' => Ok(Incoming::Disconnect),
-        b'2' => {
-            let (name, data) = event_args(json()?)?;
+        b'5' | b'6' => Err(PacketError("binary_not_supported")),
+        _ => socketio(kind.wrapping_sub(b'0'), nsp, ack, json),
+    }
+}
+
+/// A Socket.IO packet of type `kind` (0 connect, 1 disconnect, 2 event, 3 ack) for `nsp`,
+/// whichever parser read it; `data` reads what it carries, for the packets that carry some.
+pub(super) fn socketio(
+    kind: u8,
+    nsp: String,
+    ack: Option<u64>,
+    data: impl FnOnce() -> Result<Option<Value>, PacketError>,
+) -> Result<Incoming, PacketError> {
+    match kind {
+        0 => Ok(Incoming::Connect { nsp, auth: data()? }),
+        1 => Ok(Incoming::Disconnect),
+        2 => {
+            let (name, data) = event_args(data()?)?;
             Ok(Incoming::Event {
                 nsp,
                 ack,
@@ -92,14 +106,13 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
                 data,
             })
         }
-        b'3' => Ok(Incoming::Ack),
-        b'5' | b'6' => Err(PacketError("binary_not_supported")),
+        3 => Ok(Incoming::Ack),
         _ => Err(PacketError("unknown_socketio_packet")),
     }
 }
 
 /// The event name and first argument of an event packet's data (`["name", arg, ...]`).
-pub(super) fn event_args(data: Option<Value>) -> Result<(String, Option<Value>), PacketError> {
+fn event_args(data: Option<Value>) -> Result<(String, Option<Value>), PacketError> {
     let Some(Value::Array(args)) = data else {
         return Err(PacketError("event_not_array"));
     };
