@@ -462,25 +462,18 @@ impl<U: Send + Sync + 'static> Conn<U> {
         }
     }
 
-    /// Starts a GET: the notifier that wakes it, or `None` when one is pending already or the
-    /// session is not on long-polling.
-    pub(super) fn begin_get(&self) -> Option<Arc<Notify>> {
+    /// Starts a GET, which ends when the [`Get`] is dropped; `None` when one is pending
+    /// already or the session is not on long-polling.
+    pub(super) fn begin_get(&self) -> Option<Get<'_, U>> {
         let mut out = self.lock();
         let poll = out.poll.as_mut().filter(|p| !p.getting && !p.upgraded())?;
         poll.getting = true;
-        Some(poll.ready.clone())
+        Some(Get(self, poll.ready.clone()))
     }
 
     /// Whether a GET is pending.
     pub(super) fn is_getting(&self) -> bool {
         self.lock().poll.as_ref().is_some_and(|p| p.getting)
-    }
-
-    /// Ends a GET (answered, or dropped by a client that went away).
-    pub(super) fn end_get(&self) {
-        if let Some(poll) = self.lock().poll.as_mut() {
-            poll.getting = false;
-        }
     }
 
     /// What a pending GET answers now.
@@ -522,6 +515,18 @@ pub(super) enum Polled {
     /// Nothing yet, and a WebSocket completed the probe: the client is about to pause polling,
     /// so a GET does not wait long.
     Upgrading,
+}
+
+/// A pending GET of a long-polling session, with the notifier that wakes it; it ends when this
+/// is dropped (answered, or dropped by a client that went away).
+pub(super) struct Get<'a, U: Send + Sync + 'static>(&'a Conn<U>, pub(super) Arc<Notify>);
+
+impl<U: Send + Sync + 'static> Drop for Get<'_, U> {
+    fn drop(&mut self) {
+        if let Some(poll) = self.0.lock().poll.as_mut() {
+            poll.getting = false;
+        }
+    }
 }
 
 /// Runs the WebSocket of an agreed handshake (`response`: the 101 to write first, empty when
@@ -793,20 +798,14 @@ impl<U: Send + Sync + 'static> Conn<U> {
                     h.connect(self.clone(), auth);
                 }
             }
-            Incoming::Event {
-                nsp,
-                ack,
-                name,
-                data,
-            } => {
-                if nsp != "/" || self.ns() != Ns::Connected {
-                    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "event_before_connect")
-                        .increment(1);
-                    tracing::debug!(sid = %self.sid, event = %name, "event before the namespace connect dropped");
-                    return Ok(false);
-                }
-                h.event(self, name, data, ack);
+            Incoming::Event { nsp, name, .. } if nsp != "/" || self.ns() != Ns::Connected => {
+                ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "event_before_connect")
+                    .increment(1);
+                tracing::debug!(sid = %self.sid, event = %name, "event before the namespace connect dropped");
             }
+            Incoming::Event {
+                ack, name, data, ..
+            } => h.event(self, name, data, ack),
         }
         Ok(false)
     }

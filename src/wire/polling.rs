@@ -257,7 +257,7 @@ pub async fn poll<U: Send + Sync + 'static>(
     conn: &Arc<Conn<U>>,
     gone: impl std::future::Future<Output = ()>,
 ) -> Answer {
-    let Some(ready) = conn.begin_get() else {
+    let Some(get) = conn.begin_get() else {
         if conn.transport() == "polling" {
             tracing::debug!(
                 sid = conn.sid(),
@@ -267,11 +267,10 @@ pub async fn poll<U: Send + Sync + 'static>(
         }
         return EioError::BadRequest.answer();
     };
-    let _pending = Pending(conn);
     tokio::pin!(gone);
     let mut waited_upgrading = false;
     loop {
-        let notified = ready.notified();
+        let notified = get.1.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let limit = match conn.poll_now() {
@@ -296,15 +295,6 @@ pub async fn poll<U: Send + Sync + 'static>(
 
 /// Longer than any wait.
 const FOREVER: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
-
-/// Clears the session's pending GET when it ends (answered, or dropped by a client that left).
-struct Pending<'a, U: Send + Sync + 'static>(&'a Arc<Conn<U>>);
-
-impl<U: Send + Sync + 'static> Drop for Pending<'_, U> {
-    fn drop(&mut self) {
-        self.0.end_get();
-    }
-}
 
 /// A POST body over `maxPayload` (`max`): 413, and the session ends.
 pub fn oversized<U: Send + Sync + 'static>(conn: &Arc<Conn<U>>, max: usize) -> Answer {
