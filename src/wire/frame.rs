@@ -243,18 +243,10 @@ mod tests {
     /// A masked client frame, as a browser would send it.
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [0x12, 0x34, 0x56, 0x78];
-        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=65535 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
+        // The server's header for the same payload, with the mask bit set.
+        let plain = encode_with((if fin { 0x80 } else { 0 }) | opcode, &[payload]);
+        let mut out = plain[..plain.len() - payload.len()].to_vec();
+        out[1] |= 0x80;
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
         out
