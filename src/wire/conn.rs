@@ -175,7 +175,8 @@ impl From<PacketError> for Stop {
 /// So does a frame it may not send, with the close code for why.
 impl From<FrameError> for Stop {
     fn from(e: FrameError) -> Self {
-        Stop::protocol("bad_packet", e.close_code(), e.reason())
+        let (code, why) = e.close();
+        Stop::protocol("bad_packet", code, why)
     }
 }
 
@@ -949,7 +950,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
         let mut probed = false;
         let mut at = 0;
         loop {
-            let decoded = frame::decode(&data[at..], max, deflate).map_err(|e| e.reason())?;
+            let decoded = frame::decode(&data[at..], max, deflate).map_err(|e| e.close().1)?;
             let Some((f, used)) = decoded else {
                 data.drain(..at);
                 at = 0;

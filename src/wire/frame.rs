@@ -39,10 +39,6 @@ impl Opcode {
             _ => return None,
         })
     }
-
-    fn is_control(self) -> bool {
-        matches!(self, Self::Close | Self::Ping | Self::Pong)
-    }
 }
 
 /// A decoded frame.
@@ -68,19 +64,12 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    /// The close status code for this error.
-    pub fn close_code(self) -> u16 {
+    /// The close status code for this error, and its stable code: the metric label, the log
+    /// field and the close reason.
+    pub fn close(self) -> (u16, &'static str) {
         match self {
-            Self::Protocol(_) => 1002,
-            Self::TooBig => 1009,
-        }
-    }
-
-    /// Stable code: the metric label, the log field and the close reason.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Protocol(why) => why,
-            Self::TooBig => "message_too_big",
+            Self::Protocol(why) => (1002, why),
+            Self::TooBig => (1009, "message_too_big"),
         }
     }
 }
@@ -124,7 +113,7 @@ pub fn decode(
     let Some((len, mut at)) = payload_len(buf) else {
         return Ok(None);
     };
-    if opcode.is_control() && (len > 125 || !fin) {
+    if matches!(opcode, Opcode::Close | Opcode::Ping | Opcode::Pong) && (len > 125 || !fin) {
         return Err(FrameError::Protocol("bad_control_frame"));
     }
     if len > max_payload as u64 {
@@ -293,7 +282,7 @@ mod tests {
             decode(&client_frame(true, 1, &[b'a'; 101]), 100, false),
             Err(FrameError::TooBig)
         );
-        assert_eq!(FrameError::TooBig.close_code(), 1009);
+        assert_eq!(FrameError::TooBig.close().0, 1009);
     }
 
     #[test]
