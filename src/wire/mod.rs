@@ -459,24 +459,19 @@ mod tests {
 
     #[test]
     fn engine_io_requests_are_taken() {
-        let ws = b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1";
-        assert_eq!(classify_line(ws), Route::WebSocket);
-        assert_eq!(
-            classify_line(b"GET /socket.io?transport=websocket&EIO=4 HTTP/1.1"),
-            Route::WebSocket
-        );
-        assert_eq!(
-            classify_line(b"GET /socket.io/?EIO=4&transport=websocket&sid=abc HTTP/1.1"),
-            Route::WebSocket
-        );
-        assert_eq!(
-            classify_line(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"),
-            Route::Polling
-        );
-        assert_eq!(
-            classify_line(b"POST /socket.io/?EIO=4&transport=polling&sid=a HTTP/1.1"),
-            Route::Polling
-        );
+        for line in [
+            &b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1"[..],
+            b"GET /socket.io?transport=websocket&EIO=4 HTTP/1.1",
+            b"GET /socket.io/?EIO=4&transport=websocket&sid=abc HTTP/1.1",
+        ] {
+            assert_eq!(classify_line(line), Route::WebSocket, "{line:?}");
+        }
+        for line in [
+            &b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"[..],
+            b"POST /socket.io/?EIO=4&transport=polling&sid=a HTTP/1.1",
+        ] {
+            assert_eq!(classify_line(line), Route::Polling, "{line:?}");
+        }
         for line in [
             &b"OPTIONS /socket.io/?EIO=4&transport=polling HTTP/1.1"[..],
             b"POST /v1/publish HTTP/1.1",
