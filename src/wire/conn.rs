@@ -233,18 +233,6 @@ struct Local {
 }
 
 impl Local {
-    fn new(next_timer: Instant, partial: Vec<u8>) -> Self {
-        let now = Instant::now();
-        Local {
-            waiting_pong: false,
-            ping_sent: now,
-            next_timer,
-            opened: now,
-            message: None,
-            partial,
-        }
-    }
-
     /// The client answered the last ping: the next one is due a ping interval after it.
     fn ponged(&mut self, ping_interval: Duration) {
         if self.waiting_pong {
@@ -567,9 +555,15 @@ pub fn start_polling<H: Handler>(h: &Arc<H>, codec: Codec) -> Bytes {
 impl<U: Send + Sync + 'static> Conn<U> {
     /// The session's task, from its start to its end (and through an upgrade).
     async fn drive<H: Handler<User = U>>(self: Arc<Self>, h: Arc<H>, early: Vec<u8>) {
-        let cfg = h.settings();
-        let first_timer = Instant::now() + cfg.ping_interval.min(cfg.connect_timeout);
-        let mut local = Local::new(first_timer, early);
+        let (cfg, now) = (h.settings(), Instant::now());
+        let mut local = Local {
+            waiting_pong: false,
+            ping_sent: now,
+            next_timer: now + cfg.ping_interval.min(cfg.connect_timeout),
+            opened: now,
+            message: None,
+            partial: early,
+        };
         let Err(stop) = async {
             if self.stream.get().is_none() {
                 self.poll_phase(&*h, &mut local).await?;
@@ -718,7 +712,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
         let mut at = 0;
         while let Some((f, used)) = frame::decode(&data[at..], max, deflate)? {
             at += used;
-            if let Some(message) = self.on_frame(l, f, max)? {
+            if let Some(message) = self.on_frame(&mut l.message, f, max)? {
                 if self.on_message(h, message)? {
                     l.ponged(h.settings().ping_interval);
                 }
@@ -728,9 +722,14 @@ impl<U: Send + Sync + 'static> Conn<U> {
         Ok(())
     }
 
-    /// Assembles messages from frames and answers control frames: a complete message, if
-    /// this frame ended one.
-    fn on_frame(&self, l: &mut Local, f: Frame, max: usize) -> Result<Option<Message>, Stop> {
+    /// Assembles messages from frames (`pending`: the one being assembled) and answers control
+    /// frames: a complete message, if this frame ended one.
+    fn on_frame(
+        &self,
+        pending: &mut Option<(Opcode, Body)>,
+        f: Frame,
+        max: usize,
+    ) -> Result<Option<Message>, Stop> {
         let (opcode, mut body) = match f.opcode {
             Opcode::Ping => {
                 self.send(frame::encode(Opcode::Pong, &f.payload), 0);
@@ -738,11 +737,10 @@ impl<U: Send + Sync + 'static> Conn<U> {
             }
             Opcode::Pong => return Ok(None),
             Opcode::Close => return Err(Stop::closed("transport_close")),
-            Opcode::Continuation => l
-                .message
+            Opcode::Continuation => pending
                 .take()
                 .ok_or(FrameError::Protocol("continuation_without_message"))?,
-            _ if l.message.is_some() => {
+            _ if pending.is_some() => {
                 return Err(FrameError::Protocol("interleaved_message").into())
             }
             opcode if f.fin && !f.rsv1 => return Ok(Some((opcode, f.payload))),
@@ -751,7 +749,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
         };
         body.push(&f.payload, max)?;
         if !f.fin {
-            l.message = Some((opcode, body));
+            *pending = Some((opcode, body));
             return Ok(None);
         }
         Ok(Some((opcode, body.finish()?)))
@@ -865,13 +863,12 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// False if the session ended meanwhile: [`Handler::closed`] will not be called, so the
     /// caller releases what it took for the session.
     pub fn accept_connect(&self) -> bool {
-        {
-            let mut out = self.lock();
-            if out.closed {
-                return false;
-            }
-            out.ns = Ns::Connected;
+        let mut out = self.lock();
+        if out.closed {
+            return false;
         }
+        out.ns = Ns::Connected;
+        drop(out);
         self.send(self.codec().connected(&self.sid), 0);
         true
     }
@@ -946,7 +943,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
         max: usize,
     ) -> Result<Vec<u8>, &'static str> {
         use tokio::io::AsyncReadExt;
-        let mut local = Local::new(Instant::now(), Vec::new());
+        let mut pending = None;
         let mut probed = false;
         let mut at = 0;
         loop {
@@ -970,7 +967,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 Opcode::Pong | Opcode::Close => return Err("bad_frame"),
                 _ => {}
             }
-            let (opcode, payload) = match self.on_frame(&mut local, f, max) {
+            let (opcode, payload) = match self.on_frame(&mut pending, f, max) {
                 Ok(Some(m)) => m,
                 Ok(None) => continue,
                 Err(_) => return Err("bad_frame"),

@@ -121,10 +121,9 @@ fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
     };
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(bad()),
-    }
+    let Ok(httparse::Status::Complete(_)) = req.parse(buf) else {
+        return Err(bad());
+    };
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| bad())?;
     let query = req
         .path
