@@ -813,9 +813,10 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// down, and the socket's rooms and timers released.
     async fn finish<H: Handler<User = U>>(self: &Arc<Self>, h: &H, stop: Stop) {
         if let (Some((code, why)), Some(stream)) = (stop.close, self.stream.get()) {
-            let frame = frame::encode_close(code, why);
             // Queued behind whatever is still unwritten; `flush` ignores the closing flags.
-            self.lock().queue.push_back((frame, 0));
+            self.lock()
+                .queue
+                .push_back((frame::encode_close(code, why), 0));
             let deadline = Instant::now() + CLOSE_FLUSH;
             while let Ok(false) = self.flush() {
                 let writable = tokio::time::timeout_at(deadline, stream.tcp().writable()).await;
@@ -967,10 +968,11 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 Opcode::Pong | Opcode::Close => return Err("bad_frame"),
                 _ => {}
             }
-            let (opcode, payload) = match self.on_frame(&mut pending, f, max) {
-                Ok(Some(m)) => m,
-                Ok(None) => continue,
-                Err(_) => return Err("bad_frame"),
+            let message = self
+                .on_frame(&mut pending, f, max)
+                .map_err(|_| "bad_frame")?;
+            let Some((opcode, payload)) = message else {
+                continue;
             };
             match (probed, opcode, &payload[..]) {
                 (false, Opcode::Text, b"2probe") => {

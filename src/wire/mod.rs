@@ -431,10 +431,7 @@ async fn read_head(
         }
     };
     buf.truncate(end);
-    if stream.read_exact(&mut buf).await.is_err() {
-        return Ok(None);
-    }
-    Ok(Some(buf))
+    Ok(stream.read_exact(&mut buf).await.ok().map(|_| buf))
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
