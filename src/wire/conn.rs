@@ -364,7 +364,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 .take(MAX_IOV)
                 .map(|(b, _)| IoSlice::new(b))
                 .collect();
-            let written = match stream.tcp().try_write_vectored(&slices) {
+            let mut left = match stream.tcp().try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -374,7 +374,6 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 }
             };
             drop(slices);
-            let mut left = written;
             while let Some((head, events)) = out.queue.front_mut().filter(|_| left > 0) {
                 if head.len() > left {
                     head.advance(left);

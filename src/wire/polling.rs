@@ -372,16 +372,15 @@ fn payload(queued: &[(Bytes, usize)]) -> Bytes {
 /// taken back from the HTTP server and served by the gateway's own transport, a new session
 /// or, with `sid`, the upgrade of a long-polling session.
 async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let headers = req.headers().clone();
+    let query = req.uri().query().unwrap_or("");
     let header = |name: &str| {
-        headers
+        req.headers()
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect()
     };
-    let agreed = match super::agree(&*h, &query, header) {
+    let agreed = match super::agree(&*h, query, header) {
         Ok(agreed) => agreed,
         Err(refusal) => return Answer::from(refusal).into_response(),
     };
