@@ -967,11 +967,10 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 Opcode::Pong | Opcode::Close => return Err("bad_frame"),
                 _ => {}
             }
-            let message = self
-                .on_frame(&mut pending, f, max)
-                .map_err(|_| "bad_frame")?;
-            let Some((opcode, payload)) = message else {
-                continue;
+            let (opcode, payload) = match self.on_frame(&mut pending, f, max) {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(_) => return Err("bad_frame"),
             };
             match (probed, opcode, &payload[..]) {
                 (false, Opcode::Text, b"2probe") => {
@@ -980,15 +979,13 @@ impl<U: Send + Sync + 'static> Conn<U> {
                     probed = true;
                     let mut out = self.lock();
                     let closed = out.closed;
-                    match out.poll.as_mut() {
-                        Some(poll) if !closed => {
-                            if !poll.upgraded() {
-                                poll.upgrade = Upgrade::Probed { noop: poll.getting };
-                            }
-                            poll.ready.notify_one();
-                        }
-                        _ => return Err("session_ended"),
+                    let Some(poll) = out.poll.as_mut().filter(|_| !closed) else {
+                        return Err("session_ended");
+                    };
+                    if !poll.upgraded() {
+                        poll.upgrade = Upgrade::Probed { noop: poll.getting };
                     }
+                    poll.ready.notify_one();
                 }
                 (true, Opcode::Text, b"5") => return Ok(data.split_off(at)),
                 _ => return Err("unexpected_packet"),
