@@ -98,7 +98,15 @@ pub(super) fn socketio(
         0 => Ok(Incoming::Connect { nsp, auth: data()? }),
         1 => Ok(Incoming::Disconnect),
         2 => {
-            let (name, data) = event_args(data()?)?;
+            // An event's data is `["name", arg, ...]`: its name and first argument.
+            let Some(Value::Array(args)) = data()? else {
+                return Err(PacketError("event_not_array"));
+            };
+            let mut args = args.into_iter();
+            let Some(Value::String(name)) = args.next() else {
+                return Err(PacketError("event_without_name"));
+            };
+            let data = args.next();
             Ok(Incoming::Event {
                 nsp,
                 ack,
@@ -109,18 +117,6 @@ pub(super) fn socketio(
         3 => Ok(Incoming::Ack),
         _ => Err(PacketError("unknown_socketio_packet")),
     }
-}
-
-/// The event name and first argument of an event packet's data (`["name", arg, ...]`).
-fn event_args(data: Option<Value>) -> Result<(String, Option<Value>), PacketError> {
-    let Some(Value::Array(args)) = data else {
-        return Err(PacketError("event_not_array"));
-    };
-    let mut args = args.into_iter();
-    let Some(Value::String(name)) = args.next() else {
-        return Err(PacketError("event_without_name"));
-    };
-    Ok((name, args.next()))
 }
 
 /// Engine.IO open packet of a session, framed, with the timers and limit of `cfg`; `upgrades`
@@ -176,11 +172,9 @@ pub fn event_raw(name: &str, json: &str) -> Bytes {
 
 /// Socket.IO ack `id` with one argument.
 pub fn ack(id: u64, data: &impl Serialize) -> Result<Bytes, serde_json::Error> {
-    let json = serde_json::to_string(data)?;
+    let (head, json) = (format!("43{id}["), serde_json::to_string(data)?);
     Ok(frame::encode_text_parts(&[
-        b"43",
-        id.to_string().as_bytes(),
-        b"[",
+        head.as_bytes(),
         json.as_bytes(),
         b"]",
     ]))
