@@ -343,10 +343,8 @@ pub fn agree<'r, H: Handler>(
         None => wants_msgpack(query)?,
     };
     let offers = header("sec-websocket-extensions");
-    let accepted = h
-        .settings()
-        .compression_min
-        .and_then(|min| deflate::negotiate(offers).map(|line| (line, min)));
+    let min = h.settings().compression_min;
+    let accepted = min.and_then(|min| deflate::negotiate(offers).map(|line| (line, min)));
     Ok(Agreed {
         accept: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes()),
         codec: codec::Codec::new(msgpack, accepted.map(|(_, min)| min)),
