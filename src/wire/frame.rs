@@ -130,15 +130,13 @@ pub fn decode(
         .enumerate()
         .map(|(i, b)| b ^ mask[i & 3])
         .collect();
-    Ok(Some((
-        Frame {
-            fin,
-            rsv1,
-            opcode,
-            payload,
-        },
-        at + len,
-    )))
+    let frame = Frame {
+        fin,
+        rsv1,
+        opcode,
+        payload,
+    };
+    Ok(Some((frame, at + len)))
 }
 
 /// The payload length the header at the start of `buf` gives (its 7-bit length, or the 16- or

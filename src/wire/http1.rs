@@ -137,11 +137,10 @@ fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
             .map(|h| h.value)
     };
     let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|v| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        let value = String::from_utf8_lossy(header(name).unwrap_or_default());
+        value
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     let content_length = header("content-length")
         .map(|v| {
