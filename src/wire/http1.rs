@@ -143,12 +143,7 @@ fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     let content_length = header("content-length")
-        .map(|v| {
-            let n = std::str::from_utf8(v)
-                .ok()
-                .and_then(|v| v.trim().parse().ok());
-            n.ok_or_else(bad)
-        })
+        .map(|v| String::from_utf8_lossy(v).trim().parse().map_err(|_| bad()))
         .transpose()?;
     let keep_alive = if req.version == Some(0) {
         has_token("connection", "keep-alive")
