@@ -13,6 +13,7 @@
 //! write buffer: reads go through a buffer on the stack and only an incomplete frame is kept.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -91,19 +92,34 @@ struct PollOut {
     ready: Arc<Notify>,
     /// A GET is pending.
     getting: bool,
-    /// A WebSocket completed the probe: a GET is answered at once (a noop when nothing waits)
-    /// so the client can pause polling and finish the upgrade.
-    upgrading: bool,
-    /// The GET pending when the probe came is answered with a noop.
-    noop: bool,
-    /// The WebSocket took over; the session's task collects `early` and drops this.
-    upgraded: bool,
     /// The client answered the last ping (by POST).
     ponged: bool,
+    /// How far a WebSocket got in taking the session over.
+    upgrade: Upgrade,
     /// Why a request ended the session.
     ended: Option<&'static str>,
-    /// Bytes that followed the upgrade packet on the WebSocket.
-    early: Vec<u8>,
+}
+
+/// How far a WebSocket got in taking a long-polling session over.
+#[derive(Default)]
+enum Upgrade {
+    /// Not at all (or its upgrade failed): a GET waits for something to carry.
+    #[default]
+    None,
+    /// It completed the probe: a GET is answered at once (a noop when nothing waits) so the
+    /// client can pause polling and finish the upgrade; `noop` until the GET pending when the
+    /// probe came was answered with one.
+    Probed { noop: bool },
+    /// It took over, with the bytes that followed its upgrade packet: the session's task
+    /// collects them and drops the long-polling side.
+    Done(Vec<u8>),
+}
+
+impl PollOut {
+    /// A WebSocket took the session over.
+    fn upgraded(&self) -> bool {
+        matches!(self.upgrade, Upgrade::Done(_))
+    }
 }
 /// The Socket.IO namespace connect of a session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +172,24 @@ impl From<PacketError> for Stop {
     }
 }
 
+/// So does a frame it may not send, with the close code for why.
+impl From<FrameError> for Stop {
+    fn from(e: FrameError) -> Self {
+        let (code, why) = e.close();
+        Stop::protocol("bad_packet", code, why)
+    }
+}
+
+/// And a compressed message that is too big once inflated (1009) or does not inflate (1007).
+impl From<InflateError> for Stop {
+    fn from(e: InflateError) -> Self {
+        match e {
+            InflateError::TooBig => FrameError::TooBig.into(),
+            InflateError::Corrupt => Stop::protocol("bad_packet", 1007, "invalid_deflate_data"),
+        }
+    }
+}
+
 /// A message being read: plain bytes, or a compressed message inflated frame by frame. The
 /// inflater is created when a compressed message starts and dropped when it ends, so an idle
 /// connection keeps none (see [`super::deflate`]).
@@ -165,39 +199,24 @@ enum Body {
 }
 
 impl Body {
-    fn new(compressed: bool, max: usize) -> Self {
-        if compressed {
-            Body::Deflated(Box::new(Inflater::new(max)))
-        } else {
-            Body::Plain(Vec::new())
-        }
-    }
-
     fn push(&mut self, payload: &[u8], max: usize) -> Result<(), Stop> {
         match self {
             Body::Plain(buf) => {
                 if buf.len() + payload.len() > max {
-                    return Err(frame_error(FrameError::TooBig));
+                    return Err(FrameError::TooBig.into());
                 }
                 buf.extend_from_slice(payload);
-                Ok(())
             }
-            Body::Deflated(inflater) => inflater.push(payload).map_err(inflate_error),
+            Body::Deflated(inflater) => inflater.push(payload)?,
         }
+        Ok(())
     }
 
     fn finish(self) -> Result<Vec<u8>, Stop> {
         match self {
             Body::Plain(buf) => Ok(buf),
-            Body::Deflated(inflater) => inflater.finish().map_err(inflate_error),
+            Body::Deflated(inflater) => Ok(inflater.finish()?),
         }
-    }
-}
-
-fn inflate_error(e: InflateError) -> Stop {
-    match e {
-        InflateError::TooBig => frame_error(FrameError::TooBig),
-        InflateError::Corrupt => Stop::protocol("bad_packet", 1007, "invalid_deflate_data"),
     }
 }
 
@@ -214,18 +233,6 @@ struct Local {
 }
 
 impl Local {
-    fn new(next_timer: Instant, partial: Vec<u8>) -> Self {
-        let now = Instant::now();
-        Local {
-            waiting_pong: false,
-            ping_sent: now,
-            next_timer,
-            opened: now,
-            message: None,
-            partial,
-        }
-    }
-
     /// The client answered the last ping: the next one is due a ping interval after it.
     fn ponged(&mut self, ping_interval: Duration) {
         if self.waiting_pong {
@@ -273,11 +280,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
 
     /// `websocket` or `polling`: where the session is now.
     pub fn transport(&self) -> &'static str {
-        if self.stream.get().is_some() {
-            "websocket"
-        } else {
-            "polling"
-        }
+        self.stream.get().map_or("polling", |_| "websocket")
     }
 
     fn lock(&self) -> MutexGuard<'_, Out> {
@@ -303,10 +306,10 @@ impl<U: Send + Sync + 'static> Conn<U> {
         if out.closed || out.closing {
             return Sent::Closed;
         }
-        let polling = out.poll.as_ref().is_some_and(|p| !p.upgraded);
+        // A session on long-polling has no socket yet (one that upgraded has it from then on).
         let stream = match self.stream.get() {
-            Some(stream) if !polling && out.queue.is_empty() => stream,
-            _ => {
+            Some(stream) if out.queue.is_empty() => stream,
+            stream => {
                 if limited && events > 0 && out.events + events > self.max_queue as usize {
                     return Sent::Full;
                 }
@@ -317,7 +320,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 }
                 out.events += events;
                 out.queue.push_back((frame, events));
-                if let Some(poll) = out.poll.as_ref().filter(|_| polling) {
+                if let Some(poll) = out.poll.as_ref().filter(|_| stream.is_none()) {
                     poll.ready.notify_one();
                 }
                 return Sent::Ok;
@@ -352,7 +355,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
         let Some(stream) = self.stream.get() else {
             return Ok(true);
         };
-        let mut out = self.lock();
+        let mut guard = self.lock();
+        let out = &mut *guard;
         while !out.queue.is_empty() {
             let slices: Vec<IoSlice<'_>> = out
                 .queue
@@ -360,7 +364,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 .take(MAX_IOV)
                 .map(|(b, _)| IoSlice::new(b))
                 .collect();
-            let written = match stream.tcp().try_write_vectored(&slices) {
+            let mut left = match stream.tcp().try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -370,20 +374,14 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 }
             };
             drop(slices);
-            let mut left = written;
-            while left > 0 {
-                let Some((head, events)) = out.queue.front_mut() else {
-                    break;
-                };
-                if head.len() <= left {
-                    left -= head.len();
-                    let events = *events;
-                    out.events -= events;
-                    out.queue.pop_front();
-                } else {
+            while let Some((head, events)) = out.queue.front_mut().filter(|_| left > 0) {
+                if head.len() > left {
                     head.advance(left);
-                    left = 0;
+                    break;
                 }
+                left -= head.len();
+                out.events -= *events;
+                out.queue.pop_front();
             }
         }
         if out.queue.capacity() > 8 {
@@ -397,15 +395,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// task then ends it (a long-polling session's pending GET gets the Engine.IO close). The
     /// client reconnects and recovers from history. False if the session had ended already.
     pub fn cut(&self, why: &'static str) -> bool {
-        let first = {
-            let mut out = self.lock();
-            let first = !std::mem::replace(&mut out.closed, true);
-            if let Some(poll) = out.poll.as_mut().filter(|_| first) {
-                poll.ended = Some("transport_error");
-                poll.ready.notify_one();
-            }
-            first
-        };
+        let first = self.end("transport_error");
         if first {
             let transport = self.transport();
             match self.stream.get() {
@@ -428,10 +418,6 @@ impl<U: Send + Sync + 'static> Conn<U> {
         !out.closed && !out.closing
     }
 
-    fn closing(&self) -> bool {
-        self.lock().closing
-    }
-
     /// Whether the session ended (its task may not have released it yet).
     pub fn has_ended(&self) -> bool {
         self.lock().closed
@@ -440,16 +426,21 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// Ends a long-polling session because of a request (`reason` is the disconnect label):
     /// its pending GET gets the Engine.IO close, later requests an unknown session.
     pub(super) fn end_polling(&self, reason: &'static str) {
-        let mut out = self.lock();
-        if std::mem::replace(&mut out.closed, true) {
-            return;
+        if self.end(reason) {
+            self.wake.notify_one();
         }
-        if let Some(poll) = out.poll.as_mut() {
+    }
+
+    /// Takes no more writes, and has a pending GET answer with the Engine.IO close (`reason`:
+    /// the disconnect label). False if the session had ended already.
+    fn end(&self, reason: &'static str) -> bool {
+        let mut out = self.lock();
+        let first = !std::mem::replace(&mut out.closed, true);
+        if let Some(poll) = out.poll.as_mut().filter(|_| first) {
             poll.ended = Some(reason);
             poll.ready.notify_one();
         }
-        drop(out);
-        self.wake.notify_one();
+        first
     }
 
     /// Records a pong that came by POST; the session's task reads it at its next timer.
@@ -459,25 +450,18 @@ impl<U: Send + Sync + 'static> Conn<U> {
         }
     }
 
-    /// Starts a GET: the notifier that wakes it, or `None` when one is pending already or the
-    /// session is not on long-polling.
-    pub(super) fn begin_get(&self) -> Option<Arc<Notify>> {
+    /// Starts a GET, which ends when the [`Get`] is dropped; `None` when one is pending
+    /// already or the session is not on long-polling.
+    pub(super) fn begin_get(&self) -> Option<Get<'_, U>> {
         let mut out = self.lock();
-        let poll = out.poll.as_mut().filter(|p| !p.getting && !p.upgraded)?;
+        let poll = out.poll.as_mut().filter(|p| !p.getting && !p.upgraded())?;
         poll.getting = true;
-        Some(poll.ready.clone())
+        Some(Get(self, poll.ready.clone()))
     }
 
     /// Whether a GET is pending.
     pub(super) fn is_getting(&self) -> bool {
         self.lock().poll.as_ref().is_some_and(|p| p.getting)
-    }
-
-    /// Ends a GET (answered, or dropped by a client that went away).
-    pub(super) fn end_get(&self) {
-        if let Some(poll) = self.lock().poll.as_mut() {
-            poll.getting = false;
-        }
     }
 
     /// What a pending GET answers now.
@@ -493,17 +477,16 @@ impl<U: Send + Sync + 'static> Conn<U> {
             return Polled::Frames(taken);
         }
         if out.closed {
-            return Polled::Closed;
+            return Polled::Packet(b"1");
         }
-        match out.poll.as_mut() {
-            Some(p) if !p.upgraded && !p.noop => Polled::Wait {
-                upgrading: p.upgrading,
-            },
-            Some(p) => {
-                p.noop = false;
-                Polled::Noop
+        match out.poll.as_mut().map(|p| &mut p.upgrade) {
+            Some(Upgrade::None) => Polled::Wait,
+            Some(Upgrade::Probed { noop: false }) => Polled::Upgrading,
+            Some(Upgrade::Probed { noop }) => {
+                *noop = false;
+                Polled::Packet(b"6")
             }
-            None => Polled::Noop,
+            Some(Upgrade::Done(_)) | None => Polled::Packet(b"6"),
         }
     }
 }
@@ -512,35 +495,49 @@ impl<U: Send + Sync + 'static> Conn<U> {
 pub(super) enum Polled {
     /// The queued frames.
     Frames(VecDeque<(Bytes, usize)>),
-    /// The session ended: the Engine.IO close.
-    Closed,
-    /// A WebSocket is taking over: a noop, so the client can pause polling.
-    Noop,
-    /// Nothing yet (`upgrading`: a WebSocket completed the probe, so the client is about to
-    /// pause polling; a GET does not wait long then).
-    Wait {
-        /// A WebSocket completed the probe.
-        upgrading: bool,
-    },
+    /// An Engine.IO packet: the close once the session ended, a noop while a WebSocket takes
+    /// it over (so the client can pause polling).
+    Packet(&'static [u8]),
+    /// Nothing yet.
+    Wait,
+    /// Nothing yet, and a WebSocket completed the probe: the client is about to pause polling,
+    /// so a GET does not wait long.
+    Upgrading,
 }
 
-/// Runs a WebSocket session: writes `response` (the 101 answering the upgrade, empty when the
-/// HTTP server sent it) followed by the Engine.IO open packet; `early` holds bytes the client
-/// sent after its request, if any.
+/// A pending GET of a long-polling session, with the notifier that wakes it; it ends when this
+/// is dropped (answered, or dropped by a client that went away).
+pub(super) struct Get<'a, U: Send + Sync + 'static>(&'a Conn<U>, pub(super) Arc<Notify>);
+
+impl<U: Send + Sync + 'static> Drop for Get<'_, U> {
+    fn drop(&mut self) {
+        if let Some(poll) = self.0.lock().poll.as_mut() {
+            poll.getting = false;
+        }
+    }
+}
+
+/// Runs the WebSocket of an agreed handshake (`response`: the 101 to write first, empty when
+/// the HTTP server sent it; `early`: bytes the client sent after its request, if any): the
+/// upgrade of its long-polling `session`, or a new session, greeted with the Engine.IO open
+/// packet written with the 101.
 pub async fn serve<H: Handler>(
     h: Arc<H>,
     stream: TrackedStream,
     response: String,
     early: Vec<u8>,
     codec: Codec,
+    session: Option<Arc<Conn<H::User>>>,
 ) {
+    if let Some(conn) = session {
+        let max = h.settings().max_packet as usize;
+        return conn.take_over(stream, response, early, codec, max).await;
+    }
     let conn = Arc::new(Conn::new(&*h, Some(stream), codec));
-    let open = conn.open_packet(&*h, false);
-    let mut greeting = bytes::BytesMut::with_capacity(response.len() + open.len());
-    greeting.extend_from_slice(response.as_bytes());
-    greeting.extend_from_slice(&open);
-    drop(response);
-    conn.send(greeting.freeze(), 0);
+    let open = packet::open(&conn.sid, false, h.settings());
+    conn.send(Bytes::from([response.as_bytes(), &open].concat()), 0);
+    // Neither is kept for the session.
+    drop((response, open));
     conn.drive(h, early).await;
 }
 
@@ -548,37 +545,32 @@ pub async fn serve<H: Handler>(
 /// open packet framed (the handshake GET answers with its payload).
 pub fn start_polling<H: Handler>(h: &Arc<H>, codec: Codec) -> Bytes {
     let conn = Arc::new(Conn::new(&**h, None, codec));
-    let open = conn.open_packet(&**h, true);
+    let open = packet::open(&conn.sid, true, h.settings());
     h.polls().insert(conn.clone());
     tokio::spawn(conn.drive(h.clone(), Vec::new()));
     open
 }
 
 impl<U: Send + Sync + 'static> Conn<U> {
-    fn open_packet<H: Handler<User = U>>(&self, h: &H, upgrades: bool) -> Bytes {
-        let cfg = h.settings();
-        packet::open(
-            &self.sid,
-            upgrades,
-            cfg.ping_interval.as_millis() as u64,
-            cfg.ping_timeout.as_millis() as u64,
-            cfg.max_packet,
-        )
-    }
-
     /// The session's task, from its start to its end (and through an upgrade).
     async fn drive<H: Handler<User = U>>(self: Arc<Self>, h: Arc<H>, early: Vec<u8>) {
-        let cfg = h.settings();
-        let first_timer = Instant::now() + cfg.ping_interval.min(cfg.connect_timeout);
-        let mut local = Local::new(first_timer, early);
-        let polled = match self.stream.get() {
-            Some(_) => Ok(()),
-            None => self.poll_phase(&*h, &mut local).await,
+        let (cfg, now) = (h.settings(), Instant::now());
+        let mut local = Local {
+            waiting_pong: false,
+            ping_sent: now,
+            next_timer: now + cfg.ping_interval.min(cfg.connect_timeout),
+            opened: now,
+            message: None,
+            partial: early,
         };
-        let stop = match polled.and_then(|()| self.decode_partial(&*h, &mut local)) {
-            Err(stop) => stop,
-            Ok(()) => self.run(&*h, &mut local).await,
-        };
+        let Err(stop) = async {
+            if self.stream.get().is_none() {
+                self.poll_phase(&*h, &mut local).await?;
+            }
+            self.decode(&*h, &mut local, &[])?;
+            self.run(&*h, &mut local).await
+        }
+        .await;
         self.finish(&*h, stop).await;
     }
 
@@ -589,12 +581,12 @@ impl<U: Send + Sync + 'static> Conn<U> {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(l.next_timer) => {
-                    self.take_pong(h, l);
+                    // A pong that came by POST.
+                    if self.lock().poll.as_mut().is_some_and(|p| std::mem::take(&mut p.ponged)) {
+                        l.ponged(h.settings().ping_interval);
+                    }
                     if l.next_timer <= Instant::now() {
-                        if let Some(stop) = self.on_timer(h, l) {
-                            self.end_polling(stop.reason);
-                            return Err(stop);
-                        }
+                        self.on_timer(h, l).inspect_err(|stop| self.end_polling(stop.reason))?;
                     }
                 }
             }
@@ -608,67 +600,46 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 self.end_polling("server_disconnect");
                 return Err(Stop::quiet("server_disconnect"));
             }
-            if let Some(poll) = out.poll.take_if(|p| p.upgraded) {
+            if let Some(poll) = out.poll.take_if(|p| p.upgraded()) {
                 drop(out);
                 if poll.ponged {
                     l.ponged(h.settings().ping_interval);
                 }
                 // A GET still pending answers with a noop.
                 poll.ready.notify_one();
-                l.partial = poll.early;
+                if let Upgrade::Done(early) = poll.upgrade {
+                    l.partial = early;
+                }
                 return Ok(());
             }
         }
     }
 
-    /// Applies a pong that came by POST.
-    fn take_pong<H: Handler<User = U>>(&self, h: &H, l: &mut Local) {
-        let ponged = self
-            .lock()
-            .poll
-            .as_mut()
-            .is_some_and(|p| std::mem::take(&mut p.ponged));
-        if ponged {
-            l.ponged(h.settings().ping_interval);
-        }
-    }
-
-    async fn run<H: Handler<User = U>>(self: &Arc<Self>, h: &H, l: &mut Local) -> Stop {
+    /// The task of a session on its WebSocket, until it ends.
+    async fn run<H: Handler<User = U>>(
+        self: &Arc<Self>,
+        h: &H,
+        l: &mut Local,
+    ) -> Result<Infallible, Stop> {
         let Some(stream) = self.stream.get() else {
-            return Stop::quiet("transport_close");
+            return Err(Stop::quiet("transport_close"));
         };
         let tcp = stream.tcp();
+        let broken = |_: io::Error| Stop::quiet("transport_error");
         // Whatever was queued before the socket was there (a session upgraded from polling).
-        let mut backlog = match self.write_queue() {
-            Ok(left) => left,
-            Err(stop) => return stop,
-        };
+        let mut backlog = self.write_queue()?;
         loop {
             tokio::select! {
                 ready = tcp.readable() => {
-                    if ready.is_err() {
-                        return Stop::quiet("transport_error");
-                    }
-                    if let Err(stop) = self.read_available(h, l) {
-                        return stop;
-                    }
+                    ready.map_err(broken)?;
+                    self.read_available(h, l)?;
                 }
-                _ = self.wake.notified() => match self.write_queue() {
-                    Ok(left) => backlog = left,
-                    Err(stop) => return stop,
-                },
+                _ = self.wake.notified() => backlog = self.write_queue()?,
                 ready = tcp.writable(), if backlog => {
-                    let ready = ready.map_err(|_| Stop::quiet("transport_error"));
-                    match ready.and_then(|()| self.write_queue()) {
-                        Ok(left) => backlog = left,
-                        Err(stop) => return stop,
-                    }
+                    ready.map_err(broken)?;
+                    backlog = self.write_queue()?;
                 }
-                _ = tokio::time::sleep_until(l.next_timer) => {
-                    if let Some(stop) = self.on_timer(h, l) {
-                        return stop;
-                    }
-                }
+                _ = tokio::time::sleep_until(l.next_timer) => self.on_timer(h, l)?,
             }
         }
     }
@@ -677,25 +648,25 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// session ends once all of it is out.
     fn write_queue(&self) -> Result<bool, Stop> {
         let empty = self.flush().map_err(|_| Stop::quiet("transport_error"))?;
-        if empty && self.closing() {
+        if empty && self.lock().closing {
             return Err(Stop::closed("server_disconnect"));
         }
         Ok(!empty)
     }
 
-    fn on_timer<H: Handler<User = U>>(&self, h: &H, l: &mut Local) -> Option<Stop> {
+    fn on_timer<H: Handler<User = U>>(&self, h: &H, l: &mut Local) -> Result<(), Stop> {
         let now = Instant::now();
         if self.ns() == Ns::None && now.duration_since(l.opened) >= h.settings().connect_timeout {
-            return Some(Stop::protocol("connect_timeout", 1008, "connect_timeout"));
+            return Err(Stop::protocol("connect_timeout", 1008, "connect_timeout"));
         }
         if l.waiting_pong {
-            return Some(Stop::quiet("heartbeat_timeout"));
+            return Err(Stop::quiet("heartbeat_timeout"));
         }
         self.send(packet::ping(), 0);
         l.waiting_pong = true;
         l.ping_sent = now;
         l.next_timer = now + h.settings().ping_timeout;
-        None
+        Ok(())
     }
 
     /// Reads what the socket has (through a stack buffer) and handles every complete frame.
@@ -715,63 +686,49 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(_) => return Err(Stop::quiet("transport_error")),
             };
-            if l.partial.is_empty() {
-                let used = self.decode_all(h, l, &buf[..n])?;
-                l.partial.extend_from_slice(&buf[used..n]);
-            } else {
-                l.partial.extend_from_slice(&buf[..n]);
-                self.decode_partial(h, l)?;
-            }
+            self.decode(h, l, &buf[..n])?;
         }
         Ok(())
     }
 
-    /// Handles the complete frames at the start of the kept partial bytes.
-    fn decode_partial<H: Handler<User = U>>(
-        self: &Arc<Self>,
-        h: &H,
-        l: &mut Local,
-    ) -> Result<(), Stop> {
-        if l.partial.is_empty() {
-            return Ok(());
-        }
-        let data = std::mem::take(&mut l.partial);
-        let used = self.decode_all(h, l, &data)?;
-        if used < data.len() {
-            l.partial = data[used..].to_vec();
-        }
-        Ok(())
-    }
-
-    /// Handles every complete frame in `data`; returns how many bytes they used.
-    fn decode_all<H: Handler<User = U>>(
+    /// Handles every complete frame in the kept partial bytes followed by `data`, and keeps
+    /// what is left of an incomplete one.
+    fn decode<H: Handler<User = U>>(
         self: &Arc<Self>,
         h: &H,
         l: &mut Local,
         data: &[u8],
-    ) -> Result<usize, Stop> {
+    ) -> Result<(), Stop> {
+        let mut kept = std::mem::take(&mut l.partial);
+        let data = if kept.is_empty() {
+            data
+        } else {
+            kept.extend_from_slice(data);
+            &kept
+        };
         let max = h.settings().max_packet as usize;
         let deflate = self.codec().deflate_min.is_some();
         let mut at = 0;
-        loop {
-            match frame::decode(&data[at..], max, deflate) {
-                Ok(Some((f, used))) => {
-                    at += used;
-                    if let Some(message) = self.on_frame(l, f, max)? {
-                        if self.on_message(h, message)? {
-                            l.ponged(h.settings().ping_interval);
-                        }
-                    }
+        while let Some((f, used)) = frame::decode(&data[at..], max, deflate)? {
+            at += used;
+            if let Some(message) = self.on_frame(&mut l.message, f, max)? {
+                if self.on_message(h, message)? {
+                    l.ponged(h.settings().ping_interval);
                 }
-                Ok(None) => return Ok(at),
-                Err(e) => return Err(frame_error(e)),
             }
         }
+        l.partial = data[at..].to_vec();
+        Ok(())
     }
 
-    /// Assembles messages from frames and answers control frames: a complete message, if
-    /// this frame ended one.
-    fn on_frame(&self, l: &mut Local, f: Frame, max: usize) -> Result<Option<Message>, Stop> {
+    /// Assembles messages from frames (`pending`: the one being assembled) and answers control
+    /// frames: a complete message, if this frame ended one.
+    fn on_frame(
+        &self,
+        pending: &mut Option<(Opcode, Body)>,
+        f: Frame,
+        max: usize,
+    ) -> Result<Option<Message>, Stop> {
         let (opcode, mut body) = match f.opcode {
             Opcode::Ping => {
                 self.send(frame::encode(Opcode::Pong, &f.payload), 0);
@@ -779,35 +736,29 @@ impl<U: Send + Sync + 'static> Conn<U> {
             }
             Opcode::Pong => return Ok(None),
             Opcode::Close => return Err(Stop::closed("transport_close")),
-            Opcode::Continuation => l
-                .message
+            Opcode::Continuation => pending
                 .take()
-                .ok_or_else(|| frame_error(FrameError::Protocol("continuation_without_message")))?,
-            _ if l.message.is_some() => {
-                return Err(frame_error(FrameError::Protocol("interleaved_message")))
+                .ok_or(FrameError::Protocol("continuation_without_message"))?,
+            _ if pending.is_some() => {
+                return Err(FrameError::Protocol("interleaved_message").into())
             }
-            opcode if f.fin && !f.rsv1 => {
-                return Ok(Some(Message {
-                    opcode,
-                    payload: f.payload,
-                }))
-            }
-            opcode => (opcode, Body::new(f.rsv1, max)),
+            opcode if f.fin && !f.rsv1 => return Ok(Some((opcode, f.payload))),
+            opcode if f.rsv1 => (opcode, Body::Deflated(Box::new(Inflater::new(max)))),
+            opcode => (opcode, Body::Plain(Vec::new())),
         };
         body.push(&f.payload, max)?;
         if !f.fin {
-            l.message = Some((opcode, body));
+            *pending = Some((opcode, body));
             return Ok(None);
         }
-        let payload = body.finish()?;
-        Ok(Some(Message { opcode, payload }))
+        Ok(Some((opcode, body.finish()?)))
     }
 
     /// Handles one message of the WebSocket; `Ok(true)` for a pong.
     fn on_message<H: Handler<User = U>>(
         self: &Arc<Self>,
         h: &H,
-        Message { opcode, payload }: Message,
+        (opcode, payload): Message,
     ) -> Result<bool, Stop> {
         let parsed = match opcode {
             // Engine.IO over WebSocket: a binary message is a message packet's raw data.
@@ -845,20 +796,14 @@ impl<U: Send + Sync + 'static> Conn<U> {
                     h.connect(self.clone(), auth);
                 }
             }
-            Incoming::Event {
-                nsp,
-                ack,
-                name,
-                data,
-            } => {
-                if nsp != "/" || self.ns() != Ns::Connected {
-                    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "event_before_connect")
-                        .increment(1);
-                    tracing::debug!(sid = %self.sid, event = %name, "event before the namespace connect dropped");
-                    return Ok(false);
-                }
-                h.event(self, name, data, ack);
+            Incoming::Event { nsp, name, .. } if nsp != "/" || self.ns() != Ns::Connected => {
+                ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => "event_before_connect")
+                    .increment(1);
+                tracing::debug!(sid = %self.sid, event = %name, "event before the namespace connect dropped");
             }
+            Incoming::Event {
+                ack, name, data, ..
+            } => h.event(self, name, data, ack),
         }
         Ok(false)
     }
@@ -867,20 +812,19 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// down, and the socket's rooms and timers released.
     async fn finish<H: Handler<User = U>>(self: &Arc<Self>, h: &H, stop: Stop) {
         if let (Some((code, why)), Some(stream)) = (stop.close, self.stream.get()) {
-            let frame = frame::encode_close(code, why);
             // Queued behind whatever is still unwritten; `flush` ignores the closing flags.
-            self.lock().queue.push_back((frame, 0));
+            self.lock()
+                .queue
+                .push_back((frame::encode_close(code, why), 0));
             let deadline = Instant::now() + CLOSE_FLUSH;
             while let Ok(false) = self.flush() {
-                if tokio::time::timeout_at(deadline, stream.tcp().writable())
-                    .await
-                    .is_err()
-                {
+                let writable = tokio::time::timeout_at(deadline, stream.tcp().writable()).await;
+                if writable.is_err() {
                     break;
                 }
             }
         }
-        let (connected, registered) = {
+        let connected = {
             let mut out = self.lock();
             out.closed = true;
             out.queue = VecDeque::new();
@@ -888,12 +832,12 @@ impl<U: Send + Sync + 'static> Conn<U> {
             if let Some(poll) = out.poll.as_ref() {
                 poll.ready.notify_one();
             }
-            (out.ns == Ns::Connected, self.born_polling)
+            out.ns == Ns::Connected
         };
         if let Some(stream) = self.stream.get() {
             stream.close();
         }
-        if registered {
+        if self.born_polling {
             h.polls().remove(&self.sid);
         }
         if connected {
@@ -919,13 +863,12 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// False if the session ended meanwhile: [`Handler::closed`] will not be called, so the
     /// caller releases what it took for the session.
     pub fn accept_connect(&self) -> bool {
-        {
-            let mut out = self.lock();
-            if out.closed {
-                return false;
-            }
-            out.ns = Ns::Connected;
+        let mut out = self.lock();
+        if out.closed {
+            return false;
         }
+        out.ns = Ns::Connected;
+        drop(out);
         self.send(self.codec().connected(&self.sid), 0);
         true
     }
@@ -955,25 +898,20 @@ impl<U: Send + Sync + 'static> Conn<U> {
         if !response.is_empty() && stream.write_all(response.as_bytes()).await.is_err() {
             return;
         }
-        let deadline = Instant::now() + UPGRADE_TIMEOUT;
-        let outcome = tokio::time::timeout_at(
-            deadline,
-            self.probe(&mut stream, early, codec.deflate_min.is_some(), max_packet),
-        )
-        .await;
+        let probe = self.probe(&mut stream, early, codec.deflate_min.is_some(), max_packet);
+        let outcome = tokio::time::timeout(UPGRADE_TIMEOUT, probe).await;
         let (result, code, why, what) = match outcome {
             Ok(Ok(rest)) => {
                 let mut out = self.lock();
                 let closed = out.closed;
-                let Some(poll) = out.poll.as_mut().filter(|p| !closed && !p.upgraded) else {
+                let Some(poll) = out.poll.as_mut().filter(|p| !closed && !p.upgraded()) else {
                     return;
                 };
                 self.codec.store(codec.pack(), Ordering::Release);
                 if self.stream.set(stream).is_err() {
                     return;
                 }
-                poll.upgraded = true;
-                poll.early = rest;
+                poll.upgrade = Upgrade::Done(rest);
                 poll.ready.notify_one();
                 drop(out);
                 ::metrics::counter!(metrics::UPGRADES, "result" => "upgraded").increment(1);
@@ -988,8 +926,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 "upgrade not completed in time",
             ),
         };
-        if let Some(poll) = self.lock().poll.as_mut() {
-            poll.upgrading = false;
+        if let Some(poll) = self.lock().poll.as_mut().filter(|p| !p.upgraded()) {
+            poll.upgrade = Upgrade::None;
         }
         ::metrics::counter!(metrics::UPGRADES, "result" => result).increment(1);
         tracing::debug!(sid = %self.sid, why, "{what}; the session goes on polling");
@@ -1005,18 +943,16 @@ impl<U: Send + Sync + 'static> Conn<U> {
         max: usize,
     ) -> Result<Vec<u8>, &'static str> {
         use tokio::io::AsyncReadExt;
-        let mut local = Local::new(Instant::now(), Vec::new());
+        let mut pending = None;
         let mut probed = false;
         let mut at = 0;
         loop {
-            let decoded = frame::decode(&data[at..], max, deflate).map_err(|e| e.reason())?;
+            let decoded = frame::decode(&data[at..], max, deflate).map_err(|e| e.close().1)?;
             let Some((f, used)) = decoded else {
                 data.drain(..at);
                 at = 0;
-                let mut chunk = [0u8; 1024];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return Err("closed"),
-                    Ok(n) => data.extend_from_slice(&chunk[..n]),
+                if let Ok(0) | Err(_) = stream.read_buf(&mut data).await {
+                    return Err("closed");
                 }
                 continue;
             };
@@ -1031,26 +967,25 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 Opcode::Pong | Opcode::Close => return Err("bad_frame"),
                 _ => {}
             }
-            let message = match self.on_frame(&mut local, f, max) {
+            let (opcode, payload) = match self.on_frame(&mut pending, f, max) {
                 Ok(Some(m)) => m,
                 Ok(None) => continue,
                 Err(_) => return Err("bad_frame"),
             };
-            match (probed, message.opcode, &message.payload[..]) {
+            match (probed, opcode, &payload[..]) {
                 (false, Opcode::Text, b"2probe") => {
                     let answer = frame::encode(Opcode::Text, b"3probe");
                     stream.write_all(&answer).await.map_err(|_| "closed")?;
                     probed = true;
                     let mut out = self.lock();
                     let closed = out.closed;
-                    match out.poll.as_mut() {
-                        Some(poll) if !closed => {
-                            poll.upgrading = true;
-                            poll.noop = poll.getting;
-                            poll.ready.notify_one();
-                        }
-                        _ => return Err("session_ended"),
+                    let Some(poll) = out.poll.as_mut().filter(|_| !closed) else {
+                        return Err("session_ended");
+                    };
+                    if !poll.upgraded() {
+                        poll.upgrade = Upgrade::Probed { noop: poll.getting };
                     }
+                    poll.ready.notify_one();
                 }
                 (true, Opcode::Text, b"5") => return Ok(data.split_off(at)),
                 _ => return Err("unexpected_packet"),
@@ -1059,15 +994,8 @@ impl<U: Send + Sync + 'static> Conn<U> {
     }
 }
 
-/// A complete WebSocket message.
-struct Message {
-    opcode: Opcode,
-    payload: Vec<u8>,
-}
-
-fn frame_error(e: FrameError) -> Stop {
-    Stop::protocol("bad_packet", e.close_code(), e.reason())
-}
+/// A complete WebSocket message: its opcode and payload.
+type Message = (Opcode, Vec<u8>);
 
 #[cfg(test)]
 mod tests {

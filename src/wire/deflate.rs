@@ -81,10 +81,8 @@ thread_local! {
 /// The server frame `plain` with its payload compressed (RSV1 set), or `None` when the payload
 /// is shorter than `min` bytes or does not get smaller (then `plain` is sent as it is).
 pub fn compress_frame(plain: &[u8], min: usize) -> Option<Bytes> {
-    let (first, payload) = frame::server_frame_parts(plain)?;
-    if payload.len() < min.max(1) {
-        return None;
-    }
+    let (first, payload) =
+        frame::server_frame_parts(plain).filter(|(_, p)| p.len() >= min.max(1))?;
     let compressed = COMPRESSOR.with(|c| compress(&mut c.borrow_mut(), payload))?;
     (compressed.len() < payload.len()).then(|| frame::encode_compressed(first, &compressed))
 }

@@ -39,10 +39,6 @@ impl Opcode {
             _ => return None,
         })
     }
-
-    fn is_control(self) -> bool {
-        matches!(self, Self::Close | Self::Ping | Self::Pong)
-    }
 }
 
 /// A decoded frame.
@@ -68,19 +64,12 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    /// The close status code for this error.
-    pub fn close_code(self) -> u16 {
+    /// The close status code for this error, and its stable code: the metric label, the log
+    /// field and the close reason.
+    pub fn close(self) -> (u16, &'static str) {
         match self {
-            Self::Protocol(_) => 1002,
-            Self::TooBig => 1009,
-        }
-    }
-
-    /// Stable code: the metric label, the log field and the close reason.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Protocol(why) => why,
-            Self::TooBig => "message_too_big",
+            Self::Protocol(why) => (1002, why),
+            Self::TooBig => (1009, "message_too_big"),
         }
     }
 }
@@ -100,10 +89,9 @@ pub fn decode(
     max_payload: usize,
     deflate: bool,
 ) -> Result<Option<(Frame, usize)>, FrameError> {
-    if buf.len() < 2 {
+    let [b0, b1, ..] = *buf else {
         return Ok(None);
-    }
-    let (b0, b1) = (buf[0], buf[1]);
+    };
     let rsv1 = b0 & 0x40 != 0;
     if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(FrameError::Protocol("reserved_bits"));
@@ -122,24 +110,10 @@ pub fn decode(
     if b1 & 0x80 == 0 {
         return Err(FrameError::Protocol("unmasked_frame"));
     }
-    let (len, mut at) = match b1 & 0x7f {
-        126 => {
-            if buf.len() < 4 {
-                return Ok(None);
-            }
-            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
-        }
-        127 => {
-            if buf.len() < 10 {
-                return Ok(None);
-            }
-            let mut n = [0u8; 8];
-            n.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(n), 10)
-        }
-        n => (n as u64, 2),
+    let Some((len, mut at)) = payload_len(buf) else {
+        return Ok(None);
     };
-    if opcode.is_control() && (len > 125 || !fin) {
+    if matches!(opcode, Opcode::Close | Opcode::Ping | Opcode::Pong) && (len > 125 || !fin) {
         return Err(FrameError::Protocol("bad_control_frame"));
     }
     if len > max_payload as u64 {
@@ -156,15 +130,26 @@ pub fn decode(
         .enumerate()
         .map(|(i, b)| b ^ mask[i & 3])
         .collect();
-    Ok(Some((
-        Frame {
-            fin,
-            rsv1,
-            opcode,
-            payload,
-        },
-        at + len,
-    )))
+    let frame = Frame {
+        fin,
+        rsv1,
+        opcode,
+        payload,
+    };
+    Ok(Some((frame, at + len)))
+}
+
+/// The payload length the header at the start of `buf` gives (its 7-bit length, or the 16- or
+/// 64-bit one that follows), and where that length ends; `None` until those bytes are there.
+fn payload_len(buf: &[u8]) -> Option<(u64, usize)> {
+    Some(match buf.get(1)? & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?).into(),
+            4,
+        ),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
+        n => (n.into(), 2),
+    })
 }
 
 /// Length of the header of an unmasked frame carrying `len` bytes.
@@ -226,31 +211,16 @@ pub fn server_frame_parts(frame: &[u8]) -> Option<(u8, &[u8])> {
 /// The first of the unmasked server frames built by this module at the start of `frames`: its
 /// first byte, its payload and its whole length; `None` if no complete one is there.
 pub fn split_server_frame(frames: &[u8]) -> Option<(u8, &[u8], usize)> {
-    let (&b0, rest) = frames.split_first()?;
-    let (&b1, rest) = rest.split_first()?;
-    let (len, header): (usize, usize) = match b1 {
-        126 => (
-            u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize,
-            4,
-        ),
-        127 => (
-            usize::try_from(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?)).ok()?,
-            10,
-        ),
-        n if n < 126 => (n as usize, 2),
-        _ => return None,
-    };
-    let payload = frames.get(header..header.checked_add(len)?)?;
-    Some((b0, payload, header + len))
+    // Ours are never masked.
+    let (len, header) = payload_len(frames).filter(|_| frames[1] & 0x80 == 0)?;
+    let end = header.checked_add(usize::try_from(len).ok()?)?;
+    Some((frames[0], frames.get(header..end)?, end))
 }
 
 /// A close frame with a status code and a reason (truncated to fit a control frame).
 pub fn encode_close(code: u16, reason: &str) -> Bytes {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(reason);
-    encode(Opcode::Close, &payload)
+    encode_with(0x80 | Opcode::Close as u8, &[&code.to_be_bytes(), reason])
 }
 
 #[cfg(test)]
@@ -260,18 +230,10 @@ mod tests {
     /// A masked client frame, as a browser would send it.
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [0x12, 0x34, 0x56, 0x78];
-        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=65535 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
+        // The server's header for the same payload, with the mask bit set.
+        let plain = encode_with((if fin { 0x80 } else { 0 }) | opcode, &[payload]);
+        let mut out = plain[..plain.len() - payload.len()].to_vec();
+        out[1] |= 0x80;
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
         out
@@ -302,29 +264,17 @@ mod tests {
     fn refuses_what_a_client_may_not_send() {
         let mut unmasked = client_frame(true, 1, b"hi");
         unmasked[1] &= 0x7f;
-        assert!(matches!(
-            decode(&unmasked, 100, false),
-            Err(FrameError::Protocol(_))
-        ));
-        let mut rsv = client_frame(true, 1, b"hi");
-        rsv[0] |= 0x40;
-        assert!(matches!(
-            decode(&rsv, 100, false),
-            Err(FrameError::Protocol(_))
-        ));
-        assert!(matches!(
-            decode(&client_frame(true, 3, b""), 100, false),
-            Err(FrameError::Protocol(_))
-        ));
-        assert!(matches!(
-            decode(&client_frame(false, 9, b""), 100, false),
-            Err(FrameError::Protocol(_))
-        ));
+        let unknown_opcode = client_frame(true, 3, b"");
+        let fragmented_ping = client_frame(false, 9, b"");
+        for bad in [unmasked, unknown_opcode, fragmented_ping] {
+            let decoded = decode(&bad, 100, false);
+            assert!(matches!(decoded, Err(FrameError::Protocol(_))), "{bad:?}");
+        }
         assert_eq!(
             decode(&client_frame(true, 1, &[b'a'; 101]), 100, false),
             Err(FrameError::TooBig)
         );
-        assert_eq!(FrameError::TooBig.close_code(), 1009);
+        assert_eq!(FrameError::TooBig.close().0, 1009);
     }
 
     #[test]

@@ -23,6 +23,8 @@ use crate::drain::TrackedStream;
 pub(super) const IDLE: Duration = Duration::from_secs(75);
 /// How long a request may take to arrive once it started.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// One request's head, owned (the buffer it was read into is gone by the time it is answered).
 struct Head {
@@ -38,7 +40,11 @@ struct Head {
 /// Serves one long-polling request on `stream`; whether the connection may serve another
 /// (the caller waits up to [`IDLE`] for it).
 pub async fn serve<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream) -> bool {
-    let head = match read_head(stream).await {
+    let too_large = "the request head is larger than 8 KiB";
+    let read = super::read_head(stream, too_large)
+        .await
+        .map_err(Answer::from);
+    let head = match read.and_then(|buf| buf.map(|buf| parse_head(&buf)).transpose()) {
         Ok(Some(head)) => head,
         Ok(None) => return false,
         Err(answer) => {
@@ -49,11 +55,8 @@ pub async fn serve<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream) -> bool {
     let (answer, keep) = answer(h, stream, &head).await;
     let keep = keep && head.keep_alive;
     let origin = head.origin.as_deref();
-    if write_answer(&**h, stream, origin, keep, answer)
-        .await
-        .is_err()
-        || !keep
-    {
+    let written = write_answer(&**h, stream, origin, keep, answer).await;
+    if written.is_err() || !keep {
         let _ = stream.shutdown().await;
         return false;
     }
@@ -62,32 +65,23 @@ pub async fn serve<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream) -> bool {
 
 /// The answer to one request, and whether the connection may serve another.
 async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head) -> (Answer, bool) {
-    let step = polling::step(h, &head.method, &head.query);
-    match step {
-        Step::Done(answer) => {
+    match polling::step(h, &head.method, &head.query) {
+        Err(answer) => {
             // A body nobody reads would be taken for the next request.
             let clean = head.content_length.unwrap_or(0) == 0 && !head.chunked;
             (answer, clean)
         }
-        Step::Get(conn) => (polling::poll(&conn, gone(stream.tcp())).await, true),
-        Step::Post(conn) => {
+        Ok(Step::Get(conn)) => (polling::poll(&conn, gone(stream.tcp())).await, true),
+        Ok(Step::Post(conn)) => {
             let max = h.settings().max_packet as usize;
             // Without Content-Length and Transfer-Encoding a request has no body.
             if head.chunked {
                 let why = "a long-polling POST needs a Content-Length";
                 let r = super::refuse(StatusCode::LENGTH_REQUIRED, "bad_request", why);
-                return (Answer::refusal(r), false);
+                return (r.into(), false);
             }
             let len = head.content_length.unwrap_or(0);
-            if len > max {
-                return (polling::oversized(&conn, max), false);
-            }
-            if head.expect_continue
-                && stream
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await
-                    .is_err()
-            {
+            if len > max || (head.expect_continue && stream.write_all(CONTINUE).await.is_err()) {
                 return (polling::oversized(&conn, max), false);
             }
             let mut body = vec![0u8; len];
@@ -97,12 +91,12 @@ async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head)
                     conn.end_polling("transport_error");
                     let why = "the request body did not arrive in time";
                     let r = super::refuse(StatusCode::BAD_REQUEST, "bad_request", why);
-                    (Answer::refusal(r), false)
+                    (r.into(), false)
                 }
             }
         }
         // The request line said long-polling; only a forged query gets here.
-        Step::WebSocket => (polling::EioError::BadRequest.answer(), false),
+        Ok(Step::WebSocket) => (polling::EioError::BadRequest.answer(), false),
     }
 }
 
@@ -117,19 +111,9 @@ async fn gone(tcp: &TcpStream) {
     }
 }
 
-/// Reads one request head; `Ok(None)` when the connection closed before one came.
-async fn read_head(stream: &mut TrackedStream) -> Result<Option<Head>, Answer> {
-    let too_large = "the request head is larger than 8 KiB";
-    match super::read_head(stream, too_large).await {
-        Ok(Some(buf)) => parse_head(&buf).map(Some),
-        Ok(None) => Ok(None),
-        Err(r) => Err(Answer::refusal(r)),
-    }
-}
-
 fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
     let bad = || {
-        Answer::refusal(super::refuse(
+        Answer::from(super::refuse(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "the request could not be parsed as HTTP/1.1",
@@ -137,10 +121,9 @@ fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
     };
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(bad()),
-    }
+    let Ok(httparse::Status::Complete(_)) = req.parse(buf) else {
+        return Err(bad());
+    };
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| bad())?;
     let query = req
         .path
@@ -154,19 +137,13 @@ fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
             .map(|h| h.value)
     };
     let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|v| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        let value = String::from_utf8_lossy(header(name).unwrap_or_default());
+        value
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     let content_length = header("content-length")
-        .map(|v| {
-            let n = std::str::from_utf8(v)
-                .ok()
-                .and_then(|v| v.trim().parse().ok());
-            n.ok_or_else(bad)
-        })
+        .map(|v| String::from_utf8_lossy(v).trim().parse().map_err(|_| bad()))
         .transpose()?;
     let keep_alive = if req.version == Some(0) {
         has_token("connection", "keep-alive")
@@ -184,6 +161,17 @@ fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
     })
 }
 
+/// The status line and the content headers of `answer`.
+pub(super) fn head(answer: &Answer) -> String {
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        answer.status.as_str(),
+        answer.status.canonical_reason().unwrap_or(""),
+        answer.content_type,
+        answer.body.len()
+    )
+}
+
 /// Writes `answer` with the CORS headers a page of `origin` gets.
 async fn write_answer<H: Handler>(
     h: &H,
@@ -192,13 +180,7 @@ async fn write_answer<H: Handler>(
     keep: bool,
     answer: Answer,
 ) -> std::io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        answer.status.as_str(),
-        answer.status.canonical_reason().unwrap_or(""),
-        answer.content_type,
-        answer.body.len()
-    );
+    let mut head = head(&answer);
     if h.cors_open() {
         head.push_str(
             "Vary: origin, access-control-request-method, access-control-request-headers\r\n",
@@ -214,10 +196,9 @@ async fn write_answer<H: Handler>(
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
-    let mut out = Vec::with_capacity(head.len() + answer.body.len());
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(&answer.body);
-    stream.write_all(&out).await
+    stream
+        .write_all(&[head.as_bytes(), &answer.body].concat())
+        .await
 }
 
 #[cfg(test)]

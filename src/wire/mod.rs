@@ -36,7 +36,6 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use crate::drain::TrackedStream;
-use crate::metrics;
 pub use conn::Conn;
 
 /// What the transport hands decoded packets to.
@@ -112,11 +111,15 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 8192;
 
 /// The handshake query's `parser`: `Ok(true)` for `msgpack`, `Ok(false)` when absent (JSON).
-pub fn wants_msgpack(query: &str) -> Result<bool, &'static str> {
+pub fn wants_msgpack(query: &str) -> Result<bool, Refusal> {
     match param(query, "parser") {
         None => Ok(false),
         Some("msgpack") => Ok(true),
-        Some(_) => Err("parser must be msgpack (socket.io-msgpack-parser) or left out (JSON)"),
+        Some(_) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported_parser",
+            "parser must be msgpack (socket.io-msgpack-parser) or left out (JSON)",
+        )),
     }
 }
 
@@ -127,9 +130,6 @@ fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// A connection for the HTTP server, with the client's address.
-pub type ToHttp = mpsc::Sender<(TrackedStream, SocketAddr)>;
-
 /// Where a new connection goes.
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
@@ -139,8 +139,6 @@ enum Route {
     Polling,
     /// Everything else: the HTTP server.
     Http,
-    /// Closed or silent before sending a request line.
-    Nowhere,
 }
 
 /// Serves one accepted connection: upgrades it here or hands it to the HTTP server.
@@ -151,22 +149,23 @@ pub async fn route<H: Handler>(
     h: Arc<H>,
     mut stream: TrackedStream,
     addr: SocketAddr,
-    to_http: ToHttp,
+    to_http: mpsc::Sender<(TrackedStream, SocketAddr)>,
 ) {
     let mut wait = HEAD_TIMEOUT;
     loop {
         match classify_within(&stream, wait).await {
             // Each boxed, so a connection's task holds only the state of what it became (a
             // long-polling connection waits here for as long as its GET).
-            Route::WebSocket => return Box::pin(upgrade(h, stream)).await,
-            Route::Polling => {
+            Some(Route::WebSocket) => return Box::pin(upgrade(h, stream)).await,
+            Some(Route::Polling) => {
                 if !Box::pin(http1::serve(&h, &mut stream)).await {
                     return;
                 }
                 wait = http1::IDLE;
             }
-            Route::Nowhere => return,
-            Route::Http => {
+            // Closed or silent before sending a request line.
+            None => return,
+            Some(Route::Http) => {
                 if to_http.send((stream, addr)).await.is_err() {
                     tracing::debug!(%addr, "HTTP server stopped; connection dropped");
                 }
@@ -176,23 +175,24 @@ pub async fn route<H: Handler>(
     }
 }
 
-/// Peeks at the next request line without consuming it, waiting at most `wait` for it.
-async fn classify_within(stream: &TrackedStream, wait: Duration) -> Route {
+/// Peeks at the next request line without consuming it, waiting at most `wait` for it (`None`
+/// when none came).
+async fn classify_within(stream: &TrackedStream, wait: Duration) -> Option<Route> {
     let deadline = tokio::time::Instant::now() + wait;
     // Small: it is part of every connection's task while it waits for a request (a longer
     // request line goes to the HTTP server, which serves it the same way).
     let mut buf = [0u8; CLASSIFY_PEEK];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Route::Nowhere,
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
             Ok(Ok(n)) => n,
         };
         let seen = &buf[..n];
         if let Some(end) = seen.windows(2).position(|w| w == b"\r\n") {
-            return classify_line(&seen[..end]);
+            return Some(classify_line(&seen[..end]));
         }
         if n == buf.len() || (n >= 5 && !seen.starts_with(b"GET ") && !seen.starts_with(b"POST ")) {
-            return Route::Http;
+            return Some(Route::Http);
         }
         // Part of a request line: wait for the rest (rare: it nearly always comes in one piece).
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -239,17 +239,14 @@ pub struct Refusal {
     pub code: &'static str,
     /// What to do about it.
     pub message: &'static str,
-    /// Extra response headers, each ending in CRLF.
-    pub extra: &'static str,
 }
 
-/// A refusal without extra headers.
+/// A refusal.
 pub fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> Refusal {
     Refusal {
         status,
         code,
         message,
-        extra: "",
     }
 }
 
@@ -295,14 +292,11 @@ pub fn agree<'r, H: Handler>(
         ));
     }
     if first("sec-websocket-version") != Some("13") {
-        return Err(Refusal {
-            extra: "Sec-WebSocket-Version: 13\r\n",
-            ..refuse(
-                StatusCode::UPGRADE_REQUIRED,
-                "unsupported_websocket_version",
-                "only WebSocket version 13 is supported",
-            )
-        });
+        return Err(refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported_websocket_version",
+            "only WebSocket version 13 is supported",
+        ));
     }
     let Some(key) = first("sec-websocket-key").filter(|k| !k.is_empty()) else {
         return Err(refuse(
@@ -312,8 +306,7 @@ pub fn agree<'r, H: Handler>(
         ));
     };
     let origin = first("origin").map(str::as_bytes);
-    let sid = param(query, "sid");
-    let session = match sid {
+    let session = match param(query, "sid") {
         None => {
             h.admit(origin)?;
             None
@@ -347,14 +340,11 @@ pub fn agree<'r, H: Handler>(
     let msgpack = match &session {
         // An upgrade keeps the parser its session started with.
         Some(c) => c.codec().msgpack,
-        None => wants_msgpack(query)
-            .map_err(|message| refuse(StatusCode::BAD_REQUEST, "unsupported_parser", message))?,
+        None => wants_msgpack(query)?,
     };
     let offers = header("sec-websocket-extensions");
-    let accepted = h
-        .settings()
-        .compression_min
-        .and_then(|min| deflate::negotiate(offers).map(|line| (line, min)));
+    let min = h.settings().compression_min;
+    let accepted = min.and_then(|min| deflate::negotiate(offers).map(|line| (line, min)));
     Ok(Agreed {
         accept: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes()),
         codec: codec::Codec::new(msgpack, accepted.map(|(_, min)| min)),
@@ -395,22 +385,19 @@ async fn upgrade<H: Handler>(h: Arc<H>, mut stream: TrackedStream) {
             "the handshake request could not be parsed as HTTP/1.1",
         )),
     };
-    let Agreed {
-        accept,
-        codec,
-        extensions,
-        session,
-    } = match agreed {
+    let agreed = match agreed {
         Ok(agreed) => agreed,
         Err(r) => return answer_refusal(stream, r).await,
     };
     let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{}\r\n",
+        agreed.accept, agreed.extensions
     );
     // The session runs in a task of its own: this one, sized for the handshake's buffers, ends
     // here instead of staying alive (and allocated) for the whole session. The 101 goes out
     // with the Engine.IO open packet, in one write.
-    tokio::spawn(open(h, stream, response, Vec::new(), codec, session));
+    let (codec, session) = (agreed.codec, agreed.session);
+    tokio::spawn(conn::serve(h, stream, response, Vec::new(), codec, session));
 }
 
 /// Reads the next request head, through its blank line and nothing after it, waiting at most
@@ -442,45 +429,22 @@ async fn read_head(
         }
     };
     buf.truncate(end);
-    if stream.read_exact(&mut buf).await.is_err() {
-        return Ok(None);
-    }
-    Ok(Some(buf))
-}
-
-/// Runs the WebSocket of an agreed handshake (`response`: the 101 to write first, empty when
-/// the HTTP server sent it): the upgrade of its long-polling `session`, or a new session.
-async fn open<H: Handler>(
-    h: Arc<H>,
-    stream: TrackedStream,
-    response: String,
-    early: Vec<u8>,
-    codec: codec::Codec,
-    session: Option<Arc<Conn<H::User>>>,
-) {
-    match session {
-        Some(conn) => {
-            let max = h.settings().max_packet as usize;
-            conn.take_over(stream, response, early, codec, max).await
-        }
-        None => conn::serve(h, stream, response, early, codec).await,
-    }
+    Ok(stream.read_exact(&mut buf).await.ok().map(|_| buf))
 }
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
-    ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
     tracing::debug!(code = r.code, "WebSocket handshake refused");
-    // The same body as every HTTP error of the gateway.
-    let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } }).to_string();
-    let response = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}",
-        r.status.as_str(),
-        r.status.canonical_reason().unwrap_or(""),
-        body.len(),
-        r.extra,
-        body
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
+    // A refused WebSocket version names the one spoken (RFC 6455 §4.4).
+    let extra = match r.status {
+        StatusCode::UPGRADE_REQUIRED => "Sec-WebSocket-Version: 13\r\n",
+        _ => "",
+    };
+    // The same answer as every HTTP error of the gateway.
+    let answer = polling::Answer::from(r);
+    let head = http1::head(&answer) + "Connection: close\r\n" + extra + "\r\n";
+    let _ = stream
+        .write_all(&[head.as_bytes(), &answer.body].concat())
+        .await;
     let _ = stream.shutdown().await;
 }
 
@@ -490,24 +454,19 @@ mod tests {
 
     #[test]
     fn engine_io_requests_are_taken() {
-        let ws = b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1";
-        assert_eq!(classify_line(ws), Route::WebSocket);
-        assert_eq!(
-            classify_line(b"GET /socket.io?transport=websocket&EIO=4 HTTP/1.1"),
-            Route::WebSocket
-        );
-        assert_eq!(
-            classify_line(b"GET /socket.io/?EIO=4&transport=websocket&sid=abc HTTP/1.1"),
-            Route::WebSocket
-        );
-        assert_eq!(
-            classify_line(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"),
-            Route::Polling
-        );
-        assert_eq!(
-            classify_line(b"POST /socket.io/?EIO=4&transport=polling&sid=a HTTP/1.1"),
-            Route::Polling
-        );
+        for line in [
+            &b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1"[..],
+            b"GET /socket.io?transport=websocket&EIO=4 HTTP/1.1",
+            b"GET /socket.io/?EIO=4&transport=websocket&sid=abc HTTP/1.1",
+        ] {
+            assert_eq!(classify_line(line), Route::WebSocket, "{line:?}");
+        }
+        for line in [
+            &b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"[..],
+            b"POST /socket.io/?EIO=4&transport=polling&sid=a HTTP/1.1",
+        ] {
+            assert_eq!(classify_line(line), Route::Polling, "{line:?}");
+        }
         for line in [
             &b"OPTIONS /socket.io/?EIO=4&transport=polling HTTP/1.1"[..],
             b"POST /v1/publish HTTP/1.1",

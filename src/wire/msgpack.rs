@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::frame::{self, Opcode};
-use super::packet::{event_args, Incoming, PacketError};
+use super::packet::{socketio, Incoming, PacketError};
 
 /// Socket.IO packet types.
 const CONNECT: u8 = 0;
@@ -37,11 +37,8 @@ struct Out<'a, T: Serialize> {
 struct In {
     #[serde(rename = "type")]
     kind: u8,
-    #[serde(default)]
     nsp: Option<String>,
-    #[serde(default)]
     data: Option<Value>,
-    #[serde(default)]
     id: Option<u64>,
 }
 
@@ -67,21 +64,7 @@ fn packet<T: Serialize>(
 pub fn parse(bytes: &[u8]) -> Result<Incoming, PacketError> {
     let p: In = rmp_serde::from_slice(bytes).map_err(|_| PacketError("bad_msgpack"))?;
     let nsp = p.nsp.unwrap_or_else(|| "/".to_owned());
-    match p.kind {
-        CONNECT => Ok(Incoming::Connect { nsp, auth: p.data }),
-        DISCONNECT => Ok(Incoming::Disconnect),
-        EVENT => {
-            let (name, data) = event_args(p.data)?;
-            Ok(Incoming::Event {
-                nsp,
-                ack: p.id,
-                name,
-                data,
-            })
-        }
-        ACK => Ok(Incoming::Ack),
-        _ => Err(PacketError("unknown_socketio_packet")),
-    }
+    socketio(p.kind, nsp, p.id, || Ok(p.data))
 }
 
 // Maps of strings cannot fail to encode: the next three never fall back to the empty frame.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::frame;
+use super::{frame, Settings};
 
 /// A packet received from a client.
 #[derive(Debug, PartialEq)]
@@ -65,42 +65,48 @@ pub fn parse(text: &str) -> Result<Incoming, PacketError> {
 
 fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
     let kind = *text.as_bytes().first().ok_or(PacketError("empty"))?;
-    let mut rest = &text[1..];
-    let nsp = if rest.starts_with('/') {
-        let end = rest.find(',').unwrap_or(rest.len());
-        let nsp = rest[..end].to_owned();
-        rest = rest.get(end + 1..).unwrap_or("");
-        nsp
+    let rest = &text[1..];
+    let (nsp, rest) = if rest.starts_with('/') {
+        rest.split_once(',').unwrap_or((rest, ""))
     } else {
-        "/".to_owned()
+        ("/", rest)
     };
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    let ack = if digits > 0 {
-        let id = rest[..digits]
-            .parse::<u64>()
-            .map_err(|_| PacketError("bad_ack_id"))?;
-        rest = &rest[digits..];
-        Some(id)
-    } else {
-        None
-    };
-    let json = |s: &str| -> Result<Option<Value>, PacketError> {
-        if s.is_empty() {
-            Ok(None)
-        } else {
-            serde_json::from_str(s)
-                .map(Some)
-                .map_err(|_| PacketError("bad_json"))
-        }
+    let nsp = nsp.to_owned();
+    let (id, rest) = rest.split_at(rest.bytes().take_while(u8::is_ascii_digit).count());
+    let ack = (!id.is_empty()).then(|| id.parse::<u64>());
+    let ack = ack.transpose().map_err(|_| PacketError("bad_ack_id"))?;
+    // Read only by the packets that carry data.
+    let json = || {
+        let data = (!rest.is_empty()).then(|| serde_json::from_str(rest));
+        data.transpose().map_err(|_| PacketError("bad_json"))
     };
     match kind {
-        b'0' => Ok(Incoming::Connect {
-            nsp,
-            auth: json(rest)?,
-        }),
-        b'1' => Ok(Incoming::Disconnect),
-        b'2' => {
-            let (name, data) = event_args(json(rest)?)?;
+        b'5' | b'6' => Err(PacketError("binary_not_supported")),
+        _ => socketio(kind.wrapping_sub(b'0'), nsp, ack, json),
+    }
+}
+
+/// A Socket.IO packet of type `kind` (0 connect, 1 disconnect, 2 event, 3 ack) for `nsp`,
+/// whichever parser read it; `data` reads what it carries, for the packets that carry some.
+pub(super) fn socketio(
+    kind: u8,
+    nsp: String,
+    ack: Option<u64>,
+    data: impl FnOnce() -> Result<Option<Value>, PacketError>,
+) -> Result<Incoming, PacketError> {
+    match kind {
+        0 => Ok(Incoming::Connect { nsp, auth: data()? }),
+        1 => Ok(Incoming::Disconnect),
+        2 => {
+            // An event's data is `["name", arg, ...]`: its name and first argument.
+            let Some(Value::Array(args)) = data()? else {
+                return Err(PacketError("event_not_array"));
+            };
+            let mut args = args.into_iter();
+            let Some(Value::String(name)) = args.next() else {
+                return Err(PacketError("event_without_name"));
+            };
+            let data = args.next();
             Ok(Incoming::Event {
                 nsp,
                 ack,
@@ -108,43 +114,21 @@ fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
                 data,
             })
         }
-        b'3' => Ok(Incoming::Ack),
-        b'5' | b'6' => Err(PacketError("binary_not_supported")),
+        3 => Ok(Incoming::Ack),
         _ => Err(PacketError("unknown_socketio_packet")),
     }
 }
 
-/// The event name and first argument of an event packet's data (`["name", arg, ...]`).
-pub(super) fn event_args(data: Option<Value>) -> Result<(String, Option<Value>), PacketError> {
-    let Some(Value::Array(mut args)) = data else {
-        return Err(PacketError("event_not_array"));
-    };
-    if args.is_empty() {
-        return Err(PacketError("event_without_name"));
-    }
-    let Value::String(name) = args.remove(0) else {
-        return Err(PacketError("event_without_name"));
-    };
-    let data = (!args.is_empty()).then(|| args.swap_remove(0));
-    Ok((name, data))
-}
-
-/// Engine.IO open packet of a session, framed; `upgrades` offers the WebSocket (to a session
-/// on long-polling).
-pub fn open(
-    sid: &str,
-    upgrades: bool,
-    ping_interval_ms: u64,
-    ping_timeout_ms: u64,
-    max_payload: u64,
-) -> Bytes {
+/// Engine.IO open packet of a session, framed, with the timers and limit of `cfg`; `upgrades`
+/// offers the WebSocket (to a session on long-polling).
+pub fn open(sid: &str, upgrades: bool, cfg: &Settings) -> Bytes {
     let upgrades: &[&str] = if upgrades { &["websocket"] } else { &[] };
     let body = serde_json::json!({
         "sid": sid,
         "upgrades": upgrades,
-        "pingInterval": ping_interval_ms,
-        "pingTimeout": ping_timeout_ms,
-        "maxPayload": max_payload,
+        "pingInterval": cfg.ping_interval.as_millis() as u64,
+        "pingTimeout": cfg.ping_timeout.as_millis() as u64,
+        "maxPayload": cfg.max_packet,
     });
     frame::encode_text_parts(&[b"0", body.to_string().as_bytes()])
 }
@@ -188,11 +172,9 @@ pub fn event_raw(name: &str, json: &str) -> Bytes {
 
 /// Socket.IO ack `id` with one argument.
 pub fn ack(id: u64, data: &impl Serialize) -> Result<Bytes, serde_json::Error> {
-    let json = serde_json::to_string(data)?;
+    let (head, json) = (format!("43{id}["), serde_json::to_string(data)?);
     Ok(frame::encode_text_parts(&[
-        b"43",
-        id.to_string().as_bytes(),
-        b"[",
+        head.as_bytes(),
         json.as_bytes(),
         b"]",
     ]))
@@ -204,8 +186,7 @@ mod tests {
     use serde_json::json;
 
     fn text(b: &Bytes) -> &str {
-        let at = if b[1] & 0x7f == 126 { 4 } else { 2 };
-        std::str::from_utf8(&b[at..]).unwrap()
+        std::str::from_utf8(frame::server_frame_parts(b).unwrap().1).unwrap()
     }
 
     #[test]
@@ -288,8 +269,16 @@ mod tests {
             text(&ack(7, &json!({"ok": true})).unwrap()),
             r#"437[{"ok":true}]"#
         );
-        let open: Value =
-            serde_json::from_str(&text(&open("s1", false, 25000, 20000, 1000))[1..]).unwrap();
+        let cfg = Settings {
+            ping_interval: std::time::Duration::from_secs(25),
+            ping_timeout: std::time::Duration::from_secs(20),
+            connect_timeout: std::time::Duration::from_secs(5),
+            max_packet: 1000,
+            socket_buffer: 0,
+            max_replay: 0,
+            compression_min: None,
+        };
+        let open: Value = serde_json::from_str(&text(&open("s1", false, &cfg))[1..]).unwrap();
         assert_eq!(open["upgrades"], json!([]));
         assert_eq!(open["pingInterval"], json!(25000));
         assert_eq!(text(&disconnect()), "41");

@@ -15,10 +15,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{AppendHeaders, IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 
@@ -37,21 +37,17 @@ const SEPARATOR: u8 = 0x1e;
 const BINARY_OPCODE: u8 = 0x2;
 
 /// Long-polling sessions (and the sessions that upgraded from it) by session id.
-pub struct Polls<U> {
-    map: Mutex<HashMap<Box<str>, Arc<Conn<U>>>>,
-}
+pub struct Polls<U>(Mutex<HashMap<Box<str>, Arc<Conn<U>>>>);
 
 impl<U> Default for Polls<U> {
     fn default() -> Self {
-        Self {
-            map: Mutex::new(HashMap::new()),
-        }
+        Self(Mutex::default())
     }
 }
 
 impl<U: Send + Sync + 'static> Polls<U> {
     fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<Conn<U>>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a session.
@@ -157,9 +153,11 @@ impl Answer {
     fn ok() -> Self {
         Self::new(StatusCode::OK, "text/html", Bytes::from_static(b"ok"))
     }
+}
 
-    /// A refusal of the gateway (draining, a parser it does not speak): its JSON error body.
-    pub fn refusal(r: super::Refusal) -> Self {
+/// A refusal of the gateway (draining, a parser it does not speak): its JSON error body.
+impl From<super::Refusal> for Answer {
+    fn from(r: super::Refusal) -> Self {
         ::metrics::counter!(metrics::CLIENT_PROTOCOL_ERRORS, "reason" => r.code).increment(1);
         let body = serde_json::json!({ "error": { "code": r.code, "message": r.message } });
         Self::new(r.status, JSON, Bytes::from(body.to_string()))
@@ -168,20 +166,17 @@ impl Answer {
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        let mut res = Response::new(Body::from(self.body));
-        *res.status_mut() = self.status;
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(self.content_type),
-        );
-        res
+        (
+            self.status,
+            [(header::CONTENT_TYPE, self.content_type)],
+            self.body,
+        )
+            .into_response()
     }
 }
 
 /// What an Engine.IO request asks for, once its query is read.
 pub enum Step<U> {
-    /// Answered already.
-    Done(Answer),
     /// A GET of a long-polling session.
     Get(Arc<Conn<U>>),
     /// A POST of a long-polling session (its body is read next, up to [`Handler::settings`]'
@@ -191,52 +186,40 @@ pub enum Step<U> {
     WebSocket,
 }
 
-/// Reads an Engine.IO request's method and query; starts a session for a handshake.
-pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Step<H::User> {
+/// Reads an Engine.IO request's method and query; starts a session for a handshake. `Err`:
+/// the answer, when it is known at once (an error, a refusal, a new session's open packet).
+pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Result<Step<H::User>, Answer> {
     if param(query, "EIO") != Some("4") {
-        return Step::Done(EioError::UnsupportedProtocolVersion.answer());
+        return Err(EioError::UnsupportedProtocolVersion.answer());
     }
-    let msgpack = match super::wants_msgpack(query) {
-        Ok(m) => m,
-        Err(message) => {
-            return Step::Done(Answer::refusal(super::refuse(
-                StatusCode::BAD_REQUEST,
-                "unsupported_parser",
-                message,
-            )))
-        }
-    };
+    let msgpack = super::wants_msgpack(query)?;
     match param(query, "transport") {
         Some("polling") => {}
-        Some("websocket") => return Step::WebSocket,
-        _ => return Step::Done(EioError::UnknownTransport.answer()),
+        Some("websocket") => return Ok(Step::WebSocket),
+        _ => return Err(EioError::UnknownTransport.answer()),
     }
     let Some(sid) = param(query, "sid") else {
         if method != Method::GET {
-            return Step::Done(EioError::BadHandshakeMethod.answer());
+            return Err(EioError::BadHandshakeMethod.answer());
         }
-        if let Err(refusal) = h.admit(None) {
-            return Step::Done(Answer::refusal(refusal));
-        }
+        h.admit(None)?;
         let open = conn::start_polling(h, Codec::new(msgpack, None));
-        return Step::Done(Answer::payload(payload(&[(open, 0)])));
+        return Err(Answer::payload(payload(&[(open, 0)])));
     };
     let Some(conn) = h.polls().get(sid).filter(|c| !c.has_ended()) else {
         // A draining gateway answers a session it does not know with 503, which the load
         // balancer retries on the next gateway (the session's own, when affinity still points
         // here): nothing was done with the request.
-        if let Err(refusal) = h.admit(None) {
-            return Step::Done(Answer::refusal(refusal));
-        }
-        return Step::Done(EioError::UnknownSid.answer());
+        h.admit(None)?;
+        return Err(EioError::UnknownSid.answer());
     };
     if conn.transport() != "polling" {
-        return Step::Done(EioError::BadRequest.answer());
+        return Err(EioError::BadRequest.answer());
     }
     match *method {
-        Method::GET => Step::Get(conn),
-        Method::POST => Step::Post(conn),
-        _ => Step::Done(EioError::BadRequest.answer()),
+        Method::GET => Ok(Step::Get(conn)),
+        Method::POST => Ok(Step::Post(conn)),
+        _ => Err(EioError::BadRequest.answer()),
     }
 }
 
@@ -244,10 +227,10 @@ pub fn step<H: Handler>(h: &Arc<H>, method: &Method, query: &str) -> Step<H::Use
 pub async fn handle<H: Handler>(h: Arc<H>, req: Request) -> Response {
     let query = req.uri().query().unwrap_or("").to_owned();
     match step(&h, req.method(), &query) {
-        Step::Done(answer) => answer.into_response(),
-        Step::WebSocket => websocket(h.clone(), req).await,
-        Step::Get(conn) => poll(&conn, std::future::pending()).await.into_response(),
-        Step::Post(conn) => {
+        Err(answer) => answer.into_response(),
+        Ok(Step::WebSocket) => websocket(h.clone(), req).await,
+        Ok(Step::Get(conn)) => poll(&conn, std::future::pending()).await.into_response(),
+        Ok(Step::Post(conn)) => {
             let max = h.settings().max_packet as usize;
             let declared = req
                 .headers()
@@ -274,7 +257,7 @@ pub async fn poll<U: Send + Sync + 'static>(
     conn: &Arc<Conn<U>>,
     gone: impl std::future::Future<Output = ()>,
 ) -> Answer {
-    let Some(ready) = conn.begin_get() else {
+    let Some(get) = conn.begin_get() else {
         if conn.transport() == "polling" {
             tracing::debug!(
                 sid = conn.sid(),
@@ -284,26 +267,22 @@ pub async fn poll<U: Send + Sync + 'static>(
         }
         return EioError::BadRequest.answer();
     };
-    let _pending = Pending(conn);
     tokio::pin!(gone);
     let mut waited_upgrading = false;
     loop {
-        let notified = ready.notified();
+        let notified = get.1.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let wait = match conn.poll_now() {
+        let limit = match conn.poll_now() {
             Polled::Frames(mut taken) => return Answer::payload(payload(taken.make_contiguous())),
-            Polled::Closed => return Answer::payload(Bytes::from_static(b"1")),
-            Polled::Noop => return Answer::payload(Bytes::from_static(b"6")),
-            Polled::Wait { upgrading: true } if waited_upgrading => {
-                return Answer::payload(Bytes::from_static(b"6"))
-            }
-            Polled::Wait { upgrading } => upgrading,
+            Polled::Packet(packet) => return Answer::payload(Bytes::from_static(packet)),
+            Polled::Wait => FOREVER,
+            // A GET that came while the client was about to pause polling (sent before it got
+            // `3probe`) is answered soon, so the pause is not held up until the next ping; a
+            // client that never sends the upgrade packet polls ten times a second at most.
+            Polled::Upgrading if !waited_upgrading => UPGRADING_POLL,
+            Polled::Upgrading => return Answer::payload(Bytes::from_static(b"6")),
         };
-        // A GET that came while the client was about to pause polling (sent before it got
-        // `3probe`) is answered soon, so the pause is not held up until the next ping; a client
-        // that never sends the upgrade packet polls ten times a second at most.
-        let limit = if wait { UPGRADING_POLL } else { FOREVER };
         tokio::select! {
             woken = tokio::time::timeout(limit, notified) => waited_upgrading = woken.is_err(),
             () = &mut gone => {
@@ -316,15 +295,6 @@ pub async fn poll<U: Send + Sync + 'static>(
 
 /// Longer than any wait.
 const FOREVER: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
-
-/// Clears the session's pending GET when it ends (answered, or dropped by a client that left).
-struct Pending<'a, U: Send + Sync + 'static>(&'a Arc<Conn<U>>);
-
-impl<U: Send + Sync + 'static> Drop for Pending<'_, U> {
-    fn drop(&mut self) {
-        self.0.end_get();
-    }
-}
 
 /// A POST body over `maxPayload` (`max`): 413, and the session ends.
 pub fn oversized<U: Send + Sync + 'static>(conn: &Arc<Conn<U>>, max: usize) -> Answer {
@@ -348,7 +318,7 @@ pub fn post<H: Handler>(h: &H, conn: &Arc<Conn<H::User>>, body: &[u8]) -> Answer
     let parts = body.split(|b| *b == SEPARATOR).filter(|_| !body.is_empty());
     for part in parts {
         let parsed = match part.split_first() {
-            Some((b'b', data)) if msgpack => base64::engine::general_purpose::STANDARD
+            Some((b'b', data)) if msgpack => BASE64
                 .decode(data)
                 .map_err(|_| packet::PacketError("bad_base64"))
                 .and_then(|bytes| msgpack::parse(&bytes)),
@@ -387,11 +357,7 @@ fn payload(queued: &[(Bytes, usize)]) -> Bytes {
             }
             if first & 0x0f == BINARY_OPCODE {
                 out.extend_from_slice(b"b");
-                out.extend_from_slice(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(data)
-                        .as_bytes(),
-                );
+                out.extend_from_slice(BASE64.encode(data).as_bytes());
             } else {
                 out.extend_from_slice(data);
             }
@@ -406,18 +372,17 @@ fn payload(queued: &[(Bytes, usize)]) -> Bytes {
 /// taken back from the HTTP server and served by the gateway's own transport, a new session
 /// or, with `sid`, the upgrade of a long-polling session.
 async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let headers = req.headers().clone();
+    let query = req.uri().query().unwrap_or("");
     let header = |name: &str| {
-        headers
+        req.headers()
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect()
     };
-    let agreed = match super::agree(&*h, &query, header) {
+    let agreed = match super::agree(&*h, query, header) {
         Ok(agreed) => agreed,
-        Err(refusal) => return Answer::refusal(refusal).into_response(),
+        Err(refusal) => return Answer::from(refusal).into_response(),
     };
     let upgrading = hyper::upgrade::on(&mut req);
     let (codec, session) = (agreed.codec, agreed.session);
@@ -434,26 +399,22 @@ async fn websocket<H: Handler>(h: Arc<H>, mut req: Request) -> Response {
             return;
         };
         let (stream, early) = (parts.io.into_inner(), parts.read_buf.to_vec());
-        super::open(h, stream, String::new(), early, codec, session).await
+        conn::serve(h, stream, String::new(), early, codec, session).await
     });
-    let mut res = Response::new(Body::empty());
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = res.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&agreed.accept) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
     // `extensions` is a whole response header line: keep its value.
-    if let Some(value) = agreed
-        .extensions
-        .split_once(':')
-        .map(|(_, v)| v.trim())
-        .and_then(|v| HeaderValue::from_str(v).ok())
-    {
-        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
-    }
-    res
+    let extensions = agreed.extensions.split_once(':').map(|(_, v)| v.trim());
+    let headers = [
+        (header::UPGRADE, "websocket"),
+        (header::CONNECTION, "Upgrade"),
+        (header::SEC_WEBSOCKET_ACCEPT, agreed.accept.as_str()),
+    ];
+    let extensions = extensions.map(|v| (header::SEC_WEBSOCKET_EXTENSIONS, v));
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        headers,
+        AppendHeaders(extensions),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
