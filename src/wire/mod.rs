@@ -175,6 +175,18 @@ pub async fn route<H: Handler>(
     }
 }
 
+/// First pause before peeking again at a request that came in part. A peek is ready as long as
+/// any byte waits, so the rest can only be waited for by pausing; the pause doubles up to
+/// [`PEEK_PAUSE_MAX`], so a client that trickles its request costs few wake-ups.
+const PEEK_PAUSE: Duration = Duration::from_millis(1);
+const PEEK_PAUSE_MAX: Duration = Duration::from_millis(50);
+
+/// Pauses for `pause` and returns the next pause.
+async fn wait_for_more(pause: Duration) -> Duration {
+    tokio::time::sleep(pause).await;
+    (pause * 2).min(PEEK_PAUSE_MAX)
+}
+
 /// Peeks at the next request line without consuming it, waiting at most `wait` for it (`None`
 /// when none came).
 async fn classify_within(stream: &TrackedStream, wait: Duration) -> Option<Route> {
@@ -182,6 +194,7 @@ async fn classify_within(stream: &TrackedStream, wait: Duration) -> Option<Route
     // Small: it is part of every connection's task while it waits for a request (a longer
     // request line goes to the HTTP server, which serves it the same way).
     let mut buf = [0u8; CLASSIFY_PEEK];
+    let mut pause = PEEK_PAUSE;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
@@ -195,7 +208,7 @@ async fn classify_within(stream: &TrackedStream, wait: Duration) -> Option<Route
             return Some(Route::Http);
         }
         // Part of a request line: wait for the rest (rare: it nearly always comes in one piece).
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        pause = wait_for_more(pause).await;
     }
 }
 
@@ -409,6 +422,7 @@ async fn read_head(
 ) -> Result<Option<Vec<u8>>, Refusal> {
     let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     let mut buf = vec![0u8; 512];
+    let mut pause = PEEK_PAUSE;
     let end = loop {
         let n = match tokio::time::timeout_at(deadline, stream.tcp().peek(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
@@ -425,7 +439,7 @@ async fn read_head(
             buf.resize(buf.len() * 2, 0);
         } else {
             // Part of a head: wait for the rest.
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            pause = wait_for_more(pause).await;
         }
     };
     buf.truncate(end);

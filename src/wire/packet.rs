@@ -64,8 +64,11 @@ pub fn parse(text: &str) -> Result<Incoming, PacketError> {
 }
 
 fn parse_socketio(text: &str) -> Result<Incoming, PacketError> {
-    let kind = *text.as_bytes().first().ok_or(PacketError("empty"))?;
-    let rest = &text[1..];
+    let mut chars = text.chars();
+    let kind = chars.next().ok_or(PacketError("empty"))?;
+    // A type that is not one ASCII digit is no packet type (and not a byte to slice after).
+    let kind = u8::try_from(kind).map_err(|_| PacketError("unknown_socketio_packet"))?;
+    let rest = chars.as_str();
     let (nsp, rest) = if rest.starts_with('/') {
         rest.split_once(',').unwrap_or((rest, ""))
     } else {
@@ -248,6 +251,14 @@ mod tests {
             Err(PacketError("binary_not_supported"))
         );
         assert_eq!(parse("4"), Err(PacketError("empty")));
+        // A packet type that is a character of several bytes is refused, not sliced through.
+        for text in ["4é", "4é[]", "4\u{1F600}2[\"a\"]"] {
+            assert_eq!(
+                parse(text),
+                Err(PacketError("unknown_socketio_packet")),
+                "{text}"
+            );
+        }
     }
 
     #[test]
