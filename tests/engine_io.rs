@@ -229,6 +229,75 @@ async fn an_oversized_post_is_413_and_ends_the_session() {
     assert_eq!(after - before, 1.0, "one refusal, counted once");
 }
 
+#[tokio::test]
+async fn a_post_that_expects_100_continue_is_told_to_send_its_body() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start(&[]);
+    let (s, _) = Polling::open(&gw).await;
+    s.connect("10").await;
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={} HTTP/1.1\r\nHost: gw\r\n\
+         Content-Type: text/plain;charset=UTF-8\r\nContent-Length: 1\r\n\
+         Expect: 100-continue\r\n\r\n",
+        s.sid
+    );
+    let mut tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    read_until(
+        &mut tcp,
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        "the interim answer",
+    )
+    .await;
+    tcp.write_all(b"3").await.unwrap();
+    let answer = read_until(&mut tcp, b"ok", "the POST's answer").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("HTTP/1.1 200"), "{answer}");
+
+    // A client gone after the interim answer ends its session as a lost transport, not as an
+    // oversized POST.
+    let oversized = || async {
+        let m = gw.metrics().await;
+        metric(
+            &m,
+            "gateway_client_protocol_errors_total",
+            "payload_too_large",
+        )
+    };
+    let before = oversized().await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    read_until(
+        &mut tcp,
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        "the interim answer",
+    )
+    .await;
+    drop(tcp);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = s.get().await;
+        if status == 400 {
+            assert_eio_error(
+                &(status, body),
+                1,
+                "Session ID unknown",
+                "a poll after the body never came",
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session outlived its lost POST: {status} {body}"
+        );
+    }
+    assert_eq!(
+        oversized().await,
+        before,
+        "not counted as an oversized POST"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Heartbeat on polling
 

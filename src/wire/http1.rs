@@ -81,18 +81,20 @@ async fn answer<H: Handler>(h: &Arc<H>, stream: &mut TrackedStream, head: &Head)
                 return (r.into(), false);
             }
             let len = head.content_length.unwrap_or(0);
-            if len > max || (head.expect_continue && stream.write_all(CONTINUE).await.is_err()) {
+            if len > max {
                 return (polling::oversized(&conn, max), false);
             }
             let mut body = vec![0u8; len];
-            match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut body)).await {
-                Ok(Ok(_)) => (polling::post(&**h, &conn, &body), true),
-                _ => {
-                    conn.end_polling("transport_error");
-                    let why = "the request body did not arrive in time";
-                    let r = super::refuse(StatusCode::BAD_REQUEST, "bad_request", why);
-                    (r.into(), false)
-                }
+            // A client that asked first is told to send; one gone by then sends nothing either.
+            let asked = !head.expect_continue || stream.write_all(CONTINUE).await.is_ok();
+            let read = tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut body));
+            if asked && matches!(read.await, Ok(Ok(_))) {
+                (polling::post(&**h, &conn, &body), true)
+            } else {
+                conn.end_polling("transport_error");
+                let why = "the request body did not arrive in time";
+                let r = super::refuse(StatusCode::BAD_REQUEST, "bad_request", why);
+                (r.into(), false)
             }
         }
         // The request line said long-polling; only a forged query gets here.
