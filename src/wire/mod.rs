@@ -221,17 +221,13 @@ fn classify_line(line: &[u8]) -> Route {
         return Route::Http;
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let transport = |t: &str| {
-        query
-            .split('&')
-            .any(|kv| kv.strip_prefix("transport=") == Some(t))
-    };
     if path != "/socket.io/" && path != "/socket.io" {
         return Route::Http;
     }
-    match method {
-        "GET" if transport("websocket") => Route::WebSocket,
-        "GET" | "POST" if transport("polling") => Route::Polling,
+    // The transport as every later step reads it: the first `transport=`.
+    match (method, param(query, "transport")) {
+        ("GET", Some("websocket")) => Route::WebSocket,
+        ("GET" | "POST", Some("polling")) => Route::Polling,
         _ => Route::Http,
     }
 }
@@ -478,6 +474,8 @@ mod tests {
         for line in [
             &b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"[..],
             b"POST /socket.io/?EIO=4&transport=polling&sid=a HTTP/1.1",
+            // A repeated key: the first one counts, as for every later step.
+            b"GET /socket.io/?EIO=4&transport=polling&transport=websocket HTTP/1.1",
         ] {
             assert_eq!(classify_line(line), Route::Polling, "{line:?}");
         }
