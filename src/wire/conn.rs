@@ -16,11 +16,10 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -284,6 +283,10 @@ impl<U: Send + Sync + 'static> Conn<U> {
         self.stream.get().map_or("polling", |_| "websocket")
     }
 
+    fn lock(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Writes `frame` (carrying `events` live events) now if nothing is queued before it, else
     /// queues it. A queue that would pass its limit of events refuses it ([`Sent::Full`]); the
     /// gateway's own packets (`events == 0`) are never refused. On long-polling everything is
@@ -299,7 +302,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     }
 
     fn push(&self, mut frame: Bytes, events: usize, limited: bool) -> Sent {
-        let mut out = self.out.lock();
+        let mut out = self.lock();
         if out.closed || out.closing {
             return Sent::Closed;
         }
@@ -343,7 +346,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// everything queued before it is written (on long-polling: once a GET took it).
     pub fn disconnect(&self) {
         self.send(self.codec().disconnect(), 0);
-        self.out.lock().closing = true;
+        self.lock().closing = true;
         self.wake.notify_one();
     }
 
@@ -352,7 +355,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
         let Some(stream) = self.stream.get() else {
             return Ok(true);
         };
-        let mut guard = self.out.lock();
+        let mut guard = self.lock();
         let out = &mut *guard;
         while !out.queue.is_empty() {
             let slices: Vec<IoSlice<'_>> = out
@@ -411,13 +414,13 @@ impl<U: Send + Sync + 'static> Conn<U> {
 
     /// Whether the session still takes writes.
     pub fn is_open(&self) -> bool {
-        let out = self.out.lock();
+        let out = self.lock();
         !out.closed && !out.closing
     }
 
     /// Whether the session ended (its task may not have released it yet).
     pub fn has_ended(&self) -> bool {
-        self.out.lock().closed
+        self.lock().closed
     }
 
     /// Ends a long-polling session because of a request (`reason` is the disconnect label):
@@ -431,7 +434,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// Takes no more writes, and has a pending GET answer with the Engine.IO close (`reason`:
     /// the disconnect label). False if the session had ended already.
     fn end(&self, reason: &'static str) -> bool {
-        let mut out = self.out.lock();
+        let mut out = self.lock();
         let first = !std::mem::replace(&mut out.closed, true);
         if let Some(poll) = out.poll.as_mut().filter(|_| first) {
             poll.ended = Some(reason);
@@ -442,7 +445,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
 
     /// Records a pong that came by POST; the session's task reads it at its next timer.
     pub(super) fn polled_pong(&self) {
-        if let Some(poll) = self.out.lock().poll.as_mut() {
+        if let Some(poll) = self.lock().poll.as_mut() {
             poll.ponged = true;
         }
     }
@@ -450,7 +453,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// Starts a GET, which ends when the [`Get`] is dropped; `None` when one is pending
     /// already or the session is not on long-polling.
     pub(super) fn begin_get(&self) -> Option<Get<'_, U>> {
-        let mut out = self.out.lock();
+        let mut out = self.lock();
         let poll = out.poll.as_mut().filter(|p| !p.getting && !p.upgraded())?;
         poll.getting = true;
         Some(Get(self, poll.ready.clone()))
@@ -458,12 +461,12 @@ impl<U: Send + Sync + 'static> Conn<U> {
 
     /// Whether a GET is pending.
     pub(super) fn is_getting(&self) -> bool {
-        self.out.lock().poll.as_ref().is_some_and(|p| p.getting)
+        self.lock().poll.as_ref().is_some_and(|p| p.getting)
     }
 
     /// What a pending GET answers now.
     pub(super) fn poll_now(&self) -> Polled {
-        let mut out = self.out.lock();
+        let mut out = self.lock();
         if !out.queue.is_empty() {
             let taken = std::mem::take(&mut out.queue);
             out.events = 0;
@@ -508,7 +511,7 @@ pub(super) struct Get<'a, U: Send + Sync + 'static>(&'a Conn<U>, pub(super) Arc<
 
 impl<U: Send + Sync + 'static> Drop for Get<'_, U> {
     fn drop(&mut self) {
-        if let Some(poll) = self.0.out.lock().poll.as_mut() {
+        if let Some(poll) = self.0.lock().poll.as_mut() {
             poll.getting = false;
         }
     }
@@ -579,7 +582,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(l.next_timer) => {
                     // A pong that came by POST.
-                    if self.out.lock().poll.as_mut().is_some_and(|p| std::mem::take(&mut p.ponged)) {
+                    if self.lock().poll.as_mut().is_some_and(|p| std::mem::take(&mut p.ponged)) {
                         l.ponged(h.settings().ping_interval);
                     }
                     if l.next_timer <= Instant::now() {
@@ -587,7 +590,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                     }
                 }
             }
-            let mut out = self.out.lock();
+            let mut out = self.lock();
             if out.closed {
                 let reason = out.poll.as_ref().and_then(|p| p.ended);
                 return Err(Stop::quiet(reason.unwrap_or("transport_close")));
@@ -645,7 +648,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// session ends once all of it is out.
     fn write_queue(&self) -> Result<bool, Stop> {
         let empty = self.flush().map_err(|_| Stop::quiet("transport_error"))?;
-        if empty && self.out.lock().closing {
+        if empty && self.lock().closing {
             return Err(Stop::closed("server_disconnect"));
         }
         Ok(!empty)
@@ -810,8 +813,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     async fn finish<H: Handler<User = U>>(self: &Arc<Self>, h: &H, stop: Stop) {
         if let (Some((code, why)), Some(stream)) = (stop.close, self.stream.get()) {
             // Queued behind whatever is still unwritten; `flush` ignores the closing flags.
-            self.out
-                .lock()
+            self.lock()
                 .queue
                 .push_back((frame::encode_close(code, why), 0));
             let deadline = Instant::now() + CLOSE_FLUSH;
@@ -823,7 +825,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
             }
         }
         let connected = {
-            let mut out = self.out.lock();
+            let mut out = self.lock();
             out.closed = true;
             out.queue = VecDeque::new();
             out.events = 0;
@@ -844,12 +846,12 @@ impl<U: Send + Sync + 'static> Conn<U> {
     }
 
     fn ns(&self) -> Ns {
-        self.out.lock().ns
+        self.lock().ns
     }
 
     /// Marks a connect as begun; false if one already is (or is done).
     fn start_connect(&self) -> bool {
-        let mut out = self.out.lock();
+        let mut out = self.lock();
         let first = out.ns == Ns::None;
         if first {
             out.ns = Ns::Connecting;
@@ -861,7 +863,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// False if the session ended meanwhile: [`Handler::closed`] will not be called, so the
     /// caller releases what it took for the session.
     pub fn accept_connect(&self) -> bool {
-        let mut out = self.out.lock();
+        let mut out = self.lock();
         if out.closed {
             return false;
         }
@@ -874,7 +876,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
     /// Refuses the connect packet handed to [`Handler::connect`] with `code` (the client's
     /// `connect_error` message); the client may try again.
     pub fn refuse_connect(&self, code: &str) {
-        self.out.lock().ns = Ns::None;
+        self.lock().ns = Ns::None;
         self.send(self.codec().connect_error("/", code), 0);
     }
 
@@ -900,7 +902,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
         let outcome = tokio::time::timeout(UPGRADE_TIMEOUT, probe).await;
         let (result, code, why, what) = match outcome {
             Ok(Ok(rest)) => {
-                let mut out = self.out.lock();
+                let mut out = self.lock();
                 let closed = out.closed;
                 let Some(poll) = out.poll.as_mut().filter(|p| !closed && !p.upgraded()) else {
                     return;
@@ -924,7 +926,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                 "upgrade not completed in time",
             ),
         };
-        if let Some(poll) = self.out.lock().poll.as_mut().filter(|p| !p.upgraded()) {
+        if let Some(poll) = self.lock().poll.as_mut().filter(|p| !p.upgraded()) {
             poll.upgrade = Upgrade::None;
         }
         ::metrics::counter!(metrics::UPGRADES, "result" => result).increment(1);
@@ -975,7 +977,7 @@ impl<U: Send + Sync + 'static> Conn<U> {
                     let answer = frame::encode(Opcode::Text, b"3probe");
                     stream.write_all(&answer).await.map_err(|_| "closed")?;
                     probed = true;
-                    let mut out = self.out.lock();
+                    let mut out = self.lock();
                     let closed = out.closed;
                     let Some(poll) = out.poll.as_mut().filter(|_| !closed) else {
                         return Err("session_ended");

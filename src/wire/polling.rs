@@ -13,7 +13,7 @@
 //! second concurrent GET ends the session, a body over `maxPayload` is refused with 413.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
@@ -21,7 +21,6 @@ use axum::response::{AppendHeaders, IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use parking_lot::Mutex;
 
 use super::codec::Codec;
 use super::conn::{self, Conn, Polled};
@@ -47,19 +46,23 @@ impl<U> Default for Polls<U> {
 }
 
 impl<U: Send + Sync + 'static> Polls<U> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<Conn<U>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Registers a session.
     pub fn insert(&self, conn: Arc<Conn<U>>) {
-        self.0.lock().insert(conn.sid().into(), conn);
+        self.lock().insert(conn.sid().into(), conn);
     }
 
     /// Forgets a session.
     pub fn remove(&self, sid: &str) {
-        self.0.lock().remove(sid);
+        self.lock().remove(sid);
     }
 
     /// The session with this id.
     pub fn get(&self, sid: &str) -> Option<Arc<Conn<U>>> {
-        self.0.lock().get(sid).cloned()
+        self.lock().get(sid).cloned()
     }
 
     /// Ends every session still on long-polling with the Engine.IO close (the drain: the stock
@@ -67,7 +70,6 @@ impl<U: Send + Sync + 'static> Polls<U> {
     /// their pending GETs to carry it out; returns how many sessions it ended.
     pub async fn close_all(&self, within: std::time::Duration) -> usize {
         let polling: Vec<_> = self
-            .0
             .lock()
             .values()
             .filter(|c| c.transport() == "polling")
