@@ -732,4 +732,15 @@ async fn websocket_handshakes_on_a_kept_alive_connection_are_served() {
     .await;
     let (status, body) = polling.get().await;
     assert_eq!(status, 400, "a poll after the upgrade: {body}");
+
+    // A WebSocket version the gateway does not speak: 426 naming the one it does, as on a
+    // fresh connection (RFC 6455 §4.4).
+    let mut tcp = kept_alive().await;
+    tcp.write_all(upgrade("").replace("Version: 13", "Version: 8").as_bytes())
+        .await
+        .unwrap();
+    let got = read_until(&mut tcp, b"unsupported_websocket_version", "the 426").await;
+    let got = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(got.starts_with("http/1.1 426"), "{got}");
+    assert!(got.contains("sec-websocket-version: 13\r\n"), "{got}");
 }

@@ -165,13 +165,17 @@ fn parse_head(buf: &[u8]) -> Result<Head, Answer> {
 
 /// The status line and the content headers of `answer`.
 pub(super) fn head(answer: &Answer) -> String {
-    format!(
+    let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
         answer.status.as_str(),
         answer.status.canonical_reason().unwrap_or(""),
         answer.content_type,
         answer.body.len()
-    )
+    );
+    if let Some(version) = answer.refused_version() {
+        head += &format!("Sec-WebSocket-Version: {version}\r\n");
+    }
+    head
 }
 
 /// Writes `answer` with the CORS headers a page of `origin` gets.

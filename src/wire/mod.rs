@@ -444,14 +444,9 @@ async fn read_head(
 
 async fn answer_refusal(mut stream: TrackedStream, r: Refusal) {
     tracing::debug!(code = r.code, "WebSocket handshake refused");
-    // A refused WebSocket version names the one spoken (RFC 6455 §4.4).
-    let extra = match r.status {
-        StatusCode::UPGRADE_REQUIRED => "Sec-WebSocket-Version: 13\r\n",
-        _ => "",
-    };
     // The same answer as every HTTP error of the gateway.
     let answer = polling::Answer::from(r);
-    let head = http1::head(&answer) + "Connection: close\r\n" + extra + "\r\n";
+    let head = http1::head(&answer) + "Connection: close\r\n\r\n";
     let _ = stream
         .write_all(&[head.as_bytes(), &answer.body].concat())
         .await;

@@ -138,6 +138,11 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The WebSocket version a 426 names as the one spoken (RFC 6455 §4.4), on both servers.
+    pub(super) fn refused_version(&self) -> Option<&'static str> {
+        (self.status == StatusCode::UPGRADE_REQUIRED).then_some("13")
+    }
+
     fn new(status: StatusCode, content_type: &'static str, body: Bytes) -> Self {
         Self {
             status,
@@ -166,12 +171,14 @@ impl From<super::Refusal> for Answer {
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        (
-            self.status,
+        let version = self
+            .refused_version()
+            .map(|v| (header::SEC_WEBSOCKET_VERSION, v));
+        let head = (
             [(header::CONTENT_TYPE, self.content_type)],
-            self.body,
-        )
-            .into_response()
+            AppendHeaders(version),
+        );
+        (self.status, head, self.body).into_response()
     }
 }
 
