@@ -241,14 +241,15 @@ async fn a_post_that_expects_100_continue_is_told_to_send_its_body() {
          Expect: 100-continue\r\n\r\n",
         s.sid
     );
-    let mut tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    read_until(
-        &mut tcp,
-        b"HTTP/1.1 100 Continue\r\n\r\n",
-        "the interim answer",
-    )
-    .await;
+    // Connects and sends the head; the gateway tells it to go on.
+    let continued = || async {
+        let mut tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        read_until(&mut tcp, interim, "the interim answer").await;
+        tcp
+    };
+    let mut tcp = continued().await;
     tcp.write_all(b"3").await.unwrap();
     let answer = read_until(&mut tcp, b"ok", "the POST's answer").await;
     let answer = String::from_utf8_lossy(&answer);
@@ -265,15 +266,7 @@ async fn a_post_that_expects_100_continue_is_told_to_send_its_body() {
         )
     };
     let before = oversized().await;
-    let mut tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    read_until(
-        &mut tcp,
-        b"HTTP/1.1 100 Continue\r\n\r\n",
-        "the interim answer",
-    )
-    .await;
-    drop(tcp);
+    drop(continued().await);
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, body) = s.get().await;
