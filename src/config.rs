@@ -363,8 +363,6 @@ pub struct Config {
     pub history_max_len: u64,
     /// History lifetime after a room's last event.
     pub history_ttl: Duration,
-    /// Most events one recovery may replay.
-    pub max_replay: u64,
     /// Most client connections held at once.
     pub max_connections: usize,
     /// Joins per second per socket.
@@ -654,7 +652,6 @@ impl ServeArgs {
             },
             history_max_len: self.history_max_len,
             history_ttl: self.history_ttl,
-            max_replay: self.max_replay,
             join_rate: self.join_rate,
             publish_rate: self.publish_rate,
             max_connections: match self.max_connections {

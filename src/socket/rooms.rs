@@ -123,7 +123,11 @@ pub async fn prepare(st: &AppState, peer: &Peer, key: &RoomKey, since: Option<Si
                     events: Vec::new(),
                     now,
                 }),
-                Some(Ok(pos)) => st.bus.recover(key, pos, st.config.max_replay).await,
+                Some(Ok(pos)) => {
+                    st.bus
+                        .recover(key, pos, st.config.transport.max_replay as u64)
+                        .await
+                }
                 Some(Err(_)) => st.bus.position(key).await.map(|now| Recovery::Lost {
                     reason: Lost::TooOld,
                     now,
